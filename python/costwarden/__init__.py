@@ -1,0 +1,32 @@
+"""costwarden: the financial control plane for AI provider calls, inside PostgreSQL."""
+
+from .client import AsyncClient, Client, ReservationHandle
+from .errors import (
+    AppendOnlyViolation,
+    BudgetExceeded,
+    CostwardenError,
+    DatabaseUnavailable,
+    Forbidden,
+    IdempotencyConflict,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    UnpricedModel,
+)
+
+__all__ = [
+    "AppendOnlyViolation",
+    "AsyncClient",
+    "BudgetExceeded",
+    "Client",
+    "CostwardenError",
+    "DatabaseUnavailable",
+    "Forbidden",
+    "IdempotencyConflict",
+    "InvalidArgument",
+    "InvalidState",
+    "NotFound",
+    "ReservationHandle",
+    "UnpricedModel",
+]
+__version__ = "0.1.0"

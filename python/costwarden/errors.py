@@ -1,0 +1,119 @@
+"""costwarden's exceptions and the one place that maps SQLSTATEs to them (SPEC §8)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+
+class CostwardenError(Exception):
+    """Base class of every costwarden error."""
+
+    sqlstate: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class AppendOnlyViolation(CostwardenError):
+    """CW001: update, delete or truncate of the ledger or the audit log."""
+
+    sqlstate = "CW001"
+
+
+class NotFound(CostwardenError):
+    """CW002: unknown org, workspace, user, key, model, reservation or anomaly."""
+
+    sqlstate = "CW002"
+
+
+class InvalidState(CostwardenError):
+    """CW003: a transition the reservation's state does not allow."""
+
+    sqlstate = "CW003"
+
+
+class InvalidArgument(CostwardenError):
+    """CW004: a bad argument or usage; the message names the argument."""
+
+    sqlstate = "CW004"
+
+
+class Forbidden(CostwardenError):
+    """CW005: BYOK guard or binding refused, actor outside its org, missing KEK."""
+
+    sqlstate = "CW005"
+
+
+class UnpricedModel(CostwardenError):
+    """CW006: no pricing snapshot in force and unpriced_policy = 'reject'."""
+
+    sqlstate = "CW006"
+
+
+class IdempotencyConflict(CostwardenError):
+    """CW007: a repeated idempotency key or commit with other arguments."""
+
+    sqlstate = "CW007"
+
+
+class DatabaseUnavailable(CostwardenError):
+    """The database cannot be reached (and the client's policy is 'closed')."""
+
+
+class BudgetExceeded(CostwardenError):
+    """A reservation was refused (status 'denied'); ``reasons`` says why."""
+
+    def __init__(self, reservation: Any) -> None:
+        self.reservation = reservation
+        self.reasons: tuple[Any, ...] = tuple(getattr(reservation, "reasons", ()))
+        codes = ", ".join(sorted({str(r.code) for r in self.reasons})) or "denied"
+        super().__init__(f"reservation {getattr(reservation, 'reservation_id', '?')} denied: {codes}")
+
+
+#: SQLSTATE -> exception class: the single mapping (SPEC §8).
+SQLSTATE_EXCEPTIONS: dict[str, type[CostwardenError]] = {
+    cls.sqlstate: cls
+    for cls in (
+        AppendOnlyViolation,
+        NotFound,
+        InvalidState,
+        InvalidArgument,
+        Forbidden,
+        UnpricedModel,
+        IdempotencyConflict,
+    )
+    if cls.sqlstate is not None
+}
+
+
+def translate(exc: psycopg.Error) -> Exception:
+    """The costwarden exception for a database error, or the error itself."""
+    state = exc.sqlstate
+    if state in SQLSTATE_EXCEPTIONS:
+        diag = exc.diag
+        err = SQLSTATE_EXCEPTIONS[state](diag.message_primary or str(exc), hint=diag.message_hint)
+        err.__cause__ = exc
+        return err
+    if isinstance(exc, psycopg.OperationalError) and state is None:
+        unavailable = DatabaseUnavailable(str(exc))
+        unavailable.__cause__ = exc
+        return unavailable
+    return exc
+
+
+@contextmanager
+def wrap_errors() -> Iterator[None]:
+    """Re-raise database errors as costwarden exceptions."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        translated = translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc

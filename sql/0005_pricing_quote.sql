@@ -1,0 +1,313 @@
+-- 0005: usage validation, pricing snapshots, the workspace billing mode
+-- (SPEC §5, one source of truth) and fn_cost_quote (SPEC §3).
+--
+-- Money is exact: prices are numeric USD per unit, a cost is
+-- ceil(sum(units * price) * 1e6) micro-USD, rounded up once per computation.
+
+-- The usage units of SPEC §0 and whether each must be an integer.
+create table costwarden._usage_units (
+    unit text primary key,
+    integer_only boolean not null,
+    is_token boolean not null,           -- counts toward the usage's token count
+    description text not null
+);
+
+insert into costwarden._usage_units (unit, integer_only, is_token, description) values
+('input_tokens', true, true, 'prompt tokens (not cached)'),
+('cached_input_tokens', true, true, 'prompt tokens served from cache'),
+('output_tokens', true, true, 'completion tokens'),
+('reasoning_tokens', true, true, 'reasoning tokens billed separately'),
+('images', true, false, 'generated or analysed images'),
+('audio_seconds', false, false, 'audio / realtime connection seconds'),
+('characters', true, false, 'TTS characters'),
+('pages', true, false, 'OCR / document pages'),
+('requests', true, false, 'flat per-request fee units');
+
+-- Internal: validate a usage object (SPEC §0); returns its token count.
+create function costwarden._usage_tokens(p_usage jsonb, p_arg text default 'p_usage')
+returns bigint
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_key text;
+    v_value jsonb;
+    v_num numeric;
+    v_unit costwarden._usage_units;
+    v_tokens numeric := 0;
+begin
+    if p_usage is null or jsonb_typeof(p_usage) <> 'object' then
+        perform costwarden._raise('CW004', format('%s must be a JSON object of usage units', p_arg));
+    end if;
+    for v_key, v_value in select * from jsonb_each(p_usage) loop
+        select * into v_unit from costwarden._usage_units where unit = v_key;
+        if not found then
+            perform costwarden._raise('CW004', format('%s: unknown usage unit %L', p_arg, v_key));
+        end if;
+        if jsonb_typeof(v_value) <> 'number' then
+            perform costwarden._raise('CW004', format('%s.%s must be a number', p_arg, v_key));
+        end if;
+        v_num := (v_value::text)::numeric;
+        if v_num < 0 then
+            perform costwarden._raise('CW004', format('%s.%s must not be negative', p_arg, v_key));
+        end if;
+        if v_num > 9223372036854775807 then
+            perform costwarden._raise('CW004', format('%s.%s is out of range', p_arg, v_key));
+        end if;
+        if v_unit.integer_only and v_num <> trunc(v_num) then
+            perform costwarden._raise('CW004', format('%s.%s must be an integer', p_arg, v_key));
+        end if;
+        if v_unit.is_token then
+            v_tokens := v_tokens + v_num;
+        end if;
+    end loop;
+    if v_tokens > 9223372036854775807 then
+        perform costwarden._raise('CW004', format('%s: token count is out of range', p_arg));
+    end if;
+    return v_tokens::bigint;
+end
+$$;
+
+-- Internal: the cost of a (validated) usage under a price list, in micros,
+-- rounded up once. Units priced nowhere are returned in p_unpriced.
+create function costwarden._usage_cost(
+    p_prices jsonb, p_usage jsonb, out amount_micros bigint, out unpriced text[]
+)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_total numeric;
+begin
+    select coalesce(sum((u.value::text)::numeric * (p_prices ->> u.key)::numeric), 0),
+           coalesce(array_agg(u.key order by u.key) filter (
+               where not p_prices ? u.key and (u.value::text)::numeric <> 0), '{}')
+    into v_total, unpriced
+    from jsonb_each(p_usage) as u;
+    v_total := ceil(v_total * 1000000);
+    if v_total > 9223372036854775807 then
+        perform costwarden._raise('CW004', 'p_usage: the cost of this usage is out of range');
+    end if;
+    amount_micros := v_total::bigint;
+end
+$$;
+
+-- Internal: validate a price list (USD per unit, exact, non-negative).
+create function costwarden._prices_check(p_prices jsonb)
+returns jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_key text;
+    v_value jsonb;
+begin
+    if p_prices is null or jsonb_typeof(p_prices) <> 'object' or p_prices = '{}' then
+        perform costwarden._raise('CW004', 'p_prices must be a non-empty JSON object of USD per usage unit');
+    end if;
+    for v_key, v_value in select * from jsonb_each(p_prices) loop
+        if not exists (select from costwarden._usage_units where unit = v_key) then
+            perform costwarden._raise('CW004', format('p_prices: unknown usage unit %L', v_key));
+        end if;
+        if jsonb_typeof(v_value) <> 'number' or (v_value::text)::numeric < 0 then
+            perform costwarden._raise('CW004', format('p_prices.%s must be a non-negative number (USD per unit)', v_key));
+        end if;
+        if (v_value::text)::numeric > 1000000 then
+            perform costwarden._raise('CW004', format('p_prices.%s is implausibly large (over 1,000,000 USD per unit)', v_key));
+        end if;
+    end loop;
+    return p_prices;
+end
+$$;
+
+create function costwarden.fn_pricing_set(
+    p_model text, p_prices jsonb, p_effective_from timestamptz default now()
+)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id bigint;
+begin
+    perform costwarden._require_model(p_model);
+    perform costwarden._prices_check(p_prices);
+    if p_effective_from is null then
+        perform costwarden._raise('CW004', 'p_effective_from is required');
+    end if;
+    if exists (select from costwarden._pricing_snapshots
+               where model = p_model and effective_from = p_effective_from) then
+        perform costwarden._raise('CW004', format(
+            'p_effective_from: model %L already has a pricing snapshot effective from %s; snapshots are immutable',
+            p_model, p_effective_from));
+    end if;
+    insert into costwarden._pricing_snapshots (model, prices, effective_from)
+    values (p_model, p_prices, p_effective_from)
+    returning snapshot_id into v_id;
+    perform costwarden._audit(
+        'pricing_set', null, jsonb_build_object('model', p_model, 'snapshot_id', v_id),
+        null, jsonb_build_object('prices', p_prices, 'effective_from', p_effective_from)
+    );
+    return v_id;
+end
+$$;
+
+-- The catalogue: each model with the snapshot in force at p_at (admin, service).
+create function costwarden.fn_pricing_list(p_model text default null, p_at timestamptz default now())
+returns table (
+    model text, provider text, platform_servable boolean, pricing_snapshot_id bigint,
+    prices jsonb, effective_from timestamptz
+)
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select m.model, m.provider, m.platform_servable, s.snapshot_id, s.prices, s.effective_from
+    from costwarden._models as m
+    left join lateral (
+        select ps.snapshot_id, ps.prices, ps.effective_from
+        from costwarden._pricing_snapshots as ps
+        where ps.model = m.model and ps.effective_from <= coalesce(p_at, now())
+        order by ps.effective_from desc
+        limit 1
+    ) as s on true
+    where p_model is null or m.model = p_model
+    order by m.model
+$$;
+
+-- Every snapshot of one model (or all), oldest first (admin, service).
+create function costwarden.fn_pricing_history(p_model text default null)
+returns table (model text, pricing_snapshot_id bigint, prices jsonb, effective_from timestamptz, created_at timestamptz)
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select ps.model, ps.snapshot_id, ps.prices, ps.effective_from, ps.created_at
+    from costwarden._pricing_snapshots as ps
+    where p_model is null or ps.model = p_model
+    order by ps.model, ps.effective_from
+$$;
+
+-- Internal: the billing mode of a workspace row (SPEC §5, rules 1-4, in order).
+create function costwarden._billing_mode(p_ws costwarden._workspaces, out billing_mode text, out source text)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_proxy boolean := (costwarden._setting('platform_proxy_configured'))::boolean;
+    v_servable boolean;
+begin
+    -- 1. an explicit override wins
+    if p_ws.billing_override is not null then
+        billing_mode := p_ws.billing_override;
+        source := 'override';
+        return;
+    end if;
+    select m.platform_servable into v_servable from costwarden._models as m where m.model = p_ws.model;
+    if found then
+        -- 2. platform-servable model: platform_managed where the proxy exists, else byok
+        -- 3. vendor model: byok (choosing it is the signal)
+        billing_mode := case when v_servable and v_proxy then 'platform_managed' else 'byok' end;
+        source := 'model';
+        return;
+    end if;
+    -- 4. no model or an unknown one: the deployment default
+    billing_mode := case when v_proxy then 'platform_managed' else 'byok' end;
+    source := 'deploy_default';
+end
+$$;
+
+create function costwarden.fn_workspace_billing_mode(p_org_id text, p_workspace_id text)
+returns table (billing_mode text, source text)
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return query select b.billing_mode, b.source
+    from costwarden._billing_mode(costwarden._require_workspace(p_org_id, p_workspace_id)) as b;
+end
+$$;
+
+-- Internal: the credit rate of an org (org setting, else runtime setting).
+create function costwarden._credit_rate(p_org_id text)
+returns numeric
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce(
+        (select (o.settings ->> 'credit_rate_usd')::numeric from costwarden._orgs as o where o.org_id = p_org_id),
+        (costwarden._setting('credit_rate_usd') #>> '{}')::numeric
+    )
+$$;
+
+-- Internal: price a usage for a model now. Raises CW006 for an unpriced model
+-- (or a used unit without a price) unless unpriced_policy = 'free'.
+create function costwarden._quote(
+    p_model text, p_usage jsonb,
+    out amount_micros bigint, out tokens bigint, out snapshot_id bigint, out unpriced boolean
+)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_prices jsonb;
+    v_cost record;
+begin
+    tokens := costwarden._usage_tokens(p_usage);
+    select ps.snapshot_id, ps.prices into snapshot_id, v_prices
+    from costwarden._pricing_snapshots as ps
+    where ps.model = p_model and ps.effective_from <= now()
+    order by ps.effective_from desc
+    limit 1;
+    select * into v_cost from costwarden._usage_cost(coalesce(v_prices, '{}'), p_usage);
+    amount_micros := v_cost.amount_micros;
+    unpriced := v_prices is null or cardinality(v_cost.unpriced) > 0;
+    if unpriced and costwarden._setting('unpriced_policy') <> '"free"' then
+        if v_prices is null then
+            perform costwarden._raise('CW006', format('p_model: no pricing snapshot in force for model %L', p_model),
+                'load prices with fn_pricing_set, or set unpriced_policy to free');
+        end if;
+        perform costwarden._raise('CW006', format(
+            'p_usage: unit(s) %s have no price in snapshot %s of model %L',
+            array_to_string(v_cost.unpriced, ', '), snapshot_id, p_model));
+    end if;
+end
+$$;
+
+create function costwarden.fn_cost_quote(p_org_id text, p_workspace_id text, p_model text, p_usage jsonb)
+returns table (
+    amount_micros bigint, tokens bigint, pricing_snapshot_id bigint, billing_mode text, credits numeric
+)
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_ws costwarden._workspaces := costwarden._require_workspace(p_org_id, p_workspace_id);
+    v_q record;
+begin
+    perform costwarden._require_model(p_model);
+    select * into v_q from costwarden._quote(p_model, p_usage);
+    return query select v_q.amount_micros, v_q.tokens, v_q.snapshot_id,
+        (costwarden._billing_mode(v_ws)).billing_mode,
+        round(v_q.amount_micros / 1000000.0 / costwarden._credit_rate(p_org_id), 6);
+end
+$$;
+
+grant execute on function costwarden.fn_pricing_set(text, jsonb, timestamptz) to costwarden_admin;
+grant execute on function costwarden.fn_pricing_list(text, timestamptz) to costwarden_admin, costwarden_service;
+grant execute on function costwarden.fn_pricing_history(text) to costwarden_admin, costwarden_service;
+grant execute on function costwarden.fn_workspace_billing_mode(text, text) to costwarden_admin, costwarden_service;
+grant execute on function costwarden.fn_cost_quote(text, text, text, jsonb) to costwarden_service;
