@@ -31,35 +31,35 @@ stable
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_key text;
-    v_value jsonb;
-    v_num numeric;
-    v_unit costwarden._usage_units;
+    v_row record;
     v_tokens numeric := 0;
 begin
     if p_usage is null or jsonb_typeof(p_usage) <> 'object' then
         perform costwarden._raise('CW004', format('%s must be a JSON object of usage units', p_arg));
     end if;
-    for v_key, v_value in select * from jsonb_each(p_usage) loop
-        select * into v_unit from costwarden._usage_units where unit = v_key;
-        if not found then
-            perform costwarden._raise('CW004', format('%s: unknown usage unit %L', p_arg, v_key));
+    for v_row in
+        select u.key, jsonb_typeof(u.value) as json_type, uu.integer_only, uu.is_token,
+               case when jsonb_typeof(u.value) = 'number' then (u.value::text)::numeric end as n
+        from jsonb_each(p_usage) as u
+        left join costwarden._usage_units as uu on uu.unit = u.key
+    loop
+        if v_row.integer_only is null then
+            perform costwarden._raise('CW004', format('%s: unknown usage unit %L', p_arg, v_row.key));
         end if;
-        if jsonb_typeof(v_value) <> 'number' then
-            perform costwarden._raise('CW004', format('%s.%s must be a number', p_arg, v_key));
+        if v_row.json_type <> 'number' then
+            perform costwarden._raise('CW004', format('%s.%s must be a number', p_arg, v_row.key));
         end if;
-        v_num := (v_value::text)::numeric;
-        if v_num < 0 then
-            perform costwarden._raise('CW004', format('%s.%s must not be negative', p_arg, v_key));
+        if v_row.n < 0 then
+            perform costwarden._raise('CW004', format('%s.%s must not be negative', p_arg, v_row.key));
         end if;
-        if v_num > 9223372036854775807 then
-            perform costwarden._raise('CW004', format('%s.%s is out of range', p_arg, v_key));
+        if v_row.n > 9223372036854775807 then
+            perform costwarden._raise('CW004', format('%s.%s is out of range', p_arg, v_row.key));
         end if;
-        if v_unit.integer_only and v_num <> trunc(v_num) then
-            perform costwarden._raise('CW004', format('%s.%s must be an integer', p_arg, v_key));
+        if v_row.integer_only and v_row.n <> trunc(v_row.n) then
+            perform costwarden._raise('CW004', format('%s.%s must be an integer', p_arg, v_row.key));
         end if;
-        if v_unit.is_token then
-            v_tokens := v_tokens + v_num;
+        if v_row.is_token then
+            v_tokens := v_tokens + v_row.n;
         end if;
     end loop;
     if v_tokens > 9223372036854775807 then

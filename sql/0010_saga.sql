@@ -1,0 +1,693 @@
+-- 0010: the spend saga (SPEC §3): quote -> reserve -> meter -> commit | release,
+-- with expiry.
+--
+-- Lock order (every function takes locks in this order, so no deadlock):
+--   1. the reservation row(s)                      (commit, tick, release, expire)
+--   2. pools, ascending pool_id                    (_pools rows: the admission lock)
+--   3. the provider's circuit row                  (reserve, half-open probe only)
+--   4. ledger heads, ascending org_id              (_ledger_heads rows)
+-- A reserve with an idempotency key first takes a transaction advisory lock
+-- on (org, key), before everything else.
+
+create table costwarden._reservations (
+    reservation_id uuid primary key,        -- first 32 bits: hashtext(org_id) (SPEC §10)
+    org_id text not null references costwarden._orgs (org_id),
+    workspace_id text not null,
+    user_id text,
+    key_id text,
+    model text not null,
+    provider text not null,
+    status text not null,                   -- see reservations_status_check
+    billing_mode text,                      -- resolved at reserve (SPEC §5)
+    pricing_snapshot_id bigint,             -- fixed for the reservation's whole life
+    usage jsonb not null,                   -- the requested (maximum) usage
+    quoted_micros bigint not null,          -- what the request was quoted at
+    quoted_tokens bigint not null,
+    amount_micros bigint not null,          -- the hold: quote plus meter-tick extensions
+    tokens bigint not null,                 -- the token hold
+    metered_usage jsonb,                    -- last cumulative usage from a meter tick
+    metered_micros bigint not null default 0,
+    metered_tokens bigint not null default 0,
+    charged_micros bigint not null default 0,   -- booked in the ledger so far
+    charged_tokens bigint not null default 0,
+    pool_ids bigint[] not null default '{}',    -- pools the hold counts against
+    reasons jsonb not null default '[]',
+    idempotency_key text,
+    request_fingerprint text not null,      -- md5 of the reserve arguments (CW007 check)
+    ttl interval not null,
+    metadata jsonb not null default '{}',
+    commit_usage jsonb,                     -- the usage of the (first) commit
+    commit_approximate boolean,
+    commit_result jsonb,                    -- returned again by an identical repeat
+    release_reason text,
+    created_at timestamptz not null default now(),
+    expires_at timestamptz,
+    finished_at timestamptz,
+    -- held: live hold; denied: refused, nothing held; committed: charged;
+    -- released: freed (metered usage, if any, was charged); expired: swept
+    -- after expires_at (metered usage charged as approximate, or released)
+    constraint reservations_status_check
+        check (status in ('held', 'denied', 'committed', 'released', 'expired')),
+    constraint reservations_amounts_nonnegative
+        check (amount_micros >= 0 and tokens >= 0 and charged_micros >= 0 and metered_micros >= 0),
+    unique (org_id, idempotency_key)
+);
+
+create index _reservations_held_expiry on costwarden._reservations (expires_at) where status = 'held';
+create index _reservations_org_created on costwarden._reservations (org_id, created_at desc);
+create index _reservations_user_created on costwarden._reservations (org_id, user_id, created_at desc)
+where user_id is not null;
+
+-- Internal: a reservation id whose first 32 bits are hashtext(org_id).
+create function costwarden._reservation_id(p_org_id text)
+returns uuid
+language sql
+volatile
+set search_path = pg_catalog, pg_temp
+as $$
+    select overlay(gen_random_uuid()::text placing lpad(to_hex(hashtext(p_org_id)), 8, '0') from 1 for 8)::uuid
+$$;
+
+-- Internal: cost of a usage at a reservation's snapshot. CW006 for a used
+-- unit the snapshot does not price (unless unpriced_policy = 'free').
+create function costwarden._reservation_cost(p_snapshot_id bigint, p_usage jsonb)
+returns bigint
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_prices jsonb;
+    v_cost record;
+begin
+    select ps.prices into v_prices from costwarden._pricing_snapshots as ps where ps.snapshot_id = p_snapshot_id;
+    select * into v_cost from costwarden._usage_cost(coalesce(v_prices, '{}'), p_usage);
+    if cardinality(v_cost.unpriced) > 0 and p_snapshot_id is not null
+       and costwarden._setting('unpriced_policy') <> '"free"' then
+        perform costwarden._raise('CW006', format(
+            'p_usage: unit(s) %s have no price in the reservation''s pricing snapshot %s',
+            array_to_string(v_cost.unpriced, ', '), p_snapshot_id));
+    end if;
+    return v_cost.amount_micros;
+end
+$$;
+
+-- Internal: lock pools in the documented order (ascending pool_id).
+create function costwarden._lock_pools(p_pool_ids bigint[])
+returns void
+language sql
+set search_path = pg_catalog, pg_temp
+as $$
+    select null from (
+        select p.pool_id from costwarden._pools as p
+        where p.pool_id = any (p_pool_ids)
+        order by p.pool_id
+        for update
+    ) as locked
+$$;
+
+-- Internal: move a reservation's hold off its pools (locks held by caller).
+create function costwarden._pools_unhold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
+returns void
+language sql
+set search_path = pg_catalog, pg_temp
+as $$
+    update costwarden._pools as p
+    set held_micros = p.held_micros - p_micros, held_tokens = p.held_tokens - p_tokens
+    where p.pool_id = any (p_pool_ids) and (p_micros <> 0 or p_tokens <> 0)
+$$;
+
+-- Internal: book a charge of a reservation: spend buckets + one ledger entry.
+create function costwarden._book_charge(
+    p_r costwarden._reservations, p_usage jsonb, p_micros bigint, p_tokens bigint,
+    p_approximate boolean, p_late boolean,
+    out seq bigint, out entry_hash bytea
+)
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now());
+    select a.seq, a.entry_hash into seq, entry_hash
+    from costwarden._ledger_append(
+        p_org_id => p_r.org_id, p_entry_type => 'charge', p_amount_micros => p_micros,
+        p_reservation_id => p_r.reservation_id, p_workspace_id => p_r.workspace_id,
+        p_user_id => p_r.user_id, p_key_id => p_r.key_id, p_model => p_r.model,
+        p_billing_mode => p_r.billing_mode, p_usage => p_usage, p_tokens => p_tokens,
+        p_pricing_snapshot_id => p_r.pricing_snapshot_id, p_approximate => p_approximate,
+        p_late => p_late
+    ) as a;
+end
+$$;
+
+create function costwarden.fn_cost_reserve(
+    p_org_id text,
+    p_workspace_id text,
+    p_model text,
+    p_usage jsonb,
+    p_user_id text default null,
+    p_key_id text default null,
+    p_idempotency_key text default null,
+    p_ttl interval default null,
+    p_metadata jsonb default '{}'
+)
+returns table (
+    reservation_id uuid, status text, amount_micros bigint, tokens bigint,
+    expires_at timestamptz, billing_mode text, reasons jsonb
+)
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_ws costwarden._workspaces;
+    v_model costwarden._models;
+    v_user_id text := p_user_id;
+    v_key costwarden._keys;
+    v_ttl interval;
+    v_fp text;
+    v_prev costwarden._reservations;
+    v_q record;
+    v_mode text;
+    v_reasons jsonb := '[]';
+    v_refused boolean := false;
+    v_enforce boolean;
+    v_enforced boolean;
+    v_pool_ids bigint[] := '{}';
+    v_c record;
+    v_id uuid;
+    v_status text;
+    v_expires timestamptz;
+begin
+    -- 1. validate (nothing is written before every argument is checked)
+    v_ws := costwarden._require_workspace(p_org_id, p_workspace_id);
+    v_model := costwarden._require_model(p_model);
+    if p_user_id is not null
+       and not exists (select from costwarden._users as u where u.org_id = p_org_id and u.user_id = p_user_id) then
+        perform costwarden._raise('CW002', format('p_user_id: unknown user %L in org %L', p_user_id, p_org_id));
+    end if;
+    if p_key_id is not null then
+        select * into v_key from costwarden._keys as k where k.org_id = p_org_id and k.key_id = p_key_id;
+        if not found then
+            perform costwarden._raise('CW002', format('p_key_id: unknown key %L in org %L', p_key_id, p_org_id));
+        end if;
+        if v_key.workspace_id is not null and v_key.workspace_id <> p_workspace_id then
+            perform costwarden._raise('CW004', format('p_key_id: key %L belongs to workspace %L', p_key_id, v_key.workspace_id));
+        end if;
+        if v_key.user_id is not null then
+            if v_user_id is null then
+                v_user_id := v_key.user_id;
+            elsif v_user_id <> v_key.user_id then
+                perform costwarden._raise('CW004', format('p_key_id: key %L belongs to another user', p_key_id));
+            end if;
+        end if;
+    end if;
+    v_ttl := coalesce(p_ttl, (costwarden._setting('default_ttl') #>> '{}')::interval);
+    if v_ttl <= interval '0' or v_ttl > interval '7 days' then
+        perform costwarden._raise('CW004', 'p_ttl must be positive and at most 7 days');
+    end if;
+    if p_metadata is null or jsonb_typeof(p_metadata) <> 'object' then
+        perform costwarden._raise('CW004', 'p_metadata must be a JSON object');
+    end if;
+    perform costwarden._usage_tokens(p_usage);
+    v_fp := md5(jsonb_build_array(p_workspace_id, p_model, p_usage, v_user_id, p_key_id,
+                                  v_ttl::text, p_metadata)::text);
+
+    -- 2. idempotency: a repeat returns the first call's row
+    if p_idempotency_key is not null then
+        perform costwarden._require_text(p_idempotency_key, 'p_idempotency_key', 255);
+        perform pg_advisory_xact_lock(hashtextextended(p_org_id || chr(1) || p_idempotency_key, 0));
+        select * into v_prev from costwarden._reservations as r
+        where r.org_id = p_org_id and r.idempotency_key = p_idempotency_key;
+        if found then
+            if v_prev.request_fingerprint <> v_fp then
+                perform costwarden._raise('CW007', format(
+                    'p_idempotency_key: %L was used for a reservation with other arguments', p_idempotency_key));
+            end if;
+            return query select v_prev.reservation_id,
+                case when v_prev.status = 'denied' then 'denied' else 'held' end,
+                v_prev.quoted_micros, v_prev.quoted_tokens,
+                case when v_prev.status = 'denied' then null else v_prev.created_at + v_prev.ttl end,
+                v_prev.billing_mode, v_prev.reasons;
+            return;
+        end if;
+    end if;
+
+    -- 3. quote at the snapshot in force; it is fixed for the reservation
+    select * into v_q from costwarden._quote(p_model, p_usage);
+    v_mode := (costwarden._billing_mode(v_ws)).billing_mode;
+    v_enforce := (costwarden._setting('billing_enforce'))::boolean;
+    if v_q.unpriced then
+        v_reasons := v_reasons || costwarden._reason('unpriced_model', 'workspace', p_workspace_id,
+                                                     p_requested => v_q.amount_micros, p_enforced => false);
+    end if;
+
+    -- 4. refusals that no shadow mode lifts
+    if v_mode = 'disabled' then
+        v_reasons := v_reasons || costwarden._reason('billing_disabled', 'workspace', p_workspace_id,
+                                                     p_requested => v_q.amount_micros);
+        v_refused := true;
+    elsif v_mode = 'byok' and not costwarden._byok_usable(p_org_id, p_workspace_id, v_model.provider) then
+        v_reasons := v_reasons || costwarden._reason('byok_credential_missing', 'workspace', p_workspace_id,
+                                                     p_requested => v_q.amount_micros);
+        v_refused := true;
+    end if;
+    if costwarden._workspace_frozen(p_org_id, p_workspace_id) then
+        v_reasons := v_reasons || costwarden._reason('anomaly_freeze', 'workspace', p_workspace_id,
+                                                     p_requested => v_q.amount_micros);
+        v_refused := true;
+    end if;
+
+    -- 5. every applicable limit, under the pools' locks
+    if not v_refused then
+        select coalesce(array_agg(l.pool_id order by l.pool_id), '{}') into v_pool_ids
+        from (
+            select p.pool_id from costwarden._pools as p
+            where p.org_id = p_org_id
+              and ((p.kind = 'org' and p.scope_id = '')
+                   or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
+                   or (p.kind = 'key' and p.scope_id = p_key_id)
+                   or (p.kind = 'user' and p.scope_id = v_user_id))
+            order by p.pool_id
+            for update
+        ) as l;
+        for v_c in
+            select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, v_user_id,
+                                                   v_q.amount_micros, v_q.tokens)
+        loop
+            if v_c.fails then
+                v_enforced := v_enforce and v_c.mode = 'enforce';
+                v_reasons := v_reasons || costwarden._reason(
+                    case when v_c.metric = 'cost' then 'budget_exceeded' else 'token_quota_exceeded' end,
+                    v_c.scope_kind, nullif(v_c.scope_id, ''), v_c.period, v_c.metric, v_c.window_kind,
+                    v_c.limit_value, v_c.spent, v_c.held, v_c.requested, v_enforced);
+                v_refused := v_refused or v_enforced;
+            end if;
+            perform costwarden._budget_alert(p_org_id, v_c.scope_kind, v_c.scope_id, v_c.period,
+                v_c.metric, v_c.window_kind, v_c.limit_value, v_c.spent + v_c.held,
+                v_c.spent + v_c.held + v_c.requested, v_c.fails)
+            where v_c.limit_value > 0
+              and (v_c.spent + v_c.held + v_c.requested) * 5 >= v_c.limit_value * 4;
+        end loop;
+    end if;
+
+    -- 6. the provider's circuit, last: a half-open probe is only spent on a call that goes ahead
+    if not v_refused and not costwarden._circuit_admit(v_model.provider) then
+        v_reasons := v_reasons || costwarden._reason('circuit_open', 'provider', v_model.provider,
+                                                     p_requested => v_q.amount_micros);
+        v_refused := true;
+    end if;
+
+    -- 7. hold, or record the denial
+    v_id := costwarden._reservation_id(p_org_id);
+    if v_refused then
+        v_status := 'denied';
+        v_pool_ids := '{}';
+    else
+        v_status := 'held';
+        v_expires := now() + v_ttl;
+        update costwarden._pools as p
+        set held_micros = p.held_micros + v_q.amount_micros, held_tokens = p.held_tokens + v_q.tokens
+        where p.pool_id = any (v_pool_ids) and (v_q.amount_micros <> 0 or v_q.tokens <> 0);
+    end if;
+    insert into costwarden._reservations (
+        reservation_id, org_id, workspace_id, user_id, key_id, model, provider, status, billing_mode,
+        pricing_snapshot_id, usage, quoted_micros, quoted_tokens, amount_micros, tokens, pool_ids,
+        reasons, idempotency_key, request_fingerprint, ttl, metadata, expires_at,
+        finished_at
+    ) values (
+        v_id, p_org_id, p_workspace_id, v_user_id, p_key_id, p_model, v_model.provider, v_status, v_mode,
+        v_q.snapshot_id, p_usage, v_q.amount_micros, v_q.tokens,
+        case when v_refused then 0 else v_q.amount_micros end,
+        case when v_refused then 0 else v_q.tokens end,
+        v_pool_ids, v_reasons, p_idempotency_key, v_fp, v_ttl, p_metadata, v_expires,
+        case when v_refused then now() end
+    );
+    return query select v_id, v_status, v_q.amount_micros, v_q.tokens, v_expires, v_mode, v_reasons;
+end
+$$;
+
+-- Internal: the reservation row, locked; CW002 when unknown.
+create function costwarden._reservation_for_update(p_reservation_id uuid)
+returns costwarden._reservations
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_r costwarden._reservations;
+begin
+    if p_reservation_id is null then
+        perform costwarden._raise('CW004', 'p_reservation_id is required');
+    end if;
+    select * into v_r from costwarden._reservations as r where r.reservation_id = p_reservation_id for update;
+    if not found then
+        perform costwarden._raise('CW002', format('p_reservation_id: unknown reservation %s', p_reservation_id));
+    end if;
+    return v_r;
+end
+$$;
+
+-- Internal: CW004 unless every unit of p_usage is >= the same unit of p_floor.
+create function costwarden._usage_not_below(p_usage jsonb, p_floor jsonb, p_message text)
+returns void
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_unit text;
+begin
+    select f.key into v_unit
+    from jsonb_each(coalesce(p_floor, '{}')) as f
+    where coalesce((p_usage ->> f.key)::numeric, 0) < (f.value::text)::numeric
+    order by f.key
+    limit 1;
+    if v_unit is not null then
+        perform costwarden._raise('CW004', format('p_usage.%s: %s', v_unit, p_message));
+    end if;
+end
+$$;
+
+create function costwarden.fn_cost_meter_tick(p_reservation_id uuid, p_usage jsonb)
+returns table (metered_micros bigint, amount_micros bigint, remaining_micros bigint, action text)
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_r costwarden._reservations;
+    v_tokens bigint := costwarden._usage_tokens(p_usage);
+    v_cost bigint;
+    v_extra bigint;
+    v_extra_tokens bigint;
+    v_action text := 'continue';
+    v_enforce boolean;
+    v_c record;
+    v_shadow jsonb := '[]';
+begin
+    v_r := costwarden._reservation_for_update(p_reservation_id);
+    if v_r.status <> 'held' then
+        perform costwarden._raise('CW003', format('reservation %s is %s, not held: it cannot be metered',
+                                                  p_reservation_id, v_r.status));
+    end if;
+    if v_r.expires_at < now() then
+        perform costwarden._raise('CW003', format('reservation %s expired at %s', p_reservation_id, v_r.expires_at));
+    end if;
+    perform costwarden._usage_not_below(p_usage, v_r.metered_usage,
+        'usage is cumulative and must not go backwards');
+    v_cost := costwarden._reservation_cost(v_r.pricing_snapshot_id, p_usage);
+    v_extra := greatest(v_cost - v_r.amount_micros, 0);
+    v_extra_tokens := greatest(v_tokens - v_r.tokens, 0);
+    if v_extra > 0 or v_extra_tokens > 0 then
+        -- try to extend the hold by the shortfall under every applicable limit
+        perform costwarden._lock_pools(v_r.pool_ids);
+        v_enforce := (costwarden._setting('billing_enforce'))::boolean;
+        for v_c in
+            select * from costwarden._check_limits(v_r.org_id, v_r.workspace_id, v_r.key_id, v_r.user_id,
+                                                   v_extra, v_extra_tokens)
+            where fails
+        loop
+            if v_enforce and v_c.mode = 'enforce' then
+                v_action := 'abort';
+            else
+                v_shadow := v_shadow || costwarden._reason(
+                    case when v_c.metric = 'cost' then 'budget_exceeded' else 'token_quota_exceeded' end,
+                    v_c.scope_kind, nullif(v_c.scope_id, ''), v_c.period, v_c.metric, v_c.window_kind,
+                    v_c.limit_value, v_c.spent, v_c.held, v_c.requested, false);
+            end if;
+        end loop;
+        if v_action = 'continue' then
+            update costwarden._pools as p
+            set held_micros = p.held_micros + v_extra, held_tokens = p.held_tokens + v_extra_tokens
+            where p.pool_id = any (v_r.pool_ids);
+            v_r.amount_micros := v_r.amount_micros + v_extra;
+            v_r.tokens := v_r.tokens + v_extra_tokens;
+            v_r.reasons := v_r.reasons || v_shadow;
+        end if;
+    end if;
+    update costwarden._reservations as r
+    set metered_usage = p_usage, metered_micros = v_cost, metered_tokens = v_tokens,
+        amount_micros = v_r.amount_micros, tokens = v_r.tokens, reasons = v_r.reasons,
+        expires_at = greatest(r.expires_at, now() + r.ttl)
+    where r.reservation_id = v_r.reservation_id;
+    return query select v_cost, v_r.amount_micros, greatest(v_r.amount_micros - v_cost, 0), v_action;
+end
+$$;
+
+create function costwarden.fn_cost_commit(
+    p_reservation_id uuid, p_usage jsonb, p_approximate boolean default false
+)
+returns table (
+    entry_seq bigint, charged_micros bigint, released_micros bigint, overage_micros bigint, entry_hash text
+)
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_r costwarden._reservations;
+    v_tokens bigint;
+    v_cost bigint;
+    v_charge bigint;
+    v_charge_tokens bigint;
+    v_released bigint;
+    v_overage bigint;
+    v_late boolean;
+    v_entry record;
+    v_result jsonb;
+begin
+    v_tokens := costwarden._usage_tokens(p_usage);
+    if p_approximate is null then
+        perform costwarden._raise('CW004', 'p_approximate must be true or false');
+    end if;
+    v_r := costwarden._reservation_for_update(p_reservation_id);
+    if v_r.commit_usage is not null then
+        if v_r.commit_usage = p_usage and v_r.commit_approximate = p_approximate then
+            return query select (v_r.commit_result ->> 'entry_seq')::bigint,
+                (v_r.commit_result ->> 'charged_micros')::bigint,
+                (v_r.commit_result ->> 'released_micros')::bigint,
+                (v_r.commit_result ->> 'overage_micros')::bigint,
+                v_r.commit_result ->> 'entry_hash';
+            return;
+        end if;
+        perform costwarden._raise('CW007', format(
+            'p_usage: reservation %s was already committed with other usage', p_reservation_id));
+    end if;
+    if v_r.status not in ('held', 'expired') then
+        perform costwarden._raise('CW003', format('reservation %s is %s: it cannot be committed',
+                                                  p_reservation_id, v_r.status));
+    end if;
+    v_cost := costwarden._reservation_cost(v_r.pricing_snapshot_id, p_usage);
+    perform costwarden._lock_pools(v_r.pool_ids);
+    if v_r.status = 'held' then
+        perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
+        v_charge := v_cost;
+        v_charge_tokens := v_tokens;
+        v_released := greatest(v_r.amount_micros - v_cost, 0);
+        v_overage := greatest(v_cost - v_r.amount_micros, 0);
+        v_late := now() > v_r.expires_at;
+    else
+        -- a late commit: the hold is gone; expiry may have charged metered usage
+        if v_r.charged_micros > 0 or v_r.charged_tokens > 0 then
+            perform costwarden._usage_not_below(p_usage, v_r.metered_usage,
+                'the actual usage is below the metered usage that expiry already charged');
+        end if;
+        v_charge := greatest(v_cost - v_r.charged_micros, 0);
+        v_charge_tokens := greatest(v_tokens - v_r.charged_tokens, 0);
+        v_released := 0;
+        v_overage := v_charge;
+        v_late := true;
+    end if;
+    select * into v_entry from costwarden._book_charge(v_r, p_usage, v_charge, v_charge_tokens, p_approximate, v_late);
+    v_result := jsonb_build_object('entry_seq', v_entry.seq, 'charged_micros', v_charge,
+        'released_micros', v_released, 'overage_micros', v_overage,
+        'entry_hash', encode(v_entry.entry_hash, 'hex'));
+    update costwarden._reservations as r
+    set status = 'committed', charged_micros = r.charged_micros + v_charge,
+        charged_tokens = r.charged_tokens + v_charge_tokens,
+        amount_micros = 0, tokens = 0,
+        commit_usage = p_usage, commit_approximate = p_approximate, commit_result = v_result,
+        finished_at = now()
+    where r.reservation_id = v_r.reservation_id;
+    return query select v_entry.seq, v_charge, v_released, v_overage, encode(v_entry.entry_hash, 'hex');
+end
+$$;
+
+create function costwarden.fn_cost_release(p_reservation_id uuid, p_reason text default null)
+returns table (released_micros bigint)
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_r costwarden._reservations;
+    v_charge bigint := 0;
+begin
+    if p_reason is not null and length(p_reason) > 1000 then
+        perform costwarden._raise('CW004', 'p_reason is longer than 1000 characters');
+    end if;
+    v_r := costwarden._reservation_for_update(p_reservation_id);
+    if v_r.status in ('released', 'expired') then
+        return query select 0::bigint;
+        return;
+    end if;
+    if v_r.status <> 'held' then
+        perform costwarden._raise('CW003', format('reservation %s is %s: it cannot be released',
+                                                  p_reservation_id, v_r.status));
+    end if;
+    perform costwarden._lock_pools(v_r.pool_ids);
+    perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
+    if v_r.metered_usage is not null and (v_r.metered_micros > 0 or v_r.metered_tokens > 0) then
+        -- the call ran: what the meter ticks recorded is charged, approximately
+        perform costwarden._book_charge(v_r, v_r.metered_usage, v_r.metered_micros, v_r.metered_tokens,
+                                        true, false);
+        v_charge := v_r.metered_micros;
+    end if;
+    update costwarden._reservations as r
+    set status = 'released', release_reason = p_reason, charged_micros = v_charge,
+        charged_tokens = case when v_charge > 0 or v_r.metered_tokens > 0 then v_r.metered_tokens else 0 end,
+        amount_micros = 0, tokens = 0, finished_at = now()
+    where r.reservation_id = v_r.reservation_id;
+    return query select greatest(v_r.amount_micros - v_charge, 0);
+end
+$$;
+
+create function costwarden.fn_cost_expire_reservations(p_batch integer default 1000)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_ids uuid[];
+    v_r costwarden._reservations;
+    v_commit boolean := costwarden._setting('expire_action') = '"commit_metered"';
+    v_n integer := 0;
+    v_charged boolean;
+begin
+    if p_batch is null or p_batch < 1 or p_batch > 100000 then
+        perform costwarden._raise('CW004', 'p_batch must be between 1 and 100000');
+    end if;
+    -- overlapping runs skip each other's rows: nothing is processed twice
+    select coalesce(array_agg(x.reservation_id), '{}') into v_ids
+    from (
+        select r.reservation_id from costwarden._reservations as r
+        where r.status = 'held' and r.expires_at < now()
+        order by r.expires_at
+        limit p_batch
+        for update skip locked
+    ) as x;
+    if cardinality(v_ids) = 0 then
+        return 0;
+    end if;
+    perform costwarden._lock_pools(array(
+        select distinct unnest(r.pool_ids) from costwarden._reservations as r
+        where r.reservation_id = any (v_ids)
+    ));
+    for v_r in
+        select * from costwarden._reservations as r
+        where r.reservation_id = any (v_ids)
+        order by r.org_id, r.expires_at
+    loop
+        perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
+        v_charged := v_commit and v_r.metered_usage is not null
+                     and (v_r.metered_micros > 0 or v_r.metered_tokens > 0);
+        if v_charged then
+            perform costwarden._book_charge(v_r, v_r.metered_usage, v_r.metered_micros, v_r.metered_tokens,
+                                            true, false);
+        end if;
+        update costwarden._reservations as r
+        set status = 'expired', amount_micros = 0, tokens = 0, finished_at = now(),
+            charged_micros = case when v_charged then v_r.metered_micros else 0 end,
+            charged_tokens = case when v_charged then v_r.metered_tokens else 0 end
+        where r.reservation_id = v_r.reservation_id;
+        v_n := v_n + 1;
+    end loop;
+    return v_n;
+end
+$$;
+
+create function costwarden.fn_get_my_cost_reservations(p_status text default null, p_limit integer default 100)
+returns table (
+    reservation_id uuid, org_id text, workspace_id text, user_id text, key_id text, model text,
+    status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
+    created_at timestamptz, expires_at timestamptz, reasons jsonb
+)
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_actor record;
+begin
+    select * into v_actor from costwarden._actor();
+    if v_actor.org_id is null then
+        perform costwarden._raise('CW005', 'no actor: set request.jwt.claims or costwarden.actor_org / actor_user');
+    end if;
+    if v_actor.user_id is null and not costwarden._caller_is_privileged() then
+        perform costwarden._raise('CW005', 'a tenant actor needs a user (JWT sub or costwarden.actor_user)');
+    end if;
+    if p_status is not null and p_status not in ('held', 'denied', 'committed', 'released', 'expired') then
+        perform costwarden._raise('CW004', 'p_status must be held, denied, committed, released or expired');
+    end if;
+    if p_limit is null or p_limit < 1 or p_limit > 10000 then
+        perform costwarden._raise('CW004', 'p_limit must be between 1 and 10000');
+    end if;
+    return query
+    select r.reservation_id, r.org_id, r.workspace_id, r.user_id, r.key_id, r.model, r.status,
+           r.quoted_micros, r.metered_micros, r.charged_micros, r.created_at, r.expires_at, r.reasons
+    from costwarden._reservations as r
+    where r.org_id = v_actor.org_id
+      and (v_actor.user_id is null or r.user_id = v_actor.user_id)
+      and (p_status is null or r.status = p_status)
+    order by r.created_at desc, r.reservation_id
+    limit p_limit;
+end
+$$;
+
+-- All reservations of an org (or all orgs), newest first (admin).
+create function costwarden.fn_reservations_list(
+    p_org_id text default null, p_status text default null, p_limit integer default 100
+)
+returns table (
+    reservation_id uuid, org_id text, workspace_id text, user_id text, key_id text, model text,
+    status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
+    created_at timestamptz, expires_at timestamptz, reasons jsonb
+)
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_org_id is not null then
+        perform costwarden._require_org(p_org_id);
+    end if;
+    if p_status is not null and p_status not in ('held', 'denied', 'committed', 'released', 'expired') then
+        perform costwarden._raise('CW004', 'p_status must be held, denied, committed, released or expired');
+    end if;
+    if p_limit is null or p_limit < 1 or p_limit > 100000 then
+        perform costwarden._raise('CW004', 'p_limit must be between 1 and 100000');
+    end if;
+    return query
+    select r.reservation_id, r.org_id, r.workspace_id, r.user_id, r.key_id, r.model, r.status,
+           r.quoted_micros, r.metered_micros, r.charged_micros, r.created_at, r.expires_at, r.reasons
+    from costwarden._reservations as r
+    where (p_org_id is null or r.org_id = p_org_id)
+      and (p_status is null or r.status = p_status)
+    order by r.created_at desc, r.reservation_id
+    limit p_limit;
+end
+$$;
+
+grant execute on function
+    costwarden.fn_cost_reserve(text, text, text, jsonb, text, text, text, interval, jsonb),
+    costwarden.fn_cost_meter_tick(uuid, jsonb),
+    costwarden.fn_cost_commit(uuid, jsonb, boolean),
+    costwarden.fn_cost_release(uuid, text),
+    costwarden.fn_cost_expire_reservations(integer)
+to costwarden_service;
+grant execute on function costwarden.fn_get_my_cost_reservations(text, integer)
+to costwarden_service, costwarden_tenant;
+grant execute on function costwarden.fn_reservations_list(text, text, integer) to costwarden_admin;
