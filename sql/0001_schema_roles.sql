@@ -38,11 +38,11 @@ comment on role costwarden_tenant is
 revoke all on schema costwarden from public;
 grant usage on schema costwarden to costwarden_admin, costwarden_service, costwarden_tenant;
 
--- Functions created from now on are not executable by PUBLIC; each migration
--- grants EXECUTE per role explicitly.
-alter default privileges in schema costwarden revoke execute on functions from public;
-alter default privileges in schema costwarden revoke all on tables from public;
-alter default privileges in schema costwarden revoke all on sequences from public;
+-- PUBLIC executes nothing here: per-schema default privileges cannot revoke
+-- the global default EXECUTE on new functions, so the migration runner ends
+-- every migration's transaction with
+--   revoke all on all functions / tables / sequences in schema costwarden from public
+-- and each migration grants EXECUTE per role explicitly.
 
 -- Internal: raise a costwarden error. p_code is one of CW001..CW007 (SPEC §8).
 create function costwarden._raise(p_code text, p_message text, p_hint text default null)

@@ -54,7 +54,7 @@ def _many(cls: type[Any]) -> Callable[[Rows], Any]:
 
 
 def _json(value: Any) -> Jsonb | None:
-    return None if value is None else Jsonb(value)
+    return None if value is None else Jsonb(value, dumps=exact_json)
 
 
 # -- session context ---------------------------------------------------------
@@ -284,6 +284,10 @@ def cost_expire(batch: int) -> Call[int]:
         {"batch": batch},
         lambda rows: int(_scalar(rows)),
     )
+
+
+def maintenance() -> Call[int]:
+    return Call("select costwarden.fn_maintenance() as n", {}, lambda rows: int(_scalar(rows)))
 
 
 def my_reservations(status: str | None, limit: int) -> Call[list[t.ReservationInfo]]:

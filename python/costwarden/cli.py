@@ -334,13 +334,13 @@ def demo(ctx: Context) -> None:
 
 
 def _register_extensions() -> None:
-    """Command groups that live in their own modules."""
-    for module in ("cli_saga",):
-        try:
-            mod = __import__(f"costwarden.{module}", fromlist=["register"])
-        except ModuleNotFoundError:
-            continue
-        mod.register(main)
+    """Command groups that live in their own modules: every costwarden/cli_*.py
+    defines ``register(main)``."""
+    import importlib
+
+    for path in sorted(Path(__file__).parent.glob("cli_*.py")):
+        module = importlib.import_module(f"costwarden.{path.stem}")
+        module.register(main)
 
 
 _register_extensions()

@@ -241,6 +241,10 @@ class Client(_Base):
     def expire(self, batch: int = 1000) -> int:
         return self._run(q.cost_expire(batch))
 
+    def maintenance(self) -> int:
+        """Drop spend buckets no window can reach any more; returns how many."""
+        return self._run(q.maintenance())
+
     def my_reservations(self, status: str | None = None, limit: int = 100) -> list[t.ReservationInfo]:
         return self._run(q.my_reservations(status, limit))
 

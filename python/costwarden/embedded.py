@@ -18,7 +18,9 @@ the `postgres` system user, the directories created here are chowned to it, and 
 component above the data directory is given the search bit it needs.
 
 The settings costwarden manages live between two marker lines at the end of
-postgresql.conf (later lines win in that file); everything outside the markers is left alone.
+postgresql.conf, rewritten at every start; everything outside the markers is left alone, but
+the block comes last and so wins over it. To change one of those settings for good, use
+ALTER SYSTEM (postgresql.auto.conf is read after postgresql.conf).
 """
 
 from __future__ import annotations
@@ -102,18 +104,19 @@ def pg_bindir() -> Path:
     return DEFAULT_PG_BINDIR
 
 
-def resolve_dsn(dsn: str | None, *, autostart: bool = True) -> str:
+def resolve_dsn(dsn: str | None, *, autostart: bool = True, data_dir: Path | None = None) -> str:
     """The DSN to use: `dsn`, else `$COSTWARDEN_DSN`, else the embedded cluster.
 
-    The embedded cluster is the one at `default_data_dir()`; it is started when stopped and
-    `autostart` is true. A cluster that was never created is an `EmbeddedError`.
+    The embedded cluster is the one at `data_dir` (default: `default_data_dir()`); it is
+    started when stopped and `autostart` is true. A cluster that was never created is an
+    `EmbeddedError`.
     """
     if dsn:
         return dsn
     from_env = os.environ.get("COSTWARDEN_DSN")
     if from_env:
         return from_env
-    cluster = EmbeddedCluster(default_data_dir())
+    cluster = EmbeddedCluster(data_dir if data_dir is not None else default_data_dir())
     if not cluster.is_initialized():
         raise EmbeddedError(
             f"no database given and no embedded cluster at {cluster.data_dir}: "
@@ -566,8 +569,9 @@ class EmbeddedCluster:
     def start(self) -> str:
         """Start the cluster (creating it if absent) and return its DSN.
 
-        A no-op when it already runs. The port is the one given to the constructor, else the
-        one used last time if still free, else a free one.
+        A no-op when it already runs. Otherwise costwarden's settings are rewritten first (so
+        `fast` is this object's choice), and the port is the one given to the constructor,
+        else the one used last time if still free, else a free one.
         """
         with self._locked():
             if not self.is_initialized():
@@ -588,9 +592,8 @@ class EmbeddedCluster:
             attempts = 1 if self._explicit_port is not None else 3
             for attempt in range(attempts):
                 port = self._choose_port(fresh=attempt > 0)
-                block = self._read_block() or self._settings()
+                block = self._settings()
                 block["port"] = str(port)
-                block["unix_socket_directories"] = _quote(str(self.socket_dir))
                 self._write_block(block)
                 mark = self._startup_log.stat().st_size if self._startup_log.exists() else 0
                 result = self._pg_ctl(
@@ -687,8 +690,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "up":
-            if cluster.is_initialized() and not cluster.is_running():
-                cluster.init()  # re-apply the settings, e.g. --fast
             print(cluster.start())
         elif args.command == "down":
             cluster.stop()

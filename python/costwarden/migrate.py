@@ -41,6 +41,16 @@ comment on table costwarden._migrations is
     'Applied costwarden migrations (one row per sql/NNNN_name.sql file, sha256 checksum).';
 """
 
+#: Run after every migration, in its transaction. Per-schema default
+#: privileges cannot take away the global default EXECUTE of PUBLIC on new
+#: functions, so it is revoked explicitly: callers get EXECUTE only through
+#: the grants to costwarden_admin / _service / _tenant in the migrations.
+LOCKDOWN = """
+revoke all on all functions in schema costwarden from public;
+revoke all on all tables in schema costwarden from public;
+revoke all on all sequences in schema costwarden from public;
+"""
+
 #: pg_cron jobs costwarden schedules: (name, schedule, function). A job is
 #: scheduled only when its function exists in the migrated schema.
 CRON_JOBS: tuple[tuple[str, str, str], ...] = (
@@ -177,6 +187,7 @@ def migrate(
                             (m.version, m.name, m.checksum),
                         )
                         conn.execute(m.sql())  # type: ignore[arg-type]
+                        conn.execute(LOCKDOWN)
                 except psycopg.errors.UniqueViolation:
                     # Another migrator applied it between our read and our insert.
                     say(f"{m.filename}: applied concurrently by another migrator")
