@@ -115,7 +115,6 @@ returns jsonb
 language sql
 stable
 parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
     select coalesce(
         (select s.value from costwarden._settings as s where s.key = p_key),

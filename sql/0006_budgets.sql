@@ -55,7 +55,6 @@ returns integer
 language sql
 immutable
 parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
     select case p_period when 'hour' then 60 when 'day' then 1200 when 'week' then 7200 when 'month' then 43200 end
 $$;
@@ -68,7 +67,6 @@ returns timestamptz
 language sql
 stable
 parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
     select case
         when p_window = 'rolling' then p_at - case p_period
@@ -100,18 +98,20 @@ $$;
 -- Callers hold the pools' row locks.
 create function costwarden._pool_add_spend(p_pool_ids bigint[], p_micros bigint, p_tokens bigint, p_at timestamptz)
 returns void
-language sql
+language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
+begin
     insert into costwarden._spend_buckets as b (pool_id, res, bucket_start, micros, tokens)
-    select p.pool_id, r.res,
-           date_bin(make_interval(secs => r.res), p_at, timestamptz '2000-01-01 00:00:00+00'),
-           p_micros, p_tokens
-    from unnest(p_pool_ids) as p (pool_id)
-    cross join (values (60), (1200), (7200), (43200)) as r (res)
-    where p_micros <> 0 or p_tokens <> 0
-    on conflict (pool_id, res, bucket_start) do update
-    set micros = b.micros + excluded.micros, tokens = b.tokens + excluded.tokens
+        select p.pool_id, r.res,
+               date_bin(make_interval(secs => r.res), p_at, timestamptz '2000-01-01 00:00:00+00'),
+               p_micros, p_tokens
+        from unnest(p_pool_ids) as p (pool_id)
+        cross join (values (60), (1200), (7200), (43200)) as r (res)
+        where p_micros <> 0 or p_tokens <> 0
+        on conflict (pool_id, res, bucket_start) do update
+        set micros = b.micros + excluded.micros, tokens = b.tokens + excluded.tokens;
+end
 $$;
 
 -- Internal: the org's time zone for calendar windows.
@@ -119,17 +119,19 @@ create function costwarden._org_tz(p_org_id text)
 returns text
 language sql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
     select coalesce((select o.settings ->> 'timezone' from costwarden._orgs as o where o.org_id = p_org_id), 'UTC')
 $$;
 
--- Internal: a user's effective limits, one per (period, metric, window), with their source.
+-- Internal: a user's effective limits, one per (period, metric, window), with
+-- their source: the user's override; else min (or max, per the org's
+-- group_resolution) of the user's groups; else the org's user_default.
+-- (No SET clause on the small internal SQL helpers: they are inlined into the
+-- SECURITY DEFINER callers, which pin search_path; none is granted to anyone.)
 create function costwarden._user_effective_limits(p_org_id text, p_user_id text)
 returns table (period text, metric text, window_kind text, limit_value bigint, mode text, source text)
 language sql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
     select distinct on (c.period, c.metric, c.window_kind)
         c.period, c.metric, c.window_kind, c.limit_value, c.mode, c.source
@@ -154,36 +156,10 @@ as $$
         c.source
 $$;
 
--- Internal: the limits that apply to a call context, one row per limit,
--- with the pool it is counted against. User limits are the effective ones:
--- the user's override; else min (or max, per org group_resolution) of the
--- user's groups; else the org's user_default.
-create function costwarden._applicable_limits(
-    p_org_id text, p_workspace_id text, p_key_id text, p_user_id text
-)
-returns table (
-    scope_kind text, scope_id text, period text, metric text, window_kind text,
-    limit_value bigint, mode text, source text
-)
-language sql
-stable
-set search_path = pg_catalog, pg_temp
-as $$
-    select b.scope_kind, b.scope_id, b.period, b.metric, b.window_kind, b.limit_value, b.mode, b.scope_kind
-    from costwarden._budgets as b
-    where b.org_id = p_org_id
-      and ((b.scope_kind = 'org' and b.scope_id = '')
-           or (b.scope_kind = 'workspace' and b.scope_id = p_workspace_id)
-           or (b.scope_kind = 'key' and b.scope_id = p_key_id))
-    union all
-    select 'user', p_user_id, e.period, e.metric, e.window_kind, e.limit_value, e.mode, e.source
-    from costwarden._user_effective_limits(p_org_id, p_user_id) as e
-    where p_user_id is not null
-$$;
-
 -- Internal: evaluate every applicable limit of a context for a request of
 -- p_micros / p_tokens. The caller holds the pools' locks. One row per limit;
--- fails = the request would not fit.
+-- fails = the request would not fit. (plpgsql so that its one query is
+-- planned once per session; the helpers it uses are inlined.)
 create function costwarden._check_limits(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text,
     p_micros bigint, p_tokens bigint
@@ -192,24 +168,49 @@ returns table (
     scope_kind text, scope_id text, period text, metric text, window_kind text,
     limit_value bigint, mode text, source text, spent bigint, held bigint, requested bigint, fails boolean
 )
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+    v_tz text := costwarden._org_tz(p_org_id);
+    v_now timestamptz := now();
+begin
+    return query
+    with lim as (
+        select b.scope_kind, b.scope_id, b.period, b.metric, b.window_kind, b.limit_value, b.mode,
+               b.scope_kind as source
+        from costwarden._budgets as b
+        where b.org_id = p_org_id
+          and ((b.scope_kind = 'org' and b.scope_id = '')
+               or (b.scope_kind = 'workspace' and b.scope_id = p_workspace_id)
+               or (b.scope_kind = 'key' and b.scope_id = p_key_id))
+        union all
+        select 'user', p_user_id, e.period, e.metric, e.window_kind, e.limit_value, e.mode, e.source
+        from costwarden._user_effective_limits(p_org_id, p_user_id) as e
+        where p_user_id is not null
+    )
     select l.scope_kind, l.scope_id, l.period, l.metric, l.window_kind, l.limit_value, l.mode, l.source,
            v.spent, v.held, v.requested,
            l.limit_value = 0 or v.spent + v.held + v.requested > l.limit_value
-    from costwarden._applicable_limits(p_org_id, p_workspace_id, p_key_id, p_user_id) as l
+    from lim as l
     join costwarden._pools as p
       on p.org_id = p_org_id and p.kind = l.scope_kind
      and p.scope_id = case when l.scope_kind = 'org' then '' else l.scope_id end
-    cross join lateral costwarden._pool_spent(p.pool_id, l.period, l.window_kind,
-                                              costwarden._org_tz(p_org_id), now()) as s
     cross join lateral (
-        select case when l.metric = 'cost' then s.micros else s.tokens end as spent,
+        select coalesce(sum(case when l.metric = 'cost' then bk.micros else bk.tokens end), 0)::bigint as s
+        from costwarden._spend_buckets as bk
+        where bk.pool_id = p.pool_id
+          and bk.res = costwarden._period_bucket(l.period)
+          and bk.bucket_start > costwarden._window_start(l.period, l.window_kind, v_tz, v_now)
+              - make_interval(secs => costwarden._period_bucket(l.period))
+    ) as sp
+    cross join lateral (
+        select sp.s as spent,
                case when l.metric = 'cost' then p.held_micros else p.held_tokens end as held,
                case when l.metric = 'cost' then p_micros else p_tokens end as requested
-    ) as v
+    ) as v;
+end
 $$;
 
 -- Internal: one element of a reservation's reasons (SPEC §3): all eleven keys.

@@ -65,6 +65,8 @@ create trigger _ledger_heads_no_truncate
 before truncate on costwarden._ledger_heads
 for each statement execute function costwarden._forbid_mutation();
 
+-- (The payload helpers are plpgsql, or inlinable SQL without a SET clause,
+-- so that commit does not re-plan them on every call.)
 -- Canonical encodings (docs/ledger.md):
 --   text      JSON string (to_json), null -> null
 --   integer   decimal digits, null -> null
@@ -78,36 +80,38 @@ returns text
 language sql
 immutable
 parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
     select coalesce(to_json(p_value)::text, 'null')
 $$;
 
 create function costwarden._canon_usage(p_usage jsonb)
 returns text
-language sql
+language plpgsql
 immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
-    select case
-        when p_usage is null or jsonb_typeof(p_usage) = 'null' then 'null'
-        else '{' || coalesce((
-            select string_agg(to_json(u.key)::text || ':' || trim_scale((u.value::text)::numeric)::text,
-                              ',' order by u.key collate "C")
-            from jsonb_each(p_usage) as u
-        ), '') || '}'
-    end
+begin
+    return case
+            when p_usage is null or jsonb_typeof(p_usage) = 'null' then 'null'
+            else '{' || coalesce((
+                select string_agg(to_json(u.key)::text || ':' || trim_scale((u.value::text)::numeric)::text,
+                                  ',' order by u.key collate "C")
+                from jsonb_each(p_usage) as u
+            ), '') || '}'
+        end;
+end
 $$;
 
 create function costwarden._ledger_payload(p_entry costwarden._ledger)
 returns text
-language sql
+language plpgsql
 immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
-    select 'costwarden-ledger-v1' || E'\n'
+begin
+    return 'costwarden-ledger-v1' || E'\n'
         || 'org_id=' || costwarden._canon_text(p_entry.org_id) || E'\n'
         || 'seq=' || p_entry.seq::text || E'\n'
         || 'entry_type=' || costwarden._canon_text(p_entry.entry_type) || E'\n'
@@ -126,17 +130,20 @@ as $$
         || 'source=' || costwarden._canon_text(p_entry.source) || E'\n'
         || 'reason=' || costwarden._canon_text(p_entry.reason) || E'\n'
         || 'created_at=' || to_json(to_char(p_entry.created_at at time zone 'UTC',
-                                             'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text || E'\n'
+                                             'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text || E'\n';
+end
 $$;
 
 create function costwarden._ledger_hash(p_prev_hash bytea, p_entry costwarden._ledger)
 returns bytea
-language sql
+language plpgsql
 immutable
 parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
-    select sha256(p_prev_hash || convert_to(costwarden._ledger_payload(p_entry), 'UTF8'))
+begin
+    return sha256(p_prev_hash || convert_to(costwarden._ledger_payload(p_entry), 'UTF8'));
+end
 $$;
 
 -- Internal: append one entry to the org's chain; returns its seq and hash.

@@ -95,26 +95,30 @@ $$;
 -- Internal: lock pools in the documented order (ascending pool_id).
 create function costwarden._lock_pools(p_pool_ids bigint[])
 returns void
-language sql
+language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
-    select null from (
-        select p.pool_id from costwarden._pools as p
-        where p.pool_id = any (p_pool_ids)
-        order by p.pool_id
-        for update
-    ) as locked
+begin
+    perform null from (
+            select p.pool_id from costwarden._pools as p
+            where p.pool_id = any (p_pool_ids)
+            order by p.pool_id
+            for update
+        ) as locked;
+end
 $$;
 
 -- Internal: move a reservation's hold off its pools (locks held by caller).
 create function costwarden._pools_unhold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
 returns void
-language sql
+language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
+begin
     update costwarden._pools as p
-    set held_micros = p.held_micros - p_micros, held_tokens = p.held_tokens - p_tokens
-    where p.pool_id = any (p_pool_ids) and (p_micros <> 0 or p_tokens <> 0)
+        set held_micros = p.held_micros - p_micros, held_tokens = p.held_tokens - p_tokens
+        where p.pool_id = any (p_pool_ids) and (p_micros <> 0 or p_tokens <> 0);
+end
 $$;
 
 -- Internal: book a charge of a reservation: spend buckets + one ledger entry.
@@ -128,6 +132,10 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now());
+    if p_micros > p_r.amount_micros or p_tokens > p_r.tokens then
+        -- spend grew past the hold (overage, late commit): it may cross an alert threshold (0009)
+        perform costwarden._spend_alerts(p_r.org_id, p_r.workspace_id, p_r.key_id, p_r.user_id);
+    end if;
     select a.seq, a.entry_hash into seq, entry_hash
     from costwarden._ledger_append(
         p_org_id => p_r.org_id, p_entry_type => 'charge', p_amount_micros => p_micros,
@@ -285,9 +293,9 @@ begin
             end if;
             perform costwarden._budget_alert(p_org_id, v_c.scope_kind, v_c.scope_id, v_c.period,
                 v_c.metric, v_c.window_kind, v_c.limit_value, v_c.spent + v_c.held,
-                v_c.spent + v_c.held + v_c.requested, v_c.fails)
+                v_c.spent + v_c.held + v_c.requested, v_c.fails and v_enforced)
             where v_c.limit_value > 0
-              and (v_c.spent + v_c.held + v_c.requested) * 5 >= v_c.limit_value * 4;
+              and (v_c.spent::numeric + v_c.held + v_c.requested) * 5 >= v_c.limit_value::numeric * 4;
         end loop;
     end if;
 

@@ -28,6 +28,9 @@ class Context:
         self._dsn = dsn
         self.data_dir = data_dir
 
+    def has_dsn(self) -> bool:
+        return bool(self._dsn)
+
     def dsn(self) -> str:
         if self._dsn:
             return self._dsn
