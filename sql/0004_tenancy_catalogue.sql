@@ -73,7 +73,7 @@ create table costwarden._pools (
     constraint pools_kind_check check (kind in ('org', 'workspace', 'key', 'user')),
     constraint pools_held_nonnegative check (held_micros >= 0 and held_tokens >= 0),
     unique (org_id, kind, scope_id)
-);
+) with (fillfactor = 50);  -- held_* change on every reserve/commit: leave room for HOT updates
 
 comment on table costwarden._pools is
 'Spend pools (org, workspace, key, user) with the sum of their live holds; row lock = admission lock.';

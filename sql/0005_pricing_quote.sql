@@ -69,6 +69,72 @@ begin
 end
 $$;
 
+-- Internal, hot path: validate a usage (SPEC §0) and price it under a price
+-- list in one pass: its token count, its cost in micros (rounded up once)
+-- and the used units the price list does not price.
+create function costwarden._usage_price(
+    p_usage jsonb, p_prices jsonb, p_arg text default 'p_usage',
+    out tokens bigint, out amount_micros bigint, out unpriced text[]
+)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_row record;
+    v_tokens numeric := 0;
+    v_total numeric := 0;
+begin
+    if p_usage is null or jsonb_typeof(p_usage) <> 'object' then
+        perform costwarden._raise('CW004', format('%s must be a JSON object of usage units', p_arg));
+    end if;
+    unpriced := '{}';
+    for v_row in
+        select u.key, jsonb_typeof(u.value) as json_type, uu.integer_only, uu.is_token,
+               case when jsonb_typeof(u.value) = 'number' then (u.value::text)::numeric end as n,
+               (p_prices ->> u.key)::numeric as price
+        from jsonb_each(p_usage) as u
+        left join costwarden._usage_units as uu on uu.unit = u.key
+    loop
+        if v_row.integer_only is null then
+            perform costwarden._raise('CW004', format('%s: unknown usage unit %L', p_arg, v_row.key));
+        end if;
+        if v_row.json_type <> 'number' then
+            perform costwarden._raise('CW004', format('%s.%s must be a number', p_arg, v_row.key));
+        end if;
+        if v_row.n < 0 then
+            perform costwarden._raise('CW004', format('%s.%s must not be negative', p_arg, v_row.key));
+        end if;
+        if v_row.n > 9223372036854775807 then
+            perform costwarden._raise('CW004', format('%s.%s is out of range', p_arg, v_row.key));
+        end if;
+        if v_row.integer_only and v_row.n <> trunc(v_row.n) then
+            perform costwarden._raise('CW004', format('%s.%s must be an integer', p_arg, v_row.key));
+        end if;
+        if v_row.is_token then
+            v_tokens := v_tokens + v_row.n;
+        end if;
+        if v_row.price is null then
+            if v_row.n <> 0 then
+                unpriced := unpriced || v_row.key;
+            end if;
+        else
+            v_total := v_total + v_row.n * v_row.price;
+        end if;
+    end loop;
+    if v_tokens > 9223372036854775807 then
+        perform costwarden._raise('CW004', format('%s: token count is out of range', p_arg));
+    end if;
+    v_total := ceil(v_total * 1000000);
+    if v_total > 9223372036854775807 then
+        perform costwarden._raise('CW004', format('%s: the cost of this usage is out of range', p_arg));
+    end if;
+    tokens := v_tokens::bigint;
+    amount_micros := v_total::bigint;
+    unpriced := array(select x from unnest(unpriced) as x order by x);
+end
+$$;
+
 -- Internal: the cost of a (validated) usage under a price list, in micros,
 -- rounded up once. Units priced nowhere are returned in p_unpriced.
 create function costwarden._usage_cost(
@@ -250,6 +316,56 @@ as $$
     )
 $$;
 
+-- Internal: price a usage for a model now (no policy check): the snapshot in
+-- force (null when none), the cost, the token count, the unpriced units.
+create function costwarden._quote_price(
+    p_model text, p_usage jsonb,
+    out amount_micros bigint, out tokens bigint, out snapshot_id bigint, out unpriced_units text[]
+)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_prices jsonb;
+begin
+    select ps.snapshot_id, ps.prices into snapshot_id, v_prices
+    from costwarden._pricing_snapshots as ps
+    where ps.model = p_model and ps.effective_from <= now()
+    order by ps.effective_from desc
+    limit 1;
+    select p.amount_micros, p.tokens, p.unpriced into amount_micros, tokens, unpriced_units
+    from costwarden._usage_price(p_usage, coalesce(v_prices, '{}')) as p;
+end
+$$;
+
+-- Internal: the unpriced policy. Returns true when the price is incomplete
+-- (no snapshot in force, or a used unit without a price) and the policy is
+-- 'free'; raises CW006 when it is incomplete and the policy is 'reject'.
+create function costwarden._unpriced_check(p_model text, p_snapshot_id bigint, p_unpriced_units text[])
+returns boolean
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_snapshot_id is not null and cardinality(p_unpriced_units) = 0 then
+        return false;
+    end if;
+    if costwarden._setting('unpriced_policy') = '"free"' then
+        return true;
+    end if;
+    if p_snapshot_id is null then
+        perform costwarden._raise('CW006', format('p_model: no pricing snapshot in force for model %L', p_model),
+            'load prices with fn_pricing_set, or set unpriced_policy to free');
+    end if;
+    perform costwarden._raise('CW006', format(
+        'p_usage: unit(s) %s have no price in snapshot %s of model %L',
+        array_to_string(p_unpriced_units, ', '), p_snapshot_id, p_model));
+    return true;
+end
+$$;
+
 -- Internal: price a usage for a model now. Raises CW006 for an unpriced model
 -- (or a used unit without a price) unless unpriced_policy = 'free'.
 create function costwarden._quote(
@@ -261,27 +377,13 @@ stable
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_prices jsonb;
-    v_cost record;
+    v_p record;
 begin
-    tokens := costwarden._usage_tokens(p_usage);
-    select ps.snapshot_id, ps.prices into snapshot_id, v_prices
-    from costwarden._pricing_snapshots as ps
-    where ps.model = p_model and ps.effective_from <= now()
-    order by ps.effective_from desc
-    limit 1;
-    select * into v_cost from costwarden._usage_cost(coalesce(v_prices, '{}'), p_usage);
-    amount_micros := v_cost.amount_micros;
-    unpriced := v_prices is null or cardinality(v_cost.unpriced) > 0;
-    if unpriced and costwarden._setting('unpriced_policy') <> '"free"' then
-        if v_prices is null then
-            perform costwarden._raise('CW006', format('p_model: no pricing snapshot in force for model %L', p_model),
-                'load prices with fn_pricing_set, or set unpriced_policy to free');
-        end if;
-        perform costwarden._raise('CW006', format(
-            'p_usage: unit(s) %s have no price in snapshot %s of model %L',
-            array_to_string(v_cost.unpriced, ', '), snapshot_id, p_model));
-    end if;
+    select * into v_p from costwarden._quote_price(p_model, p_usage);
+    amount_micros := v_p.amount_micros;
+    tokens := v_p.tokens;
+    snapshot_id := v_p.snapshot_id;
+    unpriced := costwarden._unpriced_check(p_model, v_p.snapshot_id, v_p.unpriced_units);
 end
 $$;
 

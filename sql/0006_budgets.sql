@@ -44,7 +44,7 @@ create table costwarden._spend_buckets (
     micros bigint not null default 0,
     tokens bigint not null default 0,
     primary key (pool_id, res, bucket_start)
-);
+) with (fillfactor = 70);  -- the current buckets are updated by every commit: room for HOT updates
 
 comment on table costwarden._spend_buckets is
 'Committed spend per pool and time bucket, at four resolutions; windows sum these, never the ledger.';

@@ -68,27 +68,31 @@ as $$
     select overlay(gen_random_uuid()::text placing lpad(to_hex(hashtext(p_org_id)), 8, '0') from 1 for 8)::uuid
 $$;
 
--- Internal: cost of a usage at a reservation's snapshot. CW006 for a used
--- unit the snapshot does not price (unless unpriced_policy = 'free').
-create function costwarden._reservation_cost(p_snapshot_id bigint, p_usage jsonb)
-returns bigint
+-- Internal: validate and price a usage at a reservation's snapshot. CW006 for
+-- a used unit the snapshot does not price (unless unpriced_policy = 'free').
+create function costwarden._reservation_price(
+    p_snapshot_id bigint, p_usage jsonb, out tokens bigint, out amount_micros bigint
+)
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_prices jsonb;
-    v_cost record;
+    v_p record;
 begin
-    select ps.prices into v_prices from costwarden._pricing_snapshots as ps where ps.snapshot_id = p_snapshot_id;
-    select * into v_cost from costwarden._usage_cost(coalesce(v_prices, '{}'), p_usage);
-    if cardinality(v_cost.unpriced) > 0 and p_snapshot_id is not null
+    select * into v_p
+    from costwarden._usage_price(
+        p_usage,
+        coalesce((select ps.prices from costwarden._pricing_snapshots as ps where ps.snapshot_id = p_snapshot_id), '{}')
+    );
+    if cardinality(v_p.unpriced) > 0 and p_snapshot_id is not null
        and costwarden._setting('unpriced_policy') <> '"free"' then
         perform costwarden._raise('CW006', format(
             'p_usage: unit(s) %s have no price in the reservation''s pricing snapshot %s',
-            array_to_string(v_cost.unpriced, ', '), p_snapshot_id));
+            array_to_string(v_p.unpriced, ', '), p_snapshot_id));
     end if;
-    return v_cost.amount_micros;
+    tokens := v_p.tokens;
+    amount_micros := v_p.amount_micros;
 end
 $$;
 
@@ -108,16 +112,23 @@ begin
 end
 $$;
 
--- Internal: move a reservation's hold off its pools (locks held by caller).
+-- Internal: move a reservation's hold off its pools (taking their locks in order).
 create function costwarden._pools_unhold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+    -- locks the pools in the documented order (ascending pool_id), then updates them
     update costwarden._pools as p
-        set held_micros = p.held_micros - p_micros, held_tokens = p.held_tokens - p_tokens
-        where p.pool_id = any (p_pool_ids) and (p_micros <> 0 or p_tokens <> 0);
+    set held_micros = p.held_micros - p_micros, held_tokens = p.held_tokens - p_tokens
+    from (
+        select l.pool_id from costwarden._pools as l
+        where l.pool_id = any (p_pool_ids)
+        order by l.pool_id
+        for update
+    ) as locked
+    where p.pool_id = locked.pool_id and (p_micros <> 0 or p_tokens <> 0);
 end
 $$;
 
@@ -176,6 +187,8 @@ declare
     v_fp text;
     v_prev costwarden._reservations;
     v_q record;
+    v_unpriced boolean;
+    v_recorded jsonb;
     v_mode text;
     v_reasons jsonb := '[]';
     v_refused boolean := false;
@@ -184,12 +197,18 @@ declare
     v_pool_ids bigint[] := '{}';
     v_c record;
     v_id uuid;
-    v_status text;
     v_expires timestamptz;
 begin
     -- 1. validate (nothing is written before every argument is checked)
-    v_ws := costwarden._require_workspace(p_org_id, p_workspace_id);
-    v_model := costwarden._require_model(p_model);
+    select * into v_ws from costwarden._workspaces as w
+    where w.org_id = p_org_id and w.workspace_id = p_workspace_id;
+    if not found then
+        perform costwarden._require_workspace(p_org_id, p_workspace_id);  -- raises the precise error
+    end if;
+    select * into v_model from costwarden._models as m where m.model = p_model;
+    if not found then
+        perform costwarden._require_model(p_model);
+    end if;
     if p_user_id is not null
        and not exists (select from costwarden._users as u where u.org_id = p_org_id and u.user_id = p_user_id) then
         perform costwarden._raise('CW002', format('p_user_id: unknown user %L in org %L', p_user_id, p_org_id));
@@ -217,7 +236,7 @@ begin
     if p_metadata is null or jsonb_typeof(p_metadata) <> 'object' then
         perform costwarden._raise('CW004', 'p_metadata must be a JSON object');
     end if;
-    perform costwarden._usage_tokens(p_usage);
+    select * into v_q from costwarden._quote_price(p_model, p_usage);  -- validates the usage
     v_fp := md5(jsonb_build_array(p_workspace_id, p_model, p_usage, v_user_id, p_key_id,
                                   v_ttl::text, p_metadata)::text);
 
@@ -241,11 +260,11 @@ begin
         end if;
     end if;
 
-    -- 3. quote at the snapshot in force; it is fixed for the reservation
-    select * into v_q from costwarden._quote(p_model, p_usage);
+    -- 3. the quote's snapshot is fixed for the reservation's life; unpriced policy
+    v_unpriced := costwarden._unpriced_check(p_model, v_q.snapshot_id, v_q.unpriced_units);
     v_mode := (costwarden._billing_mode(v_ws)).billing_mode;
     v_enforce := (costwarden._setting('billing_enforce'))::boolean;
-    if v_q.unpriced then
+    if v_unpriced then
         v_reasons := v_reasons || costwarden._reason('unpriced_model', 'workspace', p_workspace_id,
                                                      p_requested => v_q.amount_micros, p_enforced => false);
     end if;
@@ -266,19 +285,42 @@ begin
         v_refused := true;
     end if;
 
-    -- 5. every applicable limit, under the pools' locks
+    -- 5. record the reservation first, so that the admission lock below is held
+    --    as briefly as possible (pool ids never change: no lock needed to read them)
     if not v_refused then
-        select coalesce(array_agg(l.pool_id order by l.pool_id), '{}') into v_pool_ids
-        from (
+        select coalesce(array_agg(p.pool_id order by p.pool_id), '{}') into v_pool_ids
+        from costwarden._pools as p
+        where p.org_id = p_org_id
+          and ((p.kind = 'org' and p.scope_id = '')
+               or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
+               or (p.kind = 'key' and p.scope_id = p_key_id)
+               or (p.kind = 'user' and p.scope_id = v_user_id));
+        v_expires := now() + v_ttl;
+    end if;
+    v_id := costwarden._reservation_id(p_org_id);
+    v_recorded := v_reasons;
+    insert into costwarden._reservations (
+        reservation_id, org_id, workspace_id, user_id, key_id, model, provider, status, billing_mode,
+        pricing_snapshot_id, usage, quoted_micros, quoted_tokens, amount_micros, tokens, pool_ids,
+        reasons, idempotency_key, request_fingerprint, ttl, metadata, expires_at, finished_at
+    ) values (
+        v_id, p_org_id, p_workspace_id, v_user_id, p_key_id, p_model, v_model.provider,
+        case when v_refused then 'denied' else 'held' end, v_mode,
+        v_q.snapshot_id, p_usage, v_q.amount_micros, v_q.tokens,
+        case when v_refused then 0 else v_q.amount_micros end,
+        case when v_refused then 0 else v_q.tokens end,
+        v_pool_ids, v_reasons, p_idempotency_key, v_fp, v_ttl, p_metadata, v_expires,
+        case when v_refused then now() end
+    );
+
+    -- 6. every applicable limit, under the pools' locks (ascending pool_id)
+    if not v_refused then
+        perform null from (
             select p.pool_id from costwarden._pools as p
-            where p.org_id = p_org_id
-              and ((p.kind = 'org' and p.scope_id = '')
-                   or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
-                   or (p.kind = 'key' and p.scope_id = p_key_id)
-                   or (p.kind = 'user' and p.scope_id = v_user_id))
+            where p.pool_id = any (v_pool_ids)
             order by p.pool_id
             for update
-        ) as l;
+        ) as locked;
         for v_c in
             select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, v_user_id,
                                                    v_q.amount_micros, v_q.tokens)
@@ -297,41 +339,32 @@ begin
             where v_c.limit_value > 0
               and (v_c.spent::numeric + v_c.held + v_c.requested) * 5 >= v_c.limit_value::numeric * 4;
         end loop;
-    end if;
 
-    -- 6. the provider's circuit, last: a half-open probe is only spent on a call that goes ahead
-    if not v_refused and not costwarden._circuit_admit(v_model.provider) then
-        v_reasons := v_reasons || costwarden._reason('circuit_open', 'provider', v_model.provider,
-                                                     p_requested => v_q.amount_micros);
-        v_refused := true;
-    end if;
+        -- 7. the provider's circuit, last: a half-open probe is only spent on a call that goes ahead
+        if not v_refused and not costwarden._circuit_admit(v_model.provider) then
+            v_reasons := v_reasons || costwarden._reason('circuit_open', 'provider', v_model.provider,
+                                                         p_requested => v_q.amount_micros);
+            v_refused := true;
+        end if;
 
-    -- 7. hold, or record the denial
-    v_id := costwarden._reservation_id(p_org_id);
-    if v_refused then
-        v_status := 'denied';
-        v_pool_ids := '{}';
-    else
-        v_status := 'held';
-        v_expires := now() + v_ttl;
-        update costwarden._pools as p
-        set held_micros = p.held_micros + v_q.amount_micros, held_tokens = p.held_tokens + v_q.tokens
-        where p.pool_id = any (v_pool_ids) and (v_q.amount_micros <> 0 or v_q.tokens <> 0);
+        -- 8. hold, or turn the record into a denial
+        if v_refused then
+            v_expires := null;
+            update costwarden._reservations as r
+            set status = 'denied', amount_micros = 0, tokens = 0, pool_ids = '{}', reasons = v_reasons,
+                expires_at = null, finished_at = now()
+            where r.reservation_id = v_id;
+        else
+            update costwarden._pools as p
+            set held_micros = p.held_micros + v_q.amount_micros, held_tokens = p.held_tokens + v_q.tokens
+            where p.pool_id = any (v_pool_ids) and (v_q.amount_micros <> 0 or v_q.tokens <> 0);
+            if v_reasons <> v_recorded then
+                update costwarden._reservations as r set reasons = v_reasons where r.reservation_id = v_id;
+            end if;
+        end if;
     end if;
-    insert into costwarden._reservations (
-        reservation_id, org_id, workspace_id, user_id, key_id, model, provider, status, billing_mode,
-        pricing_snapshot_id, usage, quoted_micros, quoted_tokens, amount_micros, tokens, pool_ids,
-        reasons, idempotency_key, request_fingerprint, ttl, metadata, expires_at,
-        finished_at
-    ) values (
-        v_id, p_org_id, p_workspace_id, v_user_id, p_key_id, p_model, v_model.provider, v_status, v_mode,
-        v_q.snapshot_id, p_usage, v_q.amount_micros, v_q.tokens,
-        case when v_refused then 0 else v_q.amount_micros end,
-        case when v_refused then 0 else v_q.tokens end,
-        v_pool_ids, v_reasons, p_idempotency_key, v_fp, v_ttl, p_metadata, v_expires,
-        case when v_refused then now() end
-    );
-    return query select v_id, v_status, v_q.amount_micros, v_q.tokens, v_expires, v_mode, v_reasons;
+    return query select v_id, case when v_refused then 'denied' else 'held' end,
+        v_q.amount_micros, v_q.tokens, v_expires, v_mode, v_reasons;
 end
 $$;
 
@@ -384,7 +417,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_r costwarden._reservations;
-    v_tokens bigint := costwarden._usage_tokens(p_usage);
+    v_tokens bigint;
     v_cost bigint;
     v_extra bigint;
     v_extra_tokens bigint;
@@ -401,9 +434,10 @@ begin
     if v_r.expires_at < now() then
         perform costwarden._raise('CW003', format('reservation %s expired at %s', p_reservation_id, v_r.expires_at));
     end if;
+    select p.tokens, p.amount_micros into v_tokens, v_cost
+    from costwarden._reservation_price(v_r.pricing_snapshot_id, p_usage) as p;
     perform costwarden._usage_not_below(p_usage, v_r.metered_usage,
         'usage is cumulative and must not go backwards');
-    v_cost := costwarden._reservation_cost(v_r.pricing_snapshot_id, p_usage);
     v_extra := greatest(v_cost - v_r.amount_micros, 0);
     v_extra_tokens := greatest(v_tokens - v_r.tokens, 0);
     if v_extra > 0 or v_extra_tokens > 0 then
@@ -464,7 +498,9 @@ declare
     v_entry record;
     v_result jsonb;
 begin
-    v_tokens := costwarden._usage_tokens(p_usage);
+    if p_usage is null or jsonb_typeof(p_usage) <> 'object' then
+        perform costwarden._raise('CW004', 'p_usage must be a JSON object of usage units');
+    end if;
     if p_approximate is null then
         perform costwarden._raise('CW004', 'p_approximate must be true or false');
     end if;
@@ -485,8 +521,8 @@ begin
         perform costwarden._raise('CW003', format('reservation %s is %s: it cannot be committed',
                                                   p_reservation_id, v_r.status));
     end if;
-    v_cost := costwarden._reservation_cost(v_r.pricing_snapshot_id, p_usage);
-    perform costwarden._lock_pools(v_r.pool_ids);
+    select p.tokens, p.amount_micros into v_tokens, v_cost
+    from costwarden._reservation_price(v_r.pricing_snapshot_id, p_usage) as p;
     if v_r.status = 'held' then
         perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
         v_charge := v_cost;
@@ -500,6 +536,7 @@ begin
             perform costwarden._usage_not_below(p_usage, v_r.metered_usage,
                 'the actual usage is below the metered usage that expiry already charged');
         end if;
+        perform costwarden._lock_pools(v_r.pool_ids);
         v_charge := greatest(v_cost - v_r.charged_micros, 0);
         v_charge_tokens := greatest(v_tokens - v_r.charged_tokens, 0);
         v_released := 0;
@@ -543,7 +580,6 @@ begin
         perform costwarden._raise('CW003', format('reservation %s is %s: it cannot be released',
                                                   p_reservation_id, v_r.status));
     end if;
-    perform costwarden._lock_pools(v_r.pool_ids);
     perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
     if v_r.metered_usage is not null and (v_r.metered_micros > 0 or v_r.metered_tokens > 0) then
         -- the call ran: what the meter ticks recorded is charged, approximately
