@@ -65,9 +65,12 @@ class PgBench:
     def _base(self, dbname: str) -> list[str]:
         return [
             str(self.binary),
-            "-h", str(self.info.get("host") or "localhost"),
-            "-p", str(self.info.get("port") or 5432),
-            "-U", str(self.info.get("user") or "postgres"),
+            "-h",
+            str(self.info.get("host") or "localhost"),
+            "-p",
+            str(self.info.get("port") or 5432),
+            "-U",
+            str(self.info.get("user") or "postgres"),
         ]
 
     def env(self) -> dict[str, str]:
@@ -79,7 +82,10 @@ class PgBench:
     def init(self, dbname: str, scale: int) -> None:
         subprocess.run(
             [*self._base(dbname), "-i", "-q", "-s", str(scale), dbname],
-            check=True, capture_output=True, text=True, env=self.env(),
+            check=True,
+            capture_output=True,
+            text=True,
+            env=self.env(),
         )
 
     def run(
@@ -94,8 +100,18 @@ class PgBench:
         log_dir: Path | None = None,
     ) -> tuple[float, list[float]]:
         """Run pgbench; returns (tps, per-transaction latencies in ms if logged)."""
-        argv = [*self._base(dbname), "-n", "-c", str(clients), "-j", str(min(clients, 4)),
-                "-T", str(seconds), "-M", "prepared"]
+        argv = [
+            *self._base(dbname),
+            "-n",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 4)),
+            "-T",
+            str(seconds),
+            "-M",
+            "prepared",
+        ]
         if script is not None:
             argv += ["-f", str(script)]
         if builtin is not None:
@@ -105,11 +121,18 @@ class PgBench:
         if log_dir is not None:
             argv += ["-l", "--log-prefix", str(log_dir / "pgbench_log")]
         argv.append(dbname)
-        out = subprocess.run(argv, capture_output=True, text=True, env=self.env(),
-                             cwd=str(log_dir) if log_dir else None)
+        out = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            cwd=str(log_dir) if log_dir else None,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"pgbench failed: {out.stderr.strip()[-2000:]}")
-        m = re.search(r"tps = ([0-9.]+) \((?:without initial connection time|excluding)", out.stdout)
+        m = re.search(
+            r"tps = ([0-9.]+) \((?:without initial connection time|excluding)", out.stdout
+        )
         if not m:
             m = re.search(r"tps = ([0-9.]+)", out.stdout)
         if not m:
@@ -135,7 +158,9 @@ def _percentile(values: list[float], p: float) -> float:
 
 def _recreate(admin_dsn: str, dbname: str) -> str:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname))
+        )
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(dbname)))
     return psycopg.conninfo.make_conninfo(admin_dsn, dbname=dbname)
 
@@ -144,8 +169,11 @@ def setup_costwarden(dsn: str, orgs: int) -> None:
     migrations.migrate(dsn, schedule=False)
     with Client(dsn) as c:
         c.upsert_model("bench/model", platform_servable=True)
-        c.set_pricing("bench/model", {"input_tokens": Decimal("0.000003"), "output_tokens": Decimal("0.000015")},
-                      effective_from=None)
+        c.set_pricing(
+            "bench/model",
+            {"input_tokens": Decimal("0.000003"), "output_tokens": Decimal("0.000015")},
+            effective_from=None,
+        )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             """
@@ -155,9 +183,10 @@ def setup_costwarden(dsn: str, orgs: int) -> None:
                 for i in 1..%s loop
                     perform costwarden.fn_org_upsert('org' || i);
                     perform costwarden.fn_workspace_upsert('org' || i, 'ws', 'bench/model');
-                    perform costwarden.fn_budget_set('org' || i, 'workspace', 'ws', 'day', 1000000000000);
-                    perform costwarden.fn_budget_set('org' || i, 'org', null, 'month', 1000000000000,
-                                                     p_window => 'calendar');
+                    perform costwarden.fn_budget_set(
+                        'org' || i, 'workspace', 'ws', 'day', 1000000000000);
+                    perform costwarden.fn_budget_set(
+                        'org' || i, 'org', null, 'month', 1000000000000, p_window => 'calendar');
                 end loop;
                 perform costwarden.fn_org_upsert('hot');
                 perform costwarden.fn_workspace_upsert('hot', 'ws', 'bench/model');
@@ -203,8 +232,10 @@ def grow_ledger(dsn: str, rows: int, echo: Echo) -> int:
                 (start + done, n),
             )
             done += n
-            echo(f"  ledger filler: {done + int(have):,} / {rows:,} entries "
-                 f"({time.monotonic() - t0:.0f} s)")
+            echo(
+                f"  ledger filler: {done + int(have):,} / {rows:,} entries "
+                f"({time.monotonic() - t0:.0f} s)"
+            )
         conn.execute("vacuum analyze costwarden._ledger")
         (total,) = conn.execute("select count(*) from costwarden._ledger").fetchone()  # type: ignore[misc]
         return int(total)
@@ -240,12 +271,13 @@ def run_bench(
 
     def add(fig: Figure) -> None:
         figures.append(fig)
-        echo(f"  -> {fig.name}: {fig.value:,.3f} {fig.unit} | {fig.baseline_name}: "
-             f"{fig.baseline:,.3f} | ratio {fig.ratio:.2f} (goal {fig.goal}) "
-             f"{'MET' if fig.met else 'not met'}")
+        echo(
+            f"  -> {fig.name}: {fig.value:,.3f} {fig.unit} | {fig.baseline_name}: "
+            f"{fig.baseline:,.3f} | ratio {fig.ratio:.2f} (goal {fig.goal}) "
+            f"{'MET' if fig.met else 'not met'}"
+        )
 
-    echo("preparing databases (pgbench TPC-B scale 10; costwarden with "
-         f"{orgs:,} orgs) ...")
+    echo(f"preparing databases (pgbench TPC-B scale 10; costwarden with {orgs:,} orgs) ...")
     _recreate(admin_dsn, "cw_bench_tpcb")
     pgb.init("cw_bench_tpcb", 10)
     cw_dsn = _recreate(admin_dsn, "cw_bench")
@@ -254,49 +286,133 @@ def run_bench(
 
     echo(f"1/5 saga pairs at 8 clients vs TPC-B at 8 clients ({seconds} s each)")
     tpcb, _ = pgb.run("cw_bench_tpcb", clients=8, seconds=seconds, builtin="tpcb-like")
-    pairs, _ = pgb.run("cw_bench", clients=8, seconds=seconds, script=scripts / "saga_pair.sql",
-                       defines=defines)
-    add(Figure("saga pairs/s (reserve+commit, 8 clients)", pairs, "pairs/s",
-               "pgbench TPC-B tps (8 clients)", tpcb, pairs / tpcb, ">= 0.6", pairs / tpcb >= 0.6))
+    pairs, _ = pgb.run(
+        "cw_bench", clients=8, seconds=seconds, script=scripts / "saga_pair.sql", defines=defines
+    )
+    add(
+        Figure(
+            "saga pairs/s (reserve+commit, 8 clients)",
+            pairs,
+            "pairs/s",
+            "pgbench TPC-B tps (8 clients)",
+            tpcb,
+            pairs / tpcb,
+            ">= 0.6",
+            pairs / tpcb >= 0.6,
+        )
+    )
 
     echo("2/5 hot budget: 32 clients on one workspace limit vs a one-row UPDATE")
     upd, _ = pgb.run("cw_bench", clients=32, seconds=seconds, script=scripts / "hot_update.sql")
     hot, _ = pgb.run("cw_bench", clients=32, seconds=seconds, script=scripts / "hot_reserve.sql")
-    add(Figure("hot-limit reservations/s (32 clients)", hot, "tps",
-               "one-row UPDATE tps (32 clients)", upd, hot / upd, ">= 0.7", hot / upd >= 0.7))
+    add(
+        Figure(
+            "hot-limit reservations/s (32 clients)",
+            hot,
+            "tps",
+            "one-row UPDATE tps (32 clients)",
+            upd,
+            hot / upd,
+            ">= 0.7",
+            hot / upd >= 0.7,
+        )
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(tmp)
         echo("3/5 reserve latency at 8 clients (pgbench per-transaction log)")
-        _, lat = pgb.run("cw_bench", clients=8, seconds=seconds, script=scripts / "reserve_only.sql",
-                         defines=defines, log_dir=log_dir)
+        _, lat = pgb.run(
+            "cw_bench",
+            clients=8,
+            seconds=seconds,
+            script=scripts / "reserve_only.sql",
+            defines=defines,
+            log_dir=log_dir,
+        )
         p50, p99 = _percentile(lat, 50), _percentile(lat, 99)
-        add(Figure("reserve latency p99 (8 clients)", p99, "ms", "p50", p50, p99 / p50 if p50 else 0,
-                   "p99 <= 5 ms", p99 <= 5.0))
+        add(
+            Figure(
+                "reserve latency p99 (8 clients)",
+                p99,
+                "ms",
+                "p50",
+                p50,
+                p99 / p50 if p50 else 0,
+                "p99 <= 5 ms",
+                p99 <= 5.0,
+            )
+        )
 
         echo("   single-client pair latency (pgbench, 1 client)")
-        tps1, _ = pgb.run("cw_bench", clients=1, seconds=seconds, script=scripts / "saga_pair.sql",
-                          defines=defines)
+        tps1, _ = pgb.run(
+            "cw_bench",
+            clients=1,
+            seconds=seconds,
+            script=scripts / "saga_pair.sql",
+            defines=defines,
+        )
         pair_ms = 1000 / tps1
 
         echo("4/5 reserve latency with a big ledger vs a small one")
         with psycopg.connect(cw_dsn) as conn:
             (small_n,) = conn.execute("select count(*) from costwarden._ledger").fetchone()  # type: ignore[misc]
-        _, lat_small = pgb.run("cw_bench", clients=8, seconds=seconds,
-                               script=scripts / "reserve_only.sql", defines=defines, log_dir=log_dir)
+        _, lat_small = pgb.run(
+            "cw_bench",
+            clients=8,
+            seconds=seconds,
+            script=scripts / "reserve_only.sql",
+            defines=defines,
+            log_dir=log_dir,
+        )
         big_n = grow_ledger(cw_dsn, ledger_rows, echo)
-        _, lat_big = pgb.run("cw_bench", clients=8, seconds=seconds,
-                             script=scripts / "reserve_only.sql", defines=defines, log_dir=log_dir)
+        _, lat_big = pgb.run(
+            "cw_bench",
+            clients=8,
+            seconds=seconds,
+            script=scripts / "reserve_only.sql",
+            defines=defines,
+            log_dir=log_dir,
+        )
         s50, b50 = _percentile(lat_small, 50), _percentile(lat_big, 50)
-        add(Figure(f"reserve p50 with {big_n:,} ledger entries", b50, "ms",
-                   f"reserve p50 with {small_n:,} entries", s50, b50 / s50, "<= 1.25", b50 / s50 <= 1.25))
+        add(
+            Figure(
+                f"reserve p50 with {big_n:,} ledger entries",
+                b50,
+                "ms",
+                f"reserve p50 with {small_n:,} entries",
+                s50,
+                b50 / s50,
+                "<= 1.25",
+                b50 / s50 <= 1.25,
+            )
+        )
 
     echo("5/5 Python client saga vs the same SQL through pgbench (1 client)")
     py_ms = python_pairs(cw_dsn, seconds, orgs)
-    add(Figure("Python client ms per pair (1 client)", py_ms, "ms", "pgbench ms per pair (1 client)",
-               pair_ms, py_ms / pair_ms, "<= 1.5", py_ms / pair_ms <= 1.5))
-    figures.append(Figure("pair latency (pgbench, 1 client)", pair_ms, "ms", "goal", 1.0,
-                          pair_ms / 1.0, "< 1 ms", pair_ms < 1.0))
+    add(
+        Figure(
+            "Python client ms per pair (1 client)",
+            py_ms,
+            "ms",
+            "pgbench ms per pair (1 client)",
+            pair_ms,
+            py_ms / pair_ms,
+            "<= 1.5",
+            py_ms / pair_ms <= 1.5,
+        )
+    )
+    figures.append(
+        Figure(
+            "pair latency (pgbench, 1 client)",
+            pair_ms,
+            "ms",
+            "goal",
+            1.0,
+            pair_ms / 1.0,
+            "< 1 ms",
+            pair_ms < 1.0,
+        )
+    )
     echo(f"  -> pair latency at 1 client: {pair_ms:.3f} ms (goal < 1 ms)")
     return figures
 
@@ -305,11 +421,20 @@ def report(figures: list[Figure]) -> str:
     from .cli import table
 
     rows = [
-        (f.name, f"{f.value:,.3f} {f.unit}", f.baseline_name, f"{f.baseline:,.3f}", f"{f.ratio:.2f}",
-         f.goal, "yes" if f.met else "no")
+        (
+            f.name,
+            f"{f.value:,.3f} {f.unit}",
+            f.baseline_name,
+            f"{f.baseline:,.3f}",
+            f"{f.ratio:.2f}",
+            f.goal,
+            "yes" if f.met else "no",
+        )
         for f in figures
     ]
-    return table(rows, ["figure", "value", "baseline (same run)", "baseline", "ratio", "goal", "met"])
+    return table(
+        rows, ["figure", "value", "baseline (same run)", "baseline", "ratio", "goal", "met"]
+    )
 
 
 def save(figures: list[Figure], path: Path, meta: dict[str, Any]) -> None:

@@ -103,7 +103,9 @@ def handle_errors(fn: F) -> F:
 
 
 @click.group()
-@click.option("--dsn", envvar="COSTWARDEN_DSN", help="PostgreSQL DSN (default: the embedded server).")
+@click.option(
+    "--dsn", envvar="COSTWARDEN_DSN", help="PostgreSQL DSN (default: the embedded server)."
+)
 @click.option(
     "--data-dir",
     envvar="COSTWARDEN_DATA_DIR",
@@ -161,7 +163,9 @@ def down(ctx: Context) -> None:
 
 
 @main.command()
-@click.option("--schedule/--no-schedule", default=True, help="Schedule pg_cron jobs when available.")
+@click.option(
+    "--schedule/--no-schedule", default=True, help="Schedule pg_cron jobs when available."
+)
 @pass_ctx
 @handle_errors
 def migrate(ctx: Context, schedule: bool) -> None:
@@ -189,7 +193,9 @@ def status(ctx: Context) -> None:
     if not st.cron.available:
         click.echo("pg_cron: not available (run `costwarden worker` for scheduled jobs)")
     elif not st.cron.jobs:
-        click.echo(f"pg_cron: available in database {st.cron.database}; no costwarden jobs scheduled")
+        click.echo(
+            f"pg_cron: available in database {st.cron.database}; no costwarden jobs scheduled"
+        )
     else:
         click.echo(f"pg_cron: jobs run from database {st.cron.database}")
         for name, schedule, db in st.cron.jobs:
@@ -201,7 +207,7 @@ def _safe_dsn(dsn: str) -> str:
 
     info = psycopg.conninfo.conninfo_to_dict(dsn)
     info.pop("password", None)
-    return psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v is not None})
+    return psycopg.conninfo.make_conninfo("", **{k: v for k, v in info.items() if v is not None})
 
 
 # -- settings ----------------------------------------------------------------------------
@@ -220,7 +226,10 @@ def settings_list(ctx: Context) -> None:
         rows = c.settings()
     click.echo(
         table(
-            [(s.key, json.dumps(s.value, default=str), "yes" if s.changed else "", s.description) for s in rows],
+            [
+                (s.key, json.dumps(s.value, default=str), "yes" if s.changed else "", s.description)
+                for s in rows
+            ],
             ["key", "value", "changed", "meaning"],
         )
     )
@@ -260,7 +269,9 @@ def pricing() -> None:
 
 
 @pricing.command("load")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False
+)
 @click.option("--sample", is_flag=True, help="Load the bundled SAMPLE catalogue.")
 @pass_ctx
 @handle_errors
@@ -294,7 +305,12 @@ def pricing_show(ctx: Context, model: str | None, history: bool) -> None:
         if history:
             snaps = c.pricing_history(model)
             rows: list[tuple[Any, ...]] = [
-                (s.model, s.pricing_snapshot_id, f"{s.effective_from:%Y-%m-%d %H:%M}", _prices(s.prices))
+                (
+                    s.model,
+                    s.pricing_snapshot_id,
+                    f"{s.effective_from:%Y-%m-%d %H:%M}",
+                    _prices(s.prices),
+                )
                 for s in snaps
             ]
             click.echo(table(rows, ["model", "snapshot", "effective from", "USD per unit"]))

@@ -30,7 +30,9 @@ def budgets() -> None:
 )
 @click.argument("scope_id", required=False)
 @click.option("--period", type=click.Choice(["hour", "day", "week", "month"]), required=True)
-@click.option("--limit", "limit", type=str, required=True, help="micro-USD or tokens; 'none' removes")
+@click.option(
+    "--limit", "limit", type=str, required=True, help="micro-USD or tokens; 'none' removes"
+)
 @click.option("--metric", type=click.Choice(["cost", "tokens"]), default="cost")
 @click.option("--window", type=click.Choice(["rolling", "calendar"]), default="rolling")
 @click.option("--mode", type=click.Choice(["enforce", "shadow"]), default="enforce")
@@ -57,7 +59,9 @@ def budgets_set(
         except ValueError as exc:
             raise click.BadParameter("an integer, or none", param_hint="--limit") from exc
     with ctx.client() as c:
-        c.set_budget(org, scope_kind, scope_id, period, value, metric=metric, window=window, mode=mode)
+        c.set_budget(
+            org, scope_kind, scope_id, period, value, metric=metric, window=window, mode=mode
+        )
     what = "removed" if value is None else f"= {value}"
     click.echo(f"{org} {scope_kind} {scope_id or ''} {period}/{metric}/{window} {what} ({mode})")
 
@@ -146,8 +150,18 @@ def reservations_list(
                 )
                 for r in rows
             ],
-            ["reservation", "org", "workspace", "user", "model", "status", "quoted", "charged",
-             "created", "reasons"],
+            [
+                "reservation",
+                "org",
+                "workspace",
+                "user",
+                "model",
+                "status",
+                "quoted",
+                "charged",
+                "created",
+                "reasons",
+            ],
         )
     )
 

@@ -73,7 +73,9 @@ class BudgetExceeded(CostwardenError):
         self.reservation = reservation
         self.reasons: tuple[Any, ...] = tuple(getattr(reservation, "reasons", ()))
         codes = ", ".join(sorted({str(r.code) for r in self.reasons})) or "denied"
-        super().__init__(f"reservation {getattr(reservation, 'reservation_id', '?')} denied: {codes}")
+        super().__init__(
+            f"reservation {getattr(reservation, 'reservation_id', '?')} denied: {codes}"
+        )
 
 
 #: SQLSTATE -> exception class: the single mapping (SPEC §8).

@@ -25,7 +25,9 @@ import psycopg
 from psycopg import sql
 
 # pg_advisory_lock key for the whole run: the first 8 bytes of sha256("costwarden.migrate").
-MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"costwarden.migrate").digest()[:8], "big", signed=True)
+MIGRATION_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"costwarden.migrate").digest()[:8], "big", signed=True
+)
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -142,7 +144,11 @@ def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, AppliedM
     rows = conn.execute(
         "select version, name, checksum, applied_at from costwarden._migrations order by version"
     ).fetchall()
-    return {int(r[0]): AppliedMigration(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows}  # type: ignore[arg-type]
+    out: dict[int, AppliedMigration] = {}
+    for version, name, checksum, applied_at in rows:
+        assert isinstance(version, int) and isinstance(applied_at, datetime)
+        out[version] = AppliedMigration(version, str(name), str(checksum), applied_at)
+    return out
 
 
 def _check_changed(migrations: list[Migration], applied: dict[int, AppliedMigration]) -> None:
@@ -186,7 +192,7 @@ def migrate(
                             "values (%s, %s, %s)",
                             (m.version, m.name, m.checksum),
                         )
-                        conn.execute(m.sql())  # type: ignore[arg-type]
+                        conn.execute(m.sql().encode())
                         conn.execute(LOCKDOWN)
                 except psycopg.errors.UniqueViolation:
                     # Another migrator applied it between our read and our insert.
@@ -282,7 +288,9 @@ def _function_exists(conn: psycopg.Connection[tuple[object, ...]], function: str
 
 
 def _has_cron_extension(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
-    row = conn.execute("select exists (select from pg_extension where extname = 'pg_cron')").fetchone()
+    row = conn.execute(
+        "select exists (select from pg_extension where extname = 'pg_cron')"
+    ).fetchone()
     return bool(row and row[0])
 
 

@@ -63,7 +63,7 @@ def sample_catalogue_path() -> Path:
 
 def _decimal(value: Any, where: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise CatalogueError(f"{where}: prices are decimal strings such as \"0.000003\"")
+        raise CatalogueError(f'{where}: prices are decimal strings such as "0.000003"')
     try:
         number = Decimal(str(value))
     except InvalidOperation as exc:
@@ -104,7 +104,9 @@ def parse_catalogue(text: str, source: str = "<catalogue>") -> Catalogue:
         for j, price in enumerate(entry.get("price", [])):
             pwhere = f"{where} ({name}) price[{j}]"
             effective = _instant(price.get("effective_from"), pwhere)
-            prices = {k: _decimal(v, f"{pwhere}.{k}") for k, v in price.items() if k != "effective_from"}
+            prices = {
+                k: _decimal(v, f"{pwhere}.{k}") for k, v in price.items() if k != "effective_from"
+            }
             if not prices:
                 raise CatalogueError(f"{pwhere}: no prices")
             snapshots.append(PriceSnapshot(effective, prices))

@@ -103,7 +103,8 @@ class Reason:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Reason:
-        return cls(**{f.name: obj.get(f.name) for f in fields(cls)})
+        values: dict[str, Any] = {f.name: obj.get(f.name) for f in fields(cls)}
+        return cls(**values)
 
 
 def _reasons(value: Any) -> tuple[Reason, ...]:
@@ -176,7 +177,7 @@ class ReservationInfo(Row):
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ReservationInfo:
-        data = {f.name: row.get(f.name) for f in fields(cls)}
+        data: dict[str, Any] = {f.name: row.get(f.name) for f in fields(cls)}
         data["reasons"] = _reasons(row.get("reasons"))
         return cls(**data)
 
@@ -210,3 +211,241 @@ class PricingSnapshot(Row):
     prices: dict[str, Any]
     effective_from: datetime
     created_at: datetime
+
+
+# -- §6 guardrails -------------------------------------------------------------------
+
+#: circuit states and circuit event reasons, kept in sync with 0009 by tests.
+CIRCUIT_STATES = frozenset({"closed", "open", "half_open"})
+CIRCUIT_EVENT_REASONS = frozenset(
+    {
+        "failure_threshold",
+        "probe_admitted",
+        "probe_retry",
+        "probe_succeeded",
+        "probe_failed",
+        "reset",
+    }
+)
+
+
+@dataclass(frozen=True)
+class CircuitStatus(Row):
+    provider: str
+    state: str  # 'closed' | 'open' | 'half_open'
+    consecutive_failures: int
+    failure_threshold: int
+    opened_at: datetime | None
+    probe_at: datetime | None
+    next_probe_at: datetime | None  # when a (new) probe may be admitted
+    last_error: str | None
+    last_failure_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CircuitEvent(Row):
+    event_id: int
+    provider: str
+    at: datetime
+    from_state: str
+    to_state: str
+    reason: str
+    consecutive_failures: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SpendSource(Row):
+    org_id: str
+    workspace_id: str
+    source: str
+    key_id: str | None
+    user_id: str | None
+    last_cumulative_micros: int | None
+    reports: int
+    resets: int
+    booked_micros: int
+    last_reported_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Anomaly(Row):
+    anomaly_id: int
+    org_id: str
+    workspace_id: str
+    hour_start: datetime
+    window_start: datetime
+    window_end: datetime
+    spent_micros: int
+    mean_micros: Decimal
+    stddev_micros: Decimal
+    threshold_micros: Decimal
+    frozen: bool
+    detected_at: datetime
+    acked_at: datetime | None
+    acked_by: str | None
+
+
+@dataclass(frozen=True)
+class ShadowReportRow(Row):
+    """One limit that shadow mode (or billing_enforce = false) did not enforce."""
+
+    scope_kind: str
+    scope_id: str | None
+    period: str
+    metric: str
+    window_kind: str
+    limit_value: int
+    code: str  # 'budget_exceeded' | 'token_quota_exceeded'
+    refusals: int  # reservations that would have been refused
+    requested: Decimal  # sum of the refused requests in the limit's metric
+    requested_micros: Decimal  # sum of those reservations' quoted amounts
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True)
+class SpooledReservation(Reservation):
+    """A reservation made while the database was unreachable under
+    ``on_unavailable='open'``: nothing was enforced, nothing is held, and its usage
+    is spooled to local disk and replayed as spend reports (costwarden.spool)."""
+
+    spooled: bool = True
+
+
+# -- §4 ledger
+
+
+@dataclass(frozen=True)
+class LedgerVerification(Row):
+    """One org's chain as fn_ledger_verify found it."""
+
+    org_id: str
+    entries: int
+    ok: bool
+    first_bad_seq: int | None  # the first seq at which the chain is wrong (a missing one included)
+    detail: str | None  # why; None when ok
+
+
+@dataclass(frozen=True)
+class LedgerHead(Row):
+    """The head of one org's chain (fn_ledger_digest); entry_hash in hex."""
+
+    org_id: str
+    seq: int
+    entry_hash: str
+    taken_at: datetime
+
+
+@dataclass(frozen=True)
+class LedgerAdjustment(Row):
+    entry_seq: int
+    entry_hash: str  # hex
+
+
+@dataclass(frozen=True)
+class LedgerEntry(Row):
+    """One raw ledger row (fn_ledger_export): the hashes in hex, created_at as ISO 8601
+    UTC text with microseconds, usage numbers exact (int or Decimal)."""
+
+    org_id: str
+    seq: int
+    entry_type: str  # 'charge' | 'spend_report' | 'adjustment'
+    reservation_id: UUID | None
+    workspace_id: str | None
+    user_id: str | None
+    key_id: str | None
+    model: str | None
+    billing_mode: str | None
+    usage: dict[str, Any] | None
+    tokens: int
+    amount_micros: int  # signed only for adjustments
+    pricing_snapshot_id: int | None
+    approximate: bool
+    late: bool
+    source: str | None
+    reason: str | None
+    created_at: str
+    prev_hash: str
+    entry_hash: str
+
+
+@dataclass(frozen=True)
+class DatabaseIdentity(Row):
+    """Which database a ledger digest belongs to."""
+
+    system_identifier: str  # pg_control_system(): the cluster's identifier
+    database_name: str
+
+
+# -- §5 BYOK -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ByokKey(Row):
+    """A stored BYOK key as listings show it: a fingerprint, never the secret."""
+
+    org_id: str
+    workspace_id: str
+    provider: str
+    fingerprint: str
+    status: str  # 'live' | 'revoked'
+    kek_id: int
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+    revoked_by: str | None
+    revoke_reason: str | None  # 'replaced' | 'revoked'
+
+
+@dataclass(frozen=True)
+class KekGeneration(Row):
+    """A key-encryption-key generation (only its check blob is stored)."""
+
+    kek_id: int
+    current: bool
+    created_at: datetime
+    created_by: str
+    retired_at: datetime | None
+    live_keys: int
+
+
+@dataclass(frozen=True)
+class KekRotateBatch(Row):
+    """One fn_byok_kek_rotate call: data keys re-wrapped now, and still to do."""
+
+    kek_id: int
+    rewrapped: int
+    remaining: int
+
+
+@dataclass(frozen=True)
+class KekRotation:
+    """A whole rotation (Client.rotate_kek)."""
+
+    kek_id: int
+    rewrapped: int
+    remaining: int  # > 0: keys under a generation the old KEK does not unlock
+    batches: int
+
+
+@dataclass(frozen=True)
+class ResolveAttempt(Row):
+    """One BYOK resolve attempt (fn_byok_resolve_audit); outcome 'unrecorded' is a gap."""
+
+    attempt: int
+    at: datetime | None
+    outcome: str  # 'granted' | 'refused' | 'unrecorded'
+    reason: str | None
+    legacy: bool | None
+    db_role: str | None
+    actor_org: str | None
+    actor_user: str | None
+    reservation_id: UUID | None
+    org_id: str | None
+    workspace_id: str | None
+    provider: str | None
+    fingerprint: str | None
+    recorded_via: str | None  # 'inline' | 'receipt'

@@ -9,27 +9,44 @@ from typing import Any
 
 import psycopg
 import pytest
-from cwtest import Seeded, expect_sqlstate, table_snapshot
 
 import costwarden
 from costwarden import BudgetExceeded, InvalidArgument, InvalidState, NotFound
+from cwtest import Seeded, expect_sqlstate, table_snapshot
 
 USAGE = {"input_tokens": 1000, "output_tokens": 500}  # gpt-4o: 2500 + 5000 = 7500 micros
 COST = 7500
 REASON_KEYS = {
-    "code", "scope_kind", "scope_id", "period", "metric", "window", "limit", "spent", "held",
-    "requested", "enforced",
+    "code",
+    "scope_kind",
+    "scope_id",
+    "period",
+    "metric",
+    "window",
+    "limit",
+    "spent",
+    "held",
+    "requested",
+    "enforced",
 }
 
 
-def reserve(client: costwarden.Client, s: Seeded, usage: dict[str, Any] | None = None,
-            **kw: Any) -> costwarden.types.Reservation:
-    return client.reserve(s.org, s.ws_platform, s.platform_model, USAGE if usage is None else usage,
-                          raise_on_denied=False, **kw)
+def reserve(
+    client: costwarden.Client, s: Seeded, usage: dict[str, Any] | None = None, **kw: Any
+) -> costwarden.types.Reservation:
+    return client.reserve(
+        s.org,
+        s.ws_platform,
+        s.platform_model,
+        USAGE if usage is None else usage,
+        raise_on_denied=False,
+        **kw,
+    )
 
 
-def status(client: costwarden.Client, s: Seeded, kind: str = "workspace",
-           scope: str | None = None) -> list[Any]:
+def status(
+    client: costwarden.Client, s: Seeded, kind: str = "workspace", scope: str | None = None
+) -> list[Any]:
     return client.budget_status(s.org, kind, scope if scope is not None else s.ws_platform)
 
 
@@ -48,8 +65,9 @@ def test_reserve_holds_and_commit_charges(client: costwarden.Client, seeded: See
     assert (st.spent, st.held, st.remaining) == (3500, 0, 96_500)
 
 
-def test_reservation_id_carries_org_hash(client: costwarden.Client, seeded: Seeded,
-                                         admin_conn: psycopg.Connection[Any]) -> None:
+def test_reservation_id_carries_org_hash(
+    client: costwarden.Client, seeded: Seeded, admin_conn: psycopg.Connection[Any]
+) -> None:
     r = reserve(client, seeded)
     (h,) = admin_conn.execute("select hashtext(%s)", (seeded.org,)).fetchone()  # type: ignore[misc]
     assert int.from_bytes(r.reservation_id.bytes[:4], "big", signed=True) == h
@@ -63,7 +81,11 @@ def test_denied_with_all_reason_keys(client: costwarden.Client, seeded: Seeded) 
     (reason,) = r.reasons
     assert reason.code == "budget_exceeded" and reason.enforced is True
     assert (reason.limit, reason.spent, reason.held, reason.requested) == (10_000, 0, COST, COST)
-    assert (reason.scope_kind, reason.scope_id, reason.period) == ("workspace", seeded.ws_platform, "day")
+    assert (reason.scope_kind, reason.scope_id, reason.period) == (
+        "workspace",
+        seeded.ws_platform,
+        "day",
+    )
     with pytest.raises(BudgetExceeded) as info:
         client.reserve(seeded.org, seeded.ws_platform, seeded.platform_model, USAGE)
     assert info.value.reasons[0].code == "budget_exceeded"
@@ -73,12 +95,14 @@ def test_denied_with_all_reason_keys(client: costwarden.Client, seeded: Seeded) 
     assert len(client.reservations(seeded.org, "denied")) == 2
 
 
-def test_reason_json_has_eleven_keys(seeded: Seeded, admin_conn: psycopg.Connection[Any],
-                                     client: costwarden.Client) -> None:
+def test_reason_json_has_eleven_keys(
+    seeded: Seeded, admin_conn: psycopg.Connection[Any], client: costwarden.Client
+) -> None:
     client.set_budget(seeded.org, "org", None, "hour", 0)
     row = admin_conn.execute(
         "select reasons from costwarden.fn_cost_reserve(p_org_id => %s, p_workspace_id => %s, "
-        "p_model => %s, p_usage => '{}')", (seeded.org, seeded.ws_platform, seeded.platform_model),
+        "p_model => %s, p_usage => '{}')",
+        (seeded.org, seeded.ws_platform, seeded.platform_model),
     ).fetchone()
     assert row is not None
     (reason,) = row[0]
@@ -95,8 +119,9 @@ def test_zero_limit_blocks_zero_cost(client: costwarden.Client, seeded: Seeded) 
     assert status(client, seeded) == []
 
 
-def test_budget_set_validation(client: costwarden.Client, seeded: Seeded,
-                               admin_conn: psycopg.Connection[Any]) -> None:
+def test_budget_set_validation(
+    client: costwarden.Client, seeded: Seeded, admin_conn: psycopg.Connection[Any]
+) -> None:
     before = table_snapshot(admin_conn)
     bad: list[tuple[tuple[Any, ...], type[Exception], str]] = [
         ((seeded.org, "workspace", seeded.ws_platform, "day", -1), InvalidArgument, "p_limit"),
@@ -112,8 +137,11 @@ def test_budget_set_validation(client: costwarden.Client, seeded: Seeded,
     for args, exc, arg in bad:
         with pytest.raises(exc, match=arg):
             client.set_budget(*args)  # type: ignore[arg-type]
-    for kw, arg in (({"metric": "dollars"}, "p_metric"), ({"window": "sliding"}, "p_window"),
-                    ({"mode": "warn"}, "p_mode")):
+    for kw, arg in (
+        ({"metric": "dollars"}, "p_metric"),
+        ({"window": "sliding"}, "p_window"),
+        ({"mode": "warn"}, "p_mode"),
+    ):
         with pytest.raises(InvalidArgument, match=arg):
             client.set_budget(seeded.org, "org", None, "day", 1, **kw)
     assert table_snapshot(admin_conn) == before
@@ -130,7 +158,11 @@ def test_every_period_and_metric_must_pass(client: costwarden.Client, seeded: Se
     assert [x.code for x in r.reasons] == ["token_quota_exceeded"]
     assert r.reasons[0].held == 1500 and r.reasons[0].requested == 1500
     rows = {(x.period, x.metric, x.window_kind) for x in status(client, seeded)}
-    assert rows == {("hour", "cost", "rolling"), ("month", "cost", "calendar"), ("day", "tokens", "rolling")}
+    assert rows == {
+        ("hour", "cost", "rolling"),
+        ("month", "cost", "calendar"),
+        ("day", "tokens", "rolling"),
+    }
 
 
 def test_shadow_mode_and_billing_enforce(client: costwarden.Client, seeded: Seeded) -> None:
@@ -145,11 +177,15 @@ def test_shadow_mode_and_billing_enforce(client: costwarden.Client, seeded: Seed
     assert r.status == "held" and r.reasons[0].enforced is False
 
 
-def test_disabled_workspace_refused_even_in_shadow(client: costwarden.Client, seeded: Seeded) -> None:
+def test_disabled_workspace_refused_even_in_shadow(
+    client: costwarden.Client, seeded: Seeded
+) -> None:
     client.set_setting("billing_enforce", False)
     client.upsert_workspace(seeded.org, seeded.ws_platform, billing_override="disabled")
     r = reserve(client, seeded)
-    assert r.status == "denied" and r.reasons[0].code == "billing_disabled" and r.reasons[0].enforced
+    assert (
+        r.status == "denied" and r.reasons[0].code == "billing_disabled" and r.reasons[0].enforced
+    )
 
 
 def test_user_effective_limits(client: costwarden.Client, seeded: Seeded) -> None:
@@ -242,7 +278,12 @@ def test_meter_tick_extends_or_aborts(client: costwarden.Client, seeded: Seeded)
     client.set_budget(seeded.org, "workspace", seeded.ws_platform, "day", 20_000)
     r = reserve(client, seeded)
     t = client.meter(r.reservation_id, {"input_tokens": 1000, "output_tokens": 100})
-    assert (t.metered_micros, t.amount_micros, t.remaining_micros, t.action) == (3500, COST, 4000, "continue")
+    assert (t.metered_micros, t.amount_micros, t.remaining_micros, t.action) == (
+        3500,
+        COST,
+        4000,
+        "continue",
+    )
     t = client.meter(r.reservation_id, {"input_tokens": 1000, "output_tokens": 1000})
     assert (t.metered_micros, t.amount_micros, t.action) == (12_500, 12_500, "continue")
     (st,) = status(client, seeded)
@@ -263,13 +304,16 @@ def test_expiry_commits_metered_then_late_commit_books_remainder(
     idle = reserve(client, seeded, ttl=timedelta(seconds=30))
     admin_conn.execute(
         "update costwarden._reservations set expires_at = now() - interval '1 second' "
-        "where reservation_id = any(%s)", ([r.reservation_id, idle.reservation_id],),
+        "where reservation_id = any(%s)",
+        ([r.reservation_id, idle.reservation_id],),
     )
     assert client.expire() == 2
     assert client.expire() == 0
-    (st,) = status(client, seeded) or [None]  # no limit set: no rows
+    assert status(client, seeded) == []  # no limit set: no rows
     rows = {x.reservation_id: x for x in client.reservations(seeded.org)}
-    assert rows[r.reservation_id].status == "expired" and rows[r.reservation_id].charged_micros == 2500
+    assert (
+        rows[r.reservation_id].status == "expired" and rows[r.reservation_id].charged_micros == 2500
+    )
     assert rows[idle.reservation_id].charged_micros == 0
     assert client.release(r.reservation_id) == 0  # release of expired: no-op
     with pytest.raises(InvalidArgument, match="below the metered"):
@@ -278,15 +322,17 @@ def test_expiry_commits_metered_then_late_commit_books_remainder(
     assert late.charged_micros == 1000 and late.released_micros == 0 and late.entry_seq == 2
     entries = admin_conn.execute(
         "select amount_micros, approximate, late from costwarden._ledger "
-        "where reservation_id = %s order by seq", (r.reservation_id,),
+        "where reservation_id = %s order by seq",
+        (r.reservation_id,),
     ).fetchall()
     assert entries == [(2500, True, False), (1000, False, True)]
     late2 = client.commit(idle.reservation_id, USAGE)  # expired unmetered: all of it, late
     assert late2.charged_micros == COST and late2.overage_micros == COST
 
 
-def test_expire_action_release(client: costwarden.Client, seeded: Seeded,
-                               admin_conn: psycopg.Connection[Any]) -> None:
+def test_expire_action_release(
+    client: costwarden.Client, seeded: Seeded, admin_conn: psycopg.Connection[Any]
+) -> None:
     client.set_setting("expire_action", "release")
     r = reserve(client, seeded)
     client.meter(r.reservation_id, {"input_tokens": 1000})
@@ -303,29 +349,50 @@ def test_release_books_metered_usage(client: costwarden.Client, seeded: Seeded) 
     assert info.status == "released" and info.charged_micros == 1000
 
 
-def test_bad_input_writes_nothing(client: costwarden.Client, seeded: Seeded,
-                                  admin_conn: psycopg.Connection[Any]) -> None:
+def test_bad_input_writes_nothing(
+    client: costwarden.Client, seeded: Seeded, admin_conn: psycopg.Connection[Any]
+) -> None:
     r = reserve(client, seeded)
     before = table_snapshot(admin_conn)
-    q = ("select * from costwarden.fn_cost_reserve(p_org_id => %s, p_workspace_id => %s, "
-         "p_model => %s, p_usage => %s::jsonb, p_user_id => %s, p_ttl => %s::interval)")
+    q = (
+        "select * from costwarden.fn_cost_reserve(p_org_id => %s, p_workspace_id => %s, "
+        "p_model => %s, p_usage => %s::jsonb, p_user_id => %s, p_ttl => %s::interval)"
+    )
     ok = [seeded.org, seeded.ws_platform, seeded.platform_model, '{"input_tokens": 1}', None, None]
     cases = [
-        (0, "nope", "CW002"), (1, "nope", "CW002"), (2, "x/nope", "CW002"), (4, "nobody", "CW002"),
-        (3, '{"input_tokens": -1}', "CW004"), (3, '{"input_tokens": 1.5}', "CW004"),
-        (3, '{"bananas": 1}', "CW004"), (3, "null", "CW004"), (3, '[1]', "CW004"),
-        (3, '{"input_tokens": "3"}', "CW004"), (3, '{"input_tokens": 1e30}', "CW004"),
-        (3, None, "CW004"), (0, None, "CW004"), (5, "0 seconds", "CW004"), (5, "30 days", "CW004"),
+        (0, "nope", "CW002"),
+        (1, "nope", "CW002"),
+        (2, "x/nope", "CW002"),
+        (4, "nobody", "CW002"),
+        (3, '{"input_tokens": -1}', "CW004"),
+        (3, '{"input_tokens": 1.5}', "CW004"),
+        (3, '{"bananas": 1}', "CW004"),
+        (3, "null", "CW004"),
+        (3, "[1]", "CW004"),
+        (3, '{"input_tokens": "3"}', "CW004"),
+        (3, '{"input_tokens": 1e30}', "CW004"),
+        (3, None, "CW004"),
+        (0, None, "CW004"),
+        (5, "0 seconds", "CW004"),
+        (5, "30 days", "CW004"),
     ]
     for pos, value, state in cases:
         args = list(ok)
         args[pos] = value
         expect_sqlstate(admin_conn, state, q, args)
-    expect_sqlstate(admin_conn, "CW004", "select * from costwarden.fn_cost_commit(%s, %s::jsonb)",
-                    (r.reservation_id, '{"output_tokens": -5}'))
+    expect_sqlstate(
+        admin_conn,
+        "CW004",
+        "select * from costwarden.fn_cost_commit(%s, %s::jsonb)",
+        (r.reservation_id, '{"output_tokens": -5}'),
+    )
     expect_sqlstate(admin_conn, "CW004", "select * from costwarden.fn_cost_commit(null, '{}')")
-    expect_sqlstate(admin_conn, "CW002", "select * from costwarden.fn_cost_meter_tick(%s, '{}')",
-                    (uuid.uuid4(),))
+    expect_sqlstate(
+        admin_conn,
+        "CW002",
+        "select * from costwarden.fn_cost_meter_tick(%s, '{}')",
+        (uuid.uuid4(),),
+    )
     expect_sqlstate(admin_conn, "CW004", "select costwarden.fn_cost_expire_reservations(0)")
     assert table_snapshot(admin_conn) == before
 
@@ -340,14 +407,20 @@ def test_unpriced_policy(client: costwarden.Client, seeded: Seeded) -> None:
     assert [(x.code, x.enforced) for x in r.reasons] == [("unpriced_model", False)]
 
 
-def test_pricing_snapshot_fixed_for_reservation_life(client: costwarden.Client, seeded: Seeded) -> None:
+def test_pricing_snapshot_fixed_for_reservation_life(
+    client: costwarden.Client, seeded: Seeded
+) -> None:
     r = reserve(client, seeded)
-    client.set_pricing(seeded.platform_model, {"input_tokens": Decimal("1"), "output_tokens": Decimal("1")})
+    client.set_pricing(
+        seeded.platform_model, {"input_tokens": Decimal("1"), "output_tokens": Decimal("1")}
+    )
     res = client.commit(r.reservation_id, USAGE)
     assert res.charged_micros == COST  # the old snapshot's price
 
 
-def test_my_reservations_are_the_actors(dsn: str, client: costwarden.Client, seeded: Seeded) -> None:
+def test_my_reservations_are_the_actors(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
     client.upsert_user(seeded.other_org, "carol")
     reserve(client, seeded, user_id="alice")
     reserve(client, seeded, user_id="bob")
@@ -360,26 +433,36 @@ def test_my_reservations_are_the_actors(dsn: str, client: costwarden.Client, see
 
 def test_tenant_cannot_run_the_saga(admin_conn: psycopg.Connection[Any], seeded: Seeded) -> None:
     expect_sqlstate(
-        admin_conn, "42501",
+        admin_conn,
+        "42501",
         "select * from costwarden.fn_cost_reserve(%s, %s, %s, '{}')",
-        (seeded.org, seeded.ws_platform, seeded.platform_model), role="costwarden_tenant",
+        (seeded.org, seeded.ws_platform, seeded.platform_model),
+        role="costwarden_tenant",
     )
     rows = admin_conn.execute("select 1").fetchall()
     assert rows == [(1,)]
 
 
-def test_tenant_budget_status_scoped(admin_conn: psycopg.Connection[Any], seeded: Seeded,
-                                     client: costwarden.Client) -> None:
+def test_tenant_budget_status_scoped(
+    admin_conn: psycopg.Connection[Any], seeded: Seeded, client: costwarden.Client
+) -> None:
     client.set_budget(seeded.org, "user", "alice", "day", 1000)
     with admin_conn.transaction(force_rollback=True):
         admin_conn.execute("set local role costwarden_tenant")
-        admin_conn.execute("select set_config('request.jwt.claims', %s, true)",
-                           ('{"org_id": "acme", "sub": "alice"}',))
+        admin_conn.execute(
+            "select set_config('request.jwt.claims', %s, true)",
+            ('{"org_id": "acme", "sub": "alice"}',),
+        )
         rows = admin_conn.execute(
-            "select limit_value from costwarden.fn_budget_status('acme', 'user', 'alice')").fetchall()
+            "select limit_value from costwarden.fn_budget_status('acme', 'user', 'alice')"
+        ).fetchall()
         assert rows == [(1000,)]
-    expect_sqlstate(admin_conn, "CW005", "select * from costwarden.fn_budget_status('globex', 'org')",
-                    role="costwarden_tenant")
+    expect_sqlstate(
+        admin_conn,
+        "CW005",
+        "select * from costwarden.fn_budget_status('globex', 'org')",
+        role="costwarden_tenant",
+    )
 
 
 def test_reservation_context_manager(client: costwarden.Client, seeded: Seeded) -> None:
@@ -392,11 +475,15 @@ def test_reservation_context_manager(client: costwarden.Client, seeded: Seeded) 
     with client.reservation(seeded.org, seeded.ws_platform, seeded.platform_model, USAGE) as r3:
         pass
     assert r3.released_micros == COST
-    with pytest.raises(RuntimeError), \
-            client.reservation(seeded.org, seeded.ws_platform, seeded.platform_model, USAGE) as r4:
+    with (
+        pytest.raises(RuntimeError),
+        client.reservation(seeded.org, seeded.ws_platform, seeded.platform_model, USAGE) as r4,
+    ):
         raise RuntimeError("provider call failed")
     assert r4.released_micros == COST
     client.set_budget(seeded.org, "workspace", seeded.ws_platform, "hour", 0)
-    with pytest.raises(BudgetExceeded), \
-            client.reservation(seeded.org, seeded.ws_platform, seeded.platform_model, USAGE):
+    with (
+        pytest.raises(BudgetExceeded),
+        client.reservation(seeded.org, seeded.ws_platform, seeded.platform_model, USAGE),
+    ):
         pytest.fail("must not run")
