@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
@@ -29,6 +29,12 @@ class Call(Generic[R]):
     sql: str
     params: Mapping[str, Any]
     parse: Callable[[Rows], R]
+    #: §5: values sent before the statement through COPY costwarden.secret_input
+    #: (never statement text, never a bind parameter, so never logged); each sets
+    #: a transaction-local setting (secret -> costwarden.byok_secret, kek_new -> ...).
+    staged: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: §5: the call needs the client's KEK (staged as costwarden.kek the same way).
+    needs_kek: bool = False
 
 
 def _none(_rows: Rows) -> None:
@@ -61,8 +67,7 @@ def _json(value: Any) -> Jsonb | None:
 
 SET_CONTEXT = (
     "select set_config('costwarden.actor_org', coalesce(%(actor_org)s, ''), true), "
-    "set_config('costwarden.actor_user', coalesce(%(actor_user)s, ''), true), "
-    "set_config('costwarden.kek', coalesce(%(kek)s, ''), true)"
+    "set_config('costwarden.actor_user', coalesce(%(actor_user)s, ''), true)"
 )
 
 # -- §1 tenancy and catalogue -------------------------------------------------
@@ -177,7 +182,7 @@ def workspace_billing_mode(org_id: str, workspace_id: str) -> Call[t.BillingMode
 def setting_set(key: str, value: Any) -> Call[None]:
     return Call(
         "select costwarden.fn_setting_set(p_key => %(key)s, p_value => %(value)s)",
-        {"key": key, "value": Jsonb(value)},
+        {"key": key, "value": Jsonb(value, dumps=exact_json)},
         _none,
     )
 
@@ -350,6 +355,57 @@ def budget_status(org_id: str, scope_kind: str, scope_id: str | None) -> Call[li
     )
 
 
+# -- §4 ledger -------------------------------------------------------------------
+
+#: First statement of a ledger snapshot: every read in the transaction sees one state
+#: (export pages and heads agree).
+LEDGER_SNAPSHOT = "set transaction isolation level repeatable read, read only"
+
+
+def ledger_verify(org_id: str | None) -> Call[list[t.LedgerVerification]]:
+    return Call(
+        "select * from costwarden.fn_ledger_verify(p_org_id => %(org_id)s)",
+        {"org_id": org_id},
+        _many(t.LedgerVerification),
+    )
+
+
+def ledger_digest(org_id: str | None) -> Call[list[t.LedgerHead]]:
+    return Call(
+        "select * from costwarden.fn_ledger_digest(p_org_id => %(org_id)s)",
+        {"org_id": org_id},
+        _many(t.LedgerHead),
+    )
+
+
+def ledger_identity() -> Call[t.DatabaseIdentity]:
+    return Call("select * from costwarden.fn_ledger_identity()", {}, _one(t.DatabaseIdentity))
+
+
+def ledger_adjust(
+    org_id: str, workspace_id: str, amount_micros: int, reason: str
+) -> Call[t.LedgerAdjustment]:
+    return Call(
+        "select * from costwarden.fn_ledger_adjust(p_org_id => %(org_id)s, "
+        "p_workspace_id => %(workspace_id)s, p_amount_micros => %(amount)s::bigint, "
+        "p_reason => %(reason)s)",
+        {"org_id": org_id, "workspace_id": workspace_id, "amount": amount_micros, "reason": reason},
+        _one(t.LedgerAdjustment),
+    )
+
+
+def ledger_export(
+    org_id: str | None, after_org_id: str | None, after_seq: int, limit: int
+) -> Call[list[t.LedgerEntry]]:
+    return Call(
+        "select * from costwarden.fn_ledger_export(p_org_id => %(org_id)s, "
+        "p_after_org_id => %(after_org_id)s, p_after_seq => %(after_seq)s::bigint, "
+        "p_limit => %(limit)s::integer)",
+        {"org_id": org_id, "after_org_id": after_org_id, "after_seq": after_seq, "limit": limit},
+        _many(t.LedgerEntry),
+    )
+
+
 # -- §5 BYOK ---------------------------------------------------------------------
 
 
@@ -364,6 +420,85 @@ def byok_key_resolve(
         "p_provider => %(provider)s, p_org_id => %(org_id)s, p_workspace_id => %(workspace_id)s)",
         {"rid": reservation_id, "provider": provider, "org_id": org_id, "workspace_id": workspace_id},
         _one(t.ByokSecret),
+        needs_kek=True,
+    )
+
+
+#: The unlogged input channel (sql/0008): one row (name, value) per staged value.
+STAGE_SECRETS = "copy costwarden.secret_input (name, value) from stdin"
+#: How a refused resolve's CW005 hint starts: the rest is a signed receipt.
+REFUSAL_RECEIPT_PREFIX = "costwarden-refusal-receipt:"
+
+
+def refusal_receipt(hint: str | None) -> str | None:
+    """The signed receipt in a refused resolve's hint, if any."""
+    if not hint or not hint.startswith(REFUSAL_RECEIPT_PREFIX):
+        return None
+    return hint[len(REFUSAL_RECEIPT_PREFIX) :].strip() or None
+
+
+def byok_key_put(org_id: str, workspace_id: str, provider: str, secret: str) -> Call[str]:
+    return Call(
+        "select costwarden.fn_byok_key_put(p_org_id => %(org_id)s, "
+        "p_workspace_id => %(workspace_id)s, p_provider => %(provider)s, "
+        "p_secret => current_setting('costwarden.byok_secret', true)) as fingerprint",
+        {"org_id": org_id, "workspace_id": workspace_id, "provider": provider},
+        lambda rows: str(_scalar(rows)),
+        staged={"secret": secret},
+        needs_kek=True,
+    )
+
+
+def byok_key_revoke(org_id: str, workspace_id: str, provider: str) -> Call[bool]:
+    return Call(
+        "select costwarden.fn_byok_key_revoke(p_org_id => %(org_id)s, "
+        "p_workspace_id => %(workspace_id)s, p_provider => %(provider)s) as revoked",
+        {"org_id": org_id, "workspace_id": workspace_id, "provider": provider},
+        lambda rows: bool(_scalar(rows)),
+    )
+
+
+def byok_key_list(
+    org_id: str | None, workspace_id: str | None, include_revoked: bool
+) -> Call[list[t.ByokKey]]:
+    return Call(
+        "select * from costwarden.fn_byok_key_list(p_org_id => %(org_id)s, "
+        "p_workspace_id => %(workspace_id)s, p_include_revoked => %(include_revoked)s)",
+        {"org_id": org_id, "workspace_id": workspace_id, "include_revoked": include_revoked},
+        _many(t.ByokKey),
+    )
+
+
+def byok_kek_status() -> Call[list[t.KekGeneration]]:
+    return Call("select * from costwarden.fn_byok_kek_status()", {}, _many(t.KekGeneration))
+
+
+def byok_kek_rotate(new_kek: str, batch: int) -> Call[t.KekRotateBatch]:
+    return Call(
+        "select * from costwarden.fn_byok_kek_rotate(p_batch => %(batch)s)",
+        {"batch": batch},
+        _one(t.KekRotateBatch),
+        staged={"kek_new": new_kek},
+        needs_kek=True,
+    )
+
+
+def byok_resolve_refusal_record(receipt: str) -> Call[bool]:
+    return Call(
+        "select costwarden.fn_byok_resolve_refusal_record(p_receipt => %(receipt)s) as recorded",
+        {"receipt": receipt},
+        lambda rows: bool(_scalar(rows)),
+    )
+
+
+def byok_resolve_audit(
+    org_id: str | None, reservation_id: UUID | None, limit: int
+) -> Call[list[t.ResolveAttempt]]:
+    return Call(
+        "select * from costwarden.fn_byok_resolve_audit(p_org_id => %(org_id)s, "
+        "p_reservation_id => %(rid)s, p_limit => %(limit)s)",
+        {"org_id": org_id, "rid": reservation_id, "limit": limit},
+        _many(t.ResolveAttempt),
     )
 
 
@@ -372,4 +507,115 @@ def pricing_history(model: str | None) -> Call[list[t.PricingSnapshot]]:
         "select * from costwarden.fn_pricing_history(p_model => %(model)s)",
         {"model": model},
         _many(t.PricingSnapshot),
+    )
+
+
+# -- §6 guardrails --------------------------------------------------------------------
+
+
+def provider_report(provider: str, ok: bool, error: str | None) -> Call[str]:
+    return Call(
+        "select costwarden.fn_provider_report(p_provider => %(provider)s, p_ok => %(ok)s, "
+        "p_error => %(error)s) as state",
+        {"provider": provider, "ok": ok, "error": error},
+        lambda rows: str(_scalar(rows)),
+    )
+
+
+def circuit_status() -> Call[list[t.CircuitStatus]]:
+    return Call("select * from costwarden.fn_circuit_status()", {}, _many(t.CircuitStatus))
+
+
+def circuit_history(provider: str | None, limit: int) -> Call[list[t.CircuitEvent]]:
+    return Call(
+        "select * from costwarden.fn_circuit_history(p_provider => %(provider)s, "
+        "p_limit => %(limit)s)",
+        {"provider": provider, "limit": limit},
+        _many(t.CircuitEvent),
+    )
+
+
+def circuit_reset(provider: str) -> Call[str]:
+    return Call(
+        "select costwarden.fn_circuit_reset(p_provider => %(provider)s) as state",
+        {"provider": provider},
+        lambda rows: str(_scalar(rows)),
+    )
+
+
+def spend_report_cumulative(
+    org_id: str, workspace_id: str, source: str, cumulative_micros: int
+) -> Call[int]:
+    return Call(
+        "select costwarden.fn_spend_report_cumulative(p_org_id => %(org_id)s, "
+        "p_workspace_id => %(workspace_id)s, p_source => %(source)s, "
+        "p_cumulative_micros => %(cumulative)s::bigint) as delta",
+        {
+            "org_id": org_id,
+            "workspace_id": workspace_id,
+            "source": source,
+            "cumulative": cumulative_micros,
+        },
+        lambda rows: int(_scalar(rows)),
+    )
+
+
+def spend_source_set(
+    org_id: str, workspace_id: str, source: str, key_id: str | None, user_id: str | None
+) -> Call[None]:
+    return Call(
+        "select costwarden.fn_spend_source_set(p_org_id => %(org_id)s, "
+        "p_workspace_id => %(workspace_id)s, p_source => %(source)s, p_key_id => %(key_id)s, "
+        "p_user_id => %(user_id)s)",
+        {
+            "org_id": org_id,
+            "workspace_id": workspace_id,
+            "source": source,
+            "key_id": key_id,
+            "user_id": user_id,
+        },
+        _none,
+    )
+
+
+def spend_sources_list(org_id: str | None) -> Call[list[t.SpendSource]]:
+    return Call(
+        "select * from costwarden.fn_spend_sources_list(p_org_id => %(org_id)s)",
+        {"org_id": org_id},
+        _many(t.SpendSource),
+    )
+
+
+def detect_spend_anomalies() -> Call[int]:
+    return Call(
+        "select costwarden.fn_detect_spend_anomalies() as n", {}, lambda rows: int(_scalar(rows))
+    )
+
+
+def anomaly_ack(anomaly_id: int) -> Call[None]:
+    return Call(
+        "select costwarden.fn_anomaly_ack(p_anomaly_id => %(anomaly_id)s::bigint)",
+        {"anomaly_id": anomaly_id},
+        _none,
+    )
+
+
+def anomalies_list(org_id: str | None, open_only: bool, limit: int) -> Call[list[t.Anomaly]]:
+    return Call(
+        "select * from costwarden.fn_anomalies_list(p_org_id => %(org_id)s, "
+        "p_open_only => %(open_only)s, p_limit => %(limit)s)",
+        {"org_id": org_id, "open_only": open_only, "limit": limit},
+        _many(t.Anomaly),
+    )
+
+
+def shadow_report(
+    org_id: str, from_: datetime | None, to: datetime | None
+) -> Call[list[t.ShadowReportRow]]:
+    return Call(
+        "select * from costwarden.fn_shadow_report(p_org_id => %(org_id)s, "
+        "p_from => coalesce(%(from_)s::timestamptz, now() - interval '30 days'), "
+        "p_to => coalesce(%(to)s::timestamptz, now()))",
+        {"org_id": org_id, "from_": from_, "to": to},
+        _many(t.ShadowReportRow),
     )
