@@ -1,0 +1,100 @@
+"""`costwarden demo` (costwarden.demo): it runs twice on one database and tells the same
+story both times; its optional sections run in order and are skipped when missing."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from costwarden import demo
+
+SECTIONS = [
+    "== 1. Catalogue and quotes ==",
+    "== 2. Layered budgets",
+    "== 3. Agents spending concurrently ==",
+    "== 4. Shadow mode",
+    "== 5. A streaming call aborted by a meter tick ==",
+    "== 6. An expired reservation, then a late commit ==",
+    "== 7. Spend per scope and window (budget_status) ==",
+]
+
+
+def _run(dsn: str) -> tuple[demo.DemoSummary, list[str]]:
+    lines: list[str] = []
+    summary = demo.run_demo(dsn, lines.append, hooks=False)
+    return summary, "\n".join(lines).splitlines()
+
+
+def _check(summary: demo.DemoSummary, lines: list[str], run: int) -> None:
+    assert summary.run == run
+    assert lines[0].startswith(f"== costwarden demo (run {run}: orgs acme-{run}, ")
+    where = [next(i for i, line in enumerate(lines) if line.startswith(s)) for s in SECTIONS]
+    assert where == sorted(where)
+    assert len(lines) < 150
+    # 3. agents: admitted and refused, each by its own layer, never past an enforced limit
+    assert summary.admitted > 0 and summary.denied > 0
+    assert summary.refused_by == {
+        "alice": "user:alice",  # her own override
+        "bob": "user:bob",  # the interns group's per-member limit
+        "carol": "user:carol",  # the org's user_default
+        "ci-bot": "key:ci-key",  # the key's token quota
+        "dave": "org",  # the two globex agents race for the org's hourly limit
+        "erin": "org",
+    }
+    assert set(summary.denial_codes) == {"budget_exceeded", "token_quota_exceeded"}
+    assert summary.overage_micros == 0
+    assert summary.overshoot <= 0 and summary.limits_checked >= 9 and summary.watch_samples >= 2
+    assert "-> spend + held never exceeded an enforced limit." in lines
+    # 4. shadow: everything admitted, the would-be refusals recorded
+    assert summary.shadow_admitted == 4 * demo.MAX_CALLS and summary.shadow_denied == 0
+    assert summary.shadow_would_refuse > 0
+    # 5. the stream is aborted by a tick; what was streamed is charged
+    assert summary.stream_aborted and summary.stream_ticks >= 2
+    assert 0 < summary.stream_overage_micros <= 3000  # at most one tick of 300 output tokens
+    # 6. expiry charged the metered usage, the late commit only the remainder
+    assert summary.expired_status == "expired"
+    assert summary.expiry_charged_micros == 7500 + 8000  # 3000 in + 800 out on gpt-4o
+    assert summary.late_charged_micros == 3000  # 300 more output tokens
+    # 7. nothing is left held
+    assert summary.closing_held == 0
+    assert summary.hooks_run == []
+
+
+def test_demo_runs_twice_with_the_same_story(dsn: str) -> None:
+    first, lines1 = _run(dsn)
+    _check(first, lines1, 1)
+    second, lines2 = _run(dsn)
+    _check(second, lines2, 2)
+    # the same story: only the timing of the races may differ
+    assert first.refused_by == second.refused_by
+    assert first.shadow_admitted == second.shadow_admitted
+    assert first.stream_overage_micros == second.stream_overage_micros
+
+    def quotes(lines: list[str]) -> list[str]:
+        start = lines.index(SECTIONS[0])
+        return [
+            line.replace("-1 ", "-N ").replace("-2 ", "-N ") for line in lines[start : start + 14]
+        ]
+
+    assert quotes(lines1) == quotes(lines2)
+
+
+def test_hooks_run_in_order_and_missing_ones_are_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def section(name: str) -> types.ModuleType:
+        module = types.ModuleType(f"costwarden.{name}")
+        module.demo_section = lambda dsn, echo: calls.append((name, dsn))  # type: ignore[attr-defined]
+        return module
+
+    monkeypatch.setitem(sys.modules, "costwarden.byok", section("byok"))
+    monkeypatch.setitem(sys.modules, "costwarden.guardrails", types.ModuleType("x"))  # no function
+    monkeypatch.setitem(sys.modules, "costwarden.ledger", section("ledger"))
+    ran = demo.run_hooks("dsn", print, (*demo.HOOKS, "no_such_module"))
+    assert ran == ["byok", "ledger"]
+    assert calls == [("byok", "dsn"), ("ledger", "dsn")]
+    assert demo.HOOKS == ("byok", "guardrails", "ledger")
