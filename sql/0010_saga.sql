@@ -194,6 +194,7 @@ declare
     v_refused boolean := false;
     v_enforce boolean;
     v_enforced boolean;
+    v_alerts jsonb := '[]';                 -- limits at >= 80%: announced once decided (0009)
     v_pool_ids bigint[] := '{}';
     v_c record;
     v_id uuid;
@@ -333,11 +334,12 @@ begin
                     v_c.limit_value, v_c.spent, v_c.held, v_c.requested, v_enforced);
                 v_refused := v_refused or v_enforced;
             end if;
-            perform costwarden._budget_alert(p_org_id, v_c.scope_kind, v_c.scope_id, v_c.period,
-                v_c.metric, v_c.window_kind, v_c.limit_value, v_c.spent + v_c.held,
-                v_c.spent + v_c.held + v_c.requested, v_c.fails and v_enforced)
-            where v_c.limit_value > 0
-              and (v_c.spent::numeric + v_c.held + v_c.requested) * 5 >= v_c.limit_value::numeric * 4;
+            if v_c.limit_value > 0
+               and (v_c.spent::numeric + v_c.held + v_c.requested) * 5 >= v_c.limit_value::numeric * 4 then
+                v_alerts := v_alerts || jsonb_build_array(jsonb_build_array(v_c.scope_kind, v_c.scope_id,
+                    v_c.period, v_c.metric, v_c.window_kind, v_c.limit_value, v_c.spent + v_c.held,
+                    v_c.spent + v_c.held + v_c.requested));
+            end if;
         end loop;
 
         -- 7. the provider's circuit, last: a half-open probe is only spent on a call that goes ahead
@@ -345,6 +347,9 @@ begin
             v_reasons := v_reasons || costwarden._reason('circuit_open', 'provider', v_model.provider,
                                                          p_requested => v_q.amount_micros);
             v_refused := true;
+        end if;
+        if v_alerts <> '[]' then
+            perform costwarden._budget_alerts(p_org_id, v_alerts, v_refused);
         end if;
 
         -- 8. hold, or turn the record into a denial

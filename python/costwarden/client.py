@@ -2,9 +2,12 @@
 
 Both clients share the statements and result types of :mod:`costwarden._sql`;
 only the I/O differs. Each call runs in its own transaction; the actor
-(``costwarden.actor_org`` / ``costwarden.actor_user``) and the BYOK
-key-encryption key (``costwarden.kek``, read from ``COSTWARDEN_KEK``) are set
-for that transaction only, with ``set_config(..., true)``.
+(``costwarden.actor_org`` / ``costwarden.actor_user``) is set for that
+transaction only, with ``set_config(..., true)``. The BYOK key-encryption key
+(``costwarden.kek``, read from ``COSTWARDEN_KEK``) and a secret being stored
+are sent only with the calls that need them, through
+``COPY costwarden.secret_input`` (never statement text or a bind parameter,
+so never in a server log: docs/byok.md).
 """
 
 from __future__ import annotations
@@ -12,8 +15,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import (
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+    suppress,
+)
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -26,9 +35,15 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from . import _sql as q
 from . import types as t
-from .errors import BudgetExceeded, wrap_errors
+from .errors import BudgetExceeded, CostwardenError, Forbidden, wrap_errors
+from .spool import ReplayReport, UnavailablePolicy
 
 R = TypeVar("R")
+
+
+@asynccontextmanager
+async def _anullcontext() -> AsyncIterator[None]:
+    yield
 
 
 def _exact_loads(data: str | bytes) -> Any:
@@ -54,11 +69,25 @@ class _Base:
 
     @property
     def _needs_context(self) -> bool:
-        return bool(self.actor_org or self.actor_user or self.kek)
+        return bool(self.actor_org or self.actor_user)
 
     @property
     def _context(self) -> dict[str, Any]:
-        return _context_params(self.actor_org, self.actor_user, self.kek)
+        # §5: the KEK is not part of the context: _staged sends it, unlogged, only
+        # with the calls that need it.
+        return _context_params(self.actor_org, self.actor_user, None)
+
+    def _staged(self, call: q.Call[Any]) -> dict[str, str]:
+        """§5: the values to send through COPY costwarden.secret_input before ``call``."""
+        staged = dict(call.staged)
+        if call.needs_kek and self.kek:
+            staged["kek"] = self.kek
+        return staged
+
+
+def _default_timeout(on_unavailable: str) -> float:
+    """Seconds to wait for a pooled connection: short when failing open."""
+    return 5.0 if on_unavailable == "open" else 30.0
 
 
 class Client(_Base):
@@ -72,14 +101,25 @@ class Client(_Base):
         actor_user: str | None = None,
         kek: str | None = None,
         pool_size: int = 4,
+        on_unavailable: str = "closed",
+        spool_dir: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
     ) -> None:
         super().__init__(actor_org=actor_org, actor_user=actor_user, kek=kek)
         self._owned_pool: ConnectionPool | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._conn_lock = threading.Lock()
+        # SPEC §7: 'closed' raises DatabaseUnavailable; 'open' proceeds and spools (spool.py)
+        self.unavailable = UnavailablePolicy(on_unavailable, spool_dir, self._run)
         if isinstance(dsn_or_pool, str):
             self._owned_pool = ConnectionPool(
-                dsn_or_pool, min_size=1, max_size=pool_size, open=True, name="costwarden"
+                dsn_or_pool,
+                min_size=1,
+                max_size=pool_size,
+                open=True,
+                name="costwarden",
+                kwargs={"autocommit": True},
+                timeout=timeout if timeout is not None else _default_timeout(on_unavailable),
             )
             self._pool: ConnectionPool | None = self._owned_pool
         elif isinstance(dsn_or_pool, ConnectionPool):
@@ -98,6 +138,14 @@ class Client(_Base):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _transaction(self, conn: psycopg.Connection[Any], call: q.Call[Any]) -> Any:
+        """One call is one statement: on an autocommit connection it is its own
+        transaction (no BEGIN/COMMIT round trips), unless context (actor, staged
+        values) must be set for it first."""
+        if conn.autocommit and (self._needs_context or self._staged(call)):
+            return conn.transaction()
+        return nullcontext()
+
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         if self._pool is not None:
@@ -109,11 +157,17 @@ class Client(_Base):
             yield self._conn
 
     def _run(self, call: q.Call[R]) -> R:
-        with wrap_errors(), self._connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with (
+            wrap_errors(),
+            self._connection() as conn,
+            self._transaction(conn, call),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             set_json_loads(_exact_loads, cur)
             if self._needs_context:
                 cur.execute(q.SET_CONTEXT, self._context)
-            cur.execute(call.sql, call.params)  # type: ignore[arg-type]
+            self._stage(cur, call)
+            cur.execute(call.sql, call.params)
             rows = cur.fetchall() if cur.description else []
         return call.parse(rows)
 
@@ -218,25 +272,46 @@ class Client(_Base):
         raise_on_denied: bool = True,
     ) -> t.Reservation:
         """Reserve; a denied reservation raises BudgetExceeded unless raise_on_denied=False."""
-        r = self._run(
-            q.cost_reserve(
-                org_id, workspace_id, model, usage, user_id, key_id, idempotency_key, ttl, metadata
-            )
+        call = q.cost_reserve(
+            org_id, workspace_id, model, usage, user_id, key_id, idempotency_key, ttl, metadata
+        )
+        r = self.unavailable.guard(
+            lambda: self._run(call),
+            lambda exc: self.unavailable.reserve(
+                exc, org_id, workspace_id, model, usage, user_id, key_id
+            ),
         )
         if raise_on_denied and r.status == "denied":
             raise BudgetExceeded(r)
         return r
 
     def meter(self, reservation_id: UUID, usage: Mapping[str, Any]) -> t.MeterResult:
-        return self._run(q.cost_meter_tick(reservation_id, usage))
+        if self.unavailable.owns(reservation_id):
+            return self.unavailable.meter(reservation_id, usage)
+        return self.unavailable.guard(
+            lambda: self._run(q.cost_meter_tick(reservation_id, usage)),
+            lambda exc: self.unavailable.meter_unreachable(exc, reservation_id, usage),
+        )
 
     def commit(
         self, reservation_id: UUID, usage: Mapping[str, Any], *, approximate: bool = False
     ) -> t.CommitResult:
-        return self._run(q.cost_commit(reservation_id, usage, approximate))
+        if self.unavailable.owns(reservation_id):
+            return self.unavailable.commit(reservation_id, usage, approximate)
+        return self.unavailable.guard(
+            lambda: self._run(q.cost_commit(reservation_id, usage, approximate)),
+            lambda exc: self.unavailable.commit_unreachable(
+                exc, reservation_id, usage, approximate
+            ),
+        )
 
     def release(self, reservation_id: UUID, reason: str | None = None) -> int:
-        return self._run(q.cost_release(reservation_id, reason))
+        if self.unavailable.owns(reservation_id):
+            return self.unavailable.release(reservation_id, reason)
+        return self.unavailable.guard(
+            lambda: self._run(q.cost_release(reservation_id, reason)),
+            lambda exc: self.unavailable.release_unreachable(exc, reservation_id, reason),
+        )
 
     def expire(self, batch: int = 1000) -> int:
         return self._run(q.cost_expire(batch))
@@ -253,10 +328,195 @@ class Client(_Base):
     ) -> list[t.ReservationInfo]:
         return self._run(q.reservations_list(org_id, status, limit))
 
+    # -- §6 guardrails
+    def report_provider(self, provider: str, ok: bool, error: str | None = None) -> str:
+        """Report a provider call's outcome; returns the circuit state after it."""
+        return self._run(q.provider_report(provider, ok, error))
+
+    def circuits(self) -> list[t.CircuitStatus]:
+        return self._run(q.circuit_status())
+
+    def circuit_history(
+        self, provider: str | None = None, limit: int = 100
+    ) -> list[t.CircuitEvent]:
+        return self._run(q.circuit_history(provider, limit))
+
+    def reset_circuit(self, provider: str) -> str:
+        return self._run(q.circuit_reset(provider))
+
+    def report_spend(
+        self, org_id: str, workspace_id: str, source: str, cumulative_micros: int
+    ) -> int:
+        """Book a cumulative spend counter; returns the delta booked."""
+        return self._run(q.spend_report_cumulative(org_id, workspace_id, source, cumulative_micros))
+
+    def set_spend_source(
+        self,
+        org_id: str,
+        workspace_id: str,
+        source: str,
+        *,
+        key_id: str | None = None,
+        user_id: str | None = None,
+    ) -> None:
+        self._run(q.spend_source_set(org_id, workspace_id, source, key_id, user_id))
+
+    def spend_sources(self, org_id: str | None = None) -> list[t.SpendSource]:
+        return self._run(q.spend_sources_list(org_id))
+
+    def detect_spend_anomalies(self) -> int:
+        return self._run(q.detect_spend_anomalies())
+
+    def ack_anomaly(self, anomaly_id: int) -> None:
+        self._run(q.anomaly_ack(anomaly_id))
+
+    def anomalies(
+        self, org_id: str | None = None, *, open_only: bool = False, limit: int = 100
+    ) -> list[t.Anomaly]:
+        return self._run(q.anomalies_list(org_id, open_only, limit))
+
+    def shadow_report(
+        self, org_id: str, from_: datetime | None = None, to: datetime | None = None
+    ) -> list[t.ShadowReportRow]:
+        return self._run(q.shadow_report(org_id, from_, to))
+
+    def replay_spool(self) -> ReplayReport:
+        """Book what the on_unavailable='open' spool holds (see costwarden.spool)."""
+        return self.unavailable.replay()
+
+    # -- §4 ledger
+    def ledger_verify(self, org_id: str | None = None) -> list[t.LedgerVerification]:
+        """fn_ledger_verify: every org's chain (or one org's), checked inside the database."""
+        return self._run(q.ledger_verify(org_id))
+
+    def ledger_digest(self, org_id: str | None = None) -> list[t.LedgerHead]:
+        """fn_ledger_digest: the head (seq, entry_hash) of every org's chain."""
+        return self._run(q.ledger_digest(org_id))
+
+    def ledger_identity(self) -> t.DatabaseIdentity:
+        return self._run(q.ledger_identity())
+
+    def ledger_adjust(
+        self, org_id: str, workspace_id: str, amount_micros: int, reason: str
+    ) -> t.LedgerAdjustment:
+        """A signed correction or refund (negative) of a workspace's spend; audited."""
+        return self._run(q.ledger_adjust(org_id, workspace_id, amount_micros, reason))
+
+    def ledger_export_rows(
+        self,
+        org_id: str | None = None,
+        *,
+        after_org_id: str | None = None,
+        after_seq: int = 0,
+        limit: int = 10000,
+    ) -> list[t.LedgerEntry]:
+        """One keyset page of raw ledger rows in (org_id, seq) order (costwarden.ledger
+        pages through them inside :meth:`ledger_snapshot`)."""
+        return self._run(q.ledger_export(org_id, after_org_id, after_seq, limit))
+
+    @contextmanager
+    def ledger_snapshot(self) -> Iterator[Client]:
+        """A Client on one connection inside a read-only REPEATABLE READ transaction:
+        every call made through it (export pages, digest, identity) sees the same state."""
+        outer = self._conn is not None and (
+            self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        )
+        with wrap_errors(), self._connection() as conn:
+            if not outer:  # else the caller's transaction decides
+                conn.execute(q.LEDGER_SNAPSHOT)
+            yield Client(conn, actor_org=self.actor_org, actor_user=self.actor_user, kek=self.kek)
+
     # -- §5 BYOK
-    def resolve_key(self, reservation_id: UUID, provider: str | None = None) -> t.ByokSecret:
-        """The plaintext provider key for a live byok reservation (needs the KEK)."""
-        return self._run(q.byok_key_resolve(reservation_id, provider))
+    def _stage(self, cur: psycopg.Cursor[Any], call: q.Call[Any]) -> None:
+        """Send the KEK / secrets of ``call`` as COPY data: never logged by the server."""
+        staged = self._staged(call)
+        if staged:
+            with cur.copy(q.STAGE_SECRETS) as copy:
+                for name, value in staged.items():
+                    copy.write_row((name, value))
+
+    def resolve_key(
+        self,
+        reservation_id: UUID | None,
+        provider: str | None = None,
+        *,
+        org_id: str | None = None,
+        workspace_id: str | None = None,
+    ) -> t.ByokSecret:
+        """The plaintext provider key for a live byok reservation (needs the KEK).
+
+        A refusal raises Forbidden; its signed receipt is recorded first (in its own
+        transaction), so the refusal stays in the resolve audit trail."""
+        try:
+            return self._run(q.byok_key_resolve(reservation_id, provider, org_id, workspace_id))
+        except Forbidden as exc:
+            receipt = q.refusal_receipt(exc.hint)
+            if receipt is not None:
+                with suppress(CostwardenError, psycopg.Error):
+                    self._run(q.byok_resolve_refusal_record(receipt))
+            raise
+
+    def put_key(self, org_id: str, workspace_id: str, provider: str, secret: str) -> str:
+        """Store (replace) a workspace's provider key under the KEK; returns its fingerprint."""
+        return self._run(q.byok_key_put(org_id, workspace_id, provider, secret))
+
+    def revoke_key(self, org_id: str, workspace_id: str, provider: str) -> bool:
+        return self._run(q.byok_key_revoke(org_id, workspace_id, provider))
+
+    def list_keys(
+        self,
+        org_id: str | None = None,
+        workspace_id: str | None = None,
+        *,
+        include_revoked: bool = False,
+    ) -> list[t.ByokKey]:
+        return self._run(q.byok_key_list(org_id, workspace_id, include_revoked))
+
+    def kek_status(self) -> list[t.KekGeneration]:
+        return self._run(q.byok_kek_status())
+
+    @staticmethod
+    def _rotation_tx(
+        conn: psycopg.Connection[Any], commit_every_batch: bool
+    ) -> AbstractContextManager[Any]:
+        return nullcontext() if commit_every_batch else conn.transaction()
+
+    def resolve_audit(
+        self, org_id: str | None = None, reservation_id: UUID | None = None, limit: int = 100
+    ) -> list[t.ResolveAttempt]:
+        return self._run(q.byok_resolve_audit(org_id, reservation_id, limit))
+
+    def rotate_kek(
+        self,
+        new_kek: str,
+        *,
+        batch: int = 1000,
+        commit_every_batch: bool = False,
+        progress: Callable[[t.KekRotateBatch], None] | None = None,
+    ) -> t.KekRotation:
+        """Re-wrap every data key from this client's KEK to ``new_kek``.
+
+        By default all batches run in one transaction: every key moves, or none. With
+        ``commit_every_batch`` each batch commits; an interrupted run is finished by
+        running again with the same two KEKs. (With a Connection instead of a pool the
+        caller's transaction decides.)"""
+        call = q.byok_kek_rotate(new_kek, batch)
+        rewrapped = batches = 0
+        with wrap_errors(), self._connection() as conn, self._rotation_tx(conn, commit_every_batch):
+            while True:
+                with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                    if self._needs_context:
+                        cur.execute(q.SET_CONTEXT, self._context)
+                    self._stage(cur, call)
+                    cur.execute(call.sql, call.params)
+                    step = call.parse(cur.fetchall())
+                batches += 1
+                rewrapped += step.rewrapped
+                if progress is not None:
+                    progress(step)
+                if step.remaining == 0 or step.rewrapped == 0:
+                    break
+        return t.KekRotation(step.kek_id, rewrapped, step.remaining, batches)
 
     @contextmanager
     def reservation(
@@ -336,7 +596,12 @@ class AsyncClient(_Base):
         super().__init__(actor_org=actor_org, actor_user=actor_user, kek=kek)
         if isinstance(dsn_or_pool, str):
             self._pool = AsyncConnectionPool(
-                dsn_or_pool, min_size=1, max_size=pool_size, open=False, name="costwarden-async"
+                dsn_or_pool,
+                min_size=1,
+                max_size=pool_size,
+                open=False,
+                name="costwarden-async",
+                kwargs={"autocommit": True},
             )
             self._owned = True
         else:
@@ -359,12 +624,21 @@ class AsyncClient(_Base):
             await self._pool.open()
             self._opened = True
         with wrap_errors():
-            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                set_json_loads(_exact_loads, cur)
-                if self._needs_context:
-                    await cur.execute(q.SET_CONTEXT, self._context)
-                await cur.execute(call.sql, call.params)  # type: ignore[arg-type]
-                rows = await cur.fetchall() if cur.description else []
+            async with self._pool.connection() as conn:
+                # one statement = one transaction on the autocommit pool, unless
+                # context must be set first (see Client._transaction)
+                tx = (
+                    conn.transaction()
+                    if conn.autocommit and (self._needs_context or self._staged(call))
+                    else _anullcontext()
+                )
+                async with tx, conn.cursor(row_factory=dict_row) as cur:
+                    set_json_loads(_exact_loads, cur)
+                    if self._needs_context:
+                        await cur.execute(q.SET_CONTEXT, self._context)
+                    await self._stage(cur, call)
+                    await cur.execute(call.sql, call.params)
+                    rows = await cur.fetchall() if cur.description else []
         return call.parse(rows)
 
     async def upsert_org(self, org_id: str, settings: Mapping[str, Any] | None = None) -> None:
@@ -456,6 +730,47 @@ class AsyncClient(_Base):
     async def set_setting(self, key: str, value: Any) -> None:
         await self._run(q.setting_set(key, value))
 
+    # -- §5 BYOK (same SQL and staging as Client)
+    async def _stage(self, cur: psycopg.AsyncCursor[Any], call: q.Call[Any]) -> None:
+        staged = self._staged(call)
+        if staged:
+            async with cur.copy(q.STAGE_SECRETS) as copy:
+                for name, value in staged.items():
+                    await copy.write_row((name, value))
+
+    async def resolve_key(
+        self,
+        reservation_id: UUID | None,
+        provider: str | None = None,
+        *,
+        org_id: str | None = None,
+        workspace_id: str | None = None,
+    ) -> t.ByokSecret:
+        call = q.byok_key_resolve(reservation_id, provider, org_id, workspace_id)
+        try:
+            return await self._run(call)
+        except Forbidden as exc:
+            receipt = q.refusal_receipt(exc.hint)
+            if receipt is not None:
+                with suppress(CostwardenError, psycopg.Error):
+                    await self._run(q.byok_resolve_refusal_record(receipt))
+            raise
+
+    async def put_key(self, org_id: str, workspace_id: str, provider: str, secret: str) -> str:
+        return await self._run(q.byok_key_put(org_id, workspace_id, provider, secret))
+
+    async def revoke_key(self, org_id: str, workspace_id: str, provider: str) -> bool:
+        return await self._run(q.byok_key_revoke(org_id, workspace_id, provider))
+
+    async def list_keys(
+        self,
+        org_id: str | None = None,
+        workspace_id: str | None = None,
+        *,
+        include_revoked: bool = False,
+    ) -> list[t.ByokKey]:
+        return await self._run(q.byok_key_list(org_id, workspace_id, include_revoked))
+
     @asynccontextmanager
     async def reservation(
         self,
@@ -508,3 +823,6 @@ class AsyncReservationHandle:
     async def release(self, reason: str | None = None) -> int:
         self.released_micros = await self._client.release(self.id, reason)
         return self.released_micros
+
+    async def byok_key(self, provider: str | None = None) -> t.ByokSecret:
+        return await self._client.resolve_key(self.id, provider)

@@ -1,0 +1,280 @@
+"""The migration runner (SPEC §7): fresh install, re-run, status, edited files, concurrent
+migrators, upgrade path == fresh install, pg_cron scheduling."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from costwarden import migrate as m
+from cwtest import PgServer
+
+Conn = psycopg.Connection[Any]
+MIGRATIONS = m.load_migrations()
+LATEST = max(x.version for x in MIGRATIONS)
+
+
+def copy_sql(target: Path, count: int | None = None) -> Path:
+    """The first ``count`` migration files (all by default) in ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for mig in MIGRATIONS[:count]:
+        shutil.copy(mig.path, target / mig.filename)
+    return target
+
+
+def schema_objects(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    with psycopg.connect(dsn) as conn:
+        return {
+            "functions": conn.execute(
+                "select oid::regprocedure::text, coalesce(proacl::text, '') from pg_proc "
+                "where pronamespace = 'costwarden'::regnamespace order by 1"
+            ).fetchall(),
+            "relations": conn.execute(
+                "select relname, relkind from pg_class "
+                "where relnamespace = 'costwarden'::regnamespace order by 1"
+            ).fetchall(),
+            "migrations": conn.execute(
+                "select version, name, checksum from costwarden._migrations order by 1"
+            ).fetchall(),
+            "settings": conn.execute(
+                "select key from costwarden._setting_defs order by 1"
+            ).fetchall(),
+        }
+
+
+def test_fresh_database_migrates_and_rerun_is_a_noop(fresh_database: Callable[[], str]) -> None:
+    dsn = fresh_database()
+    before = m.status(dsn)
+    assert before.version is None and before.applied == ()
+    assert [p.version for p in before.pending] == [x.version for x in MIGRATIONS]
+    assert not before.up_to_date
+
+    said: list[str] = []
+    applied = m.migrate(dsn, schedule=False, progress=said.append)
+    assert [a.version for a in applied] == [x.version for x in MIGRATIONS]
+    assert said == [f"applied {x.filename}" for x in MIGRATIONS]
+
+    after = m.status(dsn)
+    assert after.version == LATEST and after.up_to_date
+    assert after.pending == () and after.changed == ()
+    assert [(a.version, a.name, a.checksum) for a in after.applied] == [
+        (x.version, x.name, x.checksum) for x in MIGRATIONS
+    ]
+
+    objects = schema_objects(dsn)
+    assert m.migrate(dsn, schedule=False) == []
+    assert schema_objects(dsn) == objects
+
+
+def test_status_reports_pending_migrations(
+    fresh_database: Callable[[], str], tmp_path: Path
+) -> None:
+    dsn = fresh_database()
+    m.migrate(dsn, schedule=False, sql_dir=copy_sql(tmp_path / "sql", 2))
+    st = m.status(dsn)
+    assert st.version == MIGRATIONS[1].version
+    assert [a.version for a in st.applied] == [x.version for x in MIGRATIONS[:2]]
+    assert [p.version for p in st.pending] == [x.version for x in MIGRATIONS[2:]]
+    assert not st.up_to_date
+    applied = m.migrate(dsn, schedule=False)
+    assert [a.version for a in applied] == [x.version for x in MIGRATIONS[2:]]
+    assert m.status(dsn).up_to_date
+
+
+def test_an_edited_applied_migration_is_refused(
+    fresh_database: Callable[[], str], tmp_path: Path
+) -> None:
+    dsn = fresh_database()
+    sql_dir = copy_sql(tmp_path / "sql")
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    edited = sql_dir / MIGRATIONS[2].filename
+    edited.write_text(edited.read_text() + "\n-- an innocent-looking edit\n")
+    objects = schema_objects(dsn)
+    with pytest.raises(m.MigrationError, match=re.escape(MIGRATIONS[2].filename)):
+        m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    st = m.status(dsn, sql_dir=sql_dir)
+    assert [c.filename for c in st.changed] == [MIGRATIONS[2].filename]
+    assert not st.up_to_date
+    # even with a new migration pending, nothing is applied while a file is edited
+    (sql_dir / "9999_later.sql").write_text("create table costwarden._later (x int);\n")
+    with pytest.raises(m.MigrationError, match=re.escape(MIGRATIONS[2].filename)):
+        m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    assert schema_objects(dsn) == objects
+
+
+def test_a_failing_migration_is_rolled_back(
+    fresh_database: Callable[[], str], tmp_path: Path
+) -> None:
+    dsn = fresh_database()
+    sql_dir = copy_sql(tmp_path / "sql")
+    (sql_dir / "9999_broken.sql").write_text(
+        "create table costwarden._half (x int);\nselect 1 / 0;\n"
+    )
+    with pytest.raises(m.MigrationError, match=re.escape("9999_broken.sql")):
+        m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    st = m.status(dsn, sql_dir=sql_dir)
+    assert st.version == LATEST
+    assert [p.filename for p in st.pending] == ["9999_broken.sql"]
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select to_regclass('costwarden._half')").fetchone() == (None,)
+
+
+def test_badly_named_migration_files_are_refused(tmp_path: Path) -> None:
+    sql_dir = copy_sql(tmp_path / "sql", 1)
+    (sql_dir / "2_no_padding.sql").write_text("select 1;\n")
+    with pytest.raises(m.MigrationError, match=re.escape("2_no_padding.sql")):
+        m.load_migrations(sql_dir)
+
+
+def _migrator_commands(dsn: str) -> list[list[str]]:
+    cli = Path(sys.executable).with_name("costwarden")
+    via_cli = (
+        [str(cli), "--dsn", dsn, "migrate", "--no-schedule"]
+        if cli.exists()
+        else [sys.executable, "-m", "costwarden.cli", "--dsn", dsn, "migrate", "--no-schedule"]
+    )
+    via_python = [
+        sys.executable,
+        "-c",
+        "import sys; from costwarden.migrate import migrate; migrate(sys.argv[1], schedule=False)",
+        dsn,
+    ]
+    return [via_cli, via_python, via_cli]
+
+
+def test_concurrent_migrators(
+    fresh_database: Callable[[], str], admin_conn: Conn, dsn: str
+) -> None:
+    """Three OS processes migrate one fresh database at once: all succeed, and the schema
+    is the same as the session's template (built by a single migrator)."""
+    target = fresh_database()
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in _migrator_commands(target)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        results.append((p.returncode, out, err))
+    for rc, out, err in results:
+        assert rc == 0, (out, err)
+    outputs = "".join(out for _rc, out, _err in results)
+    # every file was applied by exactly one of the CLI migrators or the python one
+    with psycopg.connect(target) as conn:
+        rows = conn.execute(
+            "select version, count(*) from costwarden._migrations group by 1 order by 1"
+        ).fetchall()
+    assert rows == [(x.version, 1) for x in MIGRATIONS]
+    for x in MIGRATIONS:
+        assert outputs.count(f"applied {x.filename}") <= 1
+    reference = schema_objects(dsn)
+    got = schema_objects(target)
+    assert got["functions"] == reference["functions"]
+    assert got["relations"] == reference["relations"]
+    assert got["settings"] == reference["settings"]
+    assert [r[:3] for r in got["migrations"]] == [r[:3] for r in reference["migrations"]]
+
+
+def _dump(pg_server: PgServer, dsn: str) -> str:
+    dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    out = subprocess.run(
+        [
+            pg_server.binary("pg_dump"),
+            "--schema-only",
+            "--schema=costwarden",
+            "--no-owner",
+            "-h",
+            pg_server.host,
+            "-p",
+            str(pg_server.port),
+            "-U",
+            pg_server.user,
+            "-d",
+            str(dbname),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    # pg_dump >= 15.14 frames its output with \restrict <random key>
+    lines = [ln for ln in out.splitlines() if not re.match(r"^\\(un)?restrict\b", ln)]
+    return "\n".join(lines)
+
+
+def test_upgrade_path_builds_the_same_schema_as_a_fresh_install(
+    pg_server: PgServer, fresh_database: Callable[[], str], dsn: str, tmp_path: Path
+) -> None:
+    """Migrating one release at a time (each file applied by a later run) gives the same
+    pg_dump --schema-only as the session's template, built in one run."""
+    stepwise = fresh_database()
+    for count in range(1, len(MIGRATIONS) + 1):
+        applied = m.migrate(
+            stepwise, schedule=False, sql_dir=copy_sql(tmp_path / f"step{count}", count)
+        )
+        assert [a.version for a in applied] == [MIGRATIONS[count - 1].version]
+    one_run = _dump(pg_server, dsn)
+    assert "CREATE FUNCTION costwarden.fn_cost_quote" in one_run
+    assert _dump(pg_server, stepwise) == one_run
+
+
+def test_pg_cron_jobs_in_another_database(
+    fresh_database: Callable[[], str], admin_conn: Conn
+) -> None:
+    target = fresh_database()
+    if not m.cron_status(target).available:
+        pytest.skip("pg_cron is not preloaded in this server")
+    dbname = psycopg.conninfo.conninfo_to_dict(target)["dbname"]
+    m.migrate(target, schedule=False)
+    with psycopg.connect(target, autocommit=True) as conn:
+        present = {
+            r[0]
+            for r in conn.execute(
+                "select proname from pg_proc where pronamespace = 'costwarden'::regnamespace"
+            ).fetchall()
+        }
+        if not any(fn in present for _n, _s, fn in m.CRON_JOBS):
+            # the scheduling mechanism is tested even before the saga exists
+            conn.execute(
+                "create function costwarden.fn_cost_expire_reservations() returns integer "
+                "language sql as 'select 0'"
+            )
+            present.add("fn_cost_expire_reservations")
+    expected = tuple(
+        (f"{name}@{dbname}", schedule, str(dbname))
+        for name, schedule, fn in sorted(m.CRON_JOBS)
+        if fn in present
+    )
+    try:
+        st = m.schedule_jobs(target)
+        assert st.available and st.database != dbname
+        assert st.jobs == expected
+        # idempotent: scheduling again (as every migrate does) keeps one job per name
+        m.migrate(target, schedule=True)
+        assert m.cron_status(target).jobs == expected
+        assert m.status(target).cron.jobs == expected
+        # the commands call costwarden's functions in the right database
+        cron_dsn = psycopg.conninfo.make_conninfo(target, dbname=st.database)
+        with psycopg.connect(cron_dsn) as cron:
+            commands = cron.execute(
+                "select jobname, command, database, active from cron.job "
+                "where database = %s order by jobname",
+                (dbname,),
+            ).fetchall()
+        assert [(c[0], c[2], c[3]) for c in commands] == [(j[0], j[2], True) for j in expected]
+        for jobname, command, _db, _active in commands:
+            fn = next(f for n, _s, f in m.CRON_JOBS if jobname.startswith(n + "@"))
+            assert command == f"select costwarden.{fn}()"
+    finally:
+        removed = m.unschedule_jobs(target)
+    assert removed == len(expected)
+    assert m.cron_status(target).jobs == ()
+    assert m.unschedule_jobs(target) == 0
