@@ -228,7 +228,7 @@ declare
     v_after jsonb;
 begin
     perform costwarden._require_text(p_org_id, 'p_org_id');
-    select settings into v_before from costwarden._orgs where org_id = p_org_id for update;
+    select settings into v_before from costwarden._orgs where org_id = p_org_id for no key update;
     v_after := costwarden._org_settings_merge(v_before, p_settings);
     insert into costwarden._orgs as o (org_id, settings)
     values (p_org_id, v_after)
@@ -268,7 +268,7 @@ begin
             'p_billing_override must be platform_managed, byok, disabled or none');
     end if;
     select * into v_before from costwarden._workspaces
-    where org_id = p_org_id and workspace_id = p_workspace_id for update;
+    where org_id = p_org_id and workspace_id = p_workspace_id for no key update;
 
     insert into costwarden._workspaces as w (org_id, workspace_id, model, billing_override)
     values (p_org_id, p_workspace_id, p_model, nullif(p_billing_override, 'none'))
@@ -381,7 +381,7 @@ begin
        and not exists (select from costwarden._users where org_id = p_org_id and user_id = p_user_id) then
         perform costwarden._raise('CW002', format('p_user_id: unknown user %L in org %L', p_user_id, p_org_id));
     end if;
-    select * into v_before from costwarden._keys where org_id = p_org_id and key_id = p_key_id for update;
+    select * into v_before from costwarden._keys where org_id = p_org_id and key_id = p_key_id for no key update;
     insert into costwarden._keys as k (org_id, key_id, workspace_id, user_id)
     values (p_org_id, p_key_id, p_workspace_id, p_user_id)
     on conflict (org_id, key_id) do update set
@@ -412,7 +412,7 @@ begin
     if p_platform_servable is null then
         perform costwarden._raise('CW004', 'p_platform_servable is required');
     end if;
-    select * into v_before from costwarden._models where model = p_model for update;
+    select * into v_before from costwarden._models where model = p_model for no key update;
     insert into costwarden._models as m (model, provider, platform_servable)
     values (p_model, split_part(p_model, '/', 1), p_platform_servable)
     on conflict (model) do update set platform_servable = excluded.platform_servable, updated_at = now();

@@ -23,52 +23,6 @@ insert into costwarden._usage_units (unit, integer_only, is_token, description) 
 ('pages', true, false, 'OCR / document pages'),
 ('requests', true, false, 'flat per-request fee units');
 
--- Internal: validate a usage object (SPEC §0); returns its token count.
-create function costwarden._usage_tokens(p_usage jsonb, p_arg text default 'p_usage')
-returns bigint
-language plpgsql
-stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-    v_row record;
-    v_tokens numeric := 0;
-begin
-    if p_usage is null or jsonb_typeof(p_usage) <> 'object' then
-        perform costwarden._raise('CW004', format('%s must be a JSON object of usage units', p_arg));
-    end if;
-    for v_row in
-        select u.key, jsonb_typeof(u.value) as json_type, uu.integer_only, uu.is_token,
-               case when jsonb_typeof(u.value) = 'number' then (u.value::text)::numeric end as n
-        from jsonb_each(p_usage) as u
-        left join costwarden._usage_units as uu on uu.unit = u.key
-    loop
-        if v_row.integer_only is null then
-            perform costwarden._raise('CW004', format('%s: unknown usage unit %L', p_arg, v_row.key));
-        end if;
-        if v_row.json_type <> 'number' then
-            perform costwarden._raise('CW004', format('%s.%s must be a number', p_arg, v_row.key));
-        end if;
-        if v_row.n < 0 then
-            perform costwarden._raise('CW004', format('%s.%s must not be negative', p_arg, v_row.key));
-        end if;
-        if v_row.n > 9223372036854775807 then
-            perform costwarden._raise('CW004', format('%s.%s is out of range', p_arg, v_row.key));
-        end if;
-        if v_row.integer_only and v_row.n <> trunc(v_row.n) then
-            perform costwarden._raise('CW004', format('%s.%s must be an integer', p_arg, v_row.key));
-        end if;
-        if v_row.is_token then
-            v_tokens := v_tokens + v_row.n;
-        end if;
-    end loop;
-    if v_tokens > 9223372036854775807 then
-        perform costwarden._raise('CW004', format('%s: token count is out of range', p_arg));
-    end if;
-    return v_tokens::bigint;
-end
-$$;
-
 -- Internal, hot path: validate a usage (SPEC §0) and price it under a price
 -- list in one pass: its token count, its cost in micros (rounded up once)
 -- and the used units the price list does not price.
@@ -132,31 +86,6 @@ begin
     tokens := v_tokens::bigint;
     amount_micros := v_total::bigint;
     unpriced := array(select x from unnest(unpriced) as x order by x);
-end
-$$;
-
--- Internal: the cost of a (validated) usage under a price list, in micros,
--- rounded up once. Units priced nowhere are returned in p_unpriced.
-create function costwarden._usage_cost(
-    p_prices jsonb, p_usage jsonb, out amount_micros bigint, out unpriced text[]
-)
-language plpgsql
-stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-    v_total numeric;
-begin
-    select coalesce(sum((u.value::text)::numeric * (p_prices ->> u.key)::numeric), 0),
-           coalesce(array_agg(u.key order by u.key) filter (
-               where not p_prices ? u.key and (u.value::text)::numeric <> 0), '{}')
-    into v_total, unpriced
-    from jsonb_each(p_usage) as u;
-    v_total := ceil(v_total * 1000000);
-    if v_total > 9223372036854775807 then
-        perform costwarden._raise('CW004', 'p_usage: the cost of this usage is out of range');
-    end if;
-    amount_micros := v_total::bigint;
 end
 $$;
 

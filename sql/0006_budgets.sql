@@ -126,6 +126,8 @@ $$;
 -- Internal: a user's effective limits, one per (period, metric, window), with
 -- their source: the user's override; else min (or max, per the org's
 -- group_resolution) of the user's groups; else the org's user_default.
+-- Enforced and shadow limits are resolved separately, so a shadow limit
+-- never replaces (and so never switches off) an enforced one.
 -- (No SET clause on the small internal SQL helpers: they are inlined into the
 -- SECURITY DEFINER callers, which pin search_path; none is granted to anyone.)
 create function costwarden._user_effective_limits(p_org_id text, p_user_id text)
@@ -133,7 +135,7 @@ returns table (period text, metric text, window_kind text, limit_value bigint, m
 language sql
 stable
 as $$
-    select distinct on (c.period, c.metric, c.window_kind)
+    select distinct on (c.period, c.metric, c.window_kind, c.mode)
         c.period, c.metric, c.window_kind, c.limit_value, c.mode, c.source
     from (
         select 1 as prio, b.period, b.metric, b.window_kind, b.limit_value, b.mode, 'user' as source
@@ -150,7 +152,7 @@ as $$
         from costwarden._budgets as b
         where b.org_id = p_org_id and b.scope_kind = 'user_default'
     ) as c
-    order by c.period, c.metric, c.window_kind, c.prio,
+    order by c.period, c.metric, c.window_kind, c.mode, c.prio,
         case when (select o.settings ->> 'group_resolution' from costwarden._orgs as o where o.org_id = p_org_id) = 'max'
              then -c.limit_value else c.limit_value end,
         c.source
@@ -192,7 +194,7 @@ begin
     )
     select l.scope_kind, l.scope_id, l.period, l.metric, l.window_kind, l.limit_value, l.mode, l.source,
            v.spent, v.held, v.requested,
-           l.limit_value = 0 or v.spent + v.held + v.requested > l.limit_value
+           l.limit_value = 0 or v.spent::numeric + v.held + v.requested > l.limit_value
     from lim as l
     join costwarden._pools as p
       on p.org_id = p_org_id and p.kind = l.scope_kind
@@ -281,7 +283,9 @@ begin
     end if;
     case p_scope_kind
     when 'workspace' then
-        perform costwarden._require_workspace(p_org_id, v_scope_id);
+        if not exists (select from costwarden._workspaces where org_id = p_org_id and workspace_id = v_scope_id) then
+            perform costwarden._raise('CW002', format('p_scope_id: unknown workspace %L in org %L', v_scope_id, p_org_id));
+        end if;
     when 'key' then
         if not exists (select from costwarden._keys where org_id = p_org_id and key_id = v_scope_id) then
             perform costwarden._raise('CW002', format('p_scope_id: unknown key %L in org %L', v_scope_id, p_org_id));
@@ -338,8 +342,10 @@ as $$
         'costwarden_service', 'MEMBER')
 $$;
 
--- Internal: a tenant caller may only name its own org (and its own user).
-create function costwarden._tenant_guard(p_org_id text, p_user_id text default null)
+-- Internal: a tenant caller may only read its own org, its own user scope and
+-- its own keys (SPEC §9). Privileged callers (service, admin) without an
+-- actor are not restricted; with an actor set they are held to its org.
+create function costwarden._tenant_guard(p_org_id text, p_scope_kind text default null, p_scope_id text default null)
 returns void
 language plpgsql
 stable
@@ -347,20 +353,32 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_actor record;
+    v_privileged boolean := costwarden._caller_is_privileged();
 begin
     select * into v_actor from costwarden._actor();
-    if v_actor.org_id is null and costwarden._caller_is_privileged() then
+    if v_actor.org_id is null and v_privileged then
         return;
     end if;
     if v_actor.org_id is null then
-        perform costwarden._raise('CW005', 'no actor: set request.jwt.claims or costwarden.actor_org');
+        perform costwarden._raise('CW005', 'no actor: set request.jwt.claims or costwarden.actor_org / actor_user');
     end if;
     if p_org_id is distinct from v_actor.org_id then
-        perform costwarden._raise('CW005', format('p_org_id: the actor belongs to another org'));
+        perform costwarden._raise('CW005', 'p_org_id: the actor belongs to another org');
     end if;
-    if p_user_id is not null and v_actor.user_id is not null and p_user_id <> v_actor.user_id
-       and not costwarden._caller_is_privileged() then
+    if v_privileged or p_scope_kind not in ('user', 'key') then
+        return;
+    end if;
+    if v_actor.user_id is null then
+        perform costwarden._raise('CW005', 'a tenant actor needs a user (JWT sub or costwarden.actor_user)');
+    end if;
+    if p_scope_kind = 'user' and p_scope_id is distinct from v_actor.user_id then
         perform costwarden._raise('CW005', 'p_scope_id: a tenant may only read its own user scope');
+    end if;
+    if p_scope_kind = 'key' and not exists (
+        select from costwarden._keys as k
+        where k.org_id = p_org_id and k.key_id = p_scope_id and k.user_id = v_actor.user_id
+    ) then
+        perform costwarden._raise('CW005', 'p_scope_id: a tenant may only read its own keys');
     end if;
 end
 $$;
@@ -379,7 +397,6 @@ declare
     v_scope_id text;
     v_tz text;
 begin
-    perform costwarden._require_org(p_org_id);
     if p_scope_kind is null or p_scope_kind not in ('org', 'workspace', 'key', 'user', 'group', 'user_default') then
         perform costwarden._raise('CW004', 'p_scope_kind must be org, workspace, key, user, group or user_default');
     end if;
@@ -391,7 +408,9 @@ begin
     else
         v_scope_id := costwarden._require_text(p_scope_id, 'p_scope_id');
     end if;
-    perform costwarden._tenant_guard(p_org_id, case when p_scope_kind = 'user' then v_scope_id end);
+    -- the tenant guard first: a tenant learns nothing about other orgs
+    perform costwarden._tenant_guard(p_org_id, p_scope_kind, v_scope_id);
+    perform costwarden._require_org(p_org_id);
     if p_scope_kind in ('workspace', 'key', 'user') and not exists (
         select from costwarden._pools as p
         where p.org_id = p_org_id and p.kind = p_scope_kind and p.scope_id = v_scope_id
@@ -442,7 +461,8 @@ grant execute on function costwarden.fn_budget_status(text, text, text)
 to costwarden_admin, costwarden_service, costwarden_tenant;
 
 -- Housekeeping (pg_cron job costwarden-maintenance, or `costwarden worker`):
--- drop spend buckets that no window can reach any more (older than 32 days).
+-- drop spend buckets that no window can reach any more (older than 32 days)
+-- and alert de-duplication rows of long-past windows; returns the buckets dropped.
 -- The ledger keeps the full history; buckets are only the windows' counters.
 create function costwarden.fn_maintenance()
 returns integer
@@ -455,6 +475,8 @@ declare
 begin
     delete from costwarden._spend_buckets where bucket_start < now() - interval '32 days';
     get diagnostics v_n = row_count;
+    -- alert de-duplication rows of windows long past (0009)
+    delete from costwarden._alerts_sent where window_slot < now() - interval '62 days';
     return v_n;
 end
 $$;

@@ -238,8 +238,10 @@ begin
         perform costwarden._raise('CW004', 'p_metadata must be a JSON object');
     end if;
     select * into v_q from costwarden._quote_price(p_model, p_usage);  -- validates the usage
-    v_fp := md5(jsonb_build_array(p_workspace_id, p_model, p_usage, v_user_id, p_key_id,
-                                  v_ttl::text, p_metadata)::text);
+    -- the arguments as given (p_ttl, not the resolved default: a retry after a
+    -- change of default_ttl is still the same request)
+    v_fp := md5(jsonb_build_array(p_workspace_id, p_model, p_usage, p_user_id, p_key_id,
+                                  p_ttl::text, p_metadata)::text);
 
     -- 2. idempotency: a repeat returns the first call's row
     if p_idempotency_key is not null then
@@ -391,6 +393,17 @@ begin
     end if;
     return v_r;
 end
+$$;
+
+-- Internal: the per-unit difference p_usage - p_less (units that differ only).
+create function costwarden._usage_minus(p_usage jsonb, p_less jsonb)
+returns jsonb
+language sql
+immutable
+as $$
+    select coalesce(jsonb_object_agg(u.key, (u.value::text)::numeric - coalesce((p_less ->> u.key)::numeric, 0)), '{}')
+    from jsonb_each(p_usage) as u
+    where (u.value::text)::numeric <> coalesce((p_less ->> u.key)::numeric, 0)
 $$;
 
 -- Internal: CW004 unless every unit of p_usage is >= the same unit of p_floor.
@@ -548,7 +561,12 @@ begin
         v_overage := v_charge;
         v_late := true;
     end if;
-    select * into v_entry from costwarden._book_charge(v_r, p_usage, v_charge, v_charge_tokens, p_approximate, v_late);
+    -- a remainder entry records the usage beyond what expiry already charged
+    select * into v_entry from costwarden._book_charge(
+        v_r,
+        case when v_r.status = 'expired' and v_r.metered_usage is not null and v_r.charged_micros + v_r.charged_tokens > 0
+             then costwarden._usage_minus(p_usage, v_r.metered_usage) else p_usage end,
+        v_charge, v_charge_tokens, p_approximate, v_late);
     v_result := jsonb_build_object('entry_seq', v_entry.seq, 'charged_micros', v_charge,
         'released_micros', v_released, 'overage_micros', v_overage,
         'entry_hash', encode(v_entry.entry_hash, 'hex'));

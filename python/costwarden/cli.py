@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import psycopg
 
 from . import migrate as migrations
 from .client import Client
-from .errors import CostwardenError
+from .errors import CostwardenError, translate
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,6 +99,11 @@ def handle_errors(fn: F) -> F:
             raise click.ClickException(f"{name}{code}: {exc.message}") from exc
         except migrations.MigrationError as exc:
             raise click.ClickException(str(exc)) from exc
+        except psycopg.Error as exc:
+            translated = translate(exc)
+            if isinstance(translated, CostwardenError):
+                raise click.ClickException(f"{type(translated).__name__}: {translated}") from exc
+            raise click.ClickException(f"database error: {exc}") from exc
 
     return wrapper  # type: ignore[return-value]
 

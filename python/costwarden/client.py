@@ -540,7 +540,8 @@ class Client(_Base):
             raise
         if handle.open:
             if handle.metered_usage is not None:
-                handle.commit(handle.metered_usage)
+                # the last tick is a measurement, not the final usage: approximate
+                handle.commit(handle.metered_usage, approximate=True)
             else:
                 handle.release("left without commit")
 
@@ -790,7 +791,7 @@ class AsyncClient(_Base):
             raise
         if handle.open:
             if handle.metered_usage is not None:
-                await handle.commit(handle.metered_usage)
+                await handle.commit(handle.metered_usage, approximate=True)
             else:
                 await handle.release("left without commit")
 

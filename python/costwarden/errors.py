@@ -102,7 +102,9 @@ def translate(exc: psycopg.Error) -> Exception:
         err = SQLSTATE_EXCEPTIONS[state](diag.message_primary or str(exc), hint=diag.message_hint)
         err.__cause__ = exc
         return err
-    if isinstance(exc, psycopg.OperationalError) and state is None:
+    if isinstance(exc, psycopg.OperationalError) and (
+        state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    ):
         unavailable = DatabaseUnavailable(str(exc))
         unavailable.__cause__ = exc
         return unavailable

@@ -210,11 +210,12 @@ def migrate(
 
 
 def _cron_database(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
-    row = conn.execute(
-        "select current_setting('cron.database_name', true), "
-        "current_setting('shared_preload_libraries') ~ 'pg_cron'"
-    ).fetchone()
-    if not row or not row[1] or not row[0]:
+    """cron.database_name when pg_cron is loaded (its GUC exists only then).
+
+    Readable by any role, unlike shared_preload_libraries.
+    """
+    row = conn.execute("select current_setting('cron.database_name', true)").fetchone()
+    if not row or not row[0]:
         return None
     return str(row[0])
 
@@ -248,7 +249,7 @@ def schedule_jobs(dsn: str) -> CronStatus:
         for name, schedule, command in wanted:
             cron.execute(
                 "select cron.schedule_in_database(%s, %s, %s, %s)",
-                (_job_name(name, here, cron_db), schedule, command, here),
+                (_job_name(cron, name, here), schedule, command, here),
             )
     return cron_status(dsn)
 
@@ -271,11 +272,17 @@ def unschedule_jobs(dsn: str) -> int:
     return len(rows)
 
 
-def _job_name(name: str, database: str, cron_db: str) -> str:
-    # The SPEC's job names are used as they are in the cron database itself;
-    # for another database the name carries it, so that several costwarden
-    # databases on one server keep distinct jobs.
-    return name if database == cron_db else f"{name}@{database}"
+def _job_name(cron: psycopg.Connection[tuple[object, ...]], name: str, database: str) -> str:
+    """The SPEC's job name (costwarden-expire, ...), unless a job of that name
+    already runs for another database on this server: then the name carries
+    this database (costwarden-expire@db), so that one costwarden database
+    never takes over another's jobs."""
+    row = cron.execute(
+        "select database from cron.job where jobname = %s and username = current_user", (name,)
+    ).fetchone()
+    if row is None or row[0] == database:
+        return name
+    return f"{name}@{database}"
 
 
 def _function_exists(conn: psycopg.Connection[tuple[object, ...]], function: str) -> bool:

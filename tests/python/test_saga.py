@@ -129,7 +129,7 @@ def test_budget_set_validation(
         ((seeded.org, "workspace", seeded.ws_platform, "year", 1), InvalidArgument, "p_period"),
         ((seeded.org, "org", "x", "day", 1), InvalidArgument, "p_scope_id"),
         ((seeded.org, "workspace", None, "day", 1), InvalidArgument, "p_scope_id"),
-        ((seeded.org, "workspace", "nope", "day", 1), NotFound, "p_workspace_id"),
+        ((seeded.org, "workspace", "nope", "day", 1), NotFound, "p_scope_id"),
         ((seeded.org, "user", "nobody", "day", 1), NotFound, "p_scope_id"),
         ((seeded.org, "key", "nokey", "day", 1), NotFound, "p_scope_id"),
         (("no-org", "org", None, "day", 1), NotFound, "p_org_id"),
@@ -487,3 +487,69 @@ def test_reservation_context_manager(client: costwarden.Client, seeded: Seeded) 
         client.reservation(seeded.org, seeded.ws_platform, seeded.platform_model, USAGE),
     ):
         pytest.fail("must not run")
+
+
+def test_tenant_scope_rules(admin_conn: psycopg.Connection[Any], seeded: Seeded) -> None:
+    def as_tenant(claims: str, query: str) -> str | None:
+        try:
+            with admin_conn.transaction(force_rollback=True):
+                admin_conn.execute("set local role costwarden_tenant")
+                admin_conn.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+                admin_conn.execute(query)
+        except psycopg.Error as exc:
+            return exc.sqlstate
+        return None
+
+    alice = '{"org_id": "acme", "sub": "alice"}'
+    org_only = '{"org_id": "acme"}'
+    q = "select * from costwarden.fn_budget_status('acme', %s, %s)"
+    assert as_tenant(alice, q % ("'user'", "'alice'")) is None
+    assert as_tenant(alice, q % ("'user'", "'bob'")) == "CW005"
+    assert as_tenant(org_only, q % ("'user'", "'alice'")) == "CW005"  # a tenant needs a user
+    assert as_tenant(alice, q % ("'key'", "'key-1'")) is None  # alice's own key
+    assert as_tenant('{"org_id": "acme", "sub": "bob"}', q % ("'key'", "'key-1'")) == "CW005"
+    assert as_tenant(alice, q % ("'workspace'", "'ws-platform'")) is None
+    # an unknown org is CW005 for a tenant, not CW002: nothing about other orgs leaks
+    assert as_tenant(alice, "select * from costwarden.fn_budget_status('nope', 'org')") == "CW005"
+
+
+def test_shadow_limits_never_replace_enforced_ones(
+    client: costwarden.Client, seeded: Seeded
+) -> None:
+    org = seeded.org
+    client.set_budget(org, "group", "eng", "day", 9000)
+    client.set_budget(org, "group", "ops", "day", 1000, mode="shadow")  # lower, but shadow
+    rows = {(r.mode, r.source, r.limit_value) for r in client.budget_status(org, "user", "bob")}
+    assert rows == {("enforce", "group:eng", 9000), ("shadow", "group:ops", 1000)}
+    r = reserve(client, seeded, user_id="bob")
+    assert r.status == "held" and [(x.code, x.enforced) for x in r.reasons] == [
+        ("budget_exceeded", False)
+    ]
+    assert reserve(client, seeded, user_id="bob").status == "denied"  # the enforced 9000 holds
+
+
+def test_late_remainder_entry_records_the_usage_delta(
+    client: costwarden.Client, seeded: Seeded, admin_conn: psycopg.Connection[Any]
+) -> None:
+    r = reserve(client, seeded)
+    client.meter(r.reservation_id, {"input_tokens": 600, "output_tokens": 10})
+    admin_conn.execute("update costwarden._reservations set expires_at = now() - interval '1s'")
+    assert client.expire() == 1
+    client.commit(r.reservation_id, {"input_tokens": 1000, "output_tokens": 10})
+    usages = admin_conn.execute(
+        "select usage, tokens from costwarden._ledger where reservation_id = %s order by seq",
+        (r.reservation_id,),
+    ).fetchall()
+    assert usages == [
+        ({"input_tokens": 600, "output_tokens": 10}, 610),
+        ({"input_tokens": 400}, 400),
+    ]
+
+
+def test_idempotent_retry_survives_a_default_ttl_change(
+    client: costwarden.Client, seeded: Seeded
+) -> None:
+    a = reserve(client, seeded, idempotency_key="req-ttl")
+    client.set_setting("default_ttl", "10 minutes")
+    b = reserve(client, seeded, idempotency_key="req-ttl")
+    assert a.reservation_id == b.reservation_id

@@ -74,7 +74,7 @@ def test_budget_errors_are_clear(dsn: str, seeded: Seeded) -> None:
             "1",
         ],
     )
-    assert r.exit_code != 0 and "NotFound [CW002]" in r.output and "p_workspace_id" in r.output
+    assert r.exit_code != 0 and "NotFound [CW002]" in r.output and "p_scope_id" in r.output
     r = CliRunner().invoke(
         main,
         ["--dsn", dsn, "budgets", "set", seeded.org, "org", "--period", "day", "--limit", "-5"],
