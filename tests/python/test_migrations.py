@@ -18,14 +18,16 @@ from costwarden import migrate as m
 from cwtest import PgServer
 
 Conn = psycopg.Connection[Any]
-MIGRATIONS = m.load_migrations()
-LATEST = max(x.version for x in MIGRATIONS)
 
 
 def copy_sql(target: Path, count: int | None = None) -> Path:
-    """The first ``count`` migration files (all by default) in ``target``."""
+    """A snapshot of the first ``count`` migration files (all by default) in ``target``.
+
+    Tests migrate from snapshots, so that a file edited while the suite runs cannot make
+    two databases of one test differ.
+    """
     target.mkdir(parents=True, exist_ok=True)
-    for mig in MIGRATIONS[:count]:
+    for mig in m.load_migrations()[:count]:
         shutil.copy(mig.path, target / mig.filename)
     return target
 
@@ -50,43 +52,49 @@ def schema_objects(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-def test_fresh_database_migrates_and_rerun_is_a_noop(fresh_database: Callable[[], str]) -> None:
+def test_fresh_database_migrates_and_rerun_is_a_noop(
+    fresh_database: Callable[[], str], tmp_path: Path
+) -> None:
+    sql_dir = copy_sql(tmp_path / "sql")
+    migrations = m.load_migrations(sql_dir)
     dsn = fresh_database()
-    before = m.status(dsn)
+    before = m.status(dsn, sql_dir=sql_dir)
     assert before.version is None and before.applied == ()
-    assert [p.version for p in before.pending] == [x.version for x in MIGRATIONS]
+    assert [p.version for p in before.pending] == [x.version for x in migrations]
     assert not before.up_to_date
 
     said: list[str] = []
-    applied = m.migrate(dsn, schedule=False, progress=said.append)
-    assert [a.version for a in applied] == [x.version for x in MIGRATIONS]
-    assert said == [f"applied {x.filename}" for x in MIGRATIONS]
+    applied = m.migrate(dsn, schedule=False, progress=said.append, sql_dir=sql_dir)
+    assert [a.version for a in applied] == [x.version for x in migrations]
+    assert said == [f"applied {x.filename}" for x in migrations]
 
-    after = m.status(dsn)
-    assert after.version == LATEST and after.up_to_date
+    after = m.status(dsn, sql_dir=sql_dir)
+    assert after.version == migrations[-1].version and after.up_to_date
     assert after.pending == () and after.changed == ()
     assert [(a.version, a.name, a.checksum) for a in after.applied] == [
-        (x.version, x.name, x.checksum) for x in MIGRATIONS
+        (x.version, x.name, x.checksum) for x in migrations
     ]
 
     objects = schema_objects(dsn)
-    assert m.migrate(dsn, schedule=False) == []
+    assert m.migrate(dsn, schedule=False, sql_dir=sql_dir) == []
     assert schema_objects(dsn) == objects
 
 
 def test_status_reports_pending_migrations(
     fresh_database: Callable[[], str], tmp_path: Path
 ) -> None:
+    full = copy_sql(tmp_path / "full")
+    migrations = m.load_migrations(full)
     dsn = fresh_database()
-    m.migrate(dsn, schedule=False, sql_dir=copy_sql(tmp_path / "sql", 2))
-    st = m.status(dsn)
-    assert st.version == MIGRATIONS[1].version
-    assert [a.version for a in st.applied] == [x.version for x in MIGRATIONS[:2]]
-    assert [p.version for p in st.pending] == [x.version for x in MIGRATIONS[2:]]
+    m.migrate(dsn, schedule=False, sql_dir=copy_sql(tmp_path / "first2", 2))
+    st = m.status(dsn, sql_dir=full)
+    assert st.version == migrations[1].version
+    assert [a.version for a in st.applied] == [x.version for x in migrations[:2]]
+    assert [p.version for p in st.pending] == [x.version for x in migrations[2:]]
     assert not st.up_to_date
-    applied = m.migrate(dsn, schedule=False)
-    assert [a.version for a in applied] == [x.version for x in MIGRATIONS[2:]]
-    assert m.status(dsn).up_to_date
+    applied = m.migrate(dsn, schedule=False, sql_dir=full)
+    assert [a.version for a in applied] == [x.version for x in migrations[2:]]
+    assert m.status(dsn, sql_dir=full).up_to_date
 
 
 def test_an_edited_applied_migration_is_refused(
@@ -94,18 +102,19 @@ def test_an_edited_applied_migration_is_refused(
 ) -> None:
     dsn = fresh_database()
     sql_dir = copy_sql(tmp_path / "sql")
+    third = m.load_migrations(sql_dir)[2]
     m.migrate(dsn, schedule=False, sql_dir=sql_dir)
-    edited = sql_dir / MIGRATIONS[2].filename
+    edited = sql_dir / third.filename
     edited.write_text(edited.read_text() + "\n-- an innocent-looking edit\n")
     objects = schema_objects(dsn)
-    with pytest.raises(m.MigrationError, match=re.escape(MIGRATIONS[2].filename)):
+    with pytest.raises(m.MigrationError, match=re.escape(third.filename)):
         m.migrate(dsn, schedule=False, sql_dir=sql_dir)
     st = m.status(dsn, sql_dir=sql_dir)
-    assert [c.filename for c in st.changed] == [MIGRATIONS[2].filename]
+    assert [c.filename for c in st.changed] == [third.filename]
     assert not st.up_to_date
     # even with a new migration pending, nothing is applied while a file is edited
     (sql_dir / "9999_later.sql").write_text("create table costwarden._later (x int);\n")
-    with pytest.raises(m.MigrationError, match=re.escape(MIGRATIONS[2].filename)):
+    with pytest.raises(m.MigrationError, match=re.escape(third.filename)):
         m.migrate(dsn, schedule=False, sql_dir=sql_dir)
     assert schema_objects(dsn) == objects
 
@@ -121,7 +130,7 @@ def test_a_failing_migration_is_rolled_back(
     with pytest.raises(m.MigrationError, match=re.escape("9999_broken.sql")):
         m.migrate(dsn, schedule=False, sql_dir=sql_dir)
     st = m.status(dsn, sql_dir=sql_dir)
-    assert st.version == LATEST
+    assert st.version == m.load_migrations(sql_dir)[-2].version
     assert [p.filename for p in st.pending] == ["9999_broken.sql"]
     with psycopg.connect(dsn) as conn:
         assert conn.execute("select to_regclass('costwarden._half')").fetchone() == (None,)
@@ -150,11 +159,9 @@ def _migrator_commands(dsn: str) -> list[list[str]]:
     return [via_cli, via_python, via_cli]
 
 
-def test_concurrent_migrators(
-    fresh_database: Callable[[], str], admin_conn: Conn, dsn: str
-) -> None:
-    """Three OS processes migrate one fresh database at once: all succeed, and the schema
-    is the same as the session's template (built by a single migrator)."""
+def test_concurrent_migrators(fresh_database: Callable[[], str]) -> None:
+    """Three OS processes migrate one fresh database at once: all succeed, every file is
+    applied exactly once, and the schema is the one a single migrator builds."""
     target = fresh_database()
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -166,21 +173,18 @@ def test_concurrent_migrators(
         results.append((p.returncode, out, err))
     for rc, out, err in results:
         assert rc == 0, (out, err)
-    outputs = "".join(out for _rc, out, _err in results)
-    # every file was applied by exactly one of the CLI migrators or the python one
+    reference = fresh_database()
+    m.migrate(reference, schedule=False)
+    migrations = m.load_migrations()
     with psycopg.connect(target) as conn:
         rows = conn.execute(
             "select version, count(*) from costwarden._migrations group by 1 order by 1"
         ).fetchall()
-    assert rows == [(x.version, 1) for x in MIGRATIONS]
-    for x in MIGRATIONS:
+    assert rows == [(x.version, 1) for x in migrations]
+    outputs = "".join(out for _rc, out, _err in results)
+    for x in migrations:
         assert outputs.count(f"applied {x.filename}") <= 1
-    reference = schema_objects(dsn)
-    got = schema_objects(target)
-    assert got["functions"] == reference["functions"]
-    assert got["relations"] == reference["relations"]
-    assert got["settings"] == reference["settings"]
-    assert [r[:3] for r in got["migrations"]] == [r[:3] for r in reference["migrations"]]
+    assert schema_objects(target) == schema_objects(reference)
 
 
 def _dump(pg_server: PgServer, dsn: str) -> str:
@@ -211,70 +215,91 @@ def _dump(pg_server: PgServer, dsn: str) -> str:
 
 
 def test_upgrade_path_builds_the_same_schema_as_a_fresh_install(
-    pg_server: PgServer, fresh_database: Callable[[], str], dsn: str, tmp_path: Path
+    pg_server: PgServer, fresh_database: Callable[[], str], tmp_path: Path
 ) -> None:
     """Migrating one release at a time (each file applied by a later run) gives the same
-    pg_dump --schema-only as the session's template, built in one run."""
+    pg_dump --schema-only of schema costwarden as migrating everything in one run."""
+    full = copy_sql(tmp_path / "full")
+    count = len(m.load_migrations(full))
+    one_run = fresh_database()
+    m.migrate(one_run, schedule=False, sql_dir=full)
     stepwise = fresh_database()
-    for count in range(1, len(MIGRATIONS) + 1):
-        applied = m.migrate(
-            stepwise, schedule=False, sql_dir=copy_sql(tmp_path / f"step{count}", count)
-        )
-        assert [a.version for a in applied] == [MIGRATIONS[count - 1].version]
-    one_run = _dump(pg_server, dsn)
-    assert "CREATE FUNCTION costwarden.fn_cost_quote" in one_run
-    assert _dump(pg_server, stepwise) == one_run
+    for step in range(1, count + 1):
+        step_dir = tmp_path / f"step{step}"
+        step_dir.mkdir()
+        for mig in m.load_migrations(full)[:step]:
+            shutil.copy(mig.path, step_dir / mig.filename)
+        applied = m.migrate(stepwise, schedule=False, sql_dir=step_dir)
+        assert len(applied) == 1
+    dumped = _dump(pg_server, one_run)
+    assert "CREATE FUNCTION costwarden.fn_cost_quote" in dumped
+    assert _dump(pg_server, stepwise) == dumped
 
 
-def test_pg_cron_jobs_in_another_database(
-    fresh_database: Callable[[], str], admin_conn: Conn
-) -> None:
-    target = fresh_database()
-    if not m.cron_status(target).available:
+def _jobs(jobs: tuple[tuple[str, str, str], ...], dbname: str) -> list[tuple[str, str, str]]:
+    """(SPEC job name, schedule, database): a job is named as in the SPEC, or carries its
+    database (``costwarden-expire@db``) when another database already has that name."""
+    out = []
+    for jobname, schedule, database in jobs:
+        base = jobname.split("@", 1)[0]
+        assert jobname in (base, f"{base}@{dbname}"), jobname
+        out.append((base, schedule, database))
+    return sorted(out)
+
+
+def test_pg_cron_jobs_in_other_databases(fresh_database: Callable[[], str]) -> None:
+    """Two costwarden databases, neither of them the cron database: each gets its own
+    jobs, scheduled from the cron database with cron.schedule_in_database."""
+    first, second = fresh_database(), fresh_database()
+    if not m.cron_status(first).available:
         pytest.skip("pg_cron is not preloaded in this server")
-    dbname = psycopg.conninfo.conninfo_to_dict(target)["dbname"]
-    m.migrate(target, schedule=False)
-    with psycopg.connect(target, autocommit=True) as conn:
-        present = {
-            r[0]
-            for r in conn.execute(
-                "select proname from pg_proc where pronamespace = 'costwarden'::regnamespace"
-            ).fetchall()
-        }
-        if not any(fn in present for _n, _s, fn in m.CRON_JOBS):
-            # the scheduling mechanism is tested even before the saga exists
-            conn.execute(
-                "create function costwarden.fn_cost_expire_reservations() returns integer "
-                "language sql as 'select 0'"
-            )
-            present.add("fn_cost_expire_reservations")
-    expected = tuple(
-        (f"{name}@{dbname}", schedule, str(dbname))
-        for name, schedule, fn in sorted(m.CRON_JOBS)
-        if fn in present
-    )
+    expected: dict[str, list[tuple[str, str, str]]] = {}
+    for target in (first, second):
+        dbname = str(psycopg.conninfo.conninfo_to_dict(target)["dbname"])
+        m.migrate(target, schedule=False)
+        with psycopg.connect(target, autocommit=True) as conn:
+            present = {
+                r[0]
+                for r in conn.execute(
+                    "select proname from pg_proc where pronamespace = 'costwarden'::regnamespace"
+                ).fetchall()
+            }
+            if not any(fn in present for _n, _s, fn in m.CRON_JOBS):
+                # the scheduling mechanism is tested even before the saga exists
+                conn.execute(
+                    "create function costwarden.fn_cost_expire_reservations() returns integer "
+                    "language sql as 'select 0'"
+                )
+                present.add("fn_cost_expire_reservations")
+        expected[target] = sorted(
+            (name, schedule, dbname) for name, schedule, fn in m.CRON_JOBS if fn in present
+        )
     try:
-        st = m.schedule_jobs(target)
-        assert st.available and st.database != dbname
-        assert st.jobs == expected
-        # idempotent: scheduling again (as every migrate does) keeps one job per name
-        m.migrate(target, schedule=True)
-        assert m.cron_status(target).jobs == expected
-        assert m.status(target).cron.jobs == expected
-        # the commands call costwarden's functions in the right database
-        cron_dsn = psycopg.conninfo.make_conninfo(target, dbname=st.database)
-        with psycopg.connect(cron_dsn) as cron:
-            commands = cron.execute(
-                "select jobname, command, database, active from cron.job "
-                "where database = %s order by jobname",
-                (dbname,),
-            ).fetchall()
-        assert [(c[0], c[2], c[3]) for c in commands] == [(j[0], j[2], True) for j in expected]
-        for jobname, command, _db, _active in commands:
-            fn = next(f for n, _s, f in m.CRON_JOBS if jobname.startswith(n + "@"))
-            assert command == f"select costwarden.{fn}()"
+        for target in (first, second):
+            dbname = str(psycopg.conninfo.conninfo_to_dict(target)["dbname"])
+            st = m.schedule_jobs(target)
+            assert st.available and st.database is not None and st.database != dbname
+            assert _jobs(st.jobs, dbname) == expected[target]
+        for target in (first, second):
+            dbname = str(psycopg.conninfo.conninfo_to_dict(target)["dbname"])
+            # idempotent: scheduling again (as every migrate does) keeps one job per name
+            m.migrate(target, schedule=True)
+            assert _jobs(m.cron_status(target).jobs, dbname) == expected[target]
+            assert _jobs(m.status(target).cron.jobs, dbname) == expected[target]
+            # the commands call costwarden's functions, in that database
+            cron_dsn = psycopg.conninfo.make_conninfo(target, dbname=st.database)
+            with psycopg.connect(cron_dsn) as cron:
+                commands = cron.execute(
+                    "select jobname, command, active from cron.job where database = %s",
+                    (dbname,),
+                ).fetchall()
+            assert len(commands) == len(expected[target])
+            for jobname, command, active in commands:
+                fn = next(f for n, _s, f in m.CRON_JOBS if jobname.split("@")[0] == n)
+                assert (command, active) == (f"select costwarden.{fn}()", True)
     finally:
-        removed = m.unschedule_jobs(target)
-    assert removed == len(expected)
-    assert m.cron_status(target).jobs == ()
-    assert m.unschedule_jobs(target) == 0
+        removed = {target: m.unschedule_jobs(target) for target in (first, second)}
+    assert removed == {target: len(expected[target]) for target in (first, second)}
+    for target in (first, second):
+        assert m.cron_status(target).jobs == ()
+        assert m.unschedule_jobs(target) == 0
