@@ -9,6 +9,7 @@ re-implements a rule the SQL enforces.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from . import types as t
+from .errors import InvalidArgument
 
 R = TypeVar("R")
 Rows = list[dict[str, Any]]
@@ -59,8 +61,12 @@ def _many(cls: type[Any]) -> Callable[[Rows], Any]:
     return parse
 
 
-def _json(value: Any) -> Jsonb | None:
-    return None if value is None else Jsonb(value, dumps=exact_json)
+def _json(value: Any, arg: str = "p_usage") -> Jsonb | None:
+    """A jsonb parameter, encoded now (exactly, finite numbers only)."""
+    if value is None:
+        return None
+    text = exact_json(value, arg)
+    return Jsonb(value, dumps=lambda _obj: text)
 
 
 # -- session context ---------------------------------------------------------
@@ -76,7 +82,7 @@ SET_CONTEXT = (
 def org_upsert(org_id: str, settings: Mapping[str, Any] | None = None) -> Call[None]:
     return Call(
         "select costwarden.fn_org_upsert(p_org_id => %(org_id)s, p_settings => %(settings)s)",
-        {"org_id": org_id, "settings": Jsonb(dict(settings or {}))},
+        {"org_id": org_id, "settings": _json(dict(settings or {}), "p_settings")},
         _none,
     )
 
@@ -136,16 +142,23 @@ def model_upsert(model: str, platform_servable: bool) -> Call[None]:
     )
 
 
-def exact_json(value: Any) -> str:
-    """JSON text in which Decimals are written as exact number literals."""
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"not a finite number: {value}")
-        return format(value, "f")
+def exact_json(value: Any, path: str = "value") -> str:
+    """JSON text in which Decimals are written as exact number literals.
+
+    NaN and infinities are not JSON numbers: they raise InvalidArgument naming
+    the offending field (SPEC §0), before anything is sent.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, str | int):
+        return json.dumps(value)
+    if isinstance(value, Decimal | float):
+        if not (value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)):
+            raise InvalidArgument(f"{path} must be a finite number, got {value}")
+        return format(value, "f") if isinstance(value, Decimal) else json.dumps(value)
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {exact_json(v)}" for k, v in value.items()) + "}"
+        items = (f"{json.dumps(str(k))}: {exact_json(v, f'{path}.{k}')}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(exact_json(v) for v in value) + "]"
+        return "[" + ", ".join(exact_json(v, f"{path}[{i}]") for i, v in enumerate(value)) + "]"
     return json.dumps(value)
 
 
@@ -153,7 +166,7 @@ def pricing_set(model: str, prices: Mapping[str, Any], effective_from: datetime 
     return Call(
         "select costwarden.fn_pricing_set(p_model => %(model)s, p_prices => %(prices)s::jsonb, "
         "p_effective_from => coalesce(%(effective_from)s::timestamptz, now())) as snapshot_id",
-        {"model": model, "prices": exact_json(prices), "effective_from": effective_from},
+        {"model": model, "prices": exact_json(prices, "p_prices"), "effective_from": effective_from},
         lambda rows: int(_scalar(rows)),
     )
 
@@ -182,7 +195,7 @@ def workspace_billing_mode(org_id: str, workspace_id: str) -> Call[t.BillingMode
 def setting_set(key: str, value: Any) -> Call[None]:
     return Call(
         "select costwarden.fn_setting_set(p_key => %(key)s, p_value => %(value)s)",
-        {"key": key, "value": Jsonb(value, dumps=exact_json)},
+        {"key": key, "value": _json(value, "p_value")},
         _none,
     )
 
@@ -248,7 +261,7 @@ def cost_reserve(
             "key_id": key_id,
             "idempotency_key": idempotency_key,
             "ttl": ttl,
-            "metadata": Jsonb(dict(metadata or {})),
+            "metadata": _json(dict(metadata or {}), "p_metadata"),
         },
         _one(t.Reservation),
     )

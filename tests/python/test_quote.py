@@ -265,12 +265,6 @@ def test_bad_usage_through_the_client(client: costwarden.Client, seeded: Seeded)
         client.quote(seeded.org, seeded.ws_platform, seeded.platform_model, None)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG python/costwarden/_sql.py: exact_json/json.dumps send NaN/Infinity as the JSON "
-    "tokens NaN/Infinity, which the server rejects with a bare 22P02 (SPEC §0: CW004); "
-    "Decimal('NaN') raises ValueError. Refuse non-finite numbers as InvalidArgument.",
-)
 def test_non_finite_usage_through_the_client(client: costwarden.Client, seeded: Seeded) -> None:
     for value in (float("nan"), float("inf"), Decimal("NaN"), Decimal("-Infinity")):
         with pytest.raises(costwarden.InvalidArgument, match="input_tokens"):
