@@ -107,7 +107,7 @@ stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if p_org_id is null then
+    if p_org_id is null or p_org_id = '' then
         perform costwarden._raise('CW004', 'p_org_id is required');
     end if;
     if not exists (select from costwarden._orgs where org_id = p_org_id) then
@@ -127,7 +127,7 @@ declare
     v_ws costwarden._workspaces;
 begin
     perform costwarden._require_org(p_org_id);
-    if p_workspace_id is null then
+    if p_workspace_id is null or p_workspace_id = '' then
         perform costwarden._raise('CW004', 'p_workspace_id is required');
     end if;
     select * into v_ws from costwarden._workspaces where org_id = p_org_id and workspace_id = p_workspace_id;
@@ -147,7 +147,7 @@ as $$
 declare
     v_model costwarden._models;
 begin
-    if p_model is null then
+    if p_model is null or p_model = '' then
         perform costwarden._raise('CW004', format('%s is required', p_arg));
     end if;
     select * into v_model from costwarden._models where model = p_model;

@@ -548,6 +548,8 @@ begin
         perform costwarden._ledger_append(
             p_org_id => p_org_id, p_entry_type => 'spend_report', p_amount_micros => v_delta,
             p_workspace_id => p_workspace_id, p_user_id => v_user_id, p_key_id => v_s.key_id,
+            p_billing_mode => (costwarden._billing_mode(
+                costwarden._require_workspace(p_org_id, p_workspace_id))).billing_mode,
             p_source => p_source);
         perform costwarden._spend_alerts(p_org_id, p_workspace_id, v_s.key_id, v_user_id);
     end if;
