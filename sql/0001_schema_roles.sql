@@ -44,12 +44,20 @@ grant usage on schema costwarden to costwarden_admin, costwarden_service, costwa
 --   revoke all on all functions / tables / sequences in schema costwarden from public
 -- and each migration grants EXECUTE per role explicitly.
 
+-- Convention: every fn_* function is SECURITY DEFINER with
+--   set search_path = pg_catalog, pg_temp
+-- and schema-qualified bodies. Internal helpers (named _*) are SECURITY
+-- INVOKER, executable by nobody but the owner, and carry no SET clause: they
+-- run inside an fn_* caller's pinned search_path, and without the clause the
+-- small SQL ones are inlined and the plpgsql ones skip a GUC save/restore on
+-- every call of the hot path. Trigger functions keep the clause, since they
+-- run in whatever session fires them.
+
 -- Internal: raise a costwarden error. p_code is one of CW001..CW007 (SPEC §8).
 create function costwarden._raise(p_code text, p_message text, p_hint text default null)
 returns void
 language plpgsql
 volatile
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_hint is null then
@@ -64,7 +72,6 @@ create function costwarden._require_text(p_value text, p_arg text, p_max integer
 returns text
 language plpgsql
 immutable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_value is null then

@@ -6,7 +6,6 @@
 create function costwarden._actor(out org_id text, out user_id text)
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_claims text := nullif(current_setting('request.jwt.claims', true), '');
@@ -58,7 +57,6 @@ create function costwarden._audit(
 )
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_actor record;

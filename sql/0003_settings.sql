@@ -76,7 +76,6 @@ create function costwarden._setting_validate(p_key text, p_value jsonb)
 returns jsonb
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_def costwarden._setting_defs;

@@ -104,7 +104,6 @@ create function costwarden._require_org(p_org_id text)
 returns text
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_org_id is null or p_org_id = '' then
@@ -121,7 +120,6 @@ create function costwarden._require_workspace(p_org_id text, p_workspace_id text
 returns costwarden._workspaces
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_ws costwarden._workspaces;
@@ -142,7 +140,6 @@ create function costwarden._require_model(p_model text, p_arg text default 'p_mo
 returns costwarden._models
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_model costwarden._models;
@@ -162,7 +159,6 @@ $$;
 create function costwarden._pool_ensure(p_org_id text, p_kind text, p_scope_id text)
 returns void
 language sql
-set search_path = pg_catalog, pg_temp
 as $$
     insert into costwarden._pools (org_id, kind, scope_id)
     values (p_org_id, p_kind, coalesce(p_scope_id, ''))
@@ -175,7 +171,6 @@ create function costwarden._org_settings_merge(p_current jsonb, p_settings jsonb
 returns jsonb
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_key text;

@@ -32,7 +32,6 @@ create function costwarden._usage_price(
 )
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_row record;
@@ -94,7 +93,6 @@ create function costwarden._prices_check(p_prices jsonb)
 returns jsonb
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_key text;
@@ -193,7 +191,6 @@ $$;
 create function costwarden._billing_mode(p_ws costwarden._workspaces, out billing_mode text, out source text)
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_proxy boolean := (costwarden._setting('platform_proxy_configured'))::boolean;
@@ -237,7 +234,6 @@ create function costwarden._credit_rate(p_org_id text)
 returns numeric
 language sql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
     select coalesce(
         (select (o.settings ->> 'credit_rate_usd')::numeric from costwarden._orgs as o where o.org_id = p_org_id),
@@ -253,7 +249,6 @@ create function costwarden._quote_price(
 )
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_prices jsonb;
@@ -275,7 +270,6 @@ create function costwarden._unpriced_check(p_model text, p_snapshot_id bigint, p
 returns boolean
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_snapshot_id is not null and cardinality(p_unpriced_units) = 0 then
@@ -303,7 +297,6 @@ create function costwarden._quote(
 )
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_p record;

@@ -84,7 +84,6 @@ create function costwarden._pool_spent(
 language sql
 stable
 parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
     select coalesce(sum(b.micros), 0)::bigint, coalesce(sum(b.tokens), 0)::bigint
     from costwarden._spend_buckets as b
@@ -99,7 +98,6 @@ $$;
 create function costwarden._pool_add_spend(p_pool_ids bigint[], p_micros bigint, p_tokens bigint, p_at timestamptz)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     insert into costwarden._spend_buckets as b (pool_id, res, bucket_start, micros, tokens)
@@ -172,7 +170,6 @@ returns table (
 )
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_tz text := costwarden._org_tz(p_org_id);
@@ -226,7 +223,6 @@ returns jsonb
 language sql
 immutable
 parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
     select jsonb_build_object(
         'code', p_code, 'scope_kind', p_scope_kind, 'scope_id', p_scope_id, 'period', p_period,
@@ -335,7 +331,6 @@ create function costwarden._caller_is_privileged()
 returns boolean
 language sql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
     select pg_has_role(
         case when current_setting('role') = 'none' then session_user else current_setting('role') end,
@@ -349,7 +344,6 @@ create function costwarden._tenant_guard(p_org_id text, p_scope_kind text defaul
 returns void
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_actor record;

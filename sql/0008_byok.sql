@@ -191,7 +191,6 @@ create function costwarden._byok_usable(p_org_id text, p_workspace_id text, p_pr
 returns boolean
 language sql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
     select exists (
         select from costwarden._byok_keys as k
@@ -206,7 +205,6 @@ create function costwarden._byok_kek_cipher()
 returns text
 language sql
 immutable
-set search_path = pg_catalog, pg_temp
 as $$
     select 'cipher-algo=aes256, s2k-mode=3, s2k-digest-algo=sha256, s2k-count=1048576'::text
 $$;
@@ -217,7 +215,6 @@ create function costwarden._byok_dek_cipher()
 returns text
 language sql
 immutable
-set search_path = pg_catalog, pg_temp
 as $$
     select 'cipher-algo=aes256, s2k-mode=1, s2k-digest-algo=sha256'::text
 $$;
@@ -227,7 +224,6 @@ $$;
 create function costwarden._byok_kek_read(p_setting text, out kek text, out problem text)
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     kek := nullif(current_setting(p_setting, true), '');
@@ -251,7 +247,6 @@ create function costwarden._byok_kek(p_setting text default 'costwarden.kek')
 returns text
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v record;
@@ -269,7 +264,6 @@ create function costwarden._byok_kek_unlocks(p_check_blob bytea, p_kek text)
 returns boolean
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     return costwarden.pgp_sym_decrypt(p_check_blob, p_kek) = 'costwarden-kek-check-v1';
@@ -284,7 +278,6 @@ create function costwarden._byok_kek_lock_key()
 returns bigint
 language sql
 immutable
-set search_path = pg_catalog, pg_temp
 as $$
     select 1088459814054321208::bigint  -- the first 8 bytes of sha256('costwarden.byok.kek'), signed
 $$;
@@ -295,7 +288,6 @@ $$;
 create function costwarden._byok_kek_for_write(p_kek text)
 returns integer
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_gen costwarden._byok_keks;
@@ -321,7 +313,6 @@ create function costwarden._byok_secret_check(p_secret text)
 returns void
 language plpgsql
 immutable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_secret is null then
@@ -350,7 +341,6 @@ create function costwarden._byok_fingerprint(p_secret text)
 returns text
 language sql
 immutable
-set search_path = pg_catalog, pg_temp
 as $$
     select case when length(p_secret) >= 20
                 then coalesce(substring(p_secret from '^[A-Za-z][A-Za-z0-9]{0,5}[-_]'), '')
@@ -375,7 +365,6 @@ create function costwarden._byok_guard(p_ws costwarden._workspaces, p_provider t
 returns text
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_model costwarden._models;
@@ -419,7 +408,6 @@ create function costwarden._byok_require_provider(p_provider text)
 returns void
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._require_text(p_provider, 'p_provider', 100);
@@ -433,7 +421,6 @@ $$;
 create function costwarden._byok_slot_lock(p_org_id text, p_workspace_id text, p_provider text)
 returns void
 language sql
-set search_path = pg_catalog, pg_temp
 as $$
     select pg_advisory_xact_lock(hashtextextended(
         'costwarden.byok' || chr(1) || p_org_id || chr(1) || p_workspace_id || chr(1) || p_provider, 0))
@@ -703,7 +690,6 @@ create function costwarden._byok_resolve_log_line(p_payload jsonb)
 returns void
 language plpgsql
 volatile
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     raise log 'costwarden.byok_resolve %', p_payload::text;
@@ -715,7 +701,6 @@ create function costwarden._byok_receipt(p_payload jsonb)
 returns text
 language sql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
     select translate(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', '')
            || '.' || encode(costwarden.hmac(convert_to(p_payload::text, 'UTF8'), k.hmac_key, 'sha256'), 'hex')

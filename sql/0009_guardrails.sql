@@ -77,7 +77,6 @@ create function costwarden._require_provider(p_provider text)
 returns text
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_provider is null then
@@ -97,7 +96,6 @@ create function costwarden._circuit_event(
 )
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     insert into costwarden._circuit_events (provider, from_state, to_state, reason, consecutive_failures, error)
@@ -119,7 +117,6 @@ $$;
 create function costwarden._circuit_admit(p_provider text)
 returns boolean
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_c costwarden._circuits;
@@ -335,7 +332,6 @@ create function costwarden._budget_alert(
 )
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_level bigint := case when p_refused then p_before else p_after end;
@@ -377,7 +373,6 @@ $$;
 create function costwarden._budget_alerts(p_org_id text, p_candidates jsonb, p_denied boolean)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_a jsonb;
@@ -395,7 +390,6 @@ $$;
 create function costwarden._spend_alerts(p_org_id text, p_workspace_id text, p_key_id text, p_user_id text)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_c record;

@@ -63,7 +63,6 @@ create function costwarden._reservation_id(p_org_id text)
 returns uuid
 language sql
 volatile
-set search_path = pg_catalog, pg_temp
 as $$
     select overlay(gen_random_uuid()::text placing lpad(to_hex(hashtext(p_org_id)), 8, '0') from 1 for 8)::uuid
 $$;
@@ -75,7 +74,6 @@ create function costwarden._reservation_price(
 )
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_p record;
@@ -100,7 +98,6 @@ $$;
 create function costwarden._lock_pools(p_pool_ids bigint[])
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform null from (
@@ -116,7 +113,6 @@ $$;
 create function costwarden._pools_unhold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
 returns void
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     -- locks the pools in the documented order (ascending pool_id), then updates them
@@ -139,7 +135,6 @@ create function costwarden._book_charge(
     out seq bigint, out entry_hash bytea
 )
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now());
@@ -379,7 +374,6 @@ $$;
 create function costwarden._reservation_for_update(p_reservation_id uuid)
 returns costwarden._reservations
 language plpgsql
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_r costwarden._reservations;
@@ -411,7 +405,6 @@ create function costwarden._usage_not_below(p_usage jsonb, p_floor jsonb, p_mess
 returns void
 language plpgsql
 stable
-set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_unit text;
