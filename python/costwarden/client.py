@@ -51,7 +51,9 @@ def _exact_loads(data: str | bytes) -> Any:
     return json.loads(data, parse_float=Decimal)
 
 
-def _context_params(actor_org: str | None, actor_user: str | None, kek: str | None) -> dict[str, Any]:
+def _context_params(
+    actor_org: str | None, actor_user: str | None, kek: str | None
+) -> dict[str, Any]:
     return {"actor_org": actor_org, "actor_user": actor_user, "kek": kek}
 
 
@@ -320,7 +322,9 @@ class Client(_Base):
         """Drop spend buckets no window can reach any more; returns how many."""
         return self._run(q.maintenance())
 
-    def my_reservations(self, status: str | None = None, limit: int = 100) -> list[t.ReservationInfo]:
+    def my_reservations(
+        self, status: str | None = None, limit: int = 100
+    ) -> list[t.ReservationInfo]:
         return self._run(q.my_reservations(status, limit))
 
     def reservations(
@@ -413,6 +417,12 @@ class Client(_Base):
         """One keyset page of raw ledger rows in (org_id, seq) order (costwarden.ledger
         pages through them inside :meth:`ledger_snapshot`)."""
         return self._run(q.ledger_export(org_id, after_org_id, after_seq, limit))
+
+    def ledger_export_dicts(
+        self, org_id: str | None, after_org_id: str | None, after_seq: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """:meth:`ledger_export_rows` as plain dicts: faster for millions of rows."""
+        return self._run(q.ledger_export_raw(org_id, after_org_id, after_seq, limit))
 
     @contextmanager
     def ledger_snapshot(self) -> Iterator[Client]:
@@ -772,6 +782,151 @@ class AsyncClient(_Base):
     ) -> list[t.ByokKey]:
         return await self._run(q.byok_key_list(org_id, workspace_id, include_revoked))
 
+    # -- the same calls as Client (one method per costwarden function)
+    async def seed_workspace_model(self, org_id: str, workspace_id: str, model: str) -> bool:
+        return await self._run(q.workspace_seed_model(org_id, workspace_id, model))
+
+    async def upsert_user(self, org_id: str, user_id: str, groups: list[str] | None = None) -> None:
+        await self._run(q.user_upsert(org_id, user_id, groups))
+
+    async def upsert_key(
+        self, org_id: str, key_id: str, workspace_id: str | None = None, user_id: str | None = None
+    ) -> None:
+        await self._run(q.key_upsert(org_id, key_id, workspace_id, user_id))
+
+    async def pricing(
+        self, model: str | None = None, at: datetime | None = None
+    ) -> list[t.PricingEntry]:
+        return await self._run(q.pricing_list(model, at))
+
+    async def pricing_history(self, model: str | None = None) -> list[t.PricingSnapshot]:
+        return await self._run(q.pricing_history(model))
+
+    async def billing_mode(self, org_id: str, workspace_id: str) -> t.BillingMode:
+        return await self._run(q.workspace_billing_mode(org_id, workspace_id))
+
+    async def settings(self) -> list[t.Setting]:
+        return await self._run(q.settings_list())
+
+    async def audit(
+        self,
+        org_id: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[t.AuditEntry]:
+        return await self._run(q.audit_list(org_id, action, since, limit))
+
+    async def maintenance(self) -> int:
+        """Drop spend buckets no window can reach any more; returns how many."""
+        return await self._run(q.maintenance())
+
+    async def my_reservations(
+        self, status: str | None = None, limit: int = 100
+    ) -> list[t.ReservationInfo]:
+        return await self._run(q.my_reservations(status, limit))
+
+    async def reservations(
+        self, org_id: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[t.ReservationInfo]:
+        return await self._run(q.reservations_list(org_id, status, limit))
+
+    async def report_provider(self, provider: str, ok: bool, error: str | None = None) -> str:
+        """Report a provider call's outcome; returns the circuit state after it."""
+        return await self._run(q.provider_report(provider, ok, error))
+
+    async def circuits(self) -> list[t.CircuitStatus]:
+        return await self._run(q.circuit_status())
+
+    async def circuit_history(
+        self, provider: str | None = None, limit: int = 100
+    ) -> list[t.CircuitEvent]:
+        return await self._run(q.circuit_history(provider, limit))
+
+    async def reset_circuit(self, provider: str) -> str:
+        return await self._run(q.circuit_reset(provider))
+
+    async def report_spend(
+        self, org_id: str, workspace_id: str, source: str, cumulative_micros: int
+    ) -> int:
+        """Book a cumulative spend counter; returns the delta booked."""
+        return await self._run(
+            q.spend_report_cumulative(org_id, workspace_id, source, cumulative_micros)
+        )
+
+    async def set_spend_source(
+        self,
+        org_id: str,
+        workspace_id: str,
+        source: str,
+        *,
+        key_id: str | None = None,
+        user_id: str | None = None,
+    ) -> None:
+        await self._run(q.spend_source_set(org_id, workspace_id, source, key_id, user_id))
+
+    async def spend_sources(self, org_id: str | None = None) -> list[t.SpendSource]:
+        return await self._run(q.spend_sources_list(org_id))
+
+    async def detect_spend_anomalies(self) -> int:
+        return await self._run(q.detect_spend_anomalies())
+
+    async def ack_anomaly(self, anomaly_id: int) -> None:
+        await self._run(q.anomaly_ack(anomaly_id))
+
+    async def anomalies(
+        self, org_id: str | None = None, *, open_only: bool = False, limit: int = 100
+    ) -> list[t.Anomaly]:
+        return await self._run(q.anomalies_list(org_id, open_only, limit))
+
+    async def shadow_report(
+        self, org_id: str, from_: datetime | None = None, to: datetime | None = None
+    ) -> list[t.ShadowReportRow]:
+        return await self._run(q.shadow_report(org_id, from_, to))
+
+    async def ledger_verify(self, org_id: str | None = None) -> list[t.LedgerVerification]:
+        """fn_ledger_verify: every org's chain (or one org's), checked inside the database."""
+        return await self._run(q.ledger_verify(org_id))
+
+    async def ledger_digest(self, org_id: str | None = None) -> list[t.LedgerHead]:
+        """fn_ledger_digest: the head (seq, entry_hash) of every org's chain."""
+        return await self._run(q.ledger_digest(org_id))
+
+    async def ledger_identity(self) -> t.DatabaseIdentity:
+        return await self._run(q.ledger_identity())
+
+    async def ledger_adjust(
+        self, org_id: str, workspace_id: str, amount_micros: int, reason: str
+    ) -> t.LedgerAdjustment:
+        """A signed correction or refund (negative) of a workspace's spend; audited."""
+        return await self._run(q.ledger_adjust(org_id, workspace_id, amount_micros, reason))
+
+    async def ledger_export_rows(
+        self,
+        org_id: str | None = None,
+        *,
+        after_org_id: str | None = None,
+        after_seq: int = 0,
+        limit: int = 10000,
+    ) -> list[t.LedgerEntry]:
+        """One keyset page of raw ledger rows in (org_id, seq) order (costwarden.ledger
+        pages through them inside :meth:`ledger_snapshot`)."""
+        return await self._run(q.ledger_export(org_id, after_org_id, after_seq, limit))
+
+    async def ledger_export_dicts(
+        self, org_id: str | None, after_org_id: str | None, after_seq: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """:meth:`ledger_export_rows` as plain dicts: faster for millions of rows."""
+        return await self._run(q.ledger_export_raw(org_id, after_org_id, after_seq, limit))
+
+    async def kek_status(self) -> list[t.KekGeneration]:
+        return await self._run(q.byok_kek_status())
+
+    async def resolve_audit(
+        self, org_id: str | None = None, reservation_id: UUID | None = None, limit: int = 100
+    ) -> list[t.ResolveAttempt]:
+        return await self._run(q.byok_resolve_audit(org_id, reservation_id, limit))
+
     @asynccontextmanager
     async def reservation(
         self,
@@ -817,7 +972,9 @@ class AsyncReservationHandle:
         self.metered_usage = dict(usage)
         return result
 
-    async def commit(self, usage: Mapping[str, Any], *, approximate: bool = False) -> t.CommitResult:
+    async def commit(
+        self, usage: Mapping[str, Any], *, approximate: bool = False
+    ) -> t.CommitResult:
         self.result = await self._client.commit(self.id, usage, approximate=approximate)
         return self.result
 
