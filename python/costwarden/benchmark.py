@@ -165,8 +165,8 @@ def _recreate(admin_dsn: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(admin_dsn, dbname=dbname)
 
 
-def setup_costwarden(dsn: str, orgs: int) -> None:
-    migrations.migrate(dsn, schedule=False)
+def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
+    migrations.migrate(dsn, schedule=False, sql_dir=sql_dir)
     with Client(dsn) as c:
         c.upsert_model("bench/model", platform_servable=True)
         c.set_pricing(
