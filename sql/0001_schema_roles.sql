@@ -94,10 +94,9 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    perform costwarden._raise(
-        'CW001',
-        format('%s.%s is append-only: %s is not allowed', tg_table_schema, tg_table_name, lower(tg_op))
-    );
-    return null;
+    -- raised here, not through _raise: a role granted the table may not execute _raise
+    raise exception using
+        errcode = 'CW001',
+        message = format('%s.%s is append-only: %s is not allowed', tg_table_schema, tg_table_name, lower(tg_op));
 end
 $$;

@@ -419,6 +419,14 @@ def ledger_export(
     )
 
 
+def ledger_export_raw(
+    org_id: str | None, after_org_id: str | None, after_seq: int, limit: int
+) -> Call[list[dict[str, Any]]]:
+    """ledger_export's rows as plain dicts (bulk verification skips the dataclasses)."""
+    call = ledger_export(org_id, after_org_id, after_seq, limit)
+    return Call(call.sql, call.params, lambda rows: rows)
+
+
 # -- §5 BYOK ---------------------------------------------------------------------
 
 

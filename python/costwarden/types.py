@@ -371,6 +371,10 @@ class LedgerEntry(Row):
     prev_hash: str
     entry_hash: str
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> LedgerEntry:
+        return cls(**row)  # the columns are exactly the fields; exports are large: keep it fast
+
 
 @dataclass(frozen=True)
 class DatabaseIdentity(Row):

@@ -1,0 +1,30 @@
+"""bench/ledger_bench.py runs end to end (tiny sizes). Slow and CPU-hungry: skipped
+unless COSTWARDEN_SLOW_TESTS=1. The figures in docs/ledger.md come from a full run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cwtest import PgServer
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "ledger_bench.py"
+
+
+@pytest.mark.skipif(
+    os.environ.get("COSTWARDEN_SLOW_TESTS") != "1", reason="set COSTWARDEN_SLOW_TESTS=1"
+)
+def test_ledger_bench_runs(pg_server: PgServer) -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--dsn", pg_server.dsn("postgres"), "--entries", "3000",
+         "--commits", "40", "--seconds", "1", "--orgs", "20", "--clients", "2"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| with chain |" in out.stdout
+    assert "| fn_ledger_verify (SQL) |" in out.stdout
+    assert "| Python, reading an export file |" in out.stdout
