@@ -162,11 +162,17 @@ def exact_json(value: Any, path: str = "value") -> str:
     return json.dumps(value)
 
 
-def pricing_set(model: str, prices: Mapping[str, Any], effective_from: datetime | None) -> Call[int]:
+def pricing_set(
+    model: str, prices: Mapping[str, Any], effective_from: datetime | None
+) -> Call[int]:
     return Call(
         "select costwarden.fn_pricing_set(p_model => %(model)s, p_prices => %(prices)s::jsonb, "
         "p_effective_from => coalesce(%(effective_from)s::timestamptz, now())) as snapshot_id",
-        {"model": model, "prices": exact_json(prices, "p_prices"), "effective_from": effective_from},
+        {
+            "model": model,
+            "prices": exact_json(prices, "p_prices"),
+            "effective_from": effective_from,
+        },
         lambda rows: int(_scalar(rows)),
     )
 
@@ -226,7 +232,9 @@ def audit_list(
 # -- §3 the saga ----------------------------------------------------------------
 
 
-def cost_quote(org_id: str, workspace_id: str, model: str, usage: Mapping[str, Any]) -> Call[t.Quote]:
+def cost_quote(
+    org_id: str, workspace_id: str, model: str, usage: Mapping[str, Any]
+) -> Call[t.Quote]:
     return Call(
         "select * from costwarden.fn_cost_quote(p_org_id => %(org_id)s, "
         "p_workspace_id => %(workspace_id)s, p_model => %(model)s, p_usage => %(usage)s)",
@@ -439,7 +447,12 @@ def byok_key_resolve(
     return Call(
         "select * from costwarden.fn_byok_key_resolve_v2(p_reservation_id => %(rid)s, "
         "p_provider => %(provider)s, p_org_id => %(org_id)s, p_workspace_id => %(workspace_id)s)",
-        {"rid": reservation_id, "provider": provider, "org_id": org_id, "workspace_id": workspace_id},
+        {
+            "rid": reservation_id,
+            "provider": provider,
+            "org_id": org_id,
+            "workspace_id": workspace_id,
+        },
         _one(t.ByokSecret),
         needs_kek=True,
     )

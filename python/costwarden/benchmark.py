@@ -271,7 +271,6 @@ def generate_chain(
     return time.monotonic() - t0
 
 
-
 def grow_ledger(dsn: str, rows: int, echo: Echo) -> int:
     """Grow the ledger to about `rows` entries with one real, verifiable chain
     (org 'filler', generated set-based in SQL); returns the ledger's size."""
