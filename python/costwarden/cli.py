@@ -353,7 +353,18 @@ def demo(ctx: Context) -> None:
     """Start the embedded server, migrate, load the sample catalogue, tell the story."""
     from .demo import run_demo
 
-    dsn = ctx.dsn()
+    if ctx.has_dsn():
+        dsn = ctx.dsn()
+    else:
+        # the embedded server: created the first time, reused (started) after
+        from .embedded import EmbeddedCluster, EmbeddedError, default_data_dir
+
+        cluster = EmbeddedCluster(ctx.data_dir or default_data_dir())
+        try:
+            dsn = cluster.start()
+        except EmbeddedError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"embedded PostgreSQL: {dsn}")
     migrations.migrate(dsn)
     run_demo(dsn, echo=click.echo)
 

@@ -98,3 +98,31 @@ def test_hooks_run_in_order_and_missing_ones_are_skipped(
     assert ran == ["byok", "ledger"]
     assert calls == [("byok", "dsn"), ("ledger", "dsn")]
     assert demo.HOOKS == ("byok", "guardrails", "ledger")
+
+
+def test_demo_command_creates_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make demo` on a fresh machine: no DSN, no cluster yet -> it creates one, twice OK."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from costwarden.cli import main
+    from costwarden.embedded import EmbeddedCluster
+
+    base = Path(tempfile.mkdtemp(prefix="cw-demo-", dir="/tmp"))
+    base.chmod(0o755)  # the server runs as the postgres user when we are root
+    monkeypatch.delenv("COSTWARDEN_DSN", raising=False)
+    monkeypatch.setenv("COSTWARDEN_KEK", "demo-test-kek-0123456789abcdef0123456789")
+    data_dir = base / "pgdata"
+    try:
+        for run in (1, 2):
+            result = CliRunner().invoke(main, ["--data-dir", str(data_dir), "demo"])
+            assert result.exit_code == 0, result.output
+            assert f"run {run}" in result.output
+        status = CliRunner().invoke(main, ["--data-dir", str(data_dir), "status"])
+        assert "up to date" in status.output
+    finally:
+        EmbeddedCluster(data_dir).stop()
+        shutil.rmtree(base, ignore_errors=True)
