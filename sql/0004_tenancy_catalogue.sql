@@ -155,6 +155,41 @@ begin
 end
 $$;
 
+-- Internal: check the user and key of a call context (SPEC §2) and return
+-- the effective user: the given one, else the key's owner. An unknown user or
+-- key is CW002; a key of another workspace or another user is CW004.
+create function costwarden._context_user(
+    p_org_id text, p_workspace_id text, p_user_id text, p_key_id text
+)
+returns text
+language plpgsql
+stable
+as $$
+declare
+    v_key costwarden._keys;
+begin
+    if p_user_id is not null
+       and not exists (select from costwarden._users as u where u.org_id = p_org_id and u.user_id = p_user_id) then
+        perform costwarden._raise('CW002', format('p_user_id: unknown user %L in org %L', p_user_id, p_org_id));
+    end if;
+    if p_key_id is null then
+        return p_user_id;
+    end if;
+    select * into v_key from costwarden._keys as k where k.org_id = p_org_id and k.key_id = p_key_id;
+    if not found then
+        perform costwarden._raise('CW002', format('p_key_id: unknown key %L in org %L', p_key_id, p_org_id));
+    end if;
+    if v_key.workspace_id is not null and v_key.workspace_id <> p_workspace_id then
+        perform costwarden._raise('CW004', format('p_key_id: key %L belongs to workspace %L',
+                                                  p_key_id, v_key.workspace_id));
+    end if;
+    if v_key.user_id is not null and p_user_id is not null and v_key.user_id <> p_user_id then
+        perform costwarden._raise('CW004', format('p_key_id: key %L belongs to another user', p_key_id));
+    end if;
+    return coalesce(p_user_id, v_key.user_id);
+end
+$$;
+
 -- Internal: ensure a pool row exists (idempotent).
 create function costwarden._pool_ensure(p_org_id text, p_kind text, p_scope_id text)
 returns void

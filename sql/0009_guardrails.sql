@@ -447,28 +447,11 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_key costwarden._keys;
     v_before costwarden._spend_sources;
 begin
     perform costwarden._require_workspace(p_org_id, p_workspace_id);
     perform costwarden._require_text(p_source, 'p_source');
-    if p_user_id is not null
-       and not exists (select from costwarden._users as u where u.org_id = p_org_id and u.user_id = p_user_id) then
-        perform costwarden._raise('CW002', format('p_user_id: unknown user %L in org %L', p_user_id, p_org_id));
-    end if;
-    if p_key_id is not null then
-        select * into v_key from costwarden._keys as k where k.org_id = p_org_id and k.key_id = p_key_id;
-        if not found then
-            perform costwarden._raise('CW002', format('p_key_id: unknown key %L in org %L', p_key_id, p_org_id));
-        end if;
-        if v_key.workspace_id is not null and v_key.workspace_id <> p_workspace_id then
-            perform costwarden._raise('CW004', format('p_key_id: key %L belongs to workspace %L',
-                                                      p_key_id, v_key.workspace_id));
-        end if;
-        if v_key.user_id is not null and p_user_id is not null and v_key.user_id <> p_user_id then
-            perform costwarden._raise('CW004', format('p_key_id: key %L belongs to another user', p_key_id));
-        end if;
-    end if;
+    perform costwarden._context_user(p_org_id, p_workspace_id, p_user_id, p_key_id);
     insert into costwarden._spend_sources (org_id, workspace_id, source)
     values (p_org_id, p_workspace_id, p_source)
     on conflict (org_id, workspace_id, source) do nothing;

@@ -176,8 +176,7 @@ as $$
 declare
     v_ws costwarden._workspaces;
     v_model costwarden._models;
-    v_user_id text := p_user_id;
-    v_key costwarden._keys;
+    v_user_id text;
     v_ttl interval;
     v_fp text;
     v_prev costwarden._reservations;
@@ -205,26 +204,7 @@ begin
     if not found then
         perform costwarden._require_model(p_model);
     end if;
-    if p_user_id is not null
-       and not exists (select from costwarden._users as u where u.org_id = p_org_id and u.user_id = p_user_id) then
-        perform costwarden._raise('CW002', format('p_user_id: unknown user %L in org %L', p_user_id, p_org_id));
-    end if;
-    if p_key_id is not null then
-        select * into v_key from costwarden._keys as k where k.org_id = p_org_id and k.key_id = p_key_id;
-        if not found then
-            perform costwarden._raise('CW002', format('p_key_id: unknown key %L in org %L', p_key_id, p_org_id));
-        end if;
-        if v_key.workspace_id is not null and v_key.workspace_id <> p_workspace_id then
-            perform costwarden._raise('CW004', format('p_key_id: key %L belongs to workspace %L', p_key_id, v_key.workspace_id));
-        end if;
-        if v_key.user_id is not null then
-            if v_user_id is null then
-                v_user_id := v_key.user_id;
-            elsif v_user_id <> v_key.user_id then
-                perform costwarden._raise('CW004', format('p_key_id: key %L belongs to another user', p_key_id));
-            end if;
-        end if;
-    end if;
+    v_user_id := costwarden._context_user(p_org_id, p_workspace_id, p_user_id, p_key_id);
     v_ttl := coalesce(p_ttl, (costwarden._setting('default_ttl') #>> '{}')::interval);
     if v_ttl <= interval '0' or v_ttl > interval '7 days' then
         perform costwarden._raise('CW004', 'p_ttl must be positive and at most 7 days');
@@ -667,6 +647,38 @@ begin
 end
 $$;
 
+-- Internal: reservations newest first, filtered (both listings below).
+-- Checks p_status and p_limit (up to p_max).
+create function costwarden._reservations_page(
+    p_org_id text, p_user_id text, p_status text, p_limit integer, p_max integer
+)
+returns table (
+    reservation_id uuid, org_id text, workspace_id text, user_id text, key_id text, model text,
+    status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
+    created_at timestamptz, expires_at timestamptz, reasons jsonb
+)
+language plpgsql
+stable
+as $$
+begin
+    if p_status is not null and p_status not in ('held', 'denied', 'committed', 'released', 'expired') then
+        perform costwarden._raise('CW004', 'p_status must be held, denied, committed, released or expired');
+    end if;
+    if p_limit is null or p_limit < 1 or p_limit > p_max then
+        perform costwarden._raise('CW004', format('p_limit must be between 1 and %s', p_max));
+    end if;
+    return query
+    select r.reservation_id, r.org_id, r.workspace_id, r.user_id, r.key_id, r.model, r.status,
+           r.quoted_micros, r.metered_micros, r.charged_micros, r.created_at, r.expires_at, r.reasons
+    from costwarden._reservations as r
+    where (p_org_id is null or r.org_id = p_org_id)
+      and (p_user_id is null or r.user_id = p_user_id)
+      and (p_status is null or r.status = p_status)
+    order by r.created_at desc, r.reservation_id
+    limit p_limit;
+end
+$$;
+
 create function costwarden.fn_get_my_cost_reservations(p_status text default null, p_limit integer default 100)
 returns table (
     reservation_id uuid, org_id text, workspace_id text, user_id text, key_id text, model text,
@@ -688,21 +700,7 @@ begin
     if v_actor.user_id is null and not costwarden._caller_is_privileged() then
         perform costwarden._raise('CW005', 'a tenant actor needs a user (JWT sub or costwarden.actor_user)');
     end if;
-    if p_status is not null and p_status not in ('held', 'denied', 'committed', 'released', 'expired') then
-        perform costwarden._raise('CW004', 'p_status must be held, denied, committed, released or expired');
-    end if;
-    if p_limit is null or p_limit < 1 or p_limit > 10000 then
-        perform costwarden._raise('CW004', 'p_limit must be between 1 and 10000');
-    end if;
-    return query
-    select r.reservation_id, r.org_id, r.workspace_id, r.user_id, r.key_id, r.model, r.status,
-           r.quoted_micros, r.metered_micros, r.charged_micros, r.created_at, r.expires_at, r.reasons
-    from costwarden._reservations as r
-    where r.org_id = v_actor.org_id
-      and (v_actor.user_id is null or r.user_id = v_actor.user_id)
-      and (p_status is null or r.status = p_status)
-    order by r.created_at desc, r.reservation_id
-    limit p_limit;
+    return query select * from costwarden._reservations_page(v_actor.org_id, v_actor.user_id, p_status, p_limit, 10000);
 end
 $$;
 
@@ -724,20 +722,7 @@ begin
     if p_org_id is not null then
         perform costwarden._require_org(p_org_id);
     end if;
-    if p_status is not null and p_status not in ('held', 'denied', 'committed', 'released', 'expired') then
-        perform costwarden._raise('CW004', 'p_status must be held, denied, committed, released or expired');
-    end if;
-    if p_limit is null or p_limit < 1 or p_limit > 100000 then
-        perform costwarden._raise('CW004', 'p_limit must be between 1 and 100000');
-    end if;
-    return query
-    select r.reservation_id, r.org_id, r.workspace_id, r.user_id, r.key_id, r.model, r.status,
-           r.quoted_micros, r.metered_micros, r.charged_micros, r.created_at, r.expires_at, r.reasons
-    from costwarden._reservations as r
-    where (p_org_id is null or r.org_id = p_org_id)
-      and (p_status is null or r.status = p_status)
-    order by r.created_at desc, r.reservation_id
-    limit p_limit;
+    return query select * from costwarden._reservations_page(p_org_id, null, p_status, p_limit, 100000);
 end
 $$;
 
