@@ -87,6 +87,20 @@ begin
 end
 $$;
 
+-- Internal: a page size argument, 1 to p_max (CW004 otherwise).
+create function costwarden._require_limit(p_limit integer, p_max integer default 100000)
+returns integer
+language plpgsql
+stable
+as $$
+begin
+    if p_limit is null or p_limit < 1 or p_limit > p_max then
+        perform costwarden._raise('CW004', format('p_limit must be between 1 and %s', p_max));
+    end if;
+    return p_limit;
+end
+$$;
+
 -- Internal: blocks UPDATE / DELETE / TRUNCATE on append-only tables (CW001).
 create function costwarden._forbid_mutation()
 returns trigger

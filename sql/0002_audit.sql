@@ -84,9 +84,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if p_limit is null or p_limit < 1 or p_limit > 100000 then
-        perform costwarden._raise('CW004', 'p_limit must be between 1 and 100000');
-    end if;
+    perform costwarden._require_limit(p_limit);
     return query
     select a.audit_id, a.at, a.db_role, a.actor_org, a.actor_user, a.action, a.org_id,
            a.target, a.before, a.after

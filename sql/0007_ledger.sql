@@ -489,9 +489,7 @@ begin
     if p_after_seq is null or p_after_seq < 0 then
         perform costwarden._raise('CW004', 'p_after_seq must be 0 or more');
     end if;
-    if p_limit is null or p_limit < 1 or p_limit > 100000 then
-        perform costwarden._raise('CW004', 'p_limit must be between 1 and 100000');
-    end if;
+    perform costwarden._require_limit(p_limit);
     if p_org_id is not null and p_after_org_id is not null and p_after_org_id <> p_org_id then
         perform costwarden._raise('CW004', 'p_after_org_id must be null or p_org_id when p_org_id is given');
     end if;

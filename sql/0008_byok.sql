@@ -960,9 +960,7 @@ as $$
 declare
     v_last bigint;
 begin
-    if p_limit is null or p_limit < 1 or p_limit > 100000 then
-        perform costwarden._raise('CW004', 'p_limit must be between 1 and 100000');
-    end if;
+    perform costwarden._require_limit(p_limit);
     if p_org_id is not null or p_reservation_id is not null then
         return query
         select l.attempt, l.at, l.outcome, l.reason, l.legacy, l.db_role, l.actor_org, l.actor_user,

@@ -261,9 +261,7 @@ begin
     if p_provider is not null then
         perform costwarden._require_provider(p_provider);
     end if;
-    if p_limit is null or p_limit < 1 or p_limit > 100000 then
-        perform costwarden._raise('CW004', 'p_limit must be between 1 and 100000');
-    end if;
+    perform costwarden._require_limit(p_limit);
     return query
     select e.event_id, e.provider, e.at, e.from_state, e.to_state, e.reason, e.consecutive_failures, e.error
     from costwarden._circuit_events as e
@@ -751,9 +749,7 @@ begin
     if p_open_only is null then
         perform costwarden._raise('CW004', 'p_open_only must be true or false');
     end if;
-    if p_limit is null or p_limit < 1 or p_limit > 100000 then
-        perform costwarden._raise('CW004', 'p_limit must be between 1 and 100000');
-    end if;
+    perform costwarden._require_limit(p_limit);
     return query
     select a.anomaly_id, a.org_id, a.workspace_id, a.hour_start, a.window_start, a.window_end, a.spent_micros,
            a.mean_micros, a.stddev_micros, a.threshold_micros, a.frozen, a.detected_at, a.acked_at, a.acked_by

@@ -664,9 +664,7 @@ begin
     if p_status is not null and p_status not in ('held', 'denied', 'committed', 'released', 'expired') then
         perform costwarden._raise('CW004', 'p_status must be held, denied, committed, released or expired');
     end if;
-    if p_limit is null or p_limit < 1 or p_limit > p_max then
-        perform costwarden._raise('CW004', format('p_limit must be between 1 and %s', p_max));
-    end if;
+    perform costwarden._require_limit(p_limit, p_max);
     return query
     select r.reservation_id, r.org_id, r.workspace_id, r.user_id, r.key_id, r.model, r.status,
            r.quoted_micros, r.metered_micros, r.charged_micros, r.created_at, r.expires_at, r.reasons
