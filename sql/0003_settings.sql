@@ -122,7 +122,7 @@ begin
         if v_interval <= interval '0' then
             perform costwarden._raise('CW004', format('p_value: setting %s must be a positive interval', p_key));
         end if;
-        return to_jsonb(v_interval::text);
+        return to_jsonb(btrim(p_value #>> '{}'));  -- as written ("10 minutes"), like the defaults
     when 'enum' then
         if jsonb_typeof(p_value) <> 'string' or not (p_value #>> '{}') = any (v_def.allowed) then
             perform costwarden._raise('CW004', format('p_value: setting %s must be one of %s', p_key, array_to_string(v_def.allowed, ', ')));

@@ -230,7 +230,8 @@ begin
     if kek is null then
         problem := format('%s is not set: the trusted caller supplies the key-encryption key for the '
                           'transaction (set_config(%L, ..., true) or COPY costwarden.secret_input; '
-                          'the Python client reads COSTWARDEN_KEK)', p_setting, p_setting);
+                          'the Python client sends COSTWARDEN_KEK, and for a rotation the new KEK it is given)',
+                          p_setting, p_setting);
     elsif length(kek) < 32 then
         problem := format('%s is too short: a key-encryption key has at least 32 characters', p_setting);
     elsif octet_length(kek) > 1024 then

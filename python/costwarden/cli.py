@@ -282,7 +282,7 @@ def pricing() -> None:
 @pass_ctx
 @handle_errors
 def pricing_load(ctx: Context, file: Path | None, sample: bool) -> None:
-    """Load a TOML pricing catalogue (idempotent)."""
+    """Load a TOML pricing catalogue: idempotent, and all or nothing (one transaction)."""
     from .pricing import CatalogueError, load_catalogue, read_catalogue, sample_catalogue_path
 
     if file is None and not sample:
@@ -290,8 +290,8 @@ def pricing_load(ctx: Context, file: Path | None, sample: bool) -> None:
     path = file or sample_catalogue_path()
     try:
         catalogue = read_catalogue(path)
-        with ctx.client() as c:
-            report = load_catalogue(c, catalogue)
+        with psycopg.connect(ctx.dsn()) as conn, conn.transaction():
+            report = load_catalogue(Client(conn), catalogue)
     except CatalogueError as exc:
         raise click.ClickException(str(exc)) from exc
     note = " (SAMPLE DATA: illustrative prices, not a price list)" if catalogue.sample else ""

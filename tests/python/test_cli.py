@@ -147,7 +147,7 @@ def test_settings_get_set(dsn: str) -> None:
     ok(dsn, "settings", "set", "circuit_failure_threshold", "9")
     assert json.loads(ok(dsn, "settings", "get", "circuit_failure_threshold")) == 9
     ok(dsn, "settings", "set", "default_ttl", '"10 minutes"')
-    assert ok(dsn, "settings", "get", "default_ttl").strip() == '"00:10:00"'
+    assert ok(dsn, "settings", "get", "default_ttl").strip() == '"10 minutes"'
     listing = ok(dsn, "settings", "list")
     assert "unpriced_policy" in listing and "yes" in listing
 
@@ -161,3 +161,19 @@ def test_settings_errors(dsn: str) -> None:
         result = cli(dsn, *args)
         assert result.exit_code == 1, result.output
         assert says in result.stderr
+
+
+def test_pricing_load_is_all_or_nothing(dsn: str, admin_conn: Conn, tmp_path: Path) -> None:
+    bad = tmp_path / "half.toml"
+    bad.write_text(
+        '[[model]]\nmodel = "zz/first"\n[[model.price]]\n'
+        'effective_from = "2024-01-01T00:00:00Z"\ninput_tokens = "0.001"\n'
+        '[[model]]\nmodel = "zz/second"\n[[model.price]]\n'
+        'effective_from = "2024-01-01T00:00:00Z"\nbananas = "0.001"\n'
+    )
+    result = CliRunner().invoke(main, ["--dsn", dsn, "pricing", "load", str(bad)])
+    assert result.exit_code != 0 and "bananas" in result.output
+    rows = admin_conn.execute(
+        "select model from costwarden._models where model like 'zz/%'"
+    ).fetchall()
+    assert rows == []  # the first model was not left behind without its catalogue

@@ -116,9 +116,10 @@ def test_set_again_overwrites(client: costwarden.Client) -> None:
     assert client.get_setting("unpriced_policy") == "reject"
 
 
-def test_interval_settings_are_normalised(client: costwarden.Client) -> None:
-    client.set_setting("default_ttl", "90 seconds")
-    assert client.get_setting("default_ttl") == "00:01:30"
+def test_interval_settings_are_kept_as_written(client: costwarden.Client) -> None:
+    # validated as intervals, stored as written, like the defaults ("5 minutes")
+    client.set_setting("default_ttl", " 90 seconds ")
+    assert client.get_setting("default_ttl") == "90 seconds"
 
 
 def test_wrong_types_are_cw004_and_write_nothing(admin_conn: psycopg.Connection[Any]) -> None:
@@ -200,7 +201,7 @@ def test_every_change_is_audited(client: costwarden.Client) -> None:
     assert oldest.before == {"value": False} and oldest.after == {"value": True}
     assert middle.before == {"value": True} and middle.after == {"value": False}
     assert newest.target == {"key": "default_ttl"}
-    assert newest.before == {"value": "5 minutes"} and newest.after == {"value": "00:10:00"}
+    assert newest.before == {"value": "5 minutes"} and newest.after == {"value": "10 minutes"}
     assert all(e.org_id is None and e.db_role == "postgres" for e in entries)
     assert newest.audit_id > middle.audit_id > oldest.audit_id
 

@@ -35,7 +35,7 @@ select is(costwarden.fn_setting_get(p_key => 'circuit_failure_threshold'), '7'::
 select lives_ok($$ select costwarden.fn_setting_set('credit_rate_usd', '0.0125') $$, 'set a numeric');
 select is(costwarden.fn_setting_get('credit_rate_usd'), '0.0125'::jsonb, 'the numeric stays exact');
 select lives_ok($$ select costwarden.fn_setting_set('default_ttl', '"90 seconds"') $$, 'set an interval');
-select is(costwarden.fn_setting_get('default_ttl'), '"00:01:30"'::jsonb, 'intervals are stored normalised');
+select is(costwarden.fn_setting_get('default_ttl'), '"90 seconds"'::jsonb, 'intervals are stored as written');
 select lives_ok($$ select costwarden.fn_setting_set('unpriced_policy', '"free"') $$, 'set an enum');
 select is(
     (select changed from costwarden.fn_settings_list() where key = 'unpriced_policy'), true,
@@ -95,7 +95,7 @@ select results_eq(
     $$ values ('billing_enforce', 'true'::jsonb, 'false'::jsonb),
               ('circuit_failure_threshold', '5'::jsonb, '7'::jsonb),
               ('credit_rate_usd', '0.01'::jsonb, '0.0125'::jsonb),
-              ('default_ttl', '"5 minutes"'::jsonb, '"00:01:30"'::jsonb),
+              ('default_ttl', '"5 minutes"'::jsonb, '"90 seconds"'::jsonb),
               ('unpriced_policy', '"reject"'::jsonb, '"free"'::jsonb) $$,
     'every setting change is in the audit trail with before and after'
 );
