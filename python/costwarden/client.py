@@ -46,15 +46,12 @@ async def _anullcontext() -> AsyncIterator[None]:
     yield
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
 def _exact_loads(data: str | bytes) -> Any:
     """JSON numbers with a fraction load as Decimal: prices and usage stay exact."""
-    return json.loads(data, parse_float=Decimal)
-
-
-def _context_params(
-    actor_org: str | None, actor_user: str | None, kek: str | None
-) -> dict[str, Any]:
-    return {"actor_org": actor_org, "actor_user": actor_user, "kek": kek}
+    return _DECODER.decode(data.decode() if isinstance(data, bytes) else data)
 
 
 class _Base:
@@ -77,7 +74,7 @@ class _Base:
     def _context(self) -> dict[str, Any]:
         # §5: the KEK is not part of the context: _staged sends it, unlogged, only
         # with the calls that need it.
-        return _context_params(self.actor_org, self.actor_user, None)
+        return {"actor_org": self.actor_org, "actor_user": self.actor_user}
 
     def _staged(self, call: q.Call[Any]) -> dict[str, str]:
         """§5: the values to send through COPY costwarden.secret_input before ``call``."""
