@@ -169,7 +169,7 @@ def test_ticks_extend_the_expiry(
         "acme", WS, voice.realtime_model, {"audio_seconds": 5}, ttl=timedelta(seconds=30)
     )
     admin_conn.execute(
-        "update costwarden._reservations set expires_at = now() + interval '1 second' "
+        "update costwarden._reservations set expires_at = now() + interval '5 seconds' "
         "where reservation_id = %s",
         (r.reservation_id,),
     )
