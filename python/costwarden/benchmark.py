@@ -366,15 +366,20 @@ def run_bench(
 
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(tmp)
+
+        def reserve_latencies() -> tuple[float, list[float]]:
+            """reserve_only.sql at 8 clients, with pgbench's per-transaction log."""
+            return pgb.run(
+                "cw_bench",
+                clients=8,
+                seconds=seconds,
+                script=scripts / "reserve_only.sql",
+                defines=defines,
+                log_dir=log_dir,
+            )
+
         echo("3/5 reserve latency at 8 clients (pgbench per-transaction log)")
-        _, lat = pgb.run(
-            "cw_bench",
-            clients=8,
-            seconds=seconds,
-            script=scripts / "reserve_only.sql",
-            defines=defines,
-            log_dir=log_dir,
-        )
+        _, lat = reserve_latencies()
         p50, p99 = _percentile(lat, 50), _percentile(lat, 99)
         add(
             Figure(
@@ -402,23 +407,9 @@ def run_bench(
         echo("4/5 reserve latency with a big ledger vs a small one")
         with psycopg.connect(cw_dsn) as conn:
             (small_n,) = conn.execute("select count(*) from costwarden._ledger").fetchone()  # type: ignore[misc]
-        _, lat_small = pgb.run(
-            "cw_bench",
-            clients=8,
-            seconds=seconds,
-            script=scripts / "reserve_only.sql",
-            defines=defines,
-            log_dir=log_dir,
-        )
+        _, lat_small = reserve_latencies()
         big_n = grow_ledger(cw_dsn, ledger_rows, echo)
-        _, lat_big = pgb.run(
-            "cw_bench",
-            clients=8,
-            seconds=seconds,
-            script=scripts / "reserve_only.sql",
-            defines=defines,
-            log_dir=log_dir,
-        )
+        _, lat_big = reserve_latencies()
         s50, b50 = _percentile(lat_small, 50), _percentile(lat_big, 50)
         add(
             Figure(
