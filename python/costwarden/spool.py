@@ -1,7 +1,8 @@
-"""The client's ``on_unavailable`` policy (SPEC §7) and its durable local spool.
+"""The clients' ``on_unavailable`` policy (SPEC §7) and its durable local spool.
 
-``Client(dsn, on_unavailable='closed')`` (the default): when the database cannot be
-reached, every call raises :class:`~costwarden.errors.DatabaseUnavailable`.
+``Client(dsn, on_unavailable='closed')`` (the default; ``AsyncClient`` alike): when the
+database cannot be reached (:func:`costwarden.errors.is_unavailable`), every call
+raises :class:`~costwarden.errors.DatabaseUnavailable`.
 
 ``Client(dsn, on_unavailable='open', spool_dir=...)``: the call proceeds unenforced.
 
@@ -32,14 +33,19 @@ The spool is a directory (one per process or shared; appends and replays lock it
     records that replay could not book (unknown workspace, unpriced model, ...),
     with the error, for an operator: nothing is dropped silently.
 
-Replay (:meth:`Spool.replay`, ``Client.replay_spool()``, ``costwarden spend-report
-replay``, and automatically after the first successful call once the database is
-back) prices each ``usage`` record with ``fn_cost_quote`` (the pricing in force at
-replay time) and books it with ``fn_spend_report_cumulative(org, workspace,
-<source>, <new cumulative>)``. The new cumulative counter is written to
-``state.json`` *before* it is sent, so a replay interrupted at any point re-sends
-the same counter and the database books a delta of 0: nothing is lost and nothing
-is double-booked.
+Replay (:meth:`Spool.replay`, ``Client.replay_spool()``, ``await
+AsyncClient.replay_spool()``, ``costwarden spend-report replay``, and automatically
+after the first successful call once the database is back) prices each ``usage``
+record with ``fn_cost_quote`` (the pricing in force at replay time) and books it with
+``fn_spend_report_cumulative(org, workspace, <source>, <new cumulative>)``. The new
+cumulative counter is written to ``state.json`` *before* it is sent, so a replay
+interrupted at any point re-sends the same counter and the database books a delta
+of 0: nothing is lost and nothing is double-booked.
+
+The replay is written once, without I/O to the database (:meth:`Spool.replay_steps`
+yields the statements to run), so the sync and the async client drive the same code.
+Its lock is a file lock taken without blocking: while another process replays, the
+replay waits in short steps (an async client's event loop keeps running).
 """
 
 from __future__ import annotations
