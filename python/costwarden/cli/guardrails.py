@@ -38,17 +38,18 @@ def _ts(value: datetime | None) -> str:
 
 
 @click.group(invoke_without_command=True)
+@json_option
 @click.pass_context
-def circuits(click_ctx: click.Context) -> None:
+def circuits(click_ctx: click.Context, as_json: bool) -> None:
     """Provider circuit breakers: state (default), history, report, reset."""
     if click_ctx.invoked_subcommand is None:
-        click_ctx.invoke(circuits_status)
+        click_ctx.invoke(circuits_status, as_json=as_json)
 
 
 @circuits.command("status")
 @json_option
 @pass_ctx
-def circuits_status(ctx: Context, as_json: bool = False) -> None:
+def circuits_status(ctx: Context, as_json: bool) -> None:
     """Every provider's circuit."""
     with ctx.client() as c:
         rows = c.circuits()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import click
@@ -267,12 +268,12 @@ def parse_usage(items: tuple[str, ...]) -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r}: expected unit=number", param_hint="USAGE")
-        number = DecimalParam().convert(value, None, None) if value else None
-        if number is None:
-            raise click.BadParameter(f"{item!r}: expected unit=number", param_hint="USAGE")
-        parsed[key] = (
-            int(number) if number == number.to_integral_value() and "." not in value else number
-        )
+        try:
+            if not sep or not key:
+                raise click.BadParameter("")
+            number: Decimal = DecimalParam().convert(value, None, None)
+        except click.BadParameter as exc:
+            raise click.BadParameter(f"{item!r}: expected unit=number", param_hint="USAGE") from exc
+        integral = "." not in value and number == number.to_integral_value()
+        parsed[key] = int(number) if integral else number
     return parsed
