@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import is_unavailable
 from ._common import Context, echo_json, json_option, pass_ctx, table, usd
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -275,7 +276,9 @@ def watch(ctx: Context, count: int | None, timeout: float | None, kind: str | No
                     break
     except KeyboardInterrupt:
         pass
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:
+        if not is_unavailable(exc):
+            raise
         raise click.ClickException(f"cannot listen: {exc}") from exc
 
 
