@@ -21,14 +21,17 @@ Conn = psycopg.Connection[Any]
 
 
 def copy_sql(target: Path, count: int | None = None) -> Path:
-    """A snapshot of the first ``count`` migration files (all by default) in ``target``.
+    """A snapshot of the first ``count`` migrations (all by default) in ``target``, with
+    the function files when all migrations are copied (they need every table).
 
     Tests migrate from snapshots, so that a file edited while the suite runs cannot make
     two databases of one test differ.
     """
-    target.mkdir(parents=True, exist_ok=True)
+    (target / m.MIGRATIONS_DIR).mkdir(parents=True, exist_ok=True)
     for mig in m.load_migrations()[:count]:
-        shutil.copy(mig.path, target / mig.filename)
+        shutil.copy(mig.path, target / m.MIGRATIONS_DIR / mig.filename)
+    if count is None:
+        shutil.copytree(m.default_sql_dir() / m.FUNCTIONS_DIR, target / m.FUNCTIONS_DIR)
     return target
 
 
@@ -104,7 +107,7 @@ def test_an_edited_applied_migration_is_refused(
     sql_dir = copy_sql(tmp_path / "sql")
     third = m.load_migrations(sql_dir)[2]
     m.migrate(dsn, schedule=False, sql_dir=sql_dir)
-    edited = sql_dir / third.filename
+    edited = sql_dir / m.MIGRATIONS_DIR / third.filename
     edited.write_text(edited.read_text() + "\n-- an innocent-looking edit\n")
     objects = schema_objects(dsn)
     with pytest.raises(m.MigrationError, match=re.escape(third.filename)):
@@ -113,7 +116,8 @@ def test_an_edited_applied_migration_is_refused(
     assert [c.filename for c in st.changed] == [third.filename]
     assert not st.up_to_date
     # even with a new migration pending, nothing is applied while a file is edited
-    (sql_dir / "9999_later.sql").write_text("create table costwarden._later (x int);\n")
+    later = sql_dir / m.MIGRATIONS_DIR / "9999_later.sql"
+    later.write_text("create table costwarden._later (x int);\n")
     with pytest.raises(m.MigrationError, match=re.escape(third.filename)):
         m.migrate(dsn, schedule=False, sql_dir=sql_dir)
     assert schema_objects(dsn) == objects
@@ -124,7 +128,8 @@ def test_a_failing_migration_is_rolled_back(
 ) -> None:
     dsn = fresh_database()
     sql_dir = copy_sql(tmp_path / "sql")
-    (sql_dir / "9999_broken.sql").write_text(
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    (sql_dir / m.MIGRATIONS_DIR / "9999_broken.sql").write_text(
         "create table costwarden._half (x int);\nselect 1 / 0;\n"
     )
     with pytest.raises(m.MigrationError, match=re.escape("9999_broken.sql")):
@@ -136,9 +141,26 @@ def test_a_failing_migration_is_rolled_back(
         assert conn.execute("select to_regclass('costwarden._half')").fetchone() == (None,)
 
 
+def test_a_run_is_one_transaction(fresh_database: Callable[[], str], tmp_path: Path) -> None:
+    """A failing migration takes the whole run back: on a fresh database not even the
+    schema or the bookkeeping tables remain."""
+    dsn = fresh_database()
+    sql_dir = copy_sql(tmp_path / "sql")
+    (sql_dir / m.MIGRATIONS_DIR / "9999_broken.sql").write_text(
+        "create table costwarden._half (x int);\nselect 1 / 0;\n"
+    )
+    with pytest.raises(m.MigrationError, match=re.escape("9999_broken.sql")):
+        m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    st = m.status(dsn, sql_dir=sql_dir)
+    assert st.version is None and st.applied == ()
+    assert len(st.pending) == len(m.load_migrations(sql_dir))
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select to_regnamespace('costwarden')").fetchone() == (None,)
+
+
 def test_badly_named_migration_files_are_refused(tmp_path: Path) -> None:
     sql_dir = copy_sql(tmp_path / "sql", 1)
-    (sql_dir / "2_no_padding.sql").write_text("select 1;\n")
+    (sql_dir / m.MIGRATIONS_DIR / "2_no_padding.sql").write_text("select 1;\n")
     with pytest.raises(m.MigrationError, match=re.escape("2_no_padding.sql")):
         m.load_migrations(sql_dir)
 
@@ -226,9 +248,11 @@ def test_upgrade_path_builds_the_same_schema_as_a_fresh_install(
     stepwise = fresh_database()
     for step in range(1, count + 1):
         step_dir = tmp_path / f"step{step}"
-        step_dir.mkdir()
+        (step_dir / m.MIGRATIONS_DIR).mkdir(parents=True)
         for mig in m.load_migrations(full)[:step]:
-            shutil.copy(mig.path, step_dir / mig.filename)
+            shutil.copy(mig.path, step_dir / m.MIGRATIONS_DIR / mig.filename)
+        if step == count:  # the function files need every table
+            shutil.copytree(full / m.FUNCTIONS_DIR, step_dir / m.FUNCTIONS_DIR)
         applied = m.migrate(stepwise, schedule=False, sql_dir=step_dir)
         assert len(applied) == 1
     dumped = _dump(pg_server, one_run)

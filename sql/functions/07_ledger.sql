@@ -1,4 +1,4 @@
--- 0007: the append-only, hash-chained ledger (SPEC §4).
+-- The append-only, hash-chained ledger (SPEC §4).
 --
 -- One chain per org: seq 1, 2, 3, ... with no gaps, and
 --   entry_hash = sha256(prev_hash || canonical_payload)
@@ -10,8 +10,7 @@
 -- row's lock, so appends of one org are serialised (gapless seq) while
 -- appends of different orgs never wait for each other.
 --
--- Lock order (shared with the saga, sql/0010_saga.sql): pools first
--- (ascending pool_id), then the org's _ledger_heads row.
+-- lock order: docs/internals.md#lock-order
 --
 -- What each check catches (docs/ledger.md, "Threat model"):
 --   * triggers: UPDATE / DELETE / TRUNCATE by anyone, superuser included,
@@ -27,54 +26,10 @@
 -- fn_ledger_export (raw rows for the out-of-database verifier),
 -- fn_ledger_identity (which database a digest belongs to).
 
-create table costwarden._ledger_heads (
-    org_id text primary key references costwarden._orgs (org_id),
-    last_seq bigint not null default 0,           -- seq of the org's last entry (0: none yet)
-    last_hash bytea not null default '\x0000000000000000000000000000000000000000000000000000000000000000',
-    constraint ledger_heads_seq_nonnegative check (last_seq >= 0),
-    constraint ledger_heads_hash_length check (octet_length(last_hash) = 32)
-) with (fillfactor = 50);  -- updated by every append: room for HOT updates
-
-comment on table costwarden._ledger_heads is
-'Each org''s chain head (last seq and entry_hash). Its row lock serialises the org''s appends; it only moves forward.';
-
-create table costwarden._ledger (
-    org_id text not null references costwarden._orgs (org_id),
-    seq bigint not null,
-    entry_type text not null,          -- charge | spend_report | adjustment
-    reservation_id uuid,               -- the reservation charged (charge entries)
-    workspace_id text,
-    user_id text,
-    key_id text,
-    model text,
-    billing_mode text,                 -- platform_managed | byok (as resolved at reserve)
-    usage jsonb,                       -- the usage charged (charge entries)
-    tokens bigint not null default 0,
-    amount_micros bigint not null,     -- signed only for adjustments (negative: refund / credit)
-    pricing_snapshot_id bigint,
-    approximate boolean not null default false,  -- charged from metered usage (expiry, release)
-    late boolean not null default false,         -- committed after the reservation expired
-    source text,                       -- spend_report: the reporting source
-    reason text,                       -- adjustment: why
-    created_at timestamptz not null,
-    prev_hash bytea not null,
-    entry_hash bytea not null,
-    primary key (org_id, seq),
-    constraint ledger_entry_type_check check (entry_type in ('charge', 'spend_report', 'adjustment')),
-    constraint ledger_seq_positive check (seq >= 1),
-    constraint ledger_amount_sign check (entry_type = 'adjustment' or amount_micros >= 0),
-    constraint ledger_hash_length check (octet_length(prev_hash) = 32 and octet_length(entry_hash) = 32)
-);
-
-comment on table costwarden._ledger is
-'Append-only, per-org sha256 chain of every charge, spend report and adjustment. UPDATE/DELETE/TRUNCATE raise CW001.';
-
-create index _ledger_reservation on costwarden._ledger (reservation_id) where reservation_id is not null;
-
 -- Internal: the ledger's append-only guard (CW001). It raises by itself rather
 -- than through costwarden._raise: a trigger runs as the role that fired it, and
 -- a role that was granted the table has no EXECUTE on costwarden's internals.
-create function costwarden._ledger_forbid_mutation()
+create or replace function costwarden._ledger_forbid_mutation()
 returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -85,24 +40,24 @@ begin
 end
 $$;
 
-create trigger _ledger_no_update_delete
+create or replace trigger _ledger_no_update_delete
 before update or delete on costwarden._ledger
 for each row execute function costwarden._ledger_forbid_mutation();
 
-create trigger _ledger_no_truncate
+create or replace trigger _ledger_no_truncate
 before truncate on costwarden._ledger
 for each statement execute function costwarden._ledger_forbid_mutation();
 
-create trigger _ledger_heads_no_delete
+create or replace trigger _ledger_heads_no_delete
 before delete on costwarden._ledger_heads
 for each row execute function costwarden._ledger_forbid_mutation();
 
-create trigger _ledger_heads_no_truncate
+create or replace trigger _ledger_heads_no_truncate
 before truncate on costwarden._ledger_heads
 for each statement execute function costwarden._ledger_forbid_mutation();
 
 -- Internal: a head only moves forward, one entry at a time (CW001 otherwise).
-create function costwarden._ledger_head_forward_only()
+create or replace function costwarden._ledger_head_forward_only()
 returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -117,7 +72,7 @@ begin
 end
 $$;
 
-create trigger _ledger_heads_forward_only
+create or replace trigger _ledger_heads_forward_only
 before update on costwarden._ledger_heads
 for each row execute function costwarden._ledger_head_forward_only();
 
@@ -139,8 +94,11 @@ for each row execute function costwarden._ledger_head_forward_only();
 
 -- Internal: canonical text of a usage object; NULL when it cannot be
 -- canonicalised (not an object, or a value that is not a number), which the
+
+-- Internal: canonical text of a usage object; NULL when it cannot be
+-- canonicalised (not an object, or a value that is not a number), which the
 -- append refuses (CW004) and the verifier reports.
-create function costwarden._canon_usage(p_usage jsonb)
+create or replace function costwarden._canon_usage(p_usage jsonb)
 returns text
 language plpgsql
 immutable
@@ -183,7 +141,7 @@ $$;
 -- hashes, one `name=value` line each, in column order, after a header line).
 -- NULL when the entry cannot be canonicalised (see _canon_usage; created_at
 -- +/-infinity).
-create function costwarden._ledger_payload(p_entry costwarden._ledger)
+create or replace function costwarden._ledger_payload(p_entry costwarden._ledger)
 returns text
 language plpgsql
 immutable
@@ -214,7 +172,7 @@ end
 $$;
 
 -- Internal: sha256(prev_hash || UTF-8 bytes of the canonical payload).
-create function costwarden._ledger_hash(p_prev_hash bytea, p_entry costwarden._ledger)
+create or replace function costwarden._ledger_hash(p_prev_hash bytea, p_entry costwarden._ledger)
 returns bytea
 language plpgsql
 immutable
@@ -228,7 +186,7 @@ $$;
 -- Internal: append one entry to the org's chain; returns its seq and hash.
 -- Takes the org's _ledger_heads row lock; callers that lock pools take
 -- those first (lock order above). created_at is the transaction's now().
-create function costwarden._ledger_append(
+create or replace function costwarden._ledger_append(
     p_org_id text,
     p_entry_type text,
     p_amount_micros bigint,
@@ -281,7 +239,7 @@ $$;
 -- Internal: the orgs that have a chain (a head row or entries), in order.
 -- The entries' orgs come from a loose index scan of the primary key, so
 -- listing them costs O(orgs), not O(entries).
-create function costwarden._ledger_orgs()
+create or replace function costwarden._ledger_orgs()
 returns setof text
 language sql
 stable
@@ -304,7 +262,7 @@ $$;
 -- against the previous entry_hash (zero bytes before seq 1), and the last
 -- entry against the head in _ledger_heads. first_bad_seq is the first seq
 -- at which the chain is wrong (for a missing entry: its seq); detail says why.
-create function costwarden.fn_ledger_verify(p_org_id text default null)
+create or replace function costwarden.fn_ledger_verify(p_org_id text default null)
 returns table (org_id text, entries bigint, ok boolean, first_bad_seq bigint, detail text)
 language plpgsql
 stable
@@ -423,7 +381,7 @@ $$;
 -- The head of each org's chain (or one org's: seq 0 and the zero hash when it
 -- has no entries yet), as recorded in _ledger_heads. Saved outside the
 -- database (`costwarden ledger digest`), it pins the history up to there.
-create function costwarden.fn_ledger_digest(p_org_id text default null)
+create or replace function costwarden.fn_ledger_digest(p_org_id text default null)
 returns table (org_id text, seq bigint, entry_hash text, taken_at timestamptz)
 language plpgsql
 stable
@@ -451,7 +409,7 @@ $$;
 
 -- Which database this is, so that a digest cannot be checked against
 -- another one by mistake: the cluster's system identifier and the database.
-create function costwarden.fn_ledger_identity()
+create or replace function costwarden.fn_ledger_identity()
 returns table (system_identifier text, database_name text)
 language sql
 stable
@@ -465,7 +423,7 @@ $$;
 -- order, hashes in hex, created_at as ISO 8601 UTC text with microseconds.
 -- Keyset pages: pass the last row's org_id and seq as p_after_org_id /
 -- p_after_seq to get the next page (with p_org_id, p_after_seq alone).
-create function costwarden.fn_ledger_export(
+create or replace function costwarden.fn_ledger_export(
     p_org_id text default null,
     p_after_org_id text default null,
     p_after_seq bigint default 0,
@@ -533,7 +491,7 @@ $$;
 -- (negative: a refund / credit). It counts in the org's and the workspace's
 -- budget windows at the time it is booked (a negative amount lowers their
 -- spend), and it is audited.
-create function costwarden.fn_ledger_adjust(
+create or replace function costwarden.fn_ledger_adjust(
     p_org_id text, p_workspace_id text, p_amount_micros bigint, p_reason text
 )
 returns table (entry_seq bigint, entry_hash text)

@@ -1,32 +1,12 @@
--- 0005: usage validation, pricing snapshots, the workspace billing mode
--- (SPEC §5, one source of truth) and fn_cost_quote (SPEC §3).
+-- Usage validation, pricing snapshots and the quote (SPEC §0, §1, §3).
 --
 -- Money is exact: prices are numeric USD per unit, a cost is
 -- ceil(sum(units * price) * 1e6) micro-USD, rounded up once per computation.
 
--- The usage units of SPEC §0 and whether each must be an integer.
-create table costwarden._usage_units (
-    unit text primary key,
-    integer_only boolean not null,
-    is_token boolean not null,           -- counts toward the usage's token count
-    description text not null
-);
-
-insert into costwarden._usage_units (unit, integer_only, is_token, description) values
-('input_tokens', true, true, 'prompt tokens (not cached)'),
-('cached_input_tokens', true, true, 'prompt tokens served from cache'),
-('output_tokens', true, true, 'completion tokens'),
-('reasoning_tokens', true, true, 'reasoning tokens billed separately'),
-('images', true, false, 'generated or analysed images'),
-('audio_seconds', false, false, 'audio / realtime connection seconds'),
-('characters', true, false, 'TTS characters'),
-('pages', true, false, 'OCR / document pages'),
-('requests', true, false, 'flat per-request fee units');
-
 -- Internal, hot path: validate a usage (SPEC §0) and price it under a price
 -- list in one pass: its token count, its cost in micros (rounded up once)
 -- and the used units the price list does not price.
-create function costwarden._usage_price(
+create or replace function costwarden._usage_price(
     p_usage jsonb, p_prices jsonb, p_arg text default 'p_usage',
     out tokens bigint, out amount_micros bigint, out unpriced text[]
 )
@@ -89,7 +69,7 @@ end
 $$;
 
 -- Internal: validate a price list (USD per unit, exact, non-negative).
-create function costwarden._prices_check(p_prices jsonb)
+create or replace function costwarden._prices_check(p_prices jsonb)
 returns jsonb
 language plpgsql
 stable
@@ -116,7 +96,7 @@ begin
 end
 $$;
 
-create function costwarden.fn_pricing_set(
+create or replace function costwarden.fn_pricing_set(
     p_model text, p_prices jsonb, p_effective_from timestamptz default now()
 )
 returns bigint
@@ -126,14 +106,22 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_id bigint;
+    v_prices jsonb;
 begin
     perform costwarden._require_model(p_model);
     perform costwarden._prices_check(p_prices);
     if p_effective_from is null then
         perform costwarden._raise('CW004', 'p_effective_from is required');
     end if;
-    if exists (select from costwarden._pricing_snapshots
-               where model = p_model and effective_from = p_effective_from) then
+    -- snapshots are immutable: the same snapshot again (prices equal as numbers) is
+    -- already loaded and returns its id, writing nothing; other prices are CW004
+    select ps.snapshot_id, ps.prices into v_id, v_prices
+    from costwarden._pricing_snapshots as ps
+    where ps.model = p_model and ps.effective_from = p_effective_from;
+    if found then
+        if v_prices = p_prices then
+            return v_id;
+        end if;
         perform costwarden._raise('CW004', format(
             'p_effective_from: model %L already has a pricing snapshot effective from %s; snapshots are immutable',
             p_model, p_effective_from));
@@ -150,7 +138,7 @@ end
 $$;
 
 -- The catalogue: each model with the snapshot in force at p_at (admin, service).
-create function costwarden.fn_pricing_list(p_model text default null, p_at timestamptz default now())
+create or replace function costwarden.fn_pricing_list(p_model text default null, p_at timestamptz default now())
 returns table (
     model text, provider text, platform_servable boolean, pricing_snapshot_id bigint,
     prices jsonb, effective_from timestamptz
@@ -174,7 +162,7 @@ as $$
 $$;
 
 -- Every snapshot of one model (or all), oldest first (admin, service).
-create function costwarden.fn_pricing_history(p_model text default null)
+create or replace function costwarden.fn_pricing_history(p_model text default null)
 returns table (model text, pricing_snapshot_id bigint, prices jsonb, effective_from timestamptz, created_at timestamptz)
 language sql
 stable
@@ -187,50 +175,8 @@ as $$
     order by ps.model, ps.effective_from
 $$;
 
--- Internal: the billing mode of a workspace row (SPEC §5, rules 1-4, in order).
-create function costwarden._billing_mode(p_ws costwarden._workspaces, out billing_mode text, out source text)
-language plpgsql
-stable
-as $$
-declare
-    v_proxy boolean := (costwarden._setting('platform_proxy_configured'))::boolean;
-    v_servable boolean;
-begin
-    -- 1. an explicit override wins
-    if p_ws.billing_override is not null then
-        billing_mode := p_ws.billing_override;
-        source := 'override';
-        return;
-    end if;
-    select m.platform_servable into v_servable from costwarden._models as m where m.model = p_ws.model;
-    if found then
-        -- 2. platform-servable model: platform_managed where the proxy exists, else byok
-        -- 3. vendor model: byok (choosing it is the signal)
-        billing_mode := case when v_servable and v_proxy then 'platform_managed' else 'byok' end;
-        source := 'model';
-        return;
-    end if;
-    -- 4. no model or an unknown one: the deployment default
-    billing_mode := case when v_proxy then 'platform_managed' else 'byok' end;
-    source := 'deploy_default';
-end
-$$;
-
-create function costwarden.fn_workspace_billing_mode(p_org_id text, p_workspace_id text)
-returns table (billing_mode text, source text)
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    return query select b.billing_mode, b.source
-    from costwarden._billing_mode(costwarden._require_workspace(p_org_id, p_workspace_id)) as b;
-end
-$$;
-
 -- Internal: the credit rate of an org (org setting, else runtime setting).
-create function costwarden._credit_rate(p_org_id text)
+create or replace function costwarden._credit_rate(p_org_id text)
 returns numeric
 language sql
 stable
@@ -243,7 +189,7 @@ $$;
 
 -- Internal: price a usage for a model now (no policy check): the snapshot in
 -- force (null when none), the cost, the token count, the unpriced units.
-create function costwarden._quote_price(
+create or replace function costwarden._quote_price(
     p_model text, p_usage jsonb,
     out amount_micros bigint, out tokens bigint, out snapshot_id bigint, out unpriced_units text[]
 )
@@ -266,7 +212,7 @@ $$;
 -- Internal: the unpriced policy. Returns true when the price is incomplete
 -- (no snapshot in force, or a used unit without a price) and the policy is
 -- 'free'; raises CW006 when it is incomplete and the policy is 'reject'.
-create function costwarden._unpriced_check(p_model text, p_snapshot_id bigint, p_unpriced_units text[])
+create or replace function costwarden._unpriced_check(p_model text, p_snapshot_id bigint, p_unpriced_units text[])
 returns boolean
 language plpgsql
 stable
@@ -291,7 +237,7 @@ $$;
 
 -- Internal: price a usage for a model now. Raises CW006 for an unpriced model
 -- (or a used unit without a price) unless unpriced_policy = 'free'.
-create function costwarden._quote(
+create or replace function costwarden._quote(
     p_model text, p_usage jsonb,
     out amount_micros bigint, out tokens bigint, out snapshot_id bigint, out unpriced boolean
 )
@@ -309,7 +255,34 @@ begin
 end
 $$;
 
-create function costwarden.fn_cost_quote(p_org_id text, p_workspace_id text, p_model text, p_usage jsonb)
+-- Internal: validate and price a usage at a reservation's snapshot. CW006 for
+-- a used unit the snapshot does not price (unless unpriced_policy = 'free').
+create or replace function costwarden._reservation_price(
+    p_snapshot_id bigint, p_usage jsonb, out tokens bigint, out amount_micros bigint
+)
+language plpgsql
+stable
+as $$
+declare
+    v_p record;
+begin
+    select * into v_p
+    from costwarden._usage_price(
+        p_usage,
+        coalesce((select ps.prices from costwarden._pricing_snapshots as ps where ps.snapshot_id = p_snapshot_id), '{}')
+    );
+    if cardinality(v_p.unpriced) > 0 and p_snapshot_id is not null
+       and costwarden._setting('unpriced_policy') <> '"free"' then
+        perform costwarden._raise('CW006', format(
+            'p_usage: unit(s) %s have no price in the reservation''s pricing snapshot %s',
+            array_to_string(v_p.unpriced, ', '), p_snapshot_id));
+    end if;
+    tokens := v_p.tokens;
+    amount_micros := v_p.amount_micros;
+end
+$$;
+
+create or replace function costwarden.fn_cost_quote(p_org_id text, p_workspace_id text, p_model text, p_usage jsonb)
 returns table (
     amount_micros bigint, tokens bigint, pricing_snapshot_id bigint, billing_mode text, credits numeric
 )
@@ -333,5 +306,4 @@ $$;
 grant execute on function costwarden.fn_pricing_set(text, jsonb, timestamptz) to costwarden_admin;
 grant execute on function costwarden.fn_pricing_list(text, timestamptz) to costwarden_admin, costwarden_service;
 grant execute on function costwarden.fn_pricing_history(text) to costwarden_admin, costwarden_service;
-grant execute on function costwarden.fn_workspace_billing_mode(text, text) to costwarden_admin, costwarden_service;
 grant execute on function costwarden.fn_cost_quote(text, text, text, jsonb) to costwarden_service;

@@ -1,135 +1,10 @@
--- 0010: the spend saga (SPEC §3): quote -> reserve -> meter -> commit | release,
--- with expiry.
+-- The spend saga (SPEC §3): reserve -> meter -> commit | release, with
+-- expiry, and the reservation listings. The quote is in 05_pricing.sql.
 --
--- Lock order (every function takes locks in this order, so no deadlock):
---   1. the reservation row(s)                      (commit, tick, release, expire)
---   2. pools, ascending pool_id                    (_pools rows: the admission lock)
---   3. the provider's circuit row                  (reserve, half-open probe only)
---   4. ledger heads, ascending org_id              (_ledger_heads rows)
--- A reserve with an idempotency key first takes a transaction advisory lock
--- on (org, key), before everything else.
-
-create table costwarden._reservations (
-    reservation_id uuid primary key,        -- first 32 bits: hashtext(org_id) (SPEC §10)
-    org_id text not null references costwarden._orgs (org_id),
-    workspace_id text not null,
-    user_id text,
-    key_id text,
-    model text not null,
-    provider text not null,
-    status text not null,                   -- see reservations_status_check
-    billing_mode text,                      -- resolved at reserve (SPEC §5)
-    pricing_snapshot_id bigint,             -- fixed for the reservation's whole life
-    usage jsonb not null,                   -- the requested (maximum) usage
-    quoted_micros bigint not null,          -- what the request was quoted at
-    quoted_tokens bigint not null,
-    amount_micros bigint not null,          -- the hold: quote plus meter-tick extensions
-    tokens bigint not null,                 -- the token hold
-    metered_usage jsonb,                    -- last cumulative usage from a meter tick
-    metered_micros bigint not null default 0,
-    metered_tokens bigint not null default 0,
-    charged_micros bigint not null default 0,   -- booked in the ledger so far
-    charged_tokens bigint not null default 0,
-    pool_ids bigint[] not null default '{}',    -- pools the hold counts against
-    reasons jsonb not null default '[]',
-    idempotency_key text,
-    request_fingerprint text not null,      -- md5 of the reserve arguments (CW007 check)
-    ttl interval not null,
-    metadata jsonb not null default '{}',
-    commit_usage jsonb,                     -- the usage of the (first) commit
-    commit_approximate boolean,
-    commit_result jsonb,                    -- returned again by an identical repeat
-    release_reason text,
-    created_at timestamptz not null default now(),
-    expires_at timestamptz,
-    finished_at timestamptz,
-    -- held: live hold; denied: refused, nothing held; committed: charged;
-    -- released: freed (metered usage, if any, was charged); expired: swept
-    -- after expires_at (metered usage charged as approximate, or released)
-    constraint reservations_status_check
-        check (status in ('held', 'denied', 'committed', 'released', 'expired')),
-    constraint reservations_amounts_nonnegative
-        check (amount_micros >= 0 and tokens >= 0 and charged_micros >= 0 and metered_micros >= 0),
-    unique (org_id, idempotency_key)
-);
-
-create index _reservations_held_expiry on costwarden._reservations (expires_at) where status = 'held';
-create index _reservations_org_created on costwarden._reservations (org_id, created_at desc);
-create index _reservations_user_created on costwarden._reservations (org_id, user_id, created_at desc)
-where user_id is not null;
-
--- Internal: a reservation id whose first 32 bits are hashtext(org_id).
-create function costwarden._reservation_id(p_org_id text)
-returns uuid
-language sql
-volatile
-as $$
-    select overlay(gen_random_uuid()::text placing lpad(to_hex(hashtext(p_org_id)), 8, '0') from 1 for 8)::uuid
-$$;
-
--- Internal: validate and price a usage at a reservation's snapshot. CW006 for
--- a used unit the snapshot does not price (unless unpriced_policy = 'free').
-create function costwarden._reservation_price(
-    p_snapshot_id bigint, p_usage jsonb, out tokens bigint, out amount_micros bigint
-)
-language plpgsql
-stable
-as $$
-declare
-    v_p record;
-begin
-    select * into v_p
-    from costwarden._usage_price(
-        p_usage,
-        coalesce((select ps.prices from costwarden._pricing_snapshots as ps where ps.snapshot_id = p_snapshot_id), '{}')
-    );
-    if cardinality(v_p.unpriced) > 0 and p_snapshot_id is not null
-       and costwarden._setting('unpriced_policy') <> '"free"' then
-        perform costwarden._raise('CW006', format(
-            'p_usage: unit(s) %s have no price in the reservation''s pricing snapshot %s',
-            array_to_string(v_p.unpriced, ', '), p_snapshot_id));
-    end if;
-    tokens := v_p.tokens;
-    amount_micros := v_p.amount_micros;
-end
-$$;
-
--- Internal: lock pools in the documented order (ascending pool_id).
-create function costwarden._lock_pools(p_pool_ids bigint[])
-returns void
-language plpgsql
-as $$
-begin
-    perform null from (
-            select p.pool_id from costwarden._pools as p
-            where p.pool_id = any (p_pool_ids)
-            order by p.pool_id
-            for update
-        ) as locked;
-end
-$$;
-
--- Internal: move a reservation's hold off its pools (taking their locks in order).
-create function costwarden._pools_unhold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
-returns void
-language plpgsql
-as $$
-begin
-    -- locks the pools in the documented order (ascending pool_id), then updates them
-    update costwarden._pools as p
-    set held_micros = p.held_micros - p_micros, held_tokens = p.held_tokens - p_tokens
-    from (
-        select l.pool_id from costwarden._pools as l
-        where l.pool_id = any (p_pool_ids)
-        order by l.pool_id
-        for update
-    ) as locked
-    where p.pool_id = locked.pool_id and (p_micros <> 0 or p_tokens <> 0);
-end
-$$;
+-- lock order: docs/internals.md#lock-order
 
 -- Internal: book a charge of a reservation: spend buckets + one ledger entry.
-create function costwarden._book_charge(
+create or replace function costwarden._book_charge(
     p_r costwarden._reservations, p_usage jsonb, p_micros bigint, p_tokens bigint,
     p_approximate boolean, p_late boolean,
     out seq bigint, out entry_hash bytea
@@ -154,7 +29,7 @@ begin
 end
 $$;
 
-create function costwarden.fn_cost_reserve(
+create or replace function costwarden.fn_cost_reserve(
     p_org_id text,
     p_workspace_id text,
     p_model text,
@@ -350,27 +225,8 @@ begin
 end
 $$;
 
--- Internal: the reservation row, locked; CW002 when unknown.
-create function costwarden._reservation_for_update(p_reservation_id uuid)
-returns costwarden._reservations
-language plpgsql
-as $$
-declare
-    v_r costwarden._reservations;
-begin
-    if p_reservation_id is null then
-        perform costwarden._raise('CW004', 'p_reservation_id is required');
-    end if;
-    select * into v_r from costwarden._reservations as r where r.reservation_id = p_reservation_id for update;
-    if not found then
-        perform costwarden._raise('CW002', format('p_reservation_id: unknown reservation %s', p_reservation_id));
-    end if;
-    return v_r;
-end
-$$;
-
 -- Internal: the per-unit difference p_usage - p_less (units that differ only).
-create function costwarden._usage_minus(p_usage jsonb, p_less jsonb)
+create or replace function costwarden._usage_minus(p_usage jsonb, p_less jsonb)
 returns jsonb
 language sql
 immutable
@@ -381,7 +237,7 @@ as $$
 $$;
 
 -- Internal: CW004 unless every unit of p_usage is >= the same unit of p_floor.
-create function costwarden._usage_not_below(p_usage jsonb, p_floor jsonb, p_message text)
+create or replace function costwarden._usage_not_below(p_usage jsonb, p_floor jsonb, p_message text)
 returns void
 language plpgsql
 stable
@@ -400,7 +256,7 @@ begin
 end
 $$;
 
-create function costwarden.fn_cost_meter_tick(p_reservation_id uuid, p_usage jsonb)
+create or replace function costwarden.fn_cost_meter_tick(p_reservation_id uuid, p_usage jsonb)
 returns table (metered_micros bigint, amount_micros bigint, remaining_micros bigint, action text)
 language plpgsql
 security definer
@@ -467,7 +323,7 @@ begin
 end
 $$;
 
-create function costwarden.fn_cost_commit(
+create or replace function costwarden.fn_cost_commit(
     p_reservation_id uuid, p_usage jsonb, p_approximate boolean default false
 )
 returns table (
@@ -554,7 +410,7 @@ begin
 end
 $$;
 
-create function costwarden.fn_cost_release(p_reservation_id uuid, p_reason text default null)
+create or replace function costwarden.fn_cost_release(p_reservation_id uuid, p_reason text default null)
 returns table (released_micros bigint)
 language plpgsql
 security definer
@@ -592,7 +448,7 @@ begin
 end
 $$;
 
-create function costwarden.fn_cost_expire_reservations(p_batch integer default 1000)
+create or replace function costwarden.fn_cost_expire_reservations(p_batch integer default 1000)
 returns integer
 language plpgsql
 security definer
@@ -649,7 +505,7 @@ $$;
 
 -- Internal: reservations newest first, filtered (both listings below).
 -- Checks p_status and p_limit (up to p_max).
-create function costwarden._reservations_page(
+create or replace function costwarden._reservations_page(
     p_org_id text, p_user_id text, p_status text, p_limit integer, p_max integer
 )
 returns table (
@@ -677,7 +533,7 @@ begin
 end
 $$;
 
-create function costwarden.fn_get_my_cost_reservations(p_status text default null, p_limit integer default 100)
+create or replace function costwarden.fn_get_my_cost_reservations(p_status text default null, p_limit integer default 100)
 returns table (
     reservation_id uuid, org_id text, workspace_id text, user_id text, key_id text, model text,
     status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
@@ -703,7 +559,7 @@ end
 $$;
 
 -- All reservations of an org (or all orgs), newest first (admin).
-create function costwarden.fn_reservations_list(
+create or replace function costwarden.fn_reservations_list(
     p_org_id text default null, p_status text default null, p_limit integer default 100
 )
 returns table (

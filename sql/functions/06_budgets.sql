@@ -1,56 +1,12 @@
--- 0006: budgets over hourly / daily / weekly / monthly windows (SPEC §2).
+-- Budgets over hourly / daily / weekly / monthly windows (SPEC §2): windows,
+-- spend buckets, effective user limits, the limit check of the saga, the
+-- tenant guard, fn_budget_set / fn_budget_status and housekeeping. The
+-- tables and the bucket sizes are described in sql/migrations/0006_budgets.sql.
 --
--- Limits live in _budgets, one row per (scope, period, metric, window).
--- Committed spend is counted in _spend_buckets: per pool, at four
--- resolutions (one per period), so that checking a window sums at most ~61
--- small rows whatever the size of the ledger:
---
---   period   window length   bucket      buckets per window
---   hour     1 h             1 minute    <= 61
---   day      24 h            20 minutes  <= 73
---   week     7 d             2 hours     <= 85
---   month    30 d / calendar 12 hours    <= 63
---
--- Every bucket is at most 1/60 of its period. A window [start, now] counts
--- every bucket whose span overlaps it (bucket_start > start - bucket): the
--- check over-counts by at most one bucket and never under-counts.
--- Live reservations are counted by _pools.held_* in every window.
-
-create table costwarden._budgets (
-    org_id text not null references costwarden._orgs (org_id),
-    scope_kind text not null,      -- org | workspace | key | user | group | user_default
-    scope_id text not null,        -- '' for org and user_default
-    period text not null,          -- hour | day | week | month
-    metric text not null,          -- cost (micro-USD) | tokens
-    window_kind text not null,     -- rolling (last 1h/24h/7d/30d) | calendar (from the top of the period)
-    limit_value bigint not null,   -- 0 blocks everything
-    mode text not null,            -- enforce | shadow (report, never refuse)
-    created_at timestamptz not null default now(),
-    updated_at timestamptz not null default now(),
-    primary key (org_id, scope_kind, scope_id, period, metric, window_kind),
-    constraint budgets_scope_kind_check
-        check (scope_kind in ('org', 'workspace', 'key', 'user', 'group', 'user_default')),
-    constraint budgets_period_check check (period in ('hour', 'day', 'week', 'month')),
-    constraint budgets_metric_check check (metric in ('cost', 'tokens')),
-    constraint budgets_window_check check (window_kind in ('rolling', 'calendar')),
-    constraint budgets_mode_check check (mode in ('enforce', 'shadow')),
-    constraint budgets_limit_nonnegative check (limit_value >= 0)
-);
-
-create table costwarden._spend_buckets (
-    pool_id bigint not null references costwarden._pools (pool_id),
-    res integer not null,          -- bucket length in seconds: 60 | 1200 | 7200 | 43200
-    bucket_start timestamptz not null,
-    micros bigint not null default 0,
-    tokens bigint not null default 0,
-    primary key (pool_id, res, bucket_start)
-) with (fillfactor = 70);  -- the current buckets are updated by every commit: room for HOT updates
-
-comment on table costwarden._spend_buckets is
-'Committed spend per pool and time bucket, at four resolutions; windows sum these, never the ledger.';
+-- lock order: docs/internals.md#lock-order
 
 -- Bucket length (seconds) used for a period.
-create function costwarden._period_bucket(p_period text)
+create or replace function costwarden._period_bucket(p_period text)
 returns integer
 language sql
 immutable
@@ -62,7 +18,7 @@ $$;
 -- Start of the window of a period at p_at: rolling = p_at minus the period
 -- length; calendar = the top of the hour / midnight / Monday / the 1st in
 -- the org's time zone.
-create function costwarden._window_start(p_period text, p_window text, p_tz text, p_at timestamptz)
+create or replace function costwarden._window_start(p_period text, p_window text, p_tz text, p_at timestamptz)
 returns timestamptz
 language sql
 stable
@@ -77,7 +33,7 @@ as $$
 $$;
 
 -- Committed spend of a pool in a window: sum of overlapping buckets.
-create function costwarden._pool_spent(
+create or replace function costwarden._pool_spent(
     p_pool_id bigint, p_period text, p_window text, p_tz text, p_at timestamptz,
     out micros bigint, out tokens bigint
 )
@@ -95,7 +51,7 @@ $$;
 
 -- Internal: add committed spend to pools' buckets (all four resolutions).
 -- Callers hold the pools' row locks.
-create function costwarden._pool_add_spend(p_pool_ids bigint[], p_micros bigint, p_tokens bigint, p_at timestamptz)
+create or replace function costwarden._pool_add_spend(p_pool_ids bigint[], p_micros bigint, p_tokens bigint, p_at timestamptz)
 returns void
 language plpgsql
 as $$
@@ -113,7 +69,7 @@ end
 $$;
 
 -- Internal: the org's time zone for calendar windows.
-create function costwarden._org_tz(p_org_id text)
+create or replace function costwarden._org_tz(p_org_id text)
 returns text
 language sql
 stable
@@ -128,7 +84,7 @@ $$;
 -- never replaces (and so never switches off) an enforced one.
 -- (No SET clause on the small internal SQL helpers: they are inlined into the
 -- SECURITY DEFINER callers, which pin search_path; none is granted to anyone.)
-create function costwarden._user_effective_limits(p_org_id text, p_user_id text)
+create or replace function costwarden._user_effective_limits(p_org_id text, p_user_id text)
 returns table (period text, metric text, window_kind text, limit_value bigint, mode text, source text)
 language sql
 stable
@@ -160,7 +116,7 @@ $$;
 -- p_micros / p_tokens. The caller holds the pools' locks. One row per limit;
 -- fails = the request would not fit. (plpgsql so that its one query is
 -- planned once per session; the helpers it uses are inlined.)
-create function costwarden._check_limits(
+create or replace function costwarden._check_limits(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text,
     p_micros bigint, p_tokens bigint
 )
@@ -212,26 +168,7 @@ begin
 end
 $$;
 
--- Internal: one element of a reservation's reasons (SPEC §3): all eleven keys.
-create function costwarden._reason(
-    p_code text, p_scope_kind text default null, p_scope_id text default null,
-    p_period text default null, p_metric text default null, p_window text default null,
-    p_limit bigint default null, p_spent bigint default null, p_held bigint default null,
-    p_requested bigint default null, p_enforced boolean default true
-)
-returns jsonb
-language sql
-immutable
-parallel safe
-as $$
-    select jsonb_build_object(
-        'code', p_code, 'scope_kind', p_scope_kind, 'scope_id', p_scope_id, 'period', p_period,
-        'metric', p_metric, 'window', p_window, 'limit', p_limit, 'spent', p_spent,
-        'held', p_held, 'requested', p_requested, 'enforced', p_enforced
-    )
-$$;
-
-create function costwarden.fn_budget_set(
+create or replace function costwarden.fn_budget_set(
     p_org_id text,
     p_scope_kind text,
     p_scope_id text,
@@ -325,22 +262,10 @@ begin
 end
 $$;
 
--- Internal: is the caller (after SET ROLE, else the login role) a service or
--- admin caller, as opposed to a tenant-only one?
-create function costwarden._caller_is_privileged()
-returns boolean
-language sql
-stable
-as $$
-    select pg_has_role(
-        case when current_setting('role') = 'none' then session_user else current_setting('role') end,
-        'costwarden_service', 'MEMBER')
-$$;
-
 -- Internal: a tenant caller may only read its own org, its own user scope and
 -- its own keys (SPEC §9). Privileged callers (service, admin) without an
 -- actor are not restricted; with an actor set they are held to its org.
-create function costwarden._tenant_guard(p_org_id text, p_scope_kind text default null, p_scope_id text default null)
+create or replace function costwarden._tenant_guard(p_org_id text, p_scope_kind text default null, p_scope_id text default null)
 returns void
 language plpgsql
 stable
@@ -377,7 +302,7 @@ begin
 end
 $$;
 
-create function costwarden.fn_budget_status(p_org_id text, p_scope_kind text, p_scope_id text default null)
+create or replace function costwarden.fn_budget_status(p_org_id text, p_scope_kind text, p_scope_id text default null)
 returns table (
     period text, metric text, window_kind text, limit_value bigint, spent bigint, held bigint,
     remaining bigint, mode text, source text
@@ -458,7 +383,7 @@ to costwarden_admin, costwarden_service, costwarden_tenant;
 -- drop spend buckets that no window can reach any more (older than 32 days)
 -- and alert de-duplication rows of long-past windows; returns the buckets dropped.
 -- The ledger keeps the full history; buckets are only the windows' counters.
-create function costwarden.fn_maintenance()
+create or replace function costwarden.fn_maintenance()
 returns integer
 language plpgsql
 security definer
