@@ -3,7 +3,7 @@
 
 SHELL := /bin/bash
 BIN := .venv/bin
-PY_SOURCES := python tests/python
+PY_SOURCES := python tests/python tools
 
 .PHONY: bootstrap demo test test-sql test-python lint bench up down clean
 
@@ -27,6 +27,7 @@ lint: bootstrap
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
 	$(BIN)/sqlfluff lint sql/ --dialect postgres
+	scripts/plpgsql_check.sh
 
 bench: bootstrap
 	$(BIN)/costwarden bench
