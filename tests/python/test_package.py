@@ -22,8 +22,7 @@ PACKAGE = Path(costwarden.__file__).resolve().parent
 UPPER = ("costwarden.cli", "costwarden.demo", "costwarden.bench")
 ROOT = PACKAGE.parents[1]
 
-#: Raised by migrate.py and pricing.py, which derive them from CostwardenError in the
-#: change that unifies the error classes; remove them from this set when it lands.
+
 def _modules() -> dict[str, Path]:
     """Every module of the package: dotted name -> file."""
     found = {}
