@@ -407,7 +407,7 @@ def _run(
     try:
         conn.execute(BOOKKEEPING)
     except _CREATE_RACES as exc:
-        raise _BookkeepingRace() from exc
+        raise _BookkeepingRace("another migrator created the bookkeeping at the same time") from exc
     conn.execute(LOCK)
     conn.execute(BOOKKEEPING_COMMENTS)
     applied = _applied(conn)
