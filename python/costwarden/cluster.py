@@ -172,7 +172,9 @@ _CAT = Route("all", "same", serial=True, why="catalogue-wide write: every partit
 _JOB = Route("all", "sum", why="per-node job: every partition, counts added")
 
 
-def _gather(order: str | None = None, limit: str | None = None, *, run: str = "org_or_all") -> Route:
+def _gather(
+    order: str | None = None, limit: str | None = None, *, run: str = "org_or_all"
+) -> Route:
     return Route(run, "gather", order, limit, why="listing: gathered from the partitions")
 
 
@@ -221,7 +223,9 @@ ROUTES: dict[str, Route] = {
     "fn_byok_key_put": _ORG,
     "fn_byok_key_revoke": _ORG,
     "fn_byok_key_list": _gather("org_id, workspace_id, provider, created_at desc"),
-    "fn_byok_key_resolve_v2": Route("resolve", why="the reservation's partition (legacy: the org's)"),
+    "fn_byok_key_resolve_v2": Route(
+        "resolve", why="the reservation's partition (legacy: the org's)"
+    ),
     "fn_byok_resolve_audit": _gather("at desc, attempt desc", "p_limit"),
     "fn_byok_resolve_refusal_record": Route("receipt", why="the org named in the receipt"),
     "fn_byok_kek_status": Route("all", _KEK_STATUS, why="KEK generations, live keys added"),
@@ -344,7 +348,9 @@ def _ident(name: str) -> str:
 
 
 def _in_decl(rpc: Rpc) -> str:
-    return ", ".join(["p_px jsonb", *(f"{n} {t}" for n, t in zip(rpc.in_names, rpc.in_types, strict=True))])
+    return ", ".join(
+        ["p_px jsonb", *(f"{n} {t}" for n, t in zip(rpc.in_names, rpc.in_types, strict=True))]
+    )
 
 
 def _in_pass(rpc: Rpc) -> str:
@@ -445,10 +451,40 @@ _SEVERITY = (
 )
 
 
+#: A partition's error reaches the caller as it would on a single node: same SQLSTATE,
+#: message, detail and hint, without PL/Proxy's "fn(n): [db] REMOTE ERROR: " prefix.
+#: A partition that cannot be reached is SQLSTATE 08006 (the clients' on_unavailable
+#: policy applies) with a message naming the partition.
+_REMOTE_ERROR_HANDLER = (
+    "exception when others then",
+    "    get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,",
+    "        v_detail = pg_exception_detail, v_hint = pg_exception_hint;",
+    "    v_message := regexp_replace(v_message, '^\\S+\\(\\d+\\): \\[[^]]*\\] REMOTE ERROR: ', '');",
+    "    if v_message ~ '^PL/Proxy function \\S+: \\[[^]]*\\] (PQ\\w+|connect|query timeout)' then",
+    "        v_state := '08006';",
+    "        v_message := costwarden_remote.unreachable_message(v_message);",
+    "    end if;",
+    "    if v_detail = '' then v_detail := null; end if;",
+    "    if v_hint = '' then v_hint := null; end if;",
+    "    if v_hint is null and v_detail is null then",
+    "        raise exception using errcode = v_state, message = v_message;",
+    "    elsif v_hint is null then",
+    "        raise exception using errcode = v_state, message = v_message, detail = v_detail;",
+    "    elsif v_detail is null then",
+    "        raise exception using errcode = v_state, message = v_message, hint = v_hint;",
+    "    end if;",
+    "    raise exception using errcode = v_state, message = v_message, detail = v_detail,",
+    "        hint = v_hint;",
+)
+
+
 def _outer_body(rpc: Rpc, route: Route) -> str:
     remote = f"costwarden_remote.{rpc.name}(v_px, " + ", ".join(rpc.in_names) + ")"
     remote = remote.replace("(v_px, )", "(v_px)")
-    lines = ["declare", f"    v_px jsonb := costwarden_remote.ctx({'true' if rpc.needs_kek else 'false'});"]
+    lines = [
+        "declare",
+        f"    v_px jsonb := costwarden_remote.ctx({'true' if rpc.needs_kek else 'false'});",
+    ]
     if route.merge in ("same", "severity", "found"):
         lines.append("    v_values text[];")
         lines.append("    v_found integer;")
@@ -482,7 +518,9 @@ def _outer_body(rpc: Rpc, route: Route) -> str:
         elif merge == "severity":
             lines.append(f"    return (select {_SEVERITY} from {remote} as r);")
         else:
-            lines.append(f"    select array_agg(distinct r::text) into v_values from {remote} as r;")
+            lines.append(
+                f"    select array_agg(distinct r::text) into v_values from {remote} as r;"
+            )
             lines.append("    if cardinality(v_values) > 1 then")
             lines.append(
                 "        raise exception using errcode = 'CW003', message = format("
@@ -509,7 +547,14 @@ def _outer_body(rpc: Rpc, route: Route) -> str:
             "    perform count(*) from costwarden_remote._login_unbind_elsewhere("
             "v_px, p_login, p_org_id);"
         )
+    lines.extend(_REMOTE_ERROR_HANDLER)
     lines.append("end")
+    lines[1:1] = [
+        "    v_state text;",
+        "    v_message text;",
+        "    v_detail text;",
+        "    v_hint text;",
+    ]
     return "\n".join(lines)
 
 
@@ -922,7 +967,9 @@ def split(
     say = progress or (lambda _m: None)
     n = len(config.partitions)
     if len(new_partitions) != n:
-        raise ClusterError(f"a split of {n} partitions needs {n} new ones, not {len(new_partitions)}")
+        raise ClusterError(
+            f"a split of {n} partitions needs {n} new ones, not {len(new_partitions)}"
+        )
     _check_power_of_two(2 * n, "split")
     current = proxy_config(proxy_dsn)
     if current != (config.name, n):
@@ -1003,7 +1050,12 @@ def split(
                 got = new.execute(
                     "select seq, entry_hash from costwarden.fn_ledger_digest(%s)", (org,)
                 ).fetchone()
-                if ok is None or not ok[0] or got is None or (int(got[0]), str(got[1])) != digest[org]:
+                if (
+                    ok is None
+                    or not ok[0]
+                    or got is None
+                    or (int(got[0]), str(got[1])) != digest[org]
+                ):
                     raise ClusterError(
                         f"org {org!r}: its chain does not verify on partition {k + n} "
                         f"against the digest taken on partition {k}: nothing moved"
@@ -1015,9 +1067,7 @@ def split(
         # 4. switch the cluster configuration: the moving orgs now route to k + N
         with psycopg.connect(proxy_dsn, autocommit=True) as proxy, proxy.transaction():
             configure_server(proxy, grown)
-            proxy.execute(
-                "update costwarden_remote.proxy_meta set partitions = %s", (2 * n,)
-            )
+            proxy.execute("update costwarden_remote.proxy_meta set partitions = %s", (2 * n,))
         say(f"proxy: {2 * n} partitions")
         # 5. remove the moved orgs from their old partitions, then release the locks
         for k, old in enumerate(olds):

@@ -155,8 +155,9 @@ end
 $$;
 
 -- A digest of the catalogue-wide state that must be identical on every
--- partition: models, pricing snapshots (ids included), settings, usage units,
--- circuits, KEK generations. Compared by `costwarden status --proxy` and tests.
+-- partition: models, pricing snapshots (ids included), settings, circuits.
+-- (KEK generations are per partition: a partition creates its first one at its
+-- first key put, with a random check blob; rotation runs on all.) Compared by `costwarden status --proxy` and tests.
 create or replace function costwarden_px.catalogue_digest()
 returns table(part text, digest text)
 language sql
@@ -175,9 +176,6 @@ as $$
     union all
     select 'circuits', md5(coalesce(string_agg(format('%s|%s|%s', c.provider, c.state, c.consecutive_failures), ';' order by c.provider), ''))
     from costwarden._circuits as c
-    union all
-    select 'keks', md5(coalesce(string_agg(format('%s|%s|%s', k.kek_id, k.check_blob, k.retired_at is null), ';' order by k.kek_id), ''))
-    from costwarden._byok_keks as k
 $$;
 
 -- The only path that removes an org's rows from a partition (split: the org

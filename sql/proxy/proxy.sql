@@ -98,6 +98,28 @@ as $$
     where s.srvname = '{{CLUSTER}}' and o.option_name ~ '^p[0-9]+$'
 $$;
 
+-- The message of a hop that failed (a partition down): which partition, then
+-- PL/Proxy's own words ("[<dbname>] PQconnectPoll: ...").
+create or replace function costwarden_remote.unreachable_message(p_message text)
+returns text
+language plpgsql
+stable
+as $$
+declare
+    v_db text := substring(p_message from '^PL/Proxy function \S+: \[([^]]*)\]');
+    v_partition text;
+begin
+    select string_agg(substr(o.option_name, 2), ', ' order by o.option_name) into v_partition
+    from pg_catalog.pg_foreign_server as s,
+         pg_catalog.pg_options_to_table(s.srvoptions) as o
+    where s.srvname = '{{CLUSTER}}' and o.option_name ~ '^p[0-9]+$'
+      and o.option_value ~ ('(^|\s)dbname=' || v_db || '(\s|$)');
+    return format('costwarden proxy: partition %s (database %s) of cluster %s is unavailable: %s',
+                  coalesce(v_partition, '?'), v_db, '{{CLUSTER}}',
+                  regexp_replace(p_message, '^PL/Proxy function \S+: \[[^]]*\] ', ''));
+end
+$$;
+
 -- Every partition (as hash values 0..N-1), or only the org's when one is named.
 create or replace function costwarden_remote.org_hash_or_all(p_org_id text)
 returns setof integer

@@ -10,7 +10,19 @@ from pathlib import Path
 
 import click
 
-from . import bench, demo, guardrails, keys, ledger, pricing, saga, server, settings, tenancy
+from . import (
+    bench,
+    cluster,
+    demo,
+    guardrails,
+    keys,
+    ledger,
+    pricing,
+    saga,
+    server,
+    settings,
+    tenancy,
+)
 from ._common import Context, CostwardenGroup
 
 
@@ -47,6 +59,7 @@ COMMANDS: tuple[click.Command, ...] = (
     pricing.pricing,
     demo.demo,
     bench.bench,
+    cluster.cluster,
     # tenants
     tenancy.orgs,
     tenancy.workspaces,
