@@ -914,15 +914,14 @@ def _copy(src: Conn, dst: Conn, table: str, where: str, params: Sequence[Any]) -
     query = sql.SQL("copy (select {} from {} where {}) to stdout (format binary)").format(
         cols, rel, sql.SQL(where)
     )
-    rows = 0
     with src.cursor() as sc, dst.cursor() as dc:
         with (
-            sc.copy(sc.mogrify(query, params)) as out,
+            sc.copy(query, params) as out,
             dc.copy(sql.SQL("copy {} ({}) from stdin (format binary)").format(rel, cols)) as inp,
         ):
             for block in out:
                 inp.write(block)
-        rows = sc.rowcount if sc.rowcount and sc.rowcount > 0 else 0
+        rows = max(dc.rowcount, 0)
     return rows
 
 
@@ -933,14 +932,12 @@ def _copy_catalogue(src: Conn, dst: Conn) -> None:
         _copy(src, dst, table, "true", ())
     for seq in ("_pricing_snapshots_snapshot_id_seq", "_byok_keks_kek_id_seq"):
         row = src.execute(
-            "select last_value, is_called from pg_sequences where schemaname = 'costwarden' "
+            "select last_value from pg_sequences where schemaname = 'costwarden' "
             "and sequencename = %s",
             (seq,),
         ).fetchone()
         if row and row[0] is not None:
-            dst.execute(
-                "select setval(%s, %s, %s)", (f"costwarden.{seq}", int(row[0]), bool(row[1]))
-            )
+            dst.execute("select setval(%s, %s)", (f"costwarden.{seq}", int(row[0])))
     dst.execute("set local session_replication_role = origin")
 
 
