@@ -27,19 +27,19 @@ begin
         create role costwarden_authenticator nologin;
     end if;
     if not exists (select from pg_catalog.pg_roles where rolname = '{{ROUTER}}') then
-        create role "{{ROUTER}}" login;
+        execute format('create role %I login', '{{ROUTER}}');
     end if;
+    -- The router login may take the three costwarden roles (as PostgREST's
+    -- authenticator does), names actors (costwarden_authenticator, SPEC §12)
+    -- and runs the wrappers (costwarden_proxy). Its sessions never log bind
+    -- parameters: the proxy's context (which carries the KEK of a BYOK call) is one.
+    execute format('grant costwarden_proxy, costwarden_authenticator, costwarden_admin, '
+                   'costwarden_service, costwarden_tenant to %I', '{{ROUTER}}');
+    execute format('alter role %I set log_parameter_max_length = 0', '{{ROUTER}}');
+    execute format('alter role %I set log_parameter_max_length_on_error = 0', '{{ROUTER}}');
 end
 $roles$;
 
--- The router login may take the three costwarden roles (as PostgREST's
--- authenticator does), names actors (costwarden_authenticator, SPEC §12) and
--- runs the wrappers (costwarden_proxy). Its sessions never log bind parameters:
--- the proxy's context (which carries the KEK of a BYOK call) is one.
-grant costwarden_proxy, costwarden_authenticator, costwarden_admin, costwarden_service,
-    costwarden_tenant to "{{ROUTER}}";
-alter role "{{ROUTER}}" set log_parameter_max_length = 0;
-alter role "{{ROUTER}}" set log_parameter_max_length_on_error = 0;
 grant usage on schema costwarden_px to costwarden_proxy;
 
 -- Moves out of this partition (split): one row per org removed by org_evict.
@@ -57,7 +57,7 @@ revoke all on costwarden_px.moved_orgs from public;
 -- wrappers and for the proxy's routing of calls that name no org. Nothing when
 -- the schema has no bindings (before they existed, every session named its actor).
 create or replace function costwarden_px._login_binding(p_login text)
-returns table(org_id text, user_id text)
+returns table (org_id text, user_id text)
 language plpgsql
 stable
 security definer
@@ -159,7 +159,7 @@ $$;
 -- (KEK generations are per partition: a partition creates its first one at its
 -- first key put, with a random check blob; rotation runs on all.) Compared by `costwarden status --proxy` and tests.
 create or replace function costwarden_px.catalogue_digest()
-returns table(part text, digest text)
+returns table (part text, digest text)
 language sql
 stable
 security definer

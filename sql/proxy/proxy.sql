@@ -219,7 +219,9 @@ $$;
 -- costwarden.secret_input (name, value) FROM STDIN sets costwarden.kek /
 -- kek_new / byok_secret for the transaction without logging them.
 create or replace view costwarden.secret_input as
-select null::text as name, null::text as value
+select
+    null::text as name,
+    null::text as value
 where false;
 
 create or replace function costwarden_remote.secret_input_set()

@@ -10,6 +10,7 @@ the proxy layer with ``costwarden.cluster.install`` -- exactly what
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -41,7 +42,9 @@ class Servers:
 
     def create_database(self, server: int, name: str) -> str:
         with psycopg.connect(self.dsns[server], autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
         return self.dsn(server, name)
 
@@ -108,10 +111,8 @@ def proxy_servers() -> Iterator[Servers]:
         yield Servers(clusters, dsns, base)
     finally:
         for c in clusters:
-            try:
+            with contextlib.suppress(Exception):  # a node a test stopped stays stopped
                 c.stop()
-            except Exception:  # noqa: BLE001 -- a stopped node stays stopped
-                pass
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -14,6 +14,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from psycopg.types.json import Jsonb
+
+import costwarden
+from costwarden import cluster as cl
+from costwarden.cli.main import main as cli
 from proxyharness import (  # noqa: F401 -- proxy_servers is a fixture
     BYOK_MODEL,
     MODEL,
@@ -25,10 +29,6 @@ from proxyharness import (  # noqa: F401 -- proxy_servers is a fixture
     seed_catalogue,
     seed_org,
 )
-
-import costwarden
-from costwarden import cluster as cl
-from costwarden.cli.main import main as cli
 
 USAGE = {"input_tokens": 1000, "output_tokens": 500}  # 10 500 micros at the test prices
 COST = 10_500
@@ -124,7 +124,9 @@ def test_saga_budgets_and_ledger_through_the_proxy_with_the_python_client(cwp: C
             assert verified[orgs[0]].ok and verified[orgs[0]].entries == 3
         listed = c.reservations(limit=5)
         assert len(listed) == 5
-        assert [x.created_at for x in listed] == sorted((x.created_at for x in listed), reverse=True)
+        assert [x.created_at for x in listed] == sorted(
+            (x.created_at for x in listed), reverse=True
+        )
 
 
 def test_ledger_verify_outside_the_database_through_the_proxy(cwp: Cluster) -> None:
@@ -164,7 +166,7 @@ def test_128_concurrent_reservers_through_the_proxy_get_exactly_4(cwp: Cluster) 
             assert row is not None
             with lock:
                 statuses.append(str(row[0]))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             with lock:
                 errors.append(exc)
 
@@ -248,7 +250,8 @@ def test_a_tenant_sees_through_the_proxy_exactly_what_it_sees_on_its_node(cwp: C
 
 
 def test_byok_resolve_through_the_proxy_carries_the_kek_and_never_logs_it(
-    cwp: Cluster, proxy_servers: Servers  # noqa: F811
+    cwp: Cluster,
+    proxy_servers: Servers,  # noqa: F811
 ) -> None:
     kek = "proxy-kek-" + uuid.uuid4().hex
     secret = "sk-ant-proxy-" + uuid.uuid4().hex
@@ -286,9 +289,12 @@ def test_catalogue_wide_writes_leave_every_partition_identical(cwp: Cluster) -> 
     digests = []
     for dsn in cwp.config.partitions:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            digests.append(conn.execute("select * from costwarden_px.catalogue_digest()").fetchall())
+            digests.append(
+                conn.execute("select * from costwarden_px.catalogue_digest()").fetchall()
+            )
             ids = conn.execute(
-                "select snapshot_id from costwarden._pricing_snapshots where model = 'acme-labs/new-1'"
+                "select snapshot_id from costwarden._pricing_snapshots "
+                "where model = 'acme-labs/new-1'"
             ).fetchall()
             assert ids == [(snap,)]
     assert all(d == digests[0] for d in digests[1:])
@@ -316,7 +322,8 @@ def test_status_shows_each_partition_with_its_schema_and_jobs(cwp: Cluster, tmp_
 
 
 def test_one_node_down_names_the_partition_and_leaves_other_orgs_alone(
-    cwp: Cluster, proxy_servers: Servers  # noqa: F811
+    cwp: Cluster,
+    proxy_servers: Servers,  # noqa: F811
 ) -> None:
     node = proxy_servers.clusters[1]  # partitions 1 and 3
     down_org, up_org = cwp.orgs[1][1], cwp.orgs[0][1]

@@ -10,6 +10,10 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+
+import costwarden
+from costwarden import cluster as cl
+from costwarden.cli.main import main as cli
 from proxyharness import (  # noqa: F401 -- proxy_servers is a fixture
     MODEL,
     Servers,
@@ -20,10 +24,6 @@ from proxyharness import (  # noqa: F401 -- proxy_servers is a fixture
     seed_catalogue,
     seed_org,
 )
-
-import costwarden
-from costwarden import cluster as cl
-from costwarden.cli.main import main as cli
 
 USAGE = {"input_tokens": 1000, "output_tokens": 500}
 COST = 10_500
@@ -39,7 +39,8 @@ def _ledger_rows(dsn: str, org: str) -> list[tuple[Any, ...]]:
 
 
 def test_split_two_partitions_into_four_under_load(
-    proxy_servers: Servers, tmp_path: Any  # noqa: F811
+    proxy_servers: Servers,  # noqa: F811
+    tmp_path: Any,
 ) -> None:
     c = make_cluster(proxy_servers, "cws", 2)
     with psycopg.connect(c.proxy_dsn, autocommit=True) as conn:
@@ -71,7 +72,7 @@ def test_split_two_partitions_into_four_under_load(
                     r = lc.reserve(org, "ws", MODEL, USAGE)
                     lc.commit(r.reservation_id, USAGE)
                     committed[org] += 1
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=load, args=(org,)) for org in staying]
