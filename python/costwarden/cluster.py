@@ -1098,3 +1098,12 @@ def write_config(path: Path, config: ClusterConfig) -> None:
         "",
     ]
     Path(path).write_text("\n".join(lines), encoding="utf-8")
+
+
+def routing_table_markdown() -> str:
+    """ROUTES as the Markdown table of docs/scale-out.md (a test keeps them equal)."""
+    lines = ["| RPC | runs on | merge | serialised | why |", "|---|---|---|---|---|"]
+    for name, r in sorted(ROUTES.items()):
+        merge = r.merge if r.merge and "\n" not in r.merge else ("custom" if r.merge else "")
+        lines.append(f"| `{name}` | {r.run} | {merge} | {'yes' if r.serial else ''} | {r.why} |")
+    return "\n".join(lines)

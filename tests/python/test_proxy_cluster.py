@@ -8,6 +8,7 @@ import json
 import threading
 import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -339,3 +340,9 @@ def test_one_node_down_names_the_partition_and_leaves_other_orgs_alone(
         node.start()
     with cwp.client() as c:
         assert c.reserve(down_org, "ws", MODEL, USAGE).status == "held"
+
+
+def test_the_documented_routing_table_is_the_routing_table() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "scale-out.md").read_text()
+    documented = doc.split("<!-- routes:begin -->\n", 1)[1].split("\n<!-- routes:end -->", 1)[0]
+    assert documented == cl.routing_table_markdown()
