@@ -69,7 +69,9 @@ def run_forever(
             except (CostwardenError, psycopg.Error) as exc:
                 echo(f"{job.name}: failed: {exc}")
                 continue
-            if n:
+            if n < 0:  # the job could not run (e.g. another anomaly run holds its lock)
+                echo(f"{job.name}: did not run (another run is in progress)")
+            elif n:
                 echo(f"{job.name}: {n}")
         done += 1
         if iterations is None or done < iterations:

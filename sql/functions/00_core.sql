@@ -90,28 +90,41 @@ begin
 end
 $$;
 
--- The actor of a call: request.jwt.claims (org_id, sub) when set, so the schema
--- works unchanged behind PostgREST / Supabase; else costwarden.actor_org /
--- costwarden.actor_user set by the trusted caller. Both may be null.
+-- The actor of a call (SPEC §9, §12). When the session user is a member of
+-- costwarden_authenticator (an HTTP layer such as PostgREST or costwarden serve
+-- that logs in and then SET ROLEs; superusers count as members):
+-- request.jwt.claims (org_id, sub) when set, else costwarden.actor_org /
+-- costwarden.actor_user. Any other session -- or a trusted one that names no
+-- actor -- gets the login binding of its session user (fn_tenant_login_bind).
+-- Settings made by an untrusted session are ignored. Both may be null.
 create or replace function costwarden._actor(out org_id text, out user_id text)
 language plpgsql
 stable
 as $$
 declare
-    v_claims text := nullif(current_setting('request.jwt.claims', true), '');
+    v_claims text;
     v_json jsonb;
 begin
-    if v_claims is not null then
-        begin
-            v_json := v_claims::jsonb;
-        exception when others then
-            perform costwarden._raise('CW005', 'request.jwt.claims is not valid JSON');
-        end;
-        org_id := nullif(v_json ->> 'org_id', '');
-        user_id := nullif(v_json ->> 'sub', '');
+    if pg_has_role(session_user, 'costwarden_authenticator', 'MEMBER') then
+        v_claims := nullif(current_setting('request.jwt.claims', true), '');
+        if v_claims is not null then
+            begin
+                v_json := v_claims::jsonb;
+            exception when others then
+                perform costwarden._raise('CW005', 'request.jwt.claims is not valid JSON');
+            end;
+            org_id := nullif(v_json ->> 'org_id', '');
+            user_id := nullif(v_json ->> 'sub', '');
+        end if;
+        org_id := coalesce(org_id, nullif(current_setting('costwarden.actor_org', true), ''));
+        user_id := coalesce(user_id, nullif(current_setting('costwarden.actor_user', true), ''));
+        if org_id is not null or user_id is not null then
+            return;
+        end if;
     end if;
-    org_id := coalesce(org_id, nullif(current_setting('costwarden.actor_org', true), ''));
-    user_id := coalesce(user_id, nullif(current_setting('costwarden.actor_user', true), ''));
+    select b.org_id, b.user_id into org_id, user_id
+    from costwarden._tenant_logins as b
+    where b.login = session_user;
 end
 $$;
 
@@ -273,6 +286,49 @@ as $$
     select pg_has_role(
         case when current_setting('role') = 'none' then session_user else current_setting('role') end,
         'costwarden_service', 'MEMBER')
+$$;
+
+-- Internal: a named lock (a row of the private table _locks; no other role
+-- can lock it): exclusive (FOR UPDATE) or shared (FOR SHARE), held to the end
+-- of the transaction.
+create or replace function costwarden._lock_named(p_name text, p_shared boolean default false)
+returns void
+language plpgsql
+as $$
+begin
+    if p_shared then
+        perform from costwarden._locks as l where l.lock_name = p_name for share;
+    else
+        perform from costwarden._locks as l where l.lock_name = p_name for update;
+    end if;
+    if not found then
+        raise exception 'costwarden: no lock named %', p_name;
+    end if;
+end
+$$;
+
+-- Internal: take the named lock exclusively if nobody holds it; false at once otherwise.
+create or replace function costwarden._try_lock_named(p_name text)
+returns boolean
+language plpgsql
+as $$
+begin
+    perform from costwarden._locks as l where l.lock_name = p_name for update skip locked;
+    return found;
+end
+$$;
+
+-- Internal: the exclusive lock of one key (its stripe of _lock_stripes: the
+-- hash of the key mod 4096), held to the end of the transaction.
+create or replace function costwarden._lock_key(p_key text)
+returns void
+language plpgsql
+as $$
+begin
+    perform from costwarden._lock_stripes as s
+    where s.stripe = (hashtextextended(p_key, 0) & 4095)::integer
+    for update;
+end
 $$;
 
 -- Internal: lock pools in the documented order (ascending pool_id).

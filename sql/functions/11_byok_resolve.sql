@@ -66,6 +66,7 @@ declare
     v_r_status text;
     v_r_expires timestamptz;
     v_r_mode text;
+    v_r_hold bigint;
     v_ws_row costwarden._workspaces;
     v_key_kek_id integer;
     v_key_secret bytea;
@@ -116,8 +117,8 @@ begin
             end if;
         end if;
     else
-        select r.org_id, r.workspace_id, r.provider, r.status, r.expires_at, r.billing_mode
-        into v_r_org, v_r_ws, v_r_provider, v_r_status, v_r_expires, v_r_mode
+        select r.org_id, r.workspace_id, r.provider, r.status, r.expires_at, r.billing_mode, r.amount_micros
+        into v_r_org, v_r_ws, v_r_provider, v_r_status, v_r_expires, v_r_mode, v_r_hold
         from costwarden._reservations as r
         where r.reservation_id = p_reservation_id
         for share;
@@ -133,6 +134,10 @@ begin
         elsif v_r_mode is distinct from 'byok' then
             v_reason := 'not_byok';
             v_detail := format('reservation %s is billed %s, not byok', p_reservation_id, v_r_mode);
+        elsif coalesce(v_r_hold, 0) <= 0 then
+            -- SPEC §12: a reservation that holds nothing never gets a key
+            v_reason := 'zero_hold';
+            v_detail := format('reservation %s holds 0', p_reservation_id);
         elsif p_provider is not null and p_provider <> v_r_provider then
             v_reason := 'provider_mismatch';
             v_detail := format('p_provider %L is not the provider of reservation %s (%L)',
@@ -148,6 +153,20 @@ begin
             v_ws := v_r_ws;
             v_provider := v_r_provider;
         end if;
+    end if;
+    -- the workspace as it is now (SPEC §12): its current billing mode, not the one
+    -- stored on the reservation, and no freeze
+    if v_reason is null and not v_legacy then
+        select * into v_ws_row from costwarden._workspaces as w
+        where w.org_id = v_org and w.workspace_id = v_ws;
+        if (costwarden._billing_mode(v_ws_row)).billing_mode <> 'byok' then
+            v_reason := 'not_byok';
+            v_detail := format('workspace %L no longer resolves to byok billing', v_ws);
+        end if;
+    end if;
+    if v_reason is null and costwarden._workspace_frozen(v_org, v_ws) then
+        v_reason := 'workspace_frozen';
+        v_detail := format('workspace %L is frozen by an unacknowledged anomaly', v_ws);
     end if;
     if v_reason is null and v_actor_org is not null and v_actor_org <> v_org then
         v_reason := 'actor_org_mismatch';

@@ -96,7 +96,7 @@ begin
     -- 2. idempotency: a repeat returns the first call's row
     if p_idempotency_key is not null then
         perform costwarden._require_text(p_idempotency_key, 'p_idempotency_key', 255);
-        perform pg_advisory_xact_lock(hashtextextended(p_org_id || chr(1) || p_idempotency_key, 0));
+        perform costwarden._lock_key('costwarden.reserve' || chr(1) || p_org_id || chr(1) || p_idempotency_key);
         select * into v_prev from costwarden._reservations as r
         where r.org_id = p_org_id and r.idempotency_key = p_idempotency_key;
         if found then
@@ -549,7 +549,7 @@ declare
 begin
     select * into v_actor from costwarden._actor();
     if v_actor.org_id is null then
-        perform costwarden._raise('CW005', 'no actor: set request.jwt.claims or costwarden.actor_org / actor_user');
+        perform costwarden._raise('CW005', 'no actor: a costwarden_authenticator session sets request.jwt.claims or costwarden.actor_org / actor_user; another login needs a binding (fn_tenant_login_bind)');
     end if;
     if v_actor.user_id is null and not costwarden._caller_is_privileged() then
         perform costwarden._raise('CW005', 'a tenant actor needs a user (JWT sub or costwarden.actor_user)');

@@ -44,10 +44,20 @@ def listener(dsn: str) -> Iterator[Conn]:
 
 
 def drain(conn: Conn, wait: float = 0.3) -> list[dict[str, Any]]:
-    out = []
+    """The alerts announced since the last drain. A notification carries only the
+    alert's kind, id and level (SPEC §12); the alert is read with fn_alert_get."""
+    notes = []
     for note in conn.notifies(timeout=wait):
         assert note.channel == CHANNEL
-        out.append(json.loads(note.payload))
+        notes.append(json.loads(note.payload))
+    out = []
+    for announced in notes:
+        assert set(announced) == {"kind", "alert_id", "level"}, announced
+        row = conn.execute(
+            "select kind, level, payload from costwarden.fn_alert_get(%s)", (announced["alert_id"],)
+        ).fetchone()
+        assert row is not None and (row[0], row[1]) == (announced["kind"], announced["level"])
+        out.append(row[2])
     return out
 
 
