@@ -9,7 +9,6 @@ re-implements a rule the SQL enforces.
 from __future__ import annotations
 
 import base64
-
 import json
 import math
 from collections.abc import Callable, Mapping

@@ -238,7 +238,8 @@ begin
     if not found then
         create role costwarden_owner nologin;
         comment on role costwarden_owner is
-            'costwarden: owns every object of schema costwarden; SECURITY DEFINER functions run as it';
+            'costwarden: owns every object of schema costwarden; '
+            'SECURITY DEFINER functions run as it';
     elsif v_role.rolcanlogin or v_role.rolsuper then
         raise exception using errcode = '42501', message =
             'role costwarden_owner exists but can log in or is a superuser: '
@@ -275,7 +276,8 @@ where c.relnamespace = 'costwarden'::regnamespace and c.relkind in ('r', 'p', 'v
                     and d.deptype in ('e', 'a', 'i'))
 union all
 select format('alter %s %s owner to costwarden_owner',
-              case p.prokind when 'p' then 'procedure' when 'a' then 'aggregate' else 'function' end,
+              case p.prokind when 'p' then 'procedure' when 'a' then 'aggregate'
+                             else 'function' end,
               p.oid::regprocedure)
 from pg_catalog.pg_proc as p
 where p.pronamespace = 'costwarden'::regnamespace and p.proowner <> 'costwarden_owner'::regrole
@@ -287,7 +289,8 @@ select format('alter type %s owner to costwarden_owner', t.oid::regtype)
 from pg_catalog.pg_type as t
 where t.typnamespace = 'costwarden'::regnamespace and t.typowner <> 'costwarden_owner'::regrole
   and t.typtype in ('c', 'd', 'e', 'r', 'm') and t.typelem = 0
-  and (t.typrelid = 0 or (select c.relkind from pg_catalog.pg_class as c where c.oid = t.typrelid) = 'c')
+  and (t.typrelid = 0
+       or (select c.relkind from pg_catalog.pg_class as c where c.oid = t.typrelid) = 'c')
   and not exists (select from pg_catalog.pg_depend as d
                   where d.classid = 'pg_catalog.pg_type'::regclass and d.objid = t.oid
                     and d.deptype = 'e')
