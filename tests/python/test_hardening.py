@@ -128,7 +128,7 @@ def test_a_costwarden_schema_created_by_another_role_is_refused(
     # a schema without costwarden's bookkeeping, even a superuser's, is not costwarden's
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("create schema costwarden")
-    with pytest.raises(cw_migrate.SchemaNotOwned, match="holds no costwarden._migrations"):
+    with pytest.raises(cw_migrate.SchemaNotOwned, match=r"holds no costwarden\._migrations"):
         cw_migrate.migrate(dsn, schedule=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("drop schema costwarden")
