@@ -177,7 +177,7 @@ begin
     kek := nullif(current_setting(p_setting, true), '');
     if kek is null then
         problem := format('%s is not set: the trusted caller supplies the key-encryption key for the '
-                          'transaction (set_config(%L, ..., true) or COPY costwarden.secret_input; '
+                          'transaction (set_config(%L, ..., true) or COPY costwarden.secret_input_base64; '
                           'the Python client sends COSTWARDEN_KEK, and for a rotation the new KEK it is given)',
                           p_setting, p_setting);
     elsif length(kek) < 32 then

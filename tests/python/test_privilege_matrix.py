@@ -14,7 +14,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
-import privilege_matrix as pm  # noqa: E402
+import privilege_matrix as pm
 
 Conn = psycopg.Connection[Any]
 
