@@ -730,11 +730,14 @@ def _apply_functions(conn: Conn, functions: list[FunctionFile]) -> list[tuple[st
 
 
 def _cron_database(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
-    """cron.database_name when pg_cron is loaded (its GUC exists only then).
-
-    Readable by any role, unlike shared_preload_libraries.
-    """
-    row = conn.execute("select current_setting('cron.database_name', true)").fetchone()
+    """cron.database_name when pg_cron is loaded (its GUC exists only then) and this
+    role may read it (None otherwise)."""
+    try:
+        row = conn.execute("select current_setting('cron.database_name', true)").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        # pg_cron keeps the setting from non-superusers (a managed database's owner):
+        # no jobs can be scheduled from here; `costwarden worker` runs them
+        return None
     if not row or not row[0]:
         return None
     return str(row[0])
