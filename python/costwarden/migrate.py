@@ -491,8 +491,8 @@ def migrate(
     say = progress or (lambda _msg: None)
     for attempt in range(_BOOKKEEPING_ATTEMPTS):
         try:
-            # prepare_threshold=None: no server-side prepared statements, so the run
-            # works through a pooler in transaction mode (SPEC §12)
+            # no server-side prepared statements: they would outlive the transaction on a
+            # pooled (PgBouncer transaction mode) server connection
             with (
                 psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn,
                 conn.transaction(),

@@ -2,7 +2,7 @@
 
 The same functions pg_cron would call (see migrate.CRON_JOBS): expiry every
 minute, anomaly detection every five minutes, housekeeping every hour. Each
-job is safe to run concurrently with itself (SKIP LOCKED / advisory locks),
+job is safe to run concurrently with itself (SKIP LOCKED / row locks),
 so a worker beside pg_cron does no harm. Correctness never waits for the
 timer: an expired hold that is not yet swept can only refuse early.
 """

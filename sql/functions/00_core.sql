@@ -1,14 +1,16 @@
 -- Core: the pieces several concerns use. Every other file in sql/functions/
 -- may call what this file defines; this file calls nothing defined later.
 --
---   errors and arguments   _raise, _require_text, _require_limit, _require_org,
+--   errors and arguments   _raise, _require_text, _require_limit, _require_org, _optional_org,
 --                          _require_workspace, _require_model, _require_provider
 --   who is calling         _actor, _caller_is_privileged
 --   audit                  _audit (the writer; the listing is 01_audit.sql)
---   append-only tables     _forbid_mutation (the trigger function)
+--   alerts                 _alert_emit (the writer; fn_alert_get is 09_alerts.sql)
+--   append-only tables     _forbid_mutation (the trigger function), _append_only
 --   settings (hot path)    _setting
 --   call context           _context_user
---   pools                  _pool_ensure, _lock_pools, _pools_unhold
+--   pools                  _pool_ensure, _context_pool_ids, _lock_pools, _pools_unhold
+--   locks (row locks)      _lock_key, _lock_stripe, _lock_named, _try_lock_named
 --   reservation record     _reservation_id, _reservation_for_update, _reason
 --
 -- PUBLIC executes nothing here: per-schema default privileges cannot revoke
@@ -31,8 +33,7 @@
 -- Internal: raise a costwarden error. p_code is one of CW001..CW007 (SPEC §8).
 create or replace function costwarden._raise(p_code text, p_message text, p_hint text default null)
 returns void
-language plpgsql
-volatile
+language plpgsql volatile
 as $$
 begin
     if p_hint is null then
@@ -45,8 +46,7 @@ $$;
 -- Internal: a required text argument, trimmed of nothing, non-empty.
 create or replace function costwarden._require_text(p_value text, p_arg text, p_max integer default 200)
 returns text
-language plpgsql
-immutable
+language plpgsql immutable
 as $$
 begin
     if p_value is null then
@@ -62,31 +62,59 @@ begin
 end
 $$;
 
--- Internal: a page size argument, 1 to p_max (CW004 otherwise).
-create or replace function costwarden._require_limit(p_limit integer, p_max integer default 100000)
+-- Internal: a page or batch size argument p_arg, 1 to p_max (CW004 otherwise).
+create or replace function costwarden._require_limit(
+    p_limit integer, p_max integer default 100000, p_arg text default 'p_limit'
+)
 returns integer
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     if p_limit is null or p_limit < 1 or p_limit > p_max then
-        perform costwarden._raise('CW004', format('p_limit must be between 1 and %s', p_max));
+        perform costwarden._raise('CW004', format('%s must be between 1 and %s', p_arg, p_max));
     end if;
     return p_limit;
 end
 $$;
 
--- Internal: blocks UPDATE / DELETE / TRUNCATE on append-only tables (CW001).
+-- Internal: blocks UPDATE / DELETE / TRUNCATE on append-only tables (CW001):
+-- the audit log, pricing snapshots, the ledger and its heads, BYOK keys and
+-- their resolve trail, circuit events.
 create or replace function costwarden._forbid_mutation()
 returns trigger
-language plpgsql
-set search_path = pg_catalog, pg_temp
+language plpgsql set search_path = pg_catalog, pg_temp
 as $$
 begin
     -- raised here, not through _raise: a role granted the table may not execute _raise
     raise exception using
         errcode = 'CW001',
         message = format('%s.%s is append-only: %s is not allowed', tg_table_schema, tg_table_name, lower(tg_op));
+end
+$$;
+
+-- Internal: make a table append-only. Two triggers that raise CW001 through
+-- _forbid_mutation: p_row_trigger before p_events (update or delete, or
+-- delete alone) for each row, and <table>_no_truncate before truncate. The
+-- function files that own the tables call it.
+create or replace function costwarden._append_only(p_table regclass, p_row_trigger text, p_events text)
+returns void
+language plpgsql
+as $$
+begin
+    -- the events are chosen from two literals, never interpolated
+    if p_events = 'update or delete' then
+        execute format('create or replace trigger %I before update or delete on %s '
+                       'for each row execute function costwarden._forbid_mutation()', p_row_trigger, p_table);
+    elsif p_events = 'delete' then
+        execute format('create or replace trigger %I before delete on %s '
+                       'for each row execute function costwarden._forbid_mutation()', p_row_trigger, p_table);
+    else
+        raise exception 'costwarden._append_only: p_events must be ''update or delete'' or ''delete''';
+    end if;
+    execute format('create or replace trigger %I before truncate on %s '
+                   'for each statement execute function costwarden._forbid_mutation()',
+                   (select c.relname from pg_catalog.pg_class as c where c.oid = p_table) || '_no_truncate',
+                   p_table);
 end
 $$;
 
@@ -98,8 +126,7 @@ $$;
 -- actor -- gets the login binding of its session user (fn_tenant_login_bind).
 -- Settings made by an untrusted session are ignored. Both may be null.
 create or replace function costwarden._actor(out org_id text, out user_id text)
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_claims text;
@@ -147,9 +174,7 @@ $$;
 -- Internal, hot path: the value in force (changed value or default). No validation.
 create or replace function costwarden._setting(p_key text)
 returns jsonb
-language sql
-stable
-parallel safe
+language sql stable parallel safe
 as $$
     select coalesce(
         (select s.value from costwarden._settings as s where s.key = p_key),
@@ -160,8 +185,7 @@ $$;
 -- Internal: existence checks raising CW002 with the argument's name.
 create or replace function costwarden._require_org(p_org_id text)
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     if p_org_id is null or p_org_id = '' then
@@ -174,10 +198,22 @@ begin
 end
 $$;
 
+-- Internal: an optional org filter of a listing: null (every org) or a known org.
+create or replace function costwarden._optional_org(p_org_id text)
+returns text
+language plpgsql stable
+as $$
+begin
+    if p_org_id is not null then
+        perform costwarden._require_org(p_org_id);
+    end if;
+    return p_org_id;
+end
+$$;
+
 create or replace function costwarden._require_workspace(p_org_id text, p_workspace_id text)
 returns costwarden._workspaces
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_ws costwarden._workspaces;
@@ -196,8 +232,7 @@ $$;
 
 create or replace function costwarden._require_model(p_model text, p_arg text default 'p_model')
 returns costwarden._models
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_model costwarden._models;
@@ -213,19 +248,21 @@ begin
 end
 $$;
 
--- Internal: CW004/CW002 unless p_provider names a provider of the catalogue.
-create or replace function costwarden._require_provider(p_provider text)
+-- Internal: p_provider must name a provider of the catalogue (some model of
+-- it): CW004 when missing, empty or longer than 100 characters, CW002 when
+-- unknown, worded by p_unknown (a format with one %L, the provider) so that
+-- each family of RPCs keeps its documented message.
+create or replace function costwarden._require_provider(
+    p_provider text,
+    p_unknown text default 'p_provider: unknown provider %L (no model of it in the catalogue)'
+)
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
-    if p_provider is null then
-        perform costwarden._raise('CW004', 'p_provider is required');
-    end if;
+    perform costwarden._require_text(p_provider, 'p_provider', 100);
     if not exists (select from costwarden._models as m where m.provider = p_provider) then
-        perform costwarden._raise('CW002', format(
-            'p_provider: unknown provider %L (no model of it in the catalogue)', p_provider));
+        perform costwarden._raise('CW002', format(p_unknown, p_provider));
     end if;
     return p_provider;
 end
@@ -238,8 +275,7 @@ create or replace function costwarden._context_user(
     p_org_id text, p_workspace_id text, p_user_id text, p_key_id text
 )
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_key costwarden._keys;
@@ -276,12 +312,42 @@ as $$
     on conflict (org_id, kind, scope_id) do nothing
 $$;
 
+-- Internal: the pools a call's spend counts against, ascending: the org's, the
+-- workspace's, and the key's and the user's when given (reserve, spend
+-- reports, ledger adjustments). Pool ids never change: reading them needs no
+-- lock; callers lock them with _lock_pools.
+create or replace function costwarden._context_pool_ids(
+    p_org_id text, p_workspace_id text, p_key_id text default null, p_user_id text default null
+)
+returns bigint[]
+language sql stable
+as $$
+    select coalesce(array_agg(p.pool_id order by p.pool_id), '{}')
+    from costwarden._pools as p
+    where p.org_id = p_org_id
+      and ((p.kind = 'org' and p.scope_id = '')
+           or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
+           or (p.kind = 'key' and p.scope_id = p_key_id)
+           or (p.kind = 'user' and p.scope_id = p_user_id))
+$$;
+
+-- Internal: the key of a keyed lock (_lock_stripe): a namespace such as
+-- 'costwarden.byok' and the parts that name what is locked, joined with
+-- chr(1) (a null part counts as empty) and hashed to 64 bits. (No advisory
+-- lock: any role can take one, SPEC §12.)
+-- lock order: docs/internals.md#lock-order
+create or replace function costwarden._lock_key(variadic p_parts text[])
+returns bigint
+language sql immutable parallel safe
+as $$
+    select hashtextextended(array_to_string(p_parts, chr(1), ''), 0)
+$$;
+
 -- Internal: is the caller (after SET ROLE, else the login role) a service or
 -- admin caller, as opposed to a tenant-only one?
 create or replace function costwarden._caller_is_privileged()
 returns boolean
-language sql
-stable
+language sql stable
 as $$
     select pg_has_role(
         case when current_setting('role') = 'none' then session_user else current_setting('role') end,
@@ -318,16 +384,38 @@ begin
 end
 $$;
 
--- Internal: the exclusive lock of one key (its stripe of _lock_stripes: the
--- hash of the key mod 4096), held to the end of the transaction.
-create or replace function costwarden._lock_key(p_key text)
+-- Internal: the exclusive lock of one key (_lock_key), held to the end of the
+-- transaction: the row lock of its stripe of the private table _lock_stripes
+-- (the key mod 4096), which no other role can take.
+create or replace function costwarden._lock_stripe(p_key bigint)
 returns void
 language plpgsql
 as $$
 begin
     perform from costwarden._lock_stripes as s
-    where s.stripe = (hashtextextended(p_key, 0) & 4095)::integer
+    where s.stripe = (p_key & 4095)::integer
     for update;
+end
+$$;
+
+-- Internal: record an alert (budget, anomaly, circuit) and announce it on
+-- channel costwarden_alerts. Any role can LISTEN, so the notification carries
+-- only {"kind", "alert_id", "level"} (SPEC §12); fn_alert_get (09_alerts.sql)
+-- reads the alert.
+create or replace function costwarden._alert_emit(p_kind text, p_level text, p_org_id text, p_payload jsonb)
+returns bigint
+language plpgsql
+volatile
+as $$
+declare
+    v_id bigint;
+begin
+    insert into costwarden._alert_events (kind, level, org_id, payload)
+    values (p_kind, p_level, p_org_id, p_payload)
+    returning alert_id into v_id;
+    perform pg_notify('costwarden_alerts',
+        jsonb_build_object('kind', p_kind, 'alert_id', v_id, 'level', p_level)::text);
+    return v_id;
 end
 $$;
 
@@ -368,8 +456,7 @@ $$;
 -- Internal: a reservation id whose first 32 bits are hashtext(org_id).
 create or replace function costwarden._reservation_id(p_org_id text)
 returns uuid
-language sql
-volatile
+language sql volatile
 as $$
     select overlay(gen_random_uuid()::text placing lpad(to_hex(hashtext(p_org_id)), 8, '0') from 1 for 8)::uuid
 $$;
@@ -401,9 +488,7 @@ create or replace function costwarden._reason(
     p_requested bigint default null, p_enforced boolean default true
 )
 returns jsonb
-language sql
-immutable
-parallel safe
+language sql immutable parallel safe
 as $$
     select jsonb_build_object(
         'code', p_code, 'scope_kind', p_scope_kind, 'scope_id', p_scope_id, 'period', p_period,

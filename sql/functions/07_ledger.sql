@@ -26,41 +26,14 @@
 -- fn_ledger_export (raw rows for the out-of-database verifier),
 -- fn_ledger_identity (which database a digest belongs to).
 
--- Internal: the ledger's append-only guard (CW001). It raises by itself rather
--- than through costwarden._raise: a trigger runs as the role that fired it, and
--- a role that was granted the table has no EXECUTE on costwarden's internals.
-create or replace function costwarden._ledger_forbid_mutation()
-returns trigger
-language plpgsql
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    raise exception using errcode = 'CW001', message = format(
-        '%s.%s is append-only: %s is not allowed', tg_table_schema, tg_table_name, lower(tg_op));
-end
-$$;
+select costwarden._append_only('costwarden._ledger', '_ledger_no_update_delete', 'update or delete');
 
-create or replace trigger _ledger_no_update_delete
-before update or delete on costwarden._ledger
-for each row execute function costwarden._ledger_forbid_mutation();
-
-create or replace trigger _ledger_no_truncate
-before truncate on costwarden._ledger
-for each statement execute function costwarden._ledger_forbid_mutation();
-
-create or replace trigger _ledger_heads_no_delete
-before delete on costwarden._ledger_heads
-for each row execute function costwarden._ledger_forbid_mutation();
-
-create or replace trigger _ledger_heads_no_truncate
-before truncate on costwarden._ledger_heads
-for each statement execute function costwarden._ledger_forbid_mutation();
+select costwarden._append_only('costwarden._ledger_heads', '_ledger_heads_no_delete', 'delete');
 
 -- Internal: a head only moves forward, one entry at a time (CW001 otherwise).
 create or replace function costwarden._ledger_head_forward_only()
 returns trigger
-language plpgsql
-set search_path = pg_catalog, pg_temp
+language plpgsql set search_path = pg_catalog, pg_temp
 as $$
 begin
     if new.org_id is distinct from old.org_id or new.last_seq <> old.last_seq + 1 then
@@ -100,9 +73,7 @@ for each row execute function costwarden._ledger_head_forward_only();
 -- append refuses (CW004) and the verifier reports.
 create or replace function costwarden._canon_usage(p_usage jsonb)
 returns text
-language plpgsql
-immutable
-parallel safe
+language plpgsql immutable parallel safe
 as $$
 begin
     if p_usage is null or jsonb_typeof(p_usage) = 'null' then
@@ -143,9 +114,7 @@ $$;
 -- +/-infinity).
 create or replace function costwarden._ledger_payload(p_entry costwarden._ledger)
 returns text
-language plpgsql
-immutable
-parallel safe
+language plpgsql immutable parallel safe
 as $$
 begin
     return 'costwarden-ledger-v1' || E'\n'
@@ -174,9 +143,7 @@ $$;
 -- Internal: sha256(prev_hash || UTF-8 bytes of the canonical payload).
 create or replace function costwarden._ledger_hash(p_prev_hash bytea, p_entry costwarden._ledger)
 returns bytea
-language plpgsql
-immutable
-parallel safe
+language plpgsql immutable parallel safe
 as $$
 begin
     return sha256(p_prev_hash || convert_to(costwarden._ledger_payload(p_entry), 'UTF8'));
@@ -185,7 +152,8 @@ $$;
 
 -- Internal: append one entry to the org's chain; returns its seq and hash.
 -- Takes the org's _ledger_heads row lock; callers that lock pools take
--- those first (lock order above). created_at is the transaction's now().
+-- those first (lock order: docs/internals.md#lock-order). created_at is the
+-- transaction's now().
 create or replace function costwarden._ledger_append(
     p_org_id text,
     p_entry_type text,
@@ -241,8 +209,7 @@ $$;
 -- listing them costs O(orgs), not O(entries).
 create or replace function costwarden._ledger_orgs()
 returns setof text
-language sql
-stable
+language sql stable
 as $$
     with recursive e (org_id) as (
         select min(l.org_id) from costwarden._ledger as l
@@ -264,10 +231,7 @@ $$;
 -- at which the chain is wrong (for a missing entry: its seq); detail says why.
 create or replace function costwarden.fn_ledger_verify(p_org_id text default null)
 returns table (org_id text, entries bigint, ok boolean, first_bad_seq bigint, detail text)
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_zero constant bytea := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
@@ -280,9 +244,7 @@ declare
     v_head_hash bytea;
     v_head_found boolean;
 begin
-    if p_org_id is not null then
-        perform costwarden._require_org(p_org_id);
-    end if;
+    perform costwarden._optional_org(p_org_id);
     for v_org in
         select o.org_id from costwarden._ledger_orgs() as o (org_id)
         where p_org_id is null or o.org_id = p_org_id
@@ -383,10 +345,7 @@ $$;
 -- database (`costwarden ledger digest`), it pins the history up to there.
 create or replace function costwarden.fn_ledger_digest(p_org_id text default null)
 returns table (org_id text, seq bigint, entry_hash text, taken_at timestamptz)
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_org_id is not null then
@@ -411,10 +370,7 @@ $$;
 -- another one by mistake: the cluster's system identifier and the database.
 create or replace function costwarden.fn_ledger_identity()
 returns table (system_identifier text, database_name text)
-language sql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language sql stable security definer set search_path = pg_catalog, pg_temp
 as $$
     select c.system_identifier::text, current_database()::text from pg_catalog.pg_control_system() as c
 $$;
@@ -435,15 +391,10 @@ returns table (
     amount_micros bigint, pricing_snapshot_id bigint, approximate boolean, late boolean,
     source text, reason text, created_at text, prev_hash text, entry_hash text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if p_org_id is not null then
-        perform costwarden._require_org(p_org_id);
-    end if;
+    perform costwarden._optional_org(p_org_id);
     if p_after_seq is null or p_after_seq < 0 then
         perform costwarden._raise('CW004', 'p_after_seq must be 0 or more');
     end if;
@@ -451,39 +402,23 @@ begin
     if p_org_id is not null and p_after_org_id is not null and p_after_org_id <> p_org_id then
         perform costwarden._raise('CW004', 'p_after_org_id must be null or p_org_id when p_org_id is given');
     end if;
-    if p_org_id is not null then
-        return query
-        select l.org_id, l.seq, l.entry_type, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
-               l.model, l.billing_mode, l.usage, l.tokens, l.amount_micros, l.pricing_snapshot_id,
-               l.approximate, l.late, l.source, l.reason,
-               to_char(l.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               encode(l.prev_hash, 'hex'), encode(l.entry_hash, 'hex')
-        from costwarden._ledger as l
-        where l.org_id = p_org_id and l.seq > p_after_seq
-        order by l.org_id, l.seq
-        limit p_limit;
-    elsif p_after_org_id is null then
-        return query
-        select l.org_id, l.seq, l.entry_type, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
-               l.model, l.billing_mode, l.usage, l.tokens, l.amount_micros, l.pricing_snapshot_id,
-               l.approximate, l.late, l.source, l.reason,
-               to_char(l.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               encode(l.prev_hash, 'hex'), encode(l.entry_hash, 'hex')
-        from costwarden._ledger as l
-        order by l.org_id, l.seq
-        limit p_limit;
-    else
-        return query
-        select l.org_id, l.seq, l.entry_type, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
-               l.model, l.billing_mode, l.usage, l.tokens, l.amount_micros, l.pricing_snapshot_id,
-               l.approximate, l.late, l.source, l.reason,
-               to_char(l.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               encode(l.prev_hash, 'hex'), encode(l.entry_hash, 'hex')
-        from costwarden._ledger as l
-        where (l.org_id, l.seq) > (p_after_org_id, p_after_seq)
-        order by l.org_id, l.seq
-        limit p_limit;
-    end if;
+    -- one select list; the page's keyset condition is chosen here, so that each
+    -- form is planned on its own (index range scans on the primary key). The
+    -- result of dynamic SQL is opaque to plpgsql_check (docs/internals.md):
+    -- @plpgsql_check_options: extra_warnings = off
+    return query execute
+        'select l.org_id, l.seq, l.entry_type, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
+                l.model, l.billing_mode, l.usage, l.tokens, l.amount_micros, l.pricing_snapshot_id,
+                l.approximate, l.late, l.source, l.reason,
+                to_char(l.created_at at time zone ''UTC'', ''YYYY-MM-DD"T"HH24:MI:SS.US"Z"''),
+                encode(l.prev_hash, ''hex''), encode(l.entry_hash, ''hex'')
+         from costwarden._ledger as l
+         where ' || case when p_org_id is not null then 'l.org_id = $1 and l.seq > $3'
+                         when p_after_org_id is null then 'true'
+                         else '(l.org_id, l.seq) > ($2, $3)' end || '
+         order by l.org_id, l.seq
+         limit $4'
+    using p_org_id, p_after_org_id, p_after_seq, p_limit;
 end
 $$;
 
@@ -495,9 +430,7 @@ create or replace function costwarden.fn_ledger_adjust(
     p_org_id text, p_workspace_id text, p_amount_micros bigint, p_reason text
 )
 returns table (entry_seq bigint, entry_hash text)
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_pool_ids bigint[];
@@ -521,19 +454,12 @@ begin
         perform costwarden._raise('CW004', 'p_reason is longer than 1000 characters');
     end if;
 
-    -- 2. the org's and the workspace's pools, locked in ascending pool_id
-    --    (pools before the ledger head: the saga's lock order)
+    -- 2. the org's and the workspace's pools, locked before the ledger head
+    --    (lock order: docs/internals.md#lock-order)
     perform costwarden._pool_ensure(p_org_id, 'org', '');
     perform costwarden._pool_ensure(p_org_id, 'workspace', p_workspace_id);
-    select array_agg(l.pool_id order by l.pool_id) into v_pool_ids
-    from (
-        select p.pool_id from costwarden._pools as p
-        where p.org_id = p_org_id
-          and ((p.kind = 'org' and p.scope_id = '')
-               or (p.kind = 'workspace' and p.scope_id = p_workspace_id))
-        order by p.pool_id
-        for update
-    ) as l;
+    v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id);
+    perform costwarden._lock_pools(v_pool_ids);
     perform costwarden._pool_add_spend(v_pool_ids, p_amount_micros, 0, now());
 
     -- 3. the entry, then the audit record

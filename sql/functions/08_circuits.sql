@@ -5,13 +5,7 @@
 --
 -- lock order: docs/internals.md#lock-order
 
-create or replace trigger _circuit_events_no_update_delete
-before update or delete on costwarden._circuit_events
-for each row execute function costwarden._forbid_mutation();
-
-create or replace trigger _circuit_events_no_truncate
-before truncate on costwarden._circuit_events
-for each statement execute function costwarden._forbid_mutation();
+select costwarden._append_only('costwarden._circuit_events', '_circuit_events_no_update_delete', 'update or delete');
 
 -- Internal: record a circuit event and announce it on costwarden_alerts.
 create or replace function costwarden._circuit_event(
@@ -28,6 +22,21 @@ begin
         jsonb_build_object(
         'kind', 'circuit', 'provider', p_provider, 'from_state', p_from, 'to_state', p_to,
         'reason', p_reason, 'consecutive_failures', p_failures, 'error', p_error, 'at', now()));
+end
+$$;
+
+-- Internal: a provider's circuit row, created (closed) when absent, locked
+-- until commit (lock order: docs/internals.md#lock-order).
+create or replace function costwarden._circuit_lock(p_provider text)
+returns costwarden._circuits
+language plpgsql
+as $$
+declare
+    v_c costwarden._circuits;
+begin
+    insert into costwarden._circuits (provider) values (p_provider) on conflict (provider) do nothing;
+    select * into v_c from costwarden._circuits as c where c.provider = p_provider for update;
+    return v_c;
 end
 $$;
 
@@ -82,9 +91,7 @@ $$;
 
 create or replace function costwarden.fn_provider_report(p_provider text, p_ok boolean, p_error text default null)
 returns text
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_c costwarden._circuits;
@@ -104,8 +111,7 @@ begin
     if p_ok and v_c.state = 'open' then
         return 'open';                      -- a call admitted before it opened: no effect
     end if;
-    insert into costwarden._circuits (provider) values (p_provider) on conflict (provider) do nothing;
-    select * into v_c from costwarden._circuits as c where c.provider = p_provider for update;
+    v_c := costwarden._circuit_lock(p_provider);
     if p_ok then
         update costwarden._circuits as c
         set state = 'closed', consecutive_failures = 0, opened_at = null, probe_at = null, updated_at = now()
@@ -146,10 +152,7 @@ returns table (
     opened_at timestamptz, probe_at timestamptz, next_probe_at timestamptz,
     last_error text, last_failure_at timestamptz, updated_at timestamptz
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_cooldown interval := (costwarden._setting('circuit_cooldown') #>> '{}')::interval;
@@ -177,10 +180,7 @@ returns table (
     event_id bigint, provider text, at timestamptz, from_state text, to_state text, reason text,
     consecutive_failures integer, error text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_provider is not null then
@@ -199,16 +199,13 @@ $$;
 -- Close a provider's circuit by hand (admin; audited). Returns 'closed'.
 create or replace function costwarden.fn_circuit_reset(p_provider text)
 returns text
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_c costwarden._circuits;
 begin
     perform costwarden._require_provider(p_provider);
-    insert into costwarden._circuits (provider) values (p_provider) on conflict (provider) do nothing;
-    select * into v_c from costwarden._circuits as c where c.provider = p_provider for update;
+    v_c := costwarden._circuit_lock(p_provider);
     update costwarden._circuits as c
     set state = 'closed', consecutive_failures = 0, opened_at = null, probe_at = null, updated_at = now()
     where c.provider = p_provider;

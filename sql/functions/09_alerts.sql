@@ -5,25 +5,8 @@
 --
 -- Any role can LISTEN on a channel, so a notification carries only
 -- {"kind", "alert_id", "level"} (SPEC §12); the alert itself is a row of
--- _alert_events, read through fn_alert_get by the roles allowed to see it.
-
--- Internal: record an alert and announce its id and level.
-create or replace function costwarden._alert_emit(p_kind text, p_level text, p_org_id text, p_payload jsonb)
-returns bigint
-language plpgsql
-volatile
-as $$
-declare
-    v_id bigint;
-begin
-    insert into costwarden._alert_events (kind, level, org_id, payload)
-    values (p_kind, p_level, p_org_id, p_payload)
-    returning alert_id into v_id;
-    perform pg_notify('costwarden_alerts',
-        jsonb_build_object('kind', p_kind, 'alert_id', v_id, 'level', p_level)::text);
-    return v_id;
-end
-$$;
+-- _alert_events (written by _alert_emit, 00_core.sql), read through
+-- fn_alert_get by the roles allowed to see it.
 
 -- One alert announced on costwarden_alerts, for admins and the service role
 -- (a circuit alert may quote a provider's error text).

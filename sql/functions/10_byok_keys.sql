@@ -28,13 +28,7 @@
 --           surrounding whitespace (otherwise CW004)
 
 -- History is kept: a key row is revoked, never deleted.
-create or replace trigger _byok_keys_no_delete
-before delete on costwarden._byok_keys
-for each row execute function costwarden._forbid_mutation();
-
-create or replace trigger _byok_keys_no_truncate
-before truncate on costwarden._byok_keys
-for each statement execute function costwarden._forbid_mutation();
+select costwarden._append_only('costwarden._byok_keys', '_byok_keys_no_delete', 'delete');
 
 -- ---------------------------------------------------------------------------
 -- The unlogged input channel: COPY costwarden.secret_input FROM STDIN.
@@ -58,9 +52,7 @@ comment on view costwarden.secret_input is
 
 create or replace function costwarden._secret_input_set()
 returns trigger
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if new.value is not null then
@@ -137,8 +129,7 @@ for each row execute function costwarden._secret_input_base64_set();
 -- Internal (reserve, hot path): does the workspace hold a live key for the provider?
 create or replace function costwarden._byok_usable(p_org_id text, p_workspace_id text, p_provider text)
 returns boolean
-language sql
-stable
+language sql stable
 as $$
     select exists (
         select from costwarden._byok_keys as k
@@ -151,8 +142,7 @@ $$;
 -- S2K with SHA-256 and 2^20 bytes hashed per derivation (a KDF: ~2 ms).
 create or replace function costwarden._byok_kek_cipher()
 returns text
-language sql
-immutable
+language sql immutable
 as $$
     select 'cipher-algo=aes256, s2k-mode=3, s2k-digest-algo=sha256, s2k-count=1048576'::text
 $$;
@@ -161,8 +151,7 @@ $$;
 -- salted S2K without iterations is enough).
 create or replace function costwarden._byok_dek_cipher()
 returns text
-language sql
-immutable
+language sql immutable
 as $$
     select 'cipher-algo=aes256, s2k-mode=1, s2k-digest-algo=sha256'::text
 $$;
@@ -170,8 +159,7 @@ $$;
 -- Internal: the KEK in a setting, or why it is not acceptable (never raises,
 -- never quotes the value).
 create or replace function costwarden._byok_kek_read(p_setting text, out kek text, out problem text)
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     kek := nullif(current_setting(p_setting, true), '');
@@ -194,8 +182,7 @@ $$;
 -- Internal: the KEK in a setting; CW005 when missing, too short or too long.
 create or replace function costwarden._byok_kek(p_setting text default 'costwarden.kek')
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v record;
@@ -211,8 +198,7 @@ $$;
 -- Internal: does this KEK unlock a generation's check blob?
 create or replace function costwarden._byok_kek_unlocks(p_check_blob bytea, p_kek text)
 returns boolean
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     return costwarden.pgp_sym_decrypt(p_check_blob, p_kek) = 'costwarden-kek-check-v1';
@@ -250,8 +236,7 @@ $$;
 -- Internal: validate a secret (CW004; the message never quotes it).
 create or replace function costwarden._byok_secret_check(p_secret text)
 returns void
-language plpgsql
-immutable
+language plpgsql immutable
 as $$
 begin
     if p_secret is null then
@@ -278,8 +263,7 @@ $$;
 -- for secrets of 20+ characters) and the last 4 characters: 'sk-…9f2a'.
 create or replace function costwarden._byok_fingerprint(p_secret text)
 returns text
-language sql
-immutable
+language sql immutable
 as $$
     select case when length(p_secret) >= 20
                 then coalesce(substring(p_secret from '^[A-Za-z][A-Za-z0-9]{0,5}[-_]'), '')
@@ -302,8 +286,7 @@ $$;
 -- of being made unusable.
 create or replace function costwarden._byok_guard(p_ws costwarden._workspaces, p_provider text)
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_model costwarden._models;
@@ -342,28 +325,13 @@ begin
 end
 $$;
 
--- Internal: p_provider must be the provider of some model in the catalogue.
-create or replace function costwarden._byok_require_provider(p_provider text)
-returns void
-language plpgsql
-stable
-as $$
-begin
-    perform costwarden._require_text(p_provider, 'p_provider', 100);
-    if not exists (select from costwarden._models as m where m.provider = p_provider) then
-        perform costwarden._raise('CW002', format('p_provider: no model of provider %L in the catalogue', p_provider));
-    end if;
-end
-$$;
-
 -- Internal: serialise writers of one (org, workspace, provider) key slot
 -- (a row lock of _lock_stripes, which no other role can take).
 create or replace function costwarden._byok_slot_lock(p_org_id text, p_workspace_id text, p_provider text)
 returns void
 language sql
 as $$
-    select costwarden._lock_key(
-        'costwarden.byok' || chr(1) || p_org_id || chr(1) || p_workspace_id || chr(1) || p_provider)
+    select costwarden._lock_stripe(costwarden._lock_key('costwarden.byok', p_org_id, p_workspace_id, p_provider))
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -373,10 +341,7 @@ create or replace function costwarden.fn_byok_key_put(
     p_org_id text, p_workspace_id text, p_provider text, p_secret text
 )
 returns text
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_ws costwarden._workspaces;
@@ -390,7 +355,7 @@ declare
 begin
     -- 1. arguments (nothing is written before every one is checked)
     v_ws := costwarden._require_workspace(p_org_id, p_workspace_id);
-    perform costwarden._byok_require_provider(p_provider);
+    perform costwarden._require_provider(p_provider, 'p_provider: no model of provider %L in the catalogue');
     perform costwarden._byok_secret_check(p_secret);
     -- 2. the key-write guard
     v_refusal := costwarden._byok_guard(v_ws, p_provider);
@@ -437,16 +402,13 @@ comment on function costwarden.fn_byok_key_put(text, text, text, text) is
 
 create or replace function costwarden.fn_byok_key_revoke(p_org_id text, p_workspace_id text, p_provider text)
 returns boolean
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_before costwarden._byok_keys;
 begin
     perform costwarden._require_workspace(p_org_id, p_workspace_id);
-    perform costwarden._byok_require_provider(p_provider);
+    perform costwarden._require_provider(p_provider, 'p_provider: no model of provider %L in the catalogue');
     perform costwarden._byok_slot_lock(p_org_id, p_workspace_id, p_provider);
     update costwarden._byok_keys as k
     set revoked_at = now(), revoked_by = session_user, revoke_reason = 'revoked',
@@ -478,10 +440,7 @@ returns table (
     org_id text, workspace_id text, provider text, fingerprint text, status text, kek_id integer,
     created_at timestamptz, created_by text, revoked_at timestamptz, revoked_by text, revoke_reason text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_workspace_id is not null then
@@ -510,10 +469,7 @@ comment on function costwarden.fn_byok_key_list(text, text, boolean) is
 create or replace function costwarden.fn_byok_kek_status()
 returns table (kek_id integer, current boolean, created_at timestamptz, created_by text,
                retired_at timestamptz, live_keys bigint)
-language sql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language sql stable security definer set search_path = pg_catalog, pg_temp
 as $$
     select g.kek_id, g.retired_at is null, g.created_at, g.created_by, g.retired_at,
            (select count(*) from costwarden._byok_keys as k where k.kek_id = g.kek_id and k.revoked_at is null)
@@ -530,10 +486,7 @@ comment on function costwarden.fn_byok_kek_status() is
 -- an interruption, with the same two KEKs) continue where the last stopped.
 create or replace function costwarden.fn_byok_kek_rotate(p_batch integer default 1000)
 returns table (kek_id integer, rewrapped integer, remaining bigint)
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_old text;
@@ -547,9 +500,7 @@ declare
     v_n integer := 0;
     v_left bigint;
 begin
-    if p_batch is null or p_batch < 1 or p_batch > 100000 then
-        perform costwarden._raise('CW004', 'p_batch must be between 1 and 100000');
-    end if;
+    perform costwarden._require_limit(p_batch, 100000, 'p_batch');
     v_old := costwarden._byok_kek('costwarden.kek');
     v_new := costwarden._byok_kek('costwarden.kek_new');
     if v_old = v_new then

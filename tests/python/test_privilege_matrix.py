@@ -22,12 +22,18 @@ Conn = psycopg.Connection[Any]
 def _null_call(conn: Conn, oid: int) -> sql.Composable:
     row = conn.execute(
         "select p.proname, coalesce(array(select format_type(t, null) "
-        "from unnest(p.proargtypes) as t), '{}') from pg_proc p where p.oid = %s",
+        "from unnest(p.proargtypes) as t), '{}'), p.provariadic <> 0 "
+        "from pg_proc p where p.oid = %s",
         (oid,),
     ).fetchone()
     assert row is not None
-    name, types = row
-    args = sql.SQL(", ").join(sql.SQL("null::{}").format(sql.SQL(t)) for t in types)
+    name, types, variadic = row
+    args = sql.SQL(", ").join(
+        sql.SQL("{}null::{}").format(
+            sql.SQL("variadic " if variadic and i == len(types) - 1 else ""), sql.SQL(t)
+        )
+        for i, t in enumerate(types)
+    )
     return sql.SQL("select costwarden.{}({})").format(sql.Identifier(name), args)
 
 
