@@ -58,12 +58,20 @@ def listener(dsn: str) -> Iterator[Listener]:
 def drain(listener: Listener, sender: Conn | None = None) -> list[dict[str, Any]]:
     """The alerts committed so far and not yet read: those heard before a marker sent now
     (by ``sender``, the session that did the work, or else the listener's own sender).
-    The marker orders them; no time window is involved."""
-    out = []
-    notes = notifications_until_marker(listener.conn, sender or listener.sender, CHANNEL)
-    for note in notes:
+    The marker orders them; no time window is involved. A notification carries only the
+    alert's kind, id and level (SPEC §12); the alert is read with fn_alert_get."""
+    notes = []
+    for note in notifications_until_marker(listener.conn, sender or listener.sender, CHANNEL):
         assert note.channel == CHANNEL
-        out.append(json.loads(note.payload))
+        notes.append(json.loads(note.payload))
+    out = []
+    for announced in notes:
+        assert set(announced) == {"kind", "alert_id", "level"}, announced
+        row = listener.conn.execute(
+            "select kind, level, payload from costwarden.fn_alert_get(%s)", (announced["alert_id"],)
+        ).fetchone()
+        assert row is not None and (row[0], row[1]) == (announced["kind"], announced["level"])
+        out.append(row[2])
     return out
 
 
