@@ -305,6 +305,10 @@ class Client(ClientBase):
         """Report a provider call's outcome; returns the circuit state after it."""
         return self._run(q.provider_report(provider, ok, error))
 
+    def alert(self, alert_id: int) -> t.Alert:
+        """The alert a costwarden_alerts notification announced (its ``alert_id``)."""
+        return self._run(q.alert_get(alert_id))
+
     def circuits(self) -> list[t.CircuitStatus]:
         return self._run(q.circuit_status())
 

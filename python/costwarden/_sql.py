@@ -567,6 +567,14 @@ def provider_report(provider: str, ok: bool, error: str | None) -> Call[str]:
     )
 
 
+def alert_get(alert_id: int) -> Call[t.Alert]:
+    return Call(
+        "select * from costwarden.fn_alert_get(p_alert_id => %(alert_id)s)",
+        {"alert_id": alert_id},
+        _one(t.Alert),
+    )
+
+
 def circuit_status() -> Call[list[t.CircuitStatus]]:
     return Call("select * from costwarden.fn_circuit_status()", {}, _many(t.CircuitStatus))
 

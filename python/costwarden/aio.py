@@ -341,6 +341,10 @@ class AsyncClient(ClientBase):
         """Report a provider call's outcome; returns the circuit state after it."""
         return await self._run(q.provider_report(provider, ok, error))
 
+    async def alert(self, alert_id: int) -> t.Alert:
+        """The alert a costwarden_alerts notification announced (its ``alert_id``)."""
+        return await self._run(q.alert_get(alert_id))
+
     async def circuits(self) -> list[t.CircuitStatus]:
         return await self._run(q.circuit_status())
 

@@ -260,3 +260,24 @@ def test_watch_with_a_timeout_and_a_kind_filter(
     assert result.exit_code == 0, result.output
     assert time.monotonic() - start < 10
     assert result.stdout == ""
+
+
+def test_client_reads_the_alert_a_notification_announces(
+    client: costwarden.Client, seeded: Seeded, listener: Listener
+) -> None:
+    client.set_budget("acme", "workspace", seeded.ws_platform, "day", 10_000)
+    drain(listener)
+    reserve(client, seeded, 8_000)
+    [note] = notifications_until_marker(listener.conn, listener.sender, CHANNEL)
+    announced = json.loads(note.payload)
+    alert = client.alert(announced["alert_id"])
+    assert (alert.alert_id, alert.kind, alert.level) == (
+        announced["alert_id"],
+        announced["kind"],
+        announced["level"],
+    )
+    assert alert.org_id == "acme"
+    assert alert.payload["threshold_percent"] == 80
+    assert alert.payload["scope_id"] == seeded.ws_platform
+    with pytest.raises(costwarden.NotFound):
+        client.alert(announced["alert_id"] + 1_000_000)
