@@ -272,6 +272,8 @@ class Rpc:
     returns_void: bool
     result_type: str  # format_type(prorettype): the scalar type, or 'record'
     grants: tuple[str, ...] = field(default=())  # costwarden roles with EXECUTE
+    #: the result columns ("name type"), for a function returning a table
+    columns: tuple[str, ...] = field(default=())
 
     @property
     def kind(self) -> str:
@@ -293,7 +295,10 @@ select p.proname, pg_get_function_arguments(p.oid), pg_get_function_identity_arg
              where r.rolname in ('costwarden_admin', 'costwarden_service', 'costwarden_tenant')
                and has_function_privilege(r.oid, p.oid, 'EXECUTE')
                and exists (select from aclexplode(p.proacl) as a where a.grantee = r.oid)
-             order by r.rolname)
+             order by r.rolname),
+       array(select format('%I %s', a.n, format_type(a.t, null))
+             from unnest(p.proargnames, p.proallargtypes::oid[], p.proargmodes) as a(n, t, m)
+             where a.m in ('o', 't', 'b'))
 from pg_proc as p
 where p.pronamespace = 'costwarden'::regnamespace and p.proname like 'fn\\_%' and p.prokind = 'f'
 order by p.proname, 3
@@ -305,7 +310,7 @@ def catalogue(dsn: str) -> list[Rpc]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(CATALOGUE).fetchall()
     out: list[Rpc] = []
-    for name, args, ident, result, names, modes, types, retset, void, rettype, grants in rows:
+    for name, args, ident, result, names, modes, types, retset, void, rettype, grants, cols in rows:
         modes = modes or ["i"] * len(types)
         in_names = tuple(
             n for n, m in zip(names or [], modes, strict=False) if m in ("i", "b", "v")
@@ -322,6 +327,7 @@ def catalogue(dsn: str) -> list[Rpc]:
                 bool(void),
                 rettype,
                 tuple(grants),
+                tuple(cols or ()),
             )
         )
     names = [r.name for r in out]
@@ -363,7 +369,8 @@ def _named_call(rpc: Rpc) -> str:
 
 def _wrapper_returns(rpc: Rpc, route: Route) -> str:
     if route.merge == "found":
-        return "table(found boolean, result text, err text)"
+        kind = "jsonb" if rpc.kind == "table" else "text"
+        return f"table(found boolean, result {kind}, err text)"
     if rpc.kind == "void":
         return "integer"
     return rpc.result
@@ -375,7 +382,18 @@ def partition_sql(rpcs: Sequence[Rpc]) -> str:
     for rpc in rpcs:
         route = ROUTES[rpc.name]
         call = _named_call(rpc)
-        if route.merge == "found":
+        if route.merge == "found" and rpc.kind == "table":
+            body = f"""
+begin
+    perform costwarden_px._enter(p_px);
+    return query select true, to_jsonb(x), null::text from {call} as x;
+    if not found then
+        return query select true, null::jsonb, null::text;
+    end if;
+exception when sqlstate 'CW002' then
+    return query select false, null::jsonb, sqlerrm;
+end"""
+        elif route.merge == "found":
             value = "null::text" if rpc.kind == "void" else f"{call}::text"
             pre = f"perform {call};\n        " if rpc.kind == "void" else ""
             body = f"""
@@ -492,7 +510,13 @@ def _outer_body(rpc: Rpc, route: Route) -> str:
         lines.append("    v_found integer;")
         lines.append("    v_err text;")
         lines.append("    v_result text;")
+        lines.append("    v_rows jsonb;")
     lines.append("begin")
+    if route.run == "actor":
+        lines.append(
+            "    v_px := v_px || jsonb_build_object('route_org', "
+            "costwarden_remote.actor_org(v_px));"
+        )
     if route.serial:
         lines.append("    perform from costwarden_remote.catalogue_lock for update;")
     merge = route.merge
@@ -531,6 +555,19 @@ def _outer_body(rpc: Rpc, route: Route) -> str:
             )
             lines.append("    end if;")
             lines.append(f"    return v_values[1]::{rpc.result_type};")
+    elif merge == "found" and rpc.kind == "table":
+        lines.append(
+            "    select count(*) filter (where r.found), max(r.err), "
+            "jsonb_agg(r.result) filter (where r.found and r.result is not null)"
+        )
+        lines.append(f"    into v_found, v_err, v_rows from {remote} as r;")
+        lines.append("    if v_found = 0 then")
+        lines.append("        raise exception using errcode = 'CW002', message = v_err;")
+        lines.append("    end if;")
+        lines.append(
+            "    return query select x.* from jsonb_to_recordset(coalesce(v_rows, '[]')) "
+            f"as x({', '.join(rpc.columns)});"
+        )
     elif merge == "found":
         lines.append(
             "    select count(*) filter (where r.found), max(r.result) filter (where r.found), "
@@ -732,12 +769,71 @@ def _has_password(conn: Conn, server: str) -> bool:
     return bool(row and row[0])
 
 
+#: Everything in the proxy database is owned by costwarden_owner, as on a partition
+#: (SPEC §12): the RPCs (SECURITY DEFINER) and the PL/Proxy functions they call run as
+#: it, so it may use the cluster's foreign server.
+PROXY_OWNERSHIP = """
+do $own$
+declare
+    v record;
+begin
+    alter schema costwarden owner to costwarden_owner;
+    alter schema costwarden_remote owner to costwarden_owner;
+    for v in
+        select format('alter %s %s owner to costwarden_owner',
+                      case p.prokind when 'p' then 'procedure' else 'function' end,
+                      p.oid::regprocedure) as stmt
+        from pg_catalog.pg_proc as p
+        where p.pronamespace in ('costwarden'::regnamespace, 'costwarden_remote'::regnamespace)
+        union all
+        select format('alter %s %s owner to costwarden_owner',
+                      case c.relkind when 'v' then 'view' else 'table' end, c.oid::regclass)
+        from pg_catalog.pg_class as c
+        where c.relnamespace in ('costwarden'::regnamespace, 'costwarden_remote'::regnamespace)
+          and c.relkind in ('r', 'v')
+    loop
+        execute v.stmt;
+    end loop;
+end
+$own$;
+grant usage on foreign server {{CLUSTER}} to costwarden_owner;
+"""
+
+
+#: The views of a partition's schema that take input through INSTEAD OF triggers (the
+#: write-only KEK / secret channels of SPEC §5), with their trigger functions, triggers
+#: and grants: the proxy has the same, so a client stages its KEK the same way.
+INPUT_CHANNELS = """
+select pg_get_functiondef(f.oid),
+       format('create or replace view %s as %s', c.oid::regclass, pg_get_viewdef(c.oid)),
+       regexp_replace(pg_get_triggerdef(t.oid), '^CREATE TRIGGER', 'create or replace trigger'),
+       coalesce((select string_agg(format('grant %s on %s to %I', a.privilege_type,
+                                          c.oid::regclass, r.rolname), '; ')
+                 from aclexplode(c.relacl) as a join pg_roles as r on r.oid = a.grantee
+                 where r.rolname in ('costwarden_admin', 'costwarden_service',
+                                     'costwarden_tenant')), '')
+from pg_class as c
+join pg_trigger as t on t.tgrelid = c.oid and not t.tgisinternal
+join pg_proc as f on f.oid = t.tgfoid
+where c.relnamespace = 'costwarden'::regnamespace and c.relkind = 'v'
+order by c.relname
+"""
+
+
 def install_proxy(proxy_dsn: str, config: ClusterConfig, rpcs: Sequence[Rpc]) -> None:
     """The proxy database: helpers, cluster configuration, generated RPCs (one transaction)."""
+    with psycopg.connect(config.partitions[0], autocommit=True) as part:
+        channels = part.execute(INPUT_CHANNELS).fetchall()
     with psycopg.connect(proxy_dsn, autocommit=True) as conn, conn.transaction():
         conn.execute("set local client_min_messages = warning")
         conn.execute(_sql_file("proxy.sql").replace("{{CLUSTER}}", config.name).encode())
         configure_server(conn, config)
+        for function, view, trigger, grants in channels:
+            conn.execute(str(function).encode())
+            conn.execute(str(view).encode())
+            conn.execute(str(trigger).encode())
+            if grants:
+                conn.execute(str(grants).encode())
         conn.execute(proxy_sql(config, rpcs).encode())
         keep = {r.name for r in rpcs}
         _drop_stale(conn, "costwarden", keep)
@@ -754,6 +850,7 @@ def install_proxy(proxy_dsn: str, config: ClusterConfig, rpcs: Sequence[Rpc]) ->
             "revoke all on all functions in schema costwarden_remote from public; "
             "revoke all on all tables in schema costwarden_remote from public"
         )
+        conn.execute(PROXY_OWNERSHIP.replace("{{CLUSTER}}", config.name).encode())
 
 
 def install(

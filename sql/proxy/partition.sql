@@ -266,3 +266,14 @@ grant execute on function
     costwarden_px._login_unbind_elsewhere(jsonb, text, text),
     costwarden_px.catalogue_digest()
 to costwarden_proxy;
+
+-- SECURITY DEFINER functions run as costwarden_owner (SPEC §12), the owner of
+-- the tables they read, never as the superuser who installed them.
+do $owner$
+begin
+    if exists (select from pg_catalog.pg_roles where rolname = 'costwarden_owner') then
+        alter function costwarden_px._login_binding(text) owner to costwarden_owner;
+        alter function costwarden_px.catalogue_digest() owner to costwarden_owner;
+    end if;
+end
+$owner$;

@@ -7,6 +7,9 @@
 --                              executable by nobody but their owner
 --   foreign server {{CLUSTER}} PL/Proxy's cluster configuration (SQL/MED), generated
 --                              from CLUSTER.toml
+--   costwarden.secret_input*   the write-only input channels of a partition (SPEC §5:
+--                              the client stages its KEK with COPY, never logged),
+--                              copied from the partition's catalogue with their triggers
 --
 -- The proxy holds no money state: nothing here but routing, the caller's
 -- context, and one row lock that serialises catalogue-wide writes.
@@ -29,6 +32,9 @@ begin
     end if;
     if not exists (select from pg_catalog.pg_roles where rolname = 'costwarden_authenticator') then
         create role costwarden_authenticator nologin;
+    end if;
+    if not exists (select from pg_catalog.pg_roles where rolname = 'costwarden_owner') then
+        create role costwarden_owner nologin;
     end if;
 end
 $roles$;
@@ -188,9 +194,10 @@ $$;
 
 -- The org a call that names none acts for (fn_get_my_cost_reservations): from
 -- the claims or actor settings of a trusted session, else the login binding of
--- the session user, wherever in the cluster it lives.
-create or replace function costwarden_remote.actor_hash(p_ctx jsonb)
-returns integer
+-- the session user, wherever in the cluster it lives. The RPC computes it into
+-- its context before the PL/Proxy call (PL/Proxy calls cannot nest).
+create or replace function costwarden_remote.actor_org(p_ctx jsonb)
+returns text
 language plpgsql
 stable
 as $$
@@ -208,43 +215,14 @@ begin
     if v_org is null then
         select o into v_org from costwarden_remote.login_org(p_ctx ->> 'login') as o limit 1;
     end if;
-    if v_org is null and not (p_ctx ->> 'trusted')::boolean then
-        v_org := nullif(p_ctx ->> 'actor_org', '');
-    end if;
-    return costwarden_remote.org_hash(v_org);
+    return v_org;
 end
 $$;
 
--- Write-only input channel, as on a partition (SPEC §5): COPY
--- costwarden.secret_input (name, value) FROM STDIN sets costwarden.kek /
--- kek_new / byok_secret for the transaction without logging them.
-create or replace view costwarden.secret_input as
-select
-    null::text as name,
-    null::text as value
-where false;
-
-create or replace function costwarden_remote.secret_input_set()
-returns trigger
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+create or replace function costwarden_remote.actor_hash(p_ctx jsonb)
+returns integer
+language sql
+immutable
 as $$
-begin
-    if new.value is not null then
-        case new.name
-        when 'kek' then perform set_config('costwarden.kek', new.value, true);
-        when 'kek_new' then perform set_config('costwarden.kek_new', new.value, true);
-        when 'secret' then perform set_config('costwarden.byok_secret', new.value, true);
-        else null;
-        end case;
-    end if;
-    return null;
-end
+    select costwarden_remote.org_hash(p_ctx ->> 'route_org')
 $$;
-
-create or replace trigger secret_input_set
-instead of insert on costwarden.secret_input
-for each row execute function costwarden_remote.secret_input_set();
-
-grant insert on costwarden.secret_input to costwarden_admin, costwarden_service;

@@ -346,3 +346,53 @@ def test_the_documented_routing_table_is_the_routing_table() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "scale-out.md").read_text()
     documented = doc.split("<!-- routes:begin -->\n", 1)[1].split("\n<!-- routes:end -->", 1)[0]
     assert documented == cl.routing_table_markdown()
+
+
+def _as_login(dsn: str, login: str, sql: str, forged_org: str | None = None) -> Any:
+    dsn = psycopg.conninfo.make_conninfo(dsn, user=login)
+    with psycopg.connect(dsn) as conn:
+        try:
+            if forged_org is not None:  # an untrusted session cannot name its actor
+                conn.execute(
+                    "select set_config('request.jwt.claims', %s, true)",
+                    (json.dumps({"org_id": forged_org, "sub": "bob"}),),
+                )
+            return [tuple(str(v) for v in r) for r in conn.execute(sql).fetchall()]
+        except psycopg.Error as exc:
+            return exc.sqlstate
+        finally:
+            conn.rollback()
+
+
+def test_a_bound_login_acts_through_the_proxy_as_on_its_node(
+    cwp: Cluster,
+    proxy_servers: Servers,  # noqa: F811
+) -> None:
+    login = "cw_px_tenant_login"
+    for dsn in proxy_servers.dsns:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"drop role if exists {login}")
+            conn.execute(f"create role {login} login in role costwarden_tenant")
+    org, other = cwp.orgs[3][0], cwp.orgs[0][0]
+    mine = "select * from costwarden.fn_get_my_cost_reservations()"
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        # not bound yet: no actor, as on a node
+        assert _as_login(cwp.proxy_dsn, login, mine) == "CW005"
+        conn.execute("select costwarden.fn_tenant_login_bind(%s, %s, 'alice')", (login, org))
+    with cwp.client() as c:
+        c.reserve(org, "ws", MODEL, USAGE, user_id="alice", raise_on_denied=False)
+    node = cwp.partition_dsn(3)
+    via_proxy = _as_login(cwp.proxy_dsn, login, mine, forged_org=other)
+    assert isinstance(via_proxy, list) and via_proxy
+    assert all(r[1] == org and r[3] == "alice" for r in via_proxy)
+    assert via_proxy == _as_login(node, login, mine, forged_org=other)
+    # rebinding to an org on another partition removes the first binding
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        conn.execute("select costwarden.fn_tenant_login_bind(%s, %s, 'alice')", (login, other))
+    assert _as_login(node, login, mine) == "CW005"
+    assert _as_login(cwp.proxy_dsn, login, mine) == _as_login(cwp.partition_dsn(0), login, mine)
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "select costwarden.fn_tenant_login_unbind(%s)", (login,)
+        ).fetchone() == (True,)
+    assert _as_login(cwp.proxy_dsn, login, mine) == "CW005"
