@@ -27,6 +27,7 @@ lint: bootstrap
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
 	$(BIN)/sqlfluff lint sql/ --dialect postgres
+	scripts/plpgsql_check.sh
 
 bench: bootstrap
 	$(BIN)/costwarden bench

@@ -58,6 +58,9 @@ begin
             perform costwarden._raise('CW004', format('p_value: setting %s must be one of %s', p_key, array_to_string(v_def.allowed, ', ')));
         end if;
         return p_value;
+    else
+        -- not reached: setting_defs_type_check admits only the types above
+        raise exception 'costwarden: setting %s has an unknown value_type %L', p_key, v_def.value_type;
     end case;
 end
 $$;

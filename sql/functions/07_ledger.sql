@@ -270,7 +270,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_zero constant bytea := '\x0000000000000000000000000000000000000000000000000000000000000000';
+    v_zero constant bytea := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
     v_org text;
     v_bad record;
     v_n bigint;

@@ -59,12 +59,12 @@ declare
     v_unpriced boolean;
     v_recorded jsonb;
     v_mode text;
-    v_reasons jsonb := '[]';
+    v_reasons jsonb := '[]'::jsonb;
     v_refused boolean := false;
     v_enforce boolean;
     v_enforced boolean;
-    v_alerts jsonb := '[]';                 -- limits at >= 80%: announced once decided (0009)
-    v_pool_ids bigint[] := '{}';
+    v_alerts jsonb := '[]'::jsonb;          -- limits at >= 80%: announced once decided (09_alerts.sql)
+    v_pool_ids bigint[] := '{}'::bigint[];
     v_c record;
     v_id uuid;
     v_expires timestamptz;
@@ -271,7 +271,7 @@ declare
     v_action text := 'continue';
     v_enforce boolean;
     v_c record;
-    v_shadow jsonb := '[]';
+    v_shadow jsonb := '[]'::jsonb;
 begin
     v_r := costwarden._reservation_for_update(p_reservation_id);
     if v_r.status <> 'held' then

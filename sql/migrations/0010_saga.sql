@@ -49,4 +49,3 @@ create index _reservations_held_expiry on costwarden._reservations (expires_at) 
 create index _reservations_org_created on costwarden._reservations (org_id, created_at desc);
 create index _reservations_user_created on costwarden._reservations (org_id, user_id, created_at desc)
 where user_id is not null;
-
