@@ -18,7 +18,6 @@ import psycopg
 import pytest
 
 import costwarden
-from costwarden import migrate as cw_migrate
 from costwarden import types as t
 from costwarden.spool import ReplayReport, Spool
 from cwtest import Seeded
@@ -29,6 +28,7 @@ from test_spool import (  # the sync client's spool tests, and their server
     closed_port_dsn,
     own_server,  # noqa: F401 -- a fixture, used by name
     spend_reports,
+    spooltest_database,
 )
 
 #: Context managers: ``with`` on Client, ``async with`` on AsyncClient. Every other
@@ -224,18 +224,7 @@ def test_async_stop_the_server_mid_way_then_replay(
     own_server: Any,  # noqa: F811 -- the fixture imported from test_spool
     tmp_path: Path,
 ) -> None:
-    with psycopg.connect(own_server.dsn, autocommit=True) as conn:
-        conn.execute("create database spooltest")
-    dsn = own_server.dsn_for("spooltest")
-    cw_migrate.migrate(dsn, schedule=False)
-    with costwarden.Client(dsn) as admin:
-        admin.upsert_model("openai/gpt-4o", platform_servable=True)
-        admin.set_pricing(
-            "openai/gpt-4o",
-            {"input_tokens": Decimal("0.0000025"), "output_tokens": Decimal("0.00001")},
-        )
-        admin.upsert_org("acme")
-        admin.upsert_workspace("acme", "ws", model="openai/gpt-4o")
+    dsn = spooltest_database(own_server)
     spool_dir = tmp_path / "spool"
 
     async def main() -> tuple[UUID, UUID, ReplayReport]:
