@@ -11,6 +11,7 @@ from .errors import (
     InvalidArgument,
     InvalidState,
     NotFound,
+    ReadinessWarning,
     UnpricedModel,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidState",
     "NotFound",
+    "ReadinessWarning",
     "ReservationHandle",
     "UnpricedModel",
 ]
