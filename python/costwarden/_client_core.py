@@ -37,7 +37,9 @@ class ServerWarnings:
             self.messages.append(diag.message_primary)
 
     @contextmanager
-    def listening(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Iterator[None]:
+    def listening(
+        self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+    ) -> Iterator[None]:
         conn.add_notice_handler(self)
         try:
             yield

@@ -201,7 +201,8 @@ def workspace_billing_mode(org_id: str, workspace_id: str) -> Call[t.BillingMode
 def setting_set(key: str, value: Any) -> Call[None]:
     return Call(
         "select costwarden.fn_setting_set(p_key => %(key)s, p_value => %(value)s)",
-        {"key": key, "value": _json(value, "p_value")},
+        # None is JSON null (a nullable setting's "no bound"), never SQL NULL
+        {"key": key, "value": Jsonb(None) if value is None else _json(value, "p_value")},
         _none,
     )
 

@@ -185,9 +185,7 @@ class AsyncClient(ClientBase):
     ) -> None:
         await self._run(q.workspace_upsert(org_id, workspace_id, model, billing_override))
 
-    async def workspace_readiness(
-        self, org_id: str, workspace_id: str
-    ) -> list[t.ReadinessProblem]:
+    async def workspace_readiness(self, org_id: str, workspace_id: str) -> list[t.ReadinessProblem]:
         """What would refuse every reserve of the workspace (empty: ready)."""
         return await self._run(q.workspace_readiness(org_id, workspace_id))
 
@@ -263,9 +261,7 @@ class AsyncClient(ClientBase):
         return await self._run(q.budget_status(org_id, scope_kind, scope_id))
 
     # -- §3 the saga
-    async def budget_list(
-        self, org_id: str, scope_kind: str | None = None
-    ) -> list[t.BudgetLimit]:
+    async def budget_list(self, org_id: str, scope_kind: str | None = None) -> list[t.BudgetLimit]:
         """Every limit configured in the org (SPEC §11), optionally of one scope kind."""
         return await self._run(q.budget_list(org_id, scope_kind))
 
