@@ -3,7 +3,7 @@
 
 SHELL := /bin/bash
 BIN := .venv/bin
-PY_SOURCES := python tests/python bench
+PY_SOURCES := python tests/python
 
 .PHONY: bootstrap demo test test-sql test-python lint bench up down clean
 

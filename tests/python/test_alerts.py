@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 import costwarden
-from cwtest import Seeded
+from cwtest import Seeded, notifications_until_marker
 
 Conn = psycopg.Connection[Any]
 CHANNEL = "costwarden_alerts"
@@ -36,16 +37,31 @@ BUDGET_KEYS = {
 }
 
 
+@dataclass(frozen=True)
+class Listener:
+    """A session LISTENing on the alerts channel, and one that sends the end markers."""
+
+    conn: Conn
+    sender: Conn
+
+
 @pytest.fixture
-def listener(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+def listener(dsn: str) -> Iterator[Listener]:
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        psycopg.connect(dsn, autocommit=True) as sender,
+    ):
         conn.execute(f"listen {CHANNEL}")
-        yield conn
+        yield Listener(conn, sender)
 
 
-def drain(conn: Conn, wait: float = 0.3) -> list[dict[str, Any]]:
+def drain(listener: Listener, sender: Conn | None = None) -> list[dict[str, Any]]:
+    """The alerts committed so far and not yet read: those heard before a marker sent now
+    (by ``sender``, the session that did the work, or else the listener's own sender).
+    The marker orders them; no time window is involved."""
     out = []
-    for note in conn.notifies(timeout=wait):
+    notes = notifications_until_marker(listener.conn, sender or listener.sender, CHANNEL)
+    for note in notes:
         assert note.channel == CHANNEL
         out.append(json.loads(note.payload))
     return out
@@ -68,7 +84,7 @@ def reserve(client: costwarden.Client, s: Seeded, micros: int) -> costwarden.typ
 
 
 def test_reserve_crossing_80_and_100_percent_once_per_window(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     client.set_budget("acme", "workspace", seeded.ws_platform, "day", 10_000)
     drain(listener)
@@ -101,7 +117,7 @@ def test_reserve_crossing_80_and_100_percent_once_per_window(
 
 
 def test_a_refused_request_alerts_on_the_level_already_reached(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     reserve(client, seeded, 8_500)  # no limit yet: nothing to announce
     client.set_budget("acme", "org", None, "hour", 10_000)
@@ -113,7 +129,7 @@ def test_a_refused_request_alerts_on_the_level_already_reached(
 
 
 def test_shadow_limits_alert_on_the_level_the_call_reaches(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     client.set_budget("acme", "workspace", seeded.ws_platform, "day", 1_000, mode="shadow")
     r = reserve(client, seeded, 5_000)
@@ -125,7 +141,7 @@ def test_shadow_limits_alert_on_the_level_the_call_reaches(
 
 
 def test_commit_overage_crossing_alerts(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     client.set_budget("acme", "workspace", seeded.ws_platform, "week", 10_000)
     r = reserve(client, seeded, 5_000)
@@ -138,7 +154,7 @@ def test_commit_overage_crossing_alerts(
 
 
 def test_spend_report_crossing_alerts(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     client.set_budget("acme", "org", None, "month", 10_000, window="calendar")
     client.report_spend("acme", seeded.ws_platform, "edge", 8_500)
@@ -153,7 +169,7 @@ def test_spend_report_crossing_alerts(
 
 
 def test_circuit_and_anomaly_events_are_announced(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     client.set_setting("circuit_failure_threshold", 1)
     client.report_provider("openai", False, "timeout")
@@ -178,7 +194,7 @@ def test_circuit_and_anomaly_events_are_announced(
 
 
 def test_an_alert_is_sent_only_when_the_transaction_commits(
-    seeded: Seeded, listener: Conn, dsn: str, client: costwarden.Client
+    seeded: Seeded, listener: Listener, dsn: str, client: costwarden.Client
 ) -> None:
     client.set_budget("acme", "workspace", seeded.ws_platform, "day", 1_000)
     with psycopg.connect(dsn) as conn:
@@ -187,7 +203,15 @@ def test_an_alert_is_sent_only_when_the_transaction_commits(
             (seeded.ws_platform, seeded.platform_model, '{"output_tokens": 90}'),
         )
         conn.rollback()
-    assert drain(listener) == []
+        # the marker comes from the session whose transaction was rolled back
+        assert drain(listener, conn) == []
+        # the same call, committed, does cross 80%: the rollback is what kept it quiet
+        conn.execute(
+            "select * from costwarden.fn_cost_reserve('acme', %s, %s, %s::jsonb)",
+            (seeded.ws_platform, seeded.platform_model, '{"output_tokens": 90}'),
+        )
+        conn.commit()
+        assert brief(drain(listener, conn)) == [("workspace", 80, 900, False)]
 
 
 def test_costwarden_watch_prints_alerts_live(

@@ -876,20 +876,3 @@ def test_async_client(dsn: str, seeded: Seeded) -> None:
             assert await c.revoke_key(seeded.org, seeded.ws_vendor, "anthropic") is True
 
     asyncio.run(main())
-
-
-def test_demo_section(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from costwarden.byok import demo_section
-
-    monkeypatch.setenv("COSTWARDEN_KEK", KEK)
-    lines: list[str] = []
-    demo_section(dsn, lines.append)
-    demo_section(dsn, lines.append)  # a rerun works too
-    out = "\n".join(lines)
-    assert "initech/chat      openai/gpt-4o-mini           platform_managed  model" in out
-    assert "initech/research  anthropic/claude-3-5-sonnet  byok              model" in out
-    assert "denied: byok_credential_missing" in out
-    assert "Forbidden [CW005]: key-write guard rule A" in out
-    assert out.count("is held: resolve -> anthropic key sk-…") == 2
-    assert out.count("after commit: Forbidden [CW005]: BYOK resolve refused") == 2
-    assert "sk-ant-demo-" not in out and KEK not in out

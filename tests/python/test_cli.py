@@ -42,12 +42,15 @@ def test_migrate_and_status(dsn: str) -> None:
 
 def test_status_of_an_empty_database_lists_pending(fresh_database: Any) -> None:
     dsn = fresh_database()
-    out = ok(dsn, "status")
+    result = cli(dsn, "status")
+    assert result.exit_code == 1  # not up to date: a deploy gate fails
+    out = result.stdout
     assert "schema version: not installed" in out
     assert "migrations pending" in out
     assert out.count("pending  ") == len(m.load_migrations())
     out = ok(dsn, "migrate", "--no-schedule")
     assert out.splitlines() == [f"applied {x.filename}" for x in m.load_migrations()]
+    assert "state: up to date" in ok(dsn, "status")
 
 
 def test_pricing_load_sample_is_idempotent(dsn: str, admin_conn: Conn) -> None:

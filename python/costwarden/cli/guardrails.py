@@ -1,5 +1,4 @@
-"""Guardrail commands (SPEC §6): circuits, anomalies, shadow-report, watch, audit,
-spend-report. Registered on the main group by cli.py (``register(main)``)."""
+"""`costwarden circuits|anomalies|shadow-report|watch|audit|spend-report` (SPEC §6)."""
 
 from __future__ import annotations
 
@@ -8,11 +7,11 @@ import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import click
 
-from .cli import Context, handle_errors, pass_ctx, table, usd
+from ..errors import is_unavailable
+from ._common import Context, echo_json, json_option, pass_ctx, table, usd
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -36,30 +35,28 @@ def _ts(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _json_out(rows: list[Any]) -> None:
-    from dataclasses import asdict
-
-    click.echo(json.dumps([asdict(r) for r in rows], default=str, indent=2))
-
-
 # -- circuits --------------------------------------------------------------------------------
 
 
 @click.group(invoke_without_command=True)
+@json_option
 @click.pass_context
-def circuits(click_ctx: click.Context) -> None:
+def circuits(click_ctx: click.Context, as_json: bool) -> None:
     """Provider circuit breakers: state (default), history, report, reset."""
     if click_ctx.invoked_subcommand is None:
-        click_ctx.invoke(circuits_status)
+        click_ctx.invoke(circuits_status, as_json=as_json)
 
 
 @circuits.command("status")
+@json_option
 @pass_ctx
-@handle_errors
-def circuits_status(ctx: Context) -> None:
+def circuits_status(ctx: Context, as_json: bool) -> None:
     """Every provider's circuit."""
     with ctx.client() as c:
         rows = c.circuits()
+    if as_json:
+        echo_json(rows)
+        return
     click.echo(
         table(
             [
@@ -80,13 +77,16 @@ def circuits_status(ctx: Context) -> None:
 
 @circuits.command("history")
 @click.option("--provider", default=None)
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@json_option
 @pass_ctx
-@handle_errors
-def circuits_history(ctx: Context, provider: str | None, limit: int) -> None:
+def circuits_history(ctx: Context, provider: str | None, limit: int, as_json: bool) -> None:
     """Circuit transitions and probe admissions, newest first."""
     with ctx.client() as c:
         rows = c.circuit_history(provider, limit)
+    if as_json:
+        echo_json(rows)
+        return
     click.echo(
         table(
             [
@@ -110,22 +110,32 @@ def circuits_history(ctx: Context, provider: str | None, limit: int) -> None:
 @click.argument("provider")
 @click.option("--ok/--fail", "ok", required=True, help="The call succeeded / failed.")
 @click.option("--error", default=None, help="The failure's error text.")
+@json_option
 @pass_ctx
-@handle_errors
-def circuits_report(ctx: Context, provider: str, ok: bool, error: str | None) -> None:
+def circuits_report(
+    ctx: Context, provider: str, ok: bool, error: str | None, as_json: bool
+) -> None:
     """Report one provider call's outcome (fn_provider_report); prints the state."""
     with ctx.client() as c:
-        click.echo(c.report_provider(provider, ok, error))
+        state = c.report_provider(provider, ok, error)
+    if as_json:
+        echo_json({"provider": provider, "state": state})
+    else:
+        click.echo(state)
 
 
 @circuits.command("reset")
 @click.argument("provider")
+@json_option
 @pass_ctx
-@handle_errors
-def circuits_reset(ctx: Context, provider: str) -> None:
+def circuits_reset(ctx: Context, provider: str, as_json: bool) -> None:
     """Close a provider's circuit by hand (audited)."""
     with ctx.client() as c:
-        click.echo(c.reset_circuit(provider))
+        state = c.reset_circuit(provider)
+    if as_json:
+        echo_json({"provider": provider, "state": state})
+    else:
+        click.echo(state)
 
 
 # -- anomalies -------------------------------------------------------------------------------
@@ -139,17 +149,16 @@ def anomalies() -> None:
 @anomalies.command("list")
 @click.option("--org", default=None)
 @click.option("--open", "open_only", is_flag=True, help="Only unacknowledged ones.")
-@click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@json_option
 @pass_ctx
-@handle_errors
 def anomalies_list(
     ctx: Context, org: str | None, open_only: bool, limit: int, as_json: bool
 ) -> None:
     with ctx.client() as c:
         rows = c.anomalies(org, open_only=open_only, limit=limit)
     if as_json:
-        _json_out(rows)
+        echo_json(rows)
         return
     click.echo(
         table(
@@ -172,9 +181,8 @@ def anomalies_list(
 
 
 @anomalies.command("ack")
-@click.argument("anomaly_id", type=int)
+@click.argument("anomaly_id", type=click.IntRange(1))
 @pass_ctx
-@handle_errors
 def anomalies_ack(ctx: Context, anomaly_id: int) -> None:
     """Acknowledge an anomaly: lifts its workspace's freeze (audited)."""
     with ctx.client() as c:
@@ -183,12 +191,16 @@ def anomalies_ack(ctx: Context, anomaly_id: int) -> None:
 
 
 @anomalies.command("detect")
+@json_option
 @pass_ctx
-@handle_errors
-def anomalies_detect(ctx: Context) -> None:
+def anomalies_detect(ctx: Context, as_json: bool) -> None:
     """Run the detector once (pg_cron runs it every 5 minutes)."""
     with ctx.client() as c:
-        click.echo(f"{c.detect_spend_anomalies()} anomaly(ies) recorded")
+        found = c.detect_spend_anomalies()
+    if as_json:
+        echo_json({"recorded": found})
+    else:
+        click.echo(f"{found} anomaly(ies) recorded")
 
 
 # -- shadow report ---------------------------------------------------------------------------
@@ -198,15 +210,14 @@ def anomalies_detect(ctx: Context) -> None:
 @click.option("--org", required=True)
 @click.option("--since", "since", default="30d", show_default=True, help="7d, 24h or ISO instant.")
 @click.option("--until", "until", default=None, help="End (exclusive); default now.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_ctx
-@handle_errors
 def shadow_report(ctx: Context, org: str, since: str, until: str | None, as_json: bool) -> None:
     """What shadow mode (or billing_enforce=false) would have refused, per scope and limit."""
     with ctx.client() as c:
         rows = c.shadow_report(org, parse_when(since), parse_when(until))
     if as_json:
-        _json_out(rows)
+        echo_json(rows)
         return
     if not rows:
         click.echo("no would-be refusals in that range")
@@ -236,11 +247,12 @@ def shadow_report(ctx: Context, org: str, since: str, until: str | None, as_json
 
 
 @click.command()
-@click.option("--count", type=int, default=None, help="Stop after N alerts.")
-@click.option("--timeout", type=float, default=None, help="Stop after SECONDS.")
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after N alerts.")
+@click.option(
+    "--timeout", type=click.FloatRange(0, min_open=True), default=None, help="Stop after SECONDS."
+)
 @click.option("--kind", type=click.Choice(["budget", "anomaly", "circuit"]), default=None)
 @pass_ctx
-@handle_errors
 def watch(ctx: Context, count: int | None, timeout: float | None, kind: str | None) -> None:
     """Print alerts live (LISTEN costwarden_alerts), one JSON payload a line; Ctrl-C stops."""
     import psycopg
@@ -264,7 +276,9 @@ def watch(ctx: Context, count: int | None, timeout: float | None, kind: str | No
                     break
     except KeyboardInterrupt:
         pass
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:
+        if not is_unavailable(exc):
+            raise
         raise click.ClickException(f"cannot listen: {exc}") from exc
 
 
@@ -275,10 +289,9 @@ def watch(ctx: Context, count: int | None, timeout: float | None, kind: str | No
 @click.option("--org", default=None)
 @click.option("--action", default=None, help="e.g. budget_set, setting_set, anomaly_ack.")
 @click.option("--since", default=None, help="7d, 24h or ISO instant.")
-@click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@json_option
 @pass_ctx
-@handle_errors
 def audit(
     ctx: Context, org: str | None, action: str | None, since: str | None, limit: int, as_json: bool
 ) -> None:
@@ -286,7 +299,7 @@ def audit(
     with ctx.client() as c:
         rows = c.audit(org, action, parse_when(since), limit)
     if as_json:
-        _json_out(rows)
+        echo_json(rows)
         return
     click.echo(
         table(
@@ -326,14 +339,17 @@ def spend_report() -> None:
 @click.argument("workspace")
 @click.argument("source")
 @click.argument("cumulative_micros", type=int)
+@json_option
 @pass_ctx
-@handle_errors
 def spend_report_book(
-    ctx: Context, org: str, workspace: str, source: str, cumulative_micros: int
+    ctx: Context, org: str, workspace: str, source: str, cumulative_micros: int, as_json: bool
 ) -> None:
     """Report SOURCE's cumulative spend counter; prints the delta booked."""
     with ctx.client() as c:
         delta = c.report_spend(org, workspace, source, cumulative_micros)
+    if as_json:
+        echo_json({"booked_micros": delta})
+        return
     click.echo(f"booked {delta} micros ({usd(delta)})")
 
 
@@ -344,7 +360,6 @@ def spend_report_book(
 @click.option("--key", "key_id", default=None, help="Count the source's spend toward this key.")
 @click.option("--user", "user_id", default=None, help="... and toward this user.")
 @pass_ctx
-@handle_errors
 def spend_report_register(
     ctx: Context, org: str, workspace: str, source: str, key_id: str | None, user_id: str | None
 ) -> None:
@@ -356,12 +371,15 @@ def spend_report_register(
 
 @spend_report.command("sources")
 @click.option("--org", default=None)
+@json_option
 @pass_ctx
-@handle_errors
-def spend_report_sources(ctx: Context, org: str | None) -> None:
+def spend_report_sources(ctx: Context, org: str | None, as_json: bool) -> None:
     """The spend sources and their last counters."""
     with ctx.client() as c:
         rows = c.spend_sources(org)
+    if as_json:
+        echo_json(rows)
+        return
     click.echo(
         table(
             [
@@ -402,22 +420,22 @@ def spend_report_sources(ctx: Context, org: str | None) -> None:
     required=True,
     help="The spool_dir of a Client(on_unavailable='open').",
 )
+@json_option
 @pass_ctx
-@handle_errors
-def spend_report_replay(ctx: Context, spool_dir: Path) -> None:
-    """Replay a client spool (usage spooled while the database was unreachable)."""
-    from .client import Client
+def spend_report_replay(ctx: Context, spool_dir: Path, as_json: bool) -> None:
+    """Replay a client spool (usage spooled while the database was unreachable).
 
-    with Client(ctx.dsn(), spool_dir=spool_dir) as c:
+    Exits 1 when records remain (the database went away during the replay)."""
+    with ctx.client(spool_dir=spool_dir) as c:
         report = c.replay_spool()
+    if as_json:
+        echo_json(report)
+        if report.remaining:
+            click.get_current_context().exit(1)
+        return
     click.echo(
         f"replayed {report.replayed} record(s), booked {usd(report.booked_micros)}, "
         f"rejected {report.rejected}, remaining {report.remaining}"
     )
     if report.remaining:
         raise click.ClickException("the database went away during the replay; run it again")
-
-
-def register(main: click.Group) -> None:
-    for command in (circuits, anomalies, shadow_report, watch, audit, spend_report):
-        main.add_command(command)

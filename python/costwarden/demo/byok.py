@@ -1,8 +1,8 @@
 """BYOK in the demo (`costwarden demo`): billing modes side by side, the key-write
 guard, and a provider key released only while a reservation is held.
 
-The rules live in SQL (sql/0008_byok.sql, docs/byok.md); this module only tells
-the story through the client.
+The rules live in SQL (docs/byok.md); this module only tells the story through the
+client.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from .client import Client
-from .errors import BudgetExceeded, Forbidden
+from .._text import table
+from ..client import Client
+from ..errors import BudgetExceeded, Forbidden
 
 Echo = Callable[[str], None]
 
@@ -31,7 +32,7 @@ def demo_kek(echo: Echo) -> str:
     if kek:
         echo("KEK: from COSTWARDEN_KEK")
         return kek
-    from .embedded import default_data_dir
+    from ..embedded import default_data_dir
 
     path = default_data_dir().parent / "demo-kek"
     try:
@@ -62,8 +63,7 @@ def _fake_key() -> str:
 
 def demo_section(dsn: str, echo: Echo = print) -> None:
     """Platform vs BYOK workspaces, the guard, and the reservation-bound release."""
-    from .cli import table
-    from .pricing import load_catalogue, read_catalogue, sample_catalogue_path
+    from ..pricing import load_catalogue, read_catalogue, sample_catalogue_path
 
     echo("== BYOK: bring your own key ==")
     kek = demo_kek(echo)

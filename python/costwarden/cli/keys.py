@@ -1,4 +1,4 @@
-"""CLI: `costwarden keys put|revoke|list|rotate-kek|audit|keks` (SPEC §5, docs/byok.md).
+"""`costwarden keys put|revoke|list|rotate-kek|audit|keks` (SPEC §5, docs/byok.md).
 
 No secret and no key-encryption key is ever read from the command line (argv is
 visible to every local user in ``ps`` and lands in shell history): a provider key
@@ -16,16 +16,12 @@ from uuid import UUID
 
 import click
 
-from .cli import Context, handle_errors, pass_ctx, table
-from .client import Client
-from .types import KekRotateBatch
+from ..client import Client
+from ..types import KekRotateBatch
+from ._common import Context, ProgressBar, echo_json, json_option, pass_ctx, table
 
 KEK_ENV = "COSTWARDEN_KEK"
 NEW_KEK_ENV = "COSTWARDEN_NEW_KEK"
-
-
-def register(main: click.Group) -> None:
-    main.add_command(keys)
 
 
 def _kek(prompt: str = "Key-encryption key") -> str:
@@ -56,8 +52,8 @@ def keys() -> None:
     help="Read the provider key from the environment variable NAME (not its value!).",
 )
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read the provider key from stdin.")
+@json_option
 @pass_ctx
-@handle_errors
 def keys_put(
     ctx: Context,
     org_id: str,
@@ -65,6 +61,7 @@ def keys_put(
     provider: str,
     secret_env: str | None,
     from_stdin: bool,
+    as_json: bool,
 ) -> None:
     """Store (replace) the key of WORKSPACE_ID for PROVIDER; prints its fingerprint.
 
@@ -83,6 +80,16 @@ def keys_put(
         secret = click.prompt(f"{provider} key for {org_id}/{workspace_id}", hide_input=True)
     with _client(ctx, _kek()) as c:
         fingerprint = c.put_key(org_id, workspace_id, provider, secret)
+    if as_json:
+        echo_json(
+            {
+                "org_id": org_id,
+                "workspace_id": workspace_id,
+                "provider": provider,
+                "fingerprint": fingerprint,
+            }
+        )
+        return
     click.echo(f"stored {provider} key {fingerprint} for {org_id}/{workspace_id}")
 
 
@@ -91,7 +98,6 @@ def keys_put(
 @click.argument("workspace_id")
 @click.argument("provider")
 @pass_ctx
-@handle_errors
 def keys_revoke(ctx: Context, org_id: str, workspace_id: str, provider: str) -> None:
     """Revoke the live key of WORKSPACE_ID for PROVIDER (its ciphertext is destroyed)."""
     with _client(ctx) as c:
@@ -106,16 +112,23 @@ def keys_revoke(ctx: Context, org_id: str, workspace_id: str, provider: str) -> 
 @click.option("--org", "org_id", default=None)
 @click.option("--workspace", "workspace_id", default=None, help="Needs --org.")
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys (history).")
+@json_option
 @pass_ctx
-@handle_errors
 def keys_list(
-    ctx: Context, org_id: str | None, workspace_id: str | None, include_revoked: bool
+    ctx: Context,
+    org_id: str | None,
+    workspace_id: str | None,
+    include_revoked: bool,
+    as_json: bool,
 ) -> None:
     """Stored keys by fingerprint (a secret is never shown)."""
     if workspace_id and not org_id:
         raise click.UsageError("--workspace needs --org")
     with _client(ctx) as c:
         rows = c.list_keys(org_id, workspace_id, include_revoked=include_revoked)
+    if as_json:
+        echo_json(rows)
+        return
     click.echo(
         table(
             [
@@ -137,12 +150,15 @@ def keys_list(
 
 
 @keys.command("keks")
+@json_option
 @pass_ctx
-@handle_errors
-def keys_keks(ctx: Context) -> None:
+def keys_keks(ctx: Context, as_json: bool) -> None:
     """Key-encryption-key generations and the live keys each one wraps."""
     with _client(ctx) as c:
         rows = c.kek_status()
+    if as_json:
+        echo_json(rows)
+        return
     click.echo(
         table(
             [
@@ -175,9 +191,11 @@ def keys_keks(ctx: Context) -> None:
     help="Commit each batch (resumable: rerun with the same two KEKs) instead of "
     "one all-or-nothing transaction.",
 )
+@json_option
 @pass_ctx
-@handle_errors
-def keys_rotate_kek(ctx: Context, new_kek_env: str, batch: int, commit_every_batch: bool) -> None:
+def keys_rotate_kek(
+    ctx: Context, new_kek_env: str, batch: int, commit_every_batch: bool, as_json: bool
+) -> None:
     """Re-encrypt every data key under a new KEK.
 
     The current KEK comes from COSTWARDEN_KEK (or a prompt), the new one from
@@ -190,44 +208,53 @@ def keys_rotate_kek(ctx: Context, new_kek_env: str, batch: int, commit_every_bat
         confirmation_prompt=True,
     )
     done = 0
-
-    def progress(step: KekRotateBatch) -> None:
-        nonlocal done
-        done += step.rewrapped
-        click.echo(
-            f"  KEK generation {step.kek_id}: {done} data key(s) re-wrapped, "
-            f"{step.remaining} to go",
-            err=True,
-        )
-
     mode = "one batch per transaction" if commit_every_batch else "one transaction"
-    click.echo(f"re-wrapping data keys under the new KEK ({mode}) ...", err=True)
-    with _client(ctx, old) as c:
-        result = c.rotate_kek(
-            new, batch=batch, commit_every_batch=commit_every_batch, progress=progress
-        )
+    with ProgressBar(f"re-wrapping data keys ({mode})", enabled=not as_json) as bar:
+
+        def progress(step: KekRotateBatch) -> None:
+            nonlocal done
+            done += step.rewrapped
+            bar(
+                done,
+                done + step.remaining,
+                f"KEK generation {step.kek_id}: {done} data key(s) re-wrapped, "
+                f"{step.remaining} to go",
+            )
+
+        with _client(ctx, old) as c:
+            result = c.rotate_kek(
+                new, batch=batch, commit_every_batch=commit_every_batch, progress=progress
+            )
+    if as_json:
+        echo_json(result)
     if result.remaining:
         raise click.ClickException(
             f"{result.remaining} key(s) are under an older KEK generation that the current "
             "KEK does not unlock (an earlier rotation was left unfinished): finish that one "
             "first with its own two KEKs (costwarden keys keks shows the generations)"
         )
-    click.echo(
-        f"done: {result.rewrapped} data key(s) re-wrapped; every live key is under KEK "
-        f"generation {result.kek_id}. Set {KEK_ENV} to the new KEK everywhere."
-    )
+    if not as_json:
+        click.echo(
+            f"done: {result.rewrapped} data key(s) re-wrapped; every live key is under KEK "
+            f"generation {result.kek_id}. Set {KEK_ENV} to the new KEK everywhere."
+        )
 
 
 @keys.command("audit")
 @click.option("--org", "org_id", default=None)
 @click.option("--reservation", "reservation_id", type=click.UUID, default=None)
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@json_option
 @pass_ctx
-@handle_errors
-def keys_audit(ctx: Context, org_id: str | None, reservation_id: UUID | None, limit: int) -> None:
+def keys_audit(
+    ctx: Context, org_id: str | None, reservation_id: UUID | None, limit: int, as_json: bool
+) -> None:
     """Resolve attempts, newest first: granted, refused, and unrecorded gaps."""
     with _client(ctx) as c:
         rows = c.resolve_audit(org_id, reservation_id, limit)
+    if as_json:
+        echo_json(rows)
+        return
     click.echo(
         table(
             [

@@ -1,4 +1,4 @@
-"""`costwarden demo` / `make demo`: the story of costwarden on a live database.
+"""The story of `costwarden demo` / `make demo` on a live database.
 
 Everything goes through the public :class:`~costwarden.client.Client` API. Each run
 works on orgs of its own (``acme-<n>``, ``globex-<n>``, ``hooli-<n>``, where ``n``
@@ -17,12 +17,12 @@ The sections:
 6. an expired reservation and a late commit;
 7. spend per scope and window;
 
-then the optional ``demo_section(dsn, echo)`` of :data:`HOOKS`, in that order.
+then the sections it is given: ``costwarden demo`` passes
+:data:`costwarden.demo.SECTIONS` (BYOK, guardrails, the ledger), in that order.
 """
 
 from __future__ import annotations
 
-import importlib
 import random
 import threading
 import time
@@ -34,16 +34,16 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from .client import Client
-from .errors import BudgetExceeded, NotFound
-from .pricing import load_catalogue, read_catalogue, sample_catalogue_path
-from .types import Reason, ReservationInfo
+from .._text import table as _table
+from .._text import usd as _usd
+from ..client import Client
+from ..errors import BudgetExceeded, NotFound
+from ..pricing import load_catalogue, read_catalogue, sample_catalogue_path
+from ..types import Reason, ReservationInfo
 
 Echo = Callable[[str], None]
-
-#: Modules whose ``demo_section(dsn, echo)`` runs after the story, in this order
-#: (skipped when the module or the function does not exist): the ledger comes last.
-HOOKS = ("byok", "guardrails", "ledger")
+#: A section told after the story: ``section(dsn, echo)``.
+Section = Callable[[str, Echo], object]
 
 ORGS: dict[str, dict[str, Any]] = {
     "acme": {"timezone": "Europe/Berlin"},
@@ -123,16 +123,6 @@ GLOBEX_LAYERS: list[tuple[str, str | None, str, int, str, str]] = [
     ("org", None, "hour", 120_000, "cost", "rolling"),
     ("workspace", GLOBEX_WS, "day", 1_000_000, "cost", "rolling"),
 ]
-
-
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    from .cli import table
-
-    return table(rows, headers)
-
-
-def _usd(micros: int) -> str:
-    return f"${micros / 1_000_000:,.6f}"
 
 
 def _scope(kind: str, scope_id: str | None) -> str:
@@ -702,32 +692,25 @@ def closing_section(client: Client, run: Run, echo: Echo, summary: DemoSummary) 
     )
 
 
-# -- hooks -------------------------------------------------------------------------------------
+# -- the sections after the story --------------------------------------------------------------
 
 
-def run_hooks(dsn: str, echo: Echo, names: Sequence[str] = HOOKS) -> list[str]:
-    """Call ``costwarden.<name>.demo_section(dsn, echo)`` for each name whose module
-    and function exist; returns the names that ran."""
-    ran = []
-    for name in names:
-        module_name = f"costwarden.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        section = getattr(module, "demo_section", None)
-        if callable(section):
-            section(dsn, echo)
-            ran.append(name)
-    return ran
+def run_sections(dsn: str, echo: Echo, sections: Sequence[tuple[str, Section]]) -> list[str]:
+    """Tell each ``(name, section)`` in order; returns the names told."""
+    told = []
+    for name, section in sections:
+        section(dsn, echo)
+        told.append(name)
+    return told
 
 
 # -- the story ---------------------------------------------------------------------------------
 
 
-def run_demo(dsn: str, echo: Echo = print, *, hooks: bool = True) -> DemoSummary:
+def run_story(
+    dsn: str, echo: Echo = print, *, sections: Sequence[tuple[str, Section]] = ()
+) -> DemoSummary:
+    """The story (sections 1-7), then each of ``sections`` in order."""
     summary = DemoSummary()
     started = time.monotonic()
     with Client(dsn, pool_size=8) as client:
@@ -774,6 +757,5 @@ def run_demo(dsn: str, echo: Echo = print, *, hooks: bool = True) -> DemoSummary
         closing_section(client, run, echo, summary)
         echo(f"(the story took {time.monotonic() - started:.1f} s)")
         echo("")
-    if hooks:
-        summary.hooks_run = run_hooks(dsn, echo)
+    summary.hooks_run = run_sections(dsn, echo, sections)
     return summary

@@ -16,8 +16,10 @@ from typing import Any
 
 import psycopg
 
-from .client import Client
-from .errors import BudgetExceeded, CostwardenError
+from .._text import table as _table
+from .._text import usd
+from ..client import Client
+from ..errors import BudgetExceeded, CostwardenError
 
 Echo = Callable[[str], None]
 
@@ -28,14 +30,8 @@ SPIKE_MODEL = "openai/gpt-4o-mini"
 CHAT = {"input_tokens": 2000, "output_tokens": 500}
 
 
-def _table(rows: list[tuple[Any, ...]], headers: list[str]) -> str:
-    from .cli import table
-
-    return table(rows, headers)
-
-
 def _usd(micros: Any) -> str:
-    return f"${int(micros) / 1_000_000:,.4f}"
+    return usd(micros, places=4)
 
 
 @contextmanager
@@ -214,7 +210,7 @@ def _shadow_story(client: Client, echo: Echo) -> None:
 
 def demo_section(dsn: str, echo: Echo = print) -> None:
     """The guardrails part of ``costwarden demo``."""
-    from .pricing import load_catalogue, read_catalogue, sample_catalogue_path
+    from ..pricing import load_catalogue, read_catalogue, sample_catalogue_path
 
     with Client(dsn) as client:
         load_catalogue(client, read_catalogue(sample_catalogue_path()))

@@ -1,4 +1,4 @@
-"""CLI: orgs, workspaces, users, API keys and models (SPEC §1)."""
+"""`costwarden orgs|workspaces|users|apikeys|models`: the tenants of SPEC §1."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ from typing import Any
 
 import click
 
-from .cli import Context, handle_errors, pass_ctx
-
-
-def register(main: click.Group) -> None:
-    main.add_command(orgs)
-    main.add_command(workspaces)
-    main.add_command(users)
-    main.add_command(apikeys)
-    main.add_command(models)
+from ._common import Context, DecimalParam, echo_json, json_option, pass_ctx
 
 
 @click.group()
@@ -26,15 +18,16 @@ def orgs() -> None:
 @orgs.command("set")
 @click.argument("org")
 @click.option("--timezone", default=None, help="Time zone of calendar windows, e.g. Europe/Berlin.")
-@click.option("--credit-rate", default=None, help="USD value of one credit, e.g. 0.01.")
+@click.option(
+    "--credit-rate", type=DecimalParam(), default=None, help="USD value of one credit, e.g. 0.01."
+)
 @click.option("--group-resolution", type=click.Choice(["min", "max"]), default=None)
 @pass_ctx
-@handle_errors
 def orgs_set(
     ctx: Context,
     org: str,
     timezone: str | None,
-    credit_rate: str | None,
+    credit_rate: Decimal | None,
     group_resolution: str | None,
 ) -> None:
     """Create an org or merge settings into it."""
@@ -42,7 +35,7 @@ def orgs_set(
     if timezone is not None:
         settings["timezone"] = timezone
     if credit_rate is not None:
-        settings["credit_rate_usd"] = Decimal(credit_rate)
+        settings["credit_rate_usd"] = credit_rate
     if group_resolution is not None:
         settings["group_resolution"] = group_resolution
     with ctx.client() as c:
@@ -65,15 +58,24 @@ def workspaces() -> None:
     default=None,
     help="'none' clears it",
 )
+@json_option
 @pass_ctx
-@handle_errors
 def workspaces_set(
-    ctx: Context, org: str, workspace: str, model: str | None, billing_override: str | None
+    ctx: Context,
+    org: str,
+    workspace: str,
+    model: str | None,
+    billing_override: str | None,
+    as_json: bool,
 ) -> None:
-    """Create a workspace or change its model / billing override."""
+    """Create a workspace or change its model / billing override; prints the billing
+    mode it resolves to."""
     with ctx.client() as c:
         c.upsert_workspace(org, workspace, model, billing_override)
         mode = c.billing_mode(org, workspace)
+    if as_json:
+        echo_json(mode)
+        return
     click.echo(f"workspace {org}/{workspace}: billing {mode.billing_mode} (by {mode.source})")
 
 
@@ -87,7 +89,6 @@ def users() -> None:
 @click.argument("user")
 @click.option("--group", "groups", multiple=True, help="Replaces the membership (repeatable).")
 @pass_ctx
-@handle_errors
 def users_set(ctx: Context, org: str, user: str, groups: tuple[str, ...]) -> None:
     """Create a user; with --group, replace the user's groups."""
     with ctx.client() as c:
@@ -106,7 +107,6 @@ def apikeys() -> None:
 @click.option("--workspace", default=None)
 @click.option("--user", default=None)
 @pass_ctx
-@handle_errors
 def apikeys_set(ctx: Context, org: str, key: str, workspace: str | None, user: str | None) -> None:
     """Create or rebind an API key."""
     with ctx.client() as c:
@@ -123,7 +123,6 @@ def models() -> None:
 @click.argument("model")
 @click.option("--platform-servable/--vendor", default=False)
 @pass_ctx
-@handle_errors
 def models_set(ctx: Context, model: str, platform_servable: bool) -> None:
     """Add a model or mark it platform-servable."""
     with ctx.client() as c:

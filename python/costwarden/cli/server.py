@@ -1,0 +1,115 @@
+"""`costwarden up|down|migrate|status`: the embedded server and the schema."""
+
+from __future__ import annotations
+
+import click
+
+from .. import migrate as migrations
+from ._common import EXIT_ERROR, Context, echo_json, json_option, pass_ctx, safe_dsn
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="TCP port.")
+@click.option("--fast", is_flag=True, help="fsync off: for throwaway test clusters only.")
+@click.option("--migrate/--no-migrate", "do_migrate", default=True, help="Migrate after start.")
+@pass_ctx
+def up(ctx: Context, port: int | None, fast: bool, do_migrate: bool) -> None:
+    """Create (first time) and start the embedded PostgreSQL; print its DSN."""
+    from ..embedded import EmbeddedCluster
+
+    dsn = EmbeddedCluster(ctx.embedded_data_dir(), port=port, fast=fast).start()
+    if do_migrate:
+        applied = migrations.migrate(dsn)
+        if applied:
+            click.echo(f"applied {len(applied)} migration(s)", err=True)
+    click.echo(dsn)
+
+
+@click.command()
+@pass_ctx
+def down(ctx: Context) -> None:
+    """Stop the embedded PostgreSQL (its data stays)."""
+    from ..embedded import EmbeddedCluster
+
+    cluster = EmbeddedCluster(ctx.embedded_data_dir())
+    if cluster.is_running():
+        cluster.stop()
+        click.echo("stopped")
+    else:
+        click.echo("not running")
+
+
+@click.command()
+@click.option(
+    "--schedule/--no-schedule", default=True, help="Schedule pg_cron jobs when available."
+)
+@json_option
+@pass_ctx
+def migrate(ctx: Context, schedule: bool, as_json: bool) -> None:
+    """Apply pending migrations (a no-op when up to date)."""
+    applied = migrations.migrate(
+        ctx.dsn(), schedule=schedule, progress=None if as_json else click.echo
+    )
+    if as_json:
+        echo_json({"applied": [m.filename for m in applied]})
+    elif not applied:
+        click.echo("schema is up to date")
+
+
+@click.command()
+@json_option
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Schema version, applied and pending migrations, pg_cron.
+
+    Exits 1 while migrations are pending or an applied file changed, so that it can
+    gate a deploy."""
+    st = migrations.status(ctx.dsn())
+    if as_json:
+        echo_json(
+            {
+                "database": safe_dsn(ctx.dsn()),
+                "version": st.version,
+                "up_to_date": st.up_to_date,
+                "applied": [
+                    {"version": a.version, "name": a.name, "applied_at": a.applied_at}
+                    for a in st.applied
+                ],
+                "pending": [p.filename for p in st.pending],
+                "changed": [c.filename for c in st.changed],
+                "cron": {
+                    "available": st.cron.available,
+                    "database": st.cron.database,
+                    "jobs": [
+                        {"name": name, "schedule": schedule, "database": db}
+                        for name, schedule, db in st.cron.jobs
+                    ],
+                },
+            }
+        )
+    else:
+        _print_status(ctx, st)
+    if not st.up_to_date:
+        click.get_current_context().exit(EXIT_ERROR)
+
+
+def _print_status(ctx: Context, st: migrations.MigrationStatus) -> None:
+    click.echo(f"database: {safe_dsn(ctx.dsn())}")
+    click.echo(f"schema version: {st.version if st.version is not None else 'not installed'}")
+    click.echo(f"state: {'up to date' if st.up_to_date else 'migrations pending'}")
+    for a in st.applied:
+        click.echo(f"  applied  {a.version:04d}_{a.name}  {a.applied_at:%Y-%m-%d %H:%M:%S%z}")
+    for p in st.pending:
+        click.echo(f"  pending  {p.filename}")
+    for c in st.changed:
+        click.echo(f"  CHANGED  {c.filename} (edited after it was applied)")
+    if not st.cron.available:
+        click.echo("pg_cron: not available (run `costwarden worker` for scheduled jobs)")
+    elif not st.cron.jobs:
+        click.echo(
+            f"pg_cron: available in database {st.cron.database}; no costwarden jobs scheduled"
+        )
+    else:
+        click.echo(f"pg_cron: jobs run from database {st.cron.database}")
+        for name, schedule, db in st.cron.jobs:
+            click.echo(f"  {name:28} {schedule:12} on {db}")
