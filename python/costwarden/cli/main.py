@@ -10,7 +10,19 @@ from pathlib import Path
 
 import click
 
-from . import bench, demo, guardrails, keys, ledger, pricing, saga, server, settings, tenancy
+from . import (
+    bench,
+    demo,
+    guardrails,
+    keys,
+    ledger,
+    pricing,
+    saga,
+    server,
+    settings,
+    spend,
+    tenancy,
+)
 from ._common import Context, CostwardenGroup
 
 
@@ -59,6 +71,7 @@ COMMANDS: tuple[click.Command, ...] = (
     saga.quote,
     saga.expire,
     saga.worker,
+    spend.spend,
     # ledger and BYOK
     ledger.ledger,
     keys.keys,
