@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -440,3 +441,59 @@ def test_user_limits_switch(client: costwarden.Client, seeded: Seeded) -> None:
     )
     with pytest.raises(costwarden.InvalidArgument, match="user_limits_enabled"):
         client.upsert_org("acme", {"user_limits_enabled": 0})
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+
+def _cli(dsn: str, *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from costwarden.cli import main
+
+    return CliRunner().invoke(main, ["--dsn", dsn, *args], catch_exceptions=False)
+
+
+def test_cli_spend_table_and_json(dsn: str, shop: costwarden.Client) -> None:
+    r = _cli(dsn, "spend", "acme")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[1].split()[:3] == ["workspace", "spent", "spent_micros"]
+    assert lines[3].split()[:3] == ["ws-b", "$0.011000", "11000"]
+    assert lines[4].split()[:3] == ["ws-a", "$0.002600", "2600"]
+    r = _cli(
+        dsn, "spend", "acme", "--by", "user", "--period", "day", "--window", "rolling", "--json"
+    )
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert [(d["scope_id"], d["spent_micros"]) for d in data] == [("bob", 11000), ("alice", 2600)]
+    r = _cli(dsn, "spend", "acme", "--by", "team")
+    assert r.exit_code == 2
+
+
+def test_cli_quarantine_accept_reject(dsn: str, client: costwarden.Client, seeded: Seeded) -> None:
+    client.set_setting("spend_report_max_delta_micros", 100)
+    assert client.report_spend("acme", "ws-platform", "a", 1000) == 0
+    assert client.report_spend("acme", "ws-platform", "b", 2000) == 0
+    r = _cli(dsn, "spend-report", "quarantined", "acme", "--json")
+    assert r.exit_code == 0, r.output
+    first, second = (d["report_id"] for d in json.loads(r.output))
+    r = _cli(dsn, "spend-report", "accept", str(first))
+    assert r.exit_code == 0 and "booked 1000 micros ($0.001000)" in r.output
+    r = _cli(dsn, "spend-report", "reject", str(second), "--json")
+    assert json.loads(r.output) == {"report_id": second, "accepted": False, "booked_micros": 0}
+    r = _cli(dsn, "spend-report", "reject", str(second))
+    assert r.exit_code == 1 and "CW003" in r.output
+
+
+def test_cli_workspace_warning_and_user_limit_switch(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    r = _cli(dsn, "workspaces", "set", "acme", "ws-new", "--model", seeded.vendor_model)
+    assert r.exit_code == 0
+    assert "warning: workspace acme/ws-new bills byok (model) but has no anthropic key" in r.output
+    client.set_budget("acme", "user_default", None, "day", 5)
+    assert len(client.budget_status("acme", "user", "alice")) == 1
+    r = _cli(dsn, "orgs", "set", "acme", "--user-limits", "off")
+    assert r.exit_code == 0
+    assert client.budget_status("acme", "user", "alice") == []
