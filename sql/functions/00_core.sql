@@ -1,14 +1,15 @@
 -- Core: the pieces several concerns use. Every other file in sql/functions/
 -- may call what this file defines; this file calls nothing defined later.
 --
---   errors and arguments   _raise, _require_text, _require_limit, _require_org,
+--   errors and arguments   _raise, _require_text, _require_limit, _require_org, _optional_org,
 --                          _require_workspace, _require_model, _require_provider
 --   who is calling         _actor, _caller_is_privileged
 --   audit                  _audit (the writer; the listing is 01_audit.sql)
---   append-only tables     _forbid_mutation (the trigger function)
+--   append-only tables     _forbid_mutation (the trigger function), _append_only
 --   settings (hot path)    _setting
 --   call context           _context_user
---   pools                  _pool_ensure, _lock_pools, _pools_unhold
+--   pools                  _pool_ensure, _context_pool_ids, _lock_pools, _pools_unhold
+--   advisory lock keys     _lock_key
 --   reservation record     _reservation_id, _reservation_for_update, _reason
 --
 -- PUBLIC executes nothing here: per-schema default privileges cannot revoke
@@ -62,21 +63,25 @@ begin
 end
 $$;
 
--- Internal: a page size argument, 1 to p_max (CW004 otherwise).
-create or replace function costwarden._require_limit(p_limit integer, p_max integer default 100000)
+-- Internal: a page or batch size argument p_arg, 1 to p_max (CW004 otherwise).
+create or replace function costwarden._require_limit(
+    p_limit integer, p_max integer default 100000, p_arg text default 'p_limit'
+)
 returns integer
 language plpgsql
 stable
 as $$
 begin
     if p_limit is null or p_limit < 1 or p_limit > p_max then
-        perform costwarden._raise('CW004', format('p_limit must be between 1 and %s', p_max));
+        perform costwarden._raise('CW004', format('%s must be between 1 and %s', p_arg, p_max));
     end if;
     return p_limit;
 end
 $$;
 
--- Internal: blocks UPDATE / DELETE / TRUNCATE on append-only tables (CW001).
+-- Internal: blocks UPDATE / DELETE / TRUNCATE on append-only tables (CW001):
+-- the audit log, pricing snapshots, the ledger and its heads, BYOK keys and
+-- their resolve trail, circuit events.
 create or replace function costwarden._forbid_mutation()
 returns trigger
 language plpgsql
@@ -87,6 +92,32 @@ begin
     raise exception using
         errcode = 'CW001',
         message = format('%s.%s is append-only: %s is not allowed', tg_table_schema, tg_table_name, lower(tg_op));
+end
+$$;
+
+-- Internal: make a table append-only. Two triggers that raise CW001 through
+-- _forbid_mutation: p_row_trigger before p_events (update or delete, or
+-- delete alone) for each row, and <table>_no_truncate before truncate. The
+-- function files that own the tables call it.
+create or replace function costwarden._append_only(p_table regclass, p_row_trigger text, p_events text)
+returns void
+language plpgsql
+as $$
+begin
+    -- the events are chosen from two literals, never interpolated
+    if p_events = 'update or delete' then
+        execute format('create or replace trigger %I before update or delete on %s '
+                       'for each row execute function costwarden._forbid_mutation()', p_row_trigger, p_table);
+    elsif p_events = 'delete' then
+        execute format('create or replace trigger %I before delete on %s '
+                       'for each row execute function costwarden._forbid_mutation()', p_row_trigger, p_table);
+    else
+        raise exception 'costwarden._append_only: p_events must be ''update or delete'' or ''delete''';
+    end if;
+    execute format('create or replace trigger %I before truncate on %s '
+                   'for each statement execute function costwarden._forbid_mutation()',
+                   (select c.relname from pg_catalog.pg_class as c where c.oid = p_table) || '_no_truncate',
+                   p_table);
 end
 $$;
 
@@ -161,6 +192,20 @@ begin
 end
 $$;
 
+-- Internal: an optional org filter of a listing: null (every org) or a known org.
+create or replace function costwarden._optional_org(p_org_id text)
+returns text
+language plpgsql
+stable
+as $$
+begin
+    if p_org_id is not null then
+        perform costwarden._require_org(p_org_id);
+    end if;
+    return p_org_id;
+end
+$$;
+
 create or replace function costwarden._require_workspace(p_org_id text, p_workspace_id text)
 returns costwarden._workspaces
 language plpgsql
@@ -200,19 +245,22 @@ begin
 end
 $$;
 
--- Internal: CW004/CW002 unless p_provider names a provider of the catalogue.
-create or replace function costwarden._require_provider(p_provider text)
+-- Internal: p_provider must name a provider of the catalogue (some model of
+-- it): CW004 when missing, empty or longer than 100 characters, CW002 when
+-- unknown, worded by p_unknown (a format with one %L, the provider) so that
+-- each family of RPCs keeps its documented message.
+create or replace function costwarden._require_provider(
+    p_provider text,
+    p_unknown text default 'p_provider: unknown provider %L (no model of it in the catalogue)'
+)
 returns text
 language plpgsql
 stable
 as $$
 begin
-    if p_provider is null then
-        perform costwarden._raise('CW004', 'p_provider is required');
-    end if;
+    perform costwarden._require_text(p_provider, 'p_provider', 100);
     if not exists (select from costwarden._models as m where m.provider = p_provider) then
-        perform costwarden._raise('CW002', format(
-            'p_provider: unknown provider %L (no model of it in the catalogue)', p_provider));
+        perform costwarden._raise('CW002', format(p_unknown, p_provider));
     end if;
     return p_provider;
 end
@@ -261,6 +309,39 @@ as $$
     insert into costwarden._pools (org_id, kind, scope_id)
     values (p_org_id, p_kind, coalesce(p_scope_id, ''))
     on conflict (org_id, kind, scope_id) do nothing
+$$;
+
+-- Internal: the pools a call's spend counts against, ascending: the org's, the
+-- workspace's, and the key's and the user's when given (reserve, spend
+-- reports, ledger adjustments). Pool ids never change: reading them needs no
+-- lock; callers lock them with _lock_pools.
+create or replace function costwarden._context_pool_ids(
+    p_org_id text, p_workspace_id text, p_key_id text default null, p_user_id text default null
+)
+returns bigint[]
+language sql
+stable
+as $$
+    select coalesce(array_agg(p.pool_id order by p.pool_id), '{}')
+    from costwarden._pools as p
+    where p.org_id = p_org_id
+      and ((p.kind = 'org' and p.scope_id = '')
+           or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
+           or (p.kind = 'key' and p.scope_id = p_key_id)
+           or (p.kind = 'user' and p.scope_id = p_user_id))
+$$;
+
+-- Internal: the key of a transaction advisory lock: a namespace such as
+-- 'costwarden.byok' and the parts that name what is locked, joined with
+-- chr(1) (a null part counts as empty) and hashed to 64 bits.
+-- lock order: docs/internals.md#lock-order
+create or replace function costwarden._lock_key(variadic p_parts text[])
+returns bigint
+language sql
+immutable
+parallel safe
+as $$
+    select hashtextextended(array_to_string(p_parts, chr(1), ''), 0)
 $$;
 
 -- Internal: is the caller (after SET ROLE, else the login role) a service or

@@ -1,13 +1,7 @@
 -- The admin audit trail (SPEC §6, §9): its append-only triggers and its
 -- listing. The writer, costwarden._audit, is in 00_core.sql.
 
-create or replace trigger _audit_log_no_update_delete
-before update or delete on costwarden._audit_log
-for each row execute function costwarden._forbid_mutation();
-
-create or replace trigger _audit_log_no_truncate
-before truncate on costwarden._audit_log
-for each statement execute function costwarden._forbid_mutation();
+select costwarden._append_only('costwarden._audit_log', '_audit_log_no_update_delete', 'update or delete');
 
 -- The audit trail, newest first (admin).
 create or replace function costwarden.fn_audit_list(

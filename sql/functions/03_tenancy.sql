@@ -1,13 +1,7 @@
 -- Tenancy and the model catalogue (SPEC §1): orgs, workspaces, users and
 -- groups, API keys, models; the pricing snapshots' immutability triggers.
 
-create or replace trigger _pricing_snapshots_immutable
-before update or delete on costwarden._pricing_snapshots
-for each row execute function costwarden._forbid_mutation();
-
-create or replace trigger _pricing_snapshots_no_truncate
-before truncate on costwarden._pricing_snapshots
-for each statement execute function costwarden._forbid_mutation();
+select costwarden._append_only('costwarden._pricing_snapshots', '_pricing_snapshots_immutable', 'update or delete');
 
 -- Internal: validate org settings and merge them into the current ones
 -- (a key given as JSON null is removed).

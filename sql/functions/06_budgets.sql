@@ -173,6 +173,46 @@ begin
 end
 $$;
 
+-- Internal: the reason for a limit a request would break (SPEC §3):
+-- budget_exceeded for a cost limit, token_quota_exceeded for a token limit
+-- (reserve's admission and meter ticks).
+create or replace function costwarden._limit_reason(
+    p_metric text, p_scope_kind text, p_scope_id text, p_period text, p_window text,
+    p_limit bigint, p_spent bigint, p_held bigint, p_requested bigint, p_enforced boolean
+)
+returns jsonb
+language sql
+immutable
+parallel safe
+as $$
+    select costwarden._reason(
+        case when p_metric = 'cost' then 'budget_exceeded' else 'token_quota_exceeded' end,
+        p_scope_kind, nullif(p_scope_id, ''), p_period, p_metric, p_window,
+        p_limit, p_spent, p_held, p_requested, p_enforced)
+$$;
+
+-- Internal: a budget scope (fn_budget_set, fn_budget_status): CW004 unless
+-- p_scope_kind is a scope kind and p_scope_id fits it; returns the stored
+-- scope id ('' for org and user_default, which take none).
+create or replace function costwarden._budget_scope_id(p_scope_kind text, p_scope_id text)
+returns text
+language plpgsql
+immutable
+as $$
+begin
+    if p_scope_kind is null or p_scope_kind not in ('org', 'workspace', 'key', 'user', 'group', 'user_default') then
+        perform costwarden._raise('CW004', 'p_scope_kind must be org, workspace, key, user, group or user_default');
+    end if;
+    if p_scope_kind in ('org', 'user_default') then
+        if p_scope_id is not null then
+            perform costwarden._raise('CW004', format('p_scope_id must be null for scope kind %s', p_scope_kind));
+        end if;
+        return '';
+    end if;
+    return costwarden._require_text(p_scope_id, 'p_scope_id');
+end
+$$;
+
 create or replace function costwarden.fn_budget_set(
     p_org_id text,
     p_scope_kind text,
@@ -193,17 +233,7 @@ declare
     v_before costwarden._budgets;
 begin
     perform costwarden._require_org(p_org_id);
-    if p_scope_kind is null or p_scope_kind not in ('org', 'workspace', 'key', 'user', 'group', 'user_default') then
-        perform costwarden._raise('CW004', 'p_scope_kind must be org, workspace, key, user, group or user_default');
-    end if;
-    if p_scope_kind in ('org', 'user_default') then
-        if p_scope_id is not null then
-            perform costwarden._raise('CW004', format('p_scope_id must be null for scope kind %s', p_scope_kind));
-        end if;
-        v_scope_id := '';
-    else
-        v_scope_id := costwarden._require_text(p_scope_id, 'p_scope_id');
-    end if;
+    v_scope_id := costwarden._budget_scope_id(p_scope_kind, p_scope_id);
     if p_period is null or p_period not in ('hour', 'day', 'week', 'month') then
         perform costwarden._raise('CW004', 'p_period must be hour, day, week or month');
     end if;
@@ -321,17 +351,7 @@ declare
     v_scope_id text;
     v_tz text;
 begin
-    if p_scope_kind is null or p_scope_kind not in ('org', 'workspace', 'key', 'user', 'group', 'user_default') then
-        perform costwarden._raise('CW004', 'p_scope_kind must be org, workspace, key, user, group or user_default');
-    end if;
-    if p_scope_kind in ('org', 'user_default') then
-        if p_scope_id is not null then
-            perform costwarden._raise('CW004', format('p_scope_id must be null for scope kind %s', p_scope_kind));
-        end if;
-        v_scope_id := '';
-    else
-        v_scope_id := costwarden._require_text(p_scope_id, 'p_scope_id');
-    end if;
+    v_scope_id := costwarden._budget_scope_id(p_scope_kind, p_scope_id);
     -- the tenant guard first: a tenant learns nothing about other orgs
     perform costwarden._tenant_guard(p_org_id, p_scope_kind, v_scope_id);
     perform costwarden._require_org(p_org_id);

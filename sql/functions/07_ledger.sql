@@ -26,35 +26,9 @@
 -- fn_ledger_export (raw rows for the out-of-database verifier),
 -- fn_ledger_identity (which database a digest belongs to).
 
--- Internal: the ledger's append-only guard (CW001). It raises by itself rather
--- than through costwarden._raise: a trigger runs as the role that fired it, and
--- a role that was granted the table has no EXECUTE on costwarden's internals.
-create or replace function costwarden._ledger_forbid_mutation()
-returns trigger
-language plpgsql
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    raise exception using errcode = 'CW001', message = format(
-        '%s.%s is append-only: %s is not allowed', tg_table_schema, tg_table_name, lower(tg_op));
-end
-$$;
+select costwarden._append_only('costwarden._ledger', '_ledger_no_update_delete', 'update or delete');
 
-create or replace trigger _ledger_no_update_delete
-before update or delete on costwarden._ledger
-for each row execute function costwarden._ledger_forbid_mutation();
-
-create or replace trigger _ledger_no_truncate
-before truncate on costwarden._ledger
-for each statement execute function costwarden._ledger_forbid_mutation();
-
-create or replace trigger _ledger_heads_no_delete
-before delete on costwarden._ledger_heads
-for each row execute function costwarden._ledger_forbid_mutation();
-
-create or replace trigger _ledger_heads_no_truncate
-before truncate on costwarden._ledger_heads
-for each statement execute function costwarden._ledger_forbid_mutation();
+select costwarden._append_only('costwarden._ledger_heads', '_ledger_heads_no_delete', 'delete');
 
 -- Internal: a head only moves forward, one entry at a time (CW001 otherwise).
 create or replace function costwarden._ledger_head_forward_only()
@@ -280,9 +254,7 @@ declare
     v_head_hash bytea;
     v_head_found boolean;
 begin
-    if p_org_id is not null then
-        perform costwarden._require_org(p_org_id);
-    end if;
+    perform costwarden._optional_org(p_org_id);
     for v_org in
         select o.org_id from costwarden._ledger_orgs() as o (org_id)
         where p_org_id is null or o.org_id = p_org_id
@@ -441,9 +413,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if p_org_id is not null then
-        perform costwarden._require_org(p_org_id);
-    end if;
+    perform costwarden._optional_org(p_org_id);
     if p_after_seq is null or p_after_seq < 0 then
         perform costwarden._raise('CW004', 'p_after_seq must be 0 or more');
     end if;
@@ -451,39 +421,23 @@ begin
     if p_org_id is not null and p_after_org_id is not null and p_after_org_id <> p_org_id then
         perform costwarden._raise('CW004', 'p_after_org_id must be null or p_org_id when p_org_id is given');
     end if;
-    if p_org_id is not null then
-        return query
-        select l.org_id, l.seq, l.entry_type, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
-               l.model, l.billing_mode, l.usage, l.tokens, l.amount_micros, l.pricing_snapshot_id,
-               l.approximate, l.late, l.source, l.reason,
-               to_char(l.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               encode(l.prev_hash, 'hex'), encode(l.entry_hash, 'hex')
-        from costwarden._ledger as l
-        where l.org_id = p_org_id and l.seq > p_after_seq
-        order by l.org_id, l.seq
-        limit p_limit;
-    elsif p_after_org_id is null then
-        return query
-        select l.org_id, l.seq, l.entry_type, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
-               l.model, l.billing_mode, l.usage, l.tokens, l.amount_micros, l.pricing_snapshot_id,
-               l.approximate, l.late, l.source, l.reason,
-               to_char(l.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               encode(l.prev_hash, 'hex'), encode(l.entry_hash, 'hex')
-        from costwarden._ledger as l
-        order by l.org_id, l.seq
-        limit p_limit;
-    else
-        return query
-        select l.org_id, l.seq, l.entry_type, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
-               l.model, l.billing_mode, l.usage, l.tokens, l.amount_micros, l.pricing_snapshot_id,
-               l.approximate, l.late, l.source, l.reason,
-               to_char(l.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-               encode(l.prev_hash, 'hex'), encode(l.entry_hash, 'hex')
-        from costwarden._ledger as l
-        where (l.org_id, l.seq) > (p_after_org_id, p_after_seq)
-        order by l.org_id, l.seq
-        limit p_limit;
-    end if;
+    -- one select list; the page's keyset condition is chosen here, so that each
+    -- form is planned on its own (index range scans on the primary key). The
+    -- result of dynamic SQL is opaque to plpgsql_check (docs/internals.md):
+    -- @plpgsql_check_options: extra_warnings = off
+    return query execute
+        'select l.org_id, l.seq, l.entry_type, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
+                l.model, l.billing_mode, l.usage, l.tokens, l.amount_micros, l.pricing_snapshot_id,
+                l.approximate, l.late, l.source, l.reason,
+                to_char(l.created_at at time zone ''UTC'', ''YYYY-MM-DD"T"HH24:MI:SS.US"Z"''),
+                encode(l.prev_hash, ''hex''), encode(l.entry_hash, ''hex'')
+         from costwarden._ledger as l
+         where ' || case when p_org_id is not null then 'l.org_id = $1 and l.seq > $3'
+                         when p_after_org_id is null then 'true'
+                         else '(l.org_id, l.seq) > ($2, $3)' end || '
+         order by l.org_id, l.seq
+         limit $4'
+    using p_org_id, p_after_org_id, p_after_seq, p_limit;
 end
 $$;
 
@@ -521,19 +475,12 @@ begin
         perform costwarden._raise('CW004', 'p_reason is longer than 1000 characters');
     end if;
 
-    -- 2. the org's and the workspace's pools, locked in ascending pool_id
-    --    (pools before the ledger head: the saga's lock order)
+    -- 2. the org's and the workspace's pools, locked before the ledger head
+    --    (lock order: docs/internals.md#lock-order)
     perform costwarden._pool_ensure(p_org_id, 'org', '');
     perform costwarden._pool_ensure(p_org_id, 'workspace', p_workspace_id);
-    select array_agg(l.pool_id order by l.pool_id) into v_pool_ids
-    from (
-        select p.pool_id from costwarden._pools as p
-        where p.org_id = p_org_id
-          and ((p.kind = 'org' and p.scope_id = '')
-               or (p.kind = 'workspace' and p.scope_id = p_workspace_id))
-        order by p.pool_id
-        for update
-    ) as l;
+    v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id);
+    perform costwarden._lock_pools(v_pool_ids);
     perform costwarden._pool_add_spend(v_pool_ids, p_amount_micros, 0, now());
 
     -- 3. the entry, then the audit record

@@ -5,13 +5,7 @@
 --
 -- lock order: docs/internals.md#lock-order
 
-create or replace trigger _circuit_events_no_update_delete
-before update or delete on costwarden._circuit_events
-for each row execute function costwarden._forbid_mutation();
-
-create or replace trigger _circuit_events_no_truncate
-before truncate on costwarden._circuit_events
-for each statement execute function costwarden._forbid_mutation();
+select costwarden._append_only('costwarden._circuit_events', '_circuit_events_no_update_delete', 'update or delete');
 
 -- Internal: record a circuit event and announce it on costwarden_alerts.
 create or replace function costwarden._circuit_event(
@@ -26,6 +20,21 @@ begin
     perform pg_notify('costwarden_alerts', jsonb_build_object(
         'kind', 'circuit', 'provider', p_provider, 'from_state', p_from, 'to_state', p_to,
         'reason', p_reason, 'consecutive_failures', p_failures, 'error', p_error, 'at', now())::text);
+end
+$$;
+
+-- Internal: a provider's circuit row, created (closed) when absent, locked
+-- until commit (lock order: docs/internals.md#lock-order).
+create or replace function costwarden._circuit_lock(p_provider text)
+returns costwarden._circuits
+language plpgsql
+as $$
+declare
+    v_c costwarden._circuits;
+begin
+    insert into costwarden._circuits (provider) values (p_provider) on conflict (provider) do nothing;
+    select * into v_c from costwarden._circuits as c where c.provider = p_provider for update;
+    return v_c;
 end
 $$;
 
@@ -102,8 +111,7 @@ begin
     if p_ok and v_c.state = 'open' then
         return 'open';                      -- a call admitted before it opened: no effect
     end if;
-    insert into costwarden._circuits (provider) values (p_provider) on conflict (provider) do nothing;
-    select * into v_c from costwarden._circuits as c where c.provider = p_provider for update;
+    v_c := costwarden._circuit_lock(p_provider);
     if p_ok then
         update costwarden._circuits as c
         set state = 'closed', consecutive_failures = 0, opened_at = null, probe_at = null, updated_at = now()
@@ -205,8 +213,7 @@ declare
     v_c costwarden._circuits;
 begin
     perform costwarden._require_provider(p_provider);
-    insert into costwarden._circuits (provider) values (p_provider) on conflict (provider) do nothing;
-    select * into v_c from costwarden._circuits as c where c.provider = p_provider for update;
+    v_c := costwarden._circuit_lock(p_provider);
     update costwarden._circuits as c
     set state = 'closed', consecutive_failures = 0, opened_at = null, probe_at = null, updated_at = now()
     where c.provider = p_provider;

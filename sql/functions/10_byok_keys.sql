@@ -28,13 +28,7 @@
 --           surrounding whitespace (otherwise CW004)
 
 -- History is kept: a key row is revoked, never deleted.
-create or replace trigger _byok_keys_no_delete
-before delete on costwarden._byok_keys
-for each row execute function costwarden._forbid_mutation();
-
-create or replace trigger _byok_keys_no_truncate
-before truncate on costwarden._byok_keys
-for each statement execute function costwarden._forbid_mutation();
+select costwarden._append_only('costwarden._byok_keys', '_byok_keys_no_delete', 'delete');
 
 -- ---------------------------------------------------------------------------
 -- The unlogged input channel: COPY costwarden.secret_input FROM STDIN.
@@ -169,16 +163,6 @@ exception when others then
 end
 $$;
 
--- Internal: the advisory lock key that serialises puts (shared) against
--- rotations (exclusive).
-create or replace function costwarden._byok_kek_lock_key()
-returns bigint
-language sql
-immutable
-as $$
-    select 1088459814054321208::bigint  -- the first 8 bytes of sha256('costwarden.byok.kek'), signed
-$$;
-
 -- Internal: the current KEK generation for writing under p_kek: creates the
 -- first generation when none exists; CW005 when p_kek does not unlock it.
 -- The caller holds the shared KEK lock.
@@ -300,27 +284,12 @@ begin
 end
 $$;
 
--- Internal: p_provider must be the provider of some model in the catalogue.
-create or replace function costwarden._byok_require_provider(p_provider text)
-returns void
-language plpgsql
-stable
-as $$
-begin
-    perform costwarden._require_text(p_provider, 'p_provider', 100);
-    if not exists (select from costwarden._models as m where m.provider = p_provider) then
-        perform costwarden._raise('CW002', format('p_provider: no model of provider %L in the catalogue', p_provider));
-    end if;
-end
-$$;
-
 -- Internal: serialise writers of one (org, workspace, provider) key slot.
 create or replace function costwarden._byok_slot_lock(p_org_id text, p_workspace_id text, p_provider text)
 returns void
 language sql
 as $$
-    select pg_advisory_xact_lock(hashtextextended(
-        'costwarden.byok' || chr(1) || p_org_id || chr(1) || p_workspace_id || chr(1) || p_provider, 0))
+    select pg_advisory_xact_lock(costwarden._lock_key('costwarden.byok', p_org_id, p_workspace_id, p_provider))
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -347,7 +316,7 @@ declare
 begin
     -- 1. arguments (nothing is written before every one is checked)
     v_ws := costwarden._require_workspace(p_org_id, p_workspace_id);
-    perform costwarden._byok_require_provider(p_provider);
+    perform costwarden._require_provider(p_provider, 'p_provider: no model of provider %L in the catalogue');
     perform costwarden._byok_secret_check(p_secret);
     -- 2. the key-write guard
     v_refusal := costwarden._byok_guard(v_ws, p_provider);
@@ -356,7 +325,7 @@ begin
     end if;
     -- 3. the KEK (CW005 when missing, malformed or not the one in use)
     v_kek := costwarden._byok_kek('costwarden.kek');
-    perform pg_advisory_xact_lock_shared(costwarden._byok_kek_lock_key());
+    perform pg_advisory_xact_lock_shared(costwarden._lock_key('costwarden.byok.kek'));
     v_kek_id := costwarden._byok_kek_for_write(v_kek);
     -- 4. replace the live key of the slot (the old one is revoked and shredded)
     perform costwarden._byok_slot_lock(p_org_id, p_workspace_id, p_provider);
@@ -403,7 +372,7 @@ declare
     v_before costwarden._byok_keys;
 begin
     perform costwarden._require_workspace(p_org_id, p_workspace_id);
-    perform costwarden._byok_require_provider(p_provider);
+    perform costwarden._require_provider(p_provider, 'p_provider: no model of provider %L in the catalogue');
     perform costwarden._byok_slot_lock(p_org_id, p_workspace_id, p_provider);
     update costwarden._byok_keys as k
     set revoked_at = now(), revoked_by = session_user, revoke_reason = 'revoked',
@@ -504,15 +473,13 @@ declare
     v_n integer := 0;
     v_left bigint;
 begin
-    if p_batch is null or p_batch < 1 or p_batch > 100000 then
-        perform costwarden._raise('CW004', 'p_batch must be between 1 and 100000');
-    end if;
+    perform costwarden._require_limit(p_batch, 100000, 'p_batch');
     v_old := costwarden._byok_kek('costwarden.kek');
     v_new := costwarden._byok_kek('costwarden.kek_new');
     if v_old = v_new then
         perform costwarden._raise('CW005', 'costwarden.kek_new must differ from costwarden.kek');
     end if;
-    perform pg_advisory_xact_lock(costwarden._byok_kek_lock_key());
+    perform pg_advisory_xact_lock(costwarden._lock_key('costwarden.byok.kek'));
 
     select * into v_cur from costwarden._byok_keks as g where g.retired_at is null;
     if not found then

@@ -7,13 +7,7 @@
 -- its reservation row, so a commit / release cannot slip in between the check
 -- and the release of the secret.
 
-create or replace trigger _byok_resolve_log_no_update_delete
-before update or delete on costwarden._byok_resolve_log
-for each row execute function costwarden._forbid_mutation();
-
-create or replace trigger _byok_resolve_log_no_truncate
-before truncate on costwarden._byok_resolve_log
-for each statement execute function costwarden._forbid_mutation();
+select costwarden._append_only('costwarden._byok_resolve_log', '_byok_resolve_log_no_update_delete', 'update or delete');
 
 -- Internal: record one resolve outcome in the server log (survives rollback).
 create or replace function costwarden._byok_resolve_log_line(p_payload jsonb)
@@ -26,6 +20,16 @@ begin
 end
 $$;
 
+-- Internal: the HMAC that signs a refusal receipt's payload text, in hex.
+create or replace function costwarden._byok_receipt_mac(p_text text)
+returns text
+language sql
+stable
+as $$
+    select encode(costwarden.hmac(convert_to(p_text, 'UTF8'), k.hmac_key, 'sha256'), 'hex')
+    from costwarden._byok_receipt_key as k
+$$;
+
 -- Internal: a signed refusal receipt: base64(payload) '.' hex(hmac-sha256).
 create or replace function costwarden._byok_receipt(p_payload jsonb)
 returns text
@@ -33,8 +37,157 @@ language sql
 stable
 as $$
     select translate(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', '')
-           || '.' || encode(costwarden.hmac(convert_to(p_payload::text, 'UTF8'), k.hmac_key, 'sha256'), 'hex')
-    from costwarden._byok_receipt_key as k
+           || '.' || costwarden._byok_receipt_mac(p_payload::text)
+$$;
+
+-- Internal: one row of the resolve trail from a resolve's payload (the payload
+-- its log line and, for a refusal, its receipt carry). False when the attempt
+-- already has a row.
+create or replace function costwarden._byok_resolve_log_insert(p_payload jsonb, p_via text)
+returns boolean
+language plpgsql
+as $$
+begin
+    insert into costwarden._byok_resolve_log (
+        attempt, at, db_role, actor_org, actor_user, reservation_id, org_id, workspace_id, provider,
+        legacy, outcome, reason, fingerprint, recorded_via
+    ) values (
+        (p_payload ->> 'attempt')::bigint, (p_payload ->> 'at')::timestamptz, p_payload ->> 'db_role',
+        p_payload ->> 'actor_org', p_payload ->> 'actor_user', (p_payload ->> 'reservation_id')::uuid,
+        p_payload ->> 'org_id', p_payload ->> 'workspace_id', p_payload ->> 'provider',
+        (p_payload ->> 'legacy')::boolean, p_payload ->> 'outcome', p_payload ->> 'reason',
+        p_payload ->> 'fingerprint', p_via
+    )
+    on conflict (attempt) do nothing;
+    return found;
+end
+$$;
+
+-- Internal (resolve, step 1): the binding -- which key slot (org, workspace,
+-- provider) a resolve may open: the one of a held, unexpired byok reservation,
+-- FOR SHARE-locked until commit so that no commit or release slips in before
+-- the secret is released; or, with byok_require_reservation off, the one a
+-- legacy call names by org and workspace. Never raises: a refusal is a reason
+-- code and its detail. r_*: what the reservation names (for the audit).
+create or replace function costwarden._byok_resolve_binding(
+    p_reservation_id uuid, p_provider text, p_org_id text, p_workspace_id text,
+    out org_id text, out workspace_id text, out provider text, out reason text, out detail text,
+    out r_org text, out r_ws text, out r_provider text
+)
+language plpgsql
+as $$
+declare
+    v_ws costwarden._workspaces;
+    v_status text;
+    v_expires timestamptz;
+    v_mode text;
+begin
+    if p_reservation_id is null then
+        if (costwarden._setting('byok_require_reservation'))::boolean then
+            reason := 'reservation_required';
+            detail := 'p_reservation_id is required: secrets are released only to a live reservation '
+                      '(byok_require_reservation is true)';
+        elsif p_org_id is null or p_workspace_id is null then
+            reason := 'legacy_arguments';
+            detail := 'a legacy resolve (p_reservation_id null) needs p_org_id and p_workspace_id';
+        else
+            select * into v_ws from costwarden._workspaces as w
+            where w.org_id = p_org_id and w.workspace_id = p_workspace_id;
+            if not found then
+                reason := 'unknown_workspace';
+                detail := format('p_workspace_id: unknown workspace %L in org %L',
+                                 left(p_workspace_id, 200), left(p_org_id, 200));
+            elsif (costwarden._billing_mode(v_ws)).billing_mode <> 'byok' then
+                reason := 'not_byok';
+                detail := format('workspace %L does not resolve to byok billing', p_workspace_id);
+            else
+                org_id := p_org_id;
+                workspace_id := p_workspace_id;
+                provider := coalesce(p_provider,
+                    (select m.provider from costwarden._models as m where m.model = v_ws.model));
+                if provider is null then
+                    reason := 'provider_required';
+                    detail := format('p_provider is required: workspace %L has no model', p_workspace_id);
+                end if;
+            end if;
+        end if;
+        return;
+    end if;
+    select r.org_id, r.workspace_id, r.provider, r.status, r.expires_at, r.billing_mode
+    into r_org, r_ws, r_provider, v_status, v_expires, v_mode
+    from costwarden._reservations as r
+    where r.reservation_id = p_reservation_id
+    for share;
+    if not found then
+        reason := 'unknown_reservation';
+        detail := format('p_reservation_id: unknown reservation %s', p_reservation_id);
+    elsif v_status <> 'held' then
+        reason := 'not_held';
+        detail := format('reservation %s is %s, not held', p_reservation_id, v_status);
+    elsif v_expires is null or v_expires <= clock_timestamp() then
+        reason := 'expired';
+        detail := format('reservation %s expired at %s', p_reservation_id, v_expires);
+    elsif v_mode is distinct from 'byok' then
+        reason := 'not_byok';
+        detail := format('reservation %s is billed %s, not byok', p_reservation_id, v_mode);
+    elsif p_provider is not null and p_provider <> r_provider then
+        reason := 'provider_mismatch';
+        detail := format('p_provider %L is not the provider of reservation %s (%L)',
+                         left(p_provider, 100), p_reservation_id, r_provider);
+    elsif p_org_id is not null and p_org_id <> r_org then
+        reason := 'org_mismatch';
+        detail := format('p_org_id does not match the org of reservation %s', p_reservation_id);
+    elsif p_workspace_id is not null and p_workspace_id <> r_ws then
+        reason := 'workspace_mismatch';
+        detail := format('p_workspace_id does not match the workspace of reservation %s', p_reservation_id);
+    else
+        org_id := r_org;
+        workspace_id := r_ws;
+        provider := r_provider;
+    end if;
+end
+$$;
+
+-- Internal (resolve, step 2): the secret of a slot's live key, decrypted with
+-- the KEK in costwarden.kek. Never raises: a refusal is a reason code
+-- (no_live_key, kek_missing, kek_invalid, kek_wrong) and its detail.
+create or replace function costwarden._byok_resolve_secret(
+    p_org_id text, p_workspace_id text, p_provider text,
+    out secret text, out fingerprint text, out reason text, out detail text
+)
+language plpgsql
+stable
+as $$
+declare
+    v_key costwarden._byok_keys;
+    v_kek record;
+    v_dek bytea;
+begin
+    select * into v_key from costwarden._byok_keys as k
+    where k.org_id = p_org_id and k.workspace_id = p_workspace_id and k.provider = p_provider
+      and k.revoked_at is null;
+    if not found then
+        reason := 'no_live_key';
+        detail := format('workspace %L has no live key for provider %L', p_workspace_id, p_provider);
+        return;
+    end if;
+    v_kek := costwarden._byok_kek_read('costwarden.kek');
+    if v_kek.problem is not null then
+        reason := case when coalesce(current_setting('costwarden.kek', true), '') = '' then 'kek_missing'
+                       else 'kek_invalid' end;
+        detail := v_kek.problem;
+        return;
+    end if;
+    begin
+        v_dek := costwarden.pgp_sym_decrypt_bytea(v_key.wrapped_dek, v_kek.kek);
+    exception when others then
+        reason := 'kek_wrong';
+        detail := format('costwarden.kek does not unlock this key (KEK generation %s)', v_key.kek_id);
+        return;
+    end;
+    fingerprint := v_key.fingerprint;
+    secret := costwarden.pgp_sym_decrypt(v_key.secret_ciphertext, encode(v_dek, 'hex'));
+end
 $$;
 
 create or replace function costwarden.fn_byok_key_resolve_v2(
@@ -52,7 +205,6 @@ as $$
 declare
     v_attempt bigint := nextval('costwarden._byok_resolve_attempt_seq');
     v_at timestamptz := clock_timestamp();
-    v_legacy boolean := p_reservation_id is null;
     v_actor_org text;
     v_actor_user text;
     v_reason text;
@@ -63,17 +215,8 @@ declare
     v_r_org text;
     v_r_ws text;
     v_r_provider text;
-    v_r_status text;
-    v_r_expires timestamptz;
-    v_r_mode text;
-    v_ws_row costwarden._workspaces;
-    v_key_kek_id integer;
-    v_key_secret bytea;
-    v_key_dek bytea;
-    v_fingerprint text;
-    v_kek record;
-    v_dek bytea;
     v_secret text;
+    v_fingerprint text;
     v_payload jsonb;
 begin
     begin
@@ -84,70 +227,10 @@ begin
     end;
 
     -- 1. the binding: a live byok reservation (or, when allowed, a legacy call)
-    if v_reason is not null then
-        null;
-    elsif v_legacy then
-        if (costwarden._setting('byok_require_reservation'))::boolean then
-            v_reason := 'reservation_required';
-            v_detail := 'p_reservation_id is required: secrets are released only to a live reservation '
-                        '(byok_require_reservation is true)';
-        elsif p_org_id is null or p_workspace_id is null then
-            v_reason := 'legacy_arguments';
-            v_detail := 'a legacy resolve (p_reservation_id null) needs p_org_id and p_workspace_id';
-        else
-            select * into v_ws_row from costwarden._workspaces as w
-            where w.org_id = p_org_id and w.workspace_id = p_workspace_id;
-            if not found then
-                v_reason := 'unknown_workspace';
-                v_detail := format('p_workspace_id: unknown workspace %L in org %L',
-                                   left(p_workspace_id, 200), left(p_org_id, 200));
-            elsif (costwarden._billing_mode(v_ws_row)).billing_mode <> 'byok' then
-                v_reason := 'not_byok';
-                v_detail := format('workspace %L does not resolve to byok billing', p_workspace_id);
-            else
-                v_org := p_org_id;
-                v_ws := p_workspace_id;
-                v_provider := coalesce(p_provider,
-                    (select m.provider from costwarden._models as m where m.model = v_ws_row.model));
-                if v_provider is null then
-                    v_reason := 'provider_required';
-                    v_detail := format('p_provider is required: workspace %L has no model', p_workspace_id);
-                end if;
-            end if;
-        end if;
-    else
-        select r.org_id, r.workspace_id, r.provider, r.status, r.expires_at, r.billing_mode
-        into v_r_org, v_r_ws, v_r_provider, v_r_status, v_r_expires, v_r_mode
-        from costwarden._reservations as r
-        where r.reservation_id = p_reservation_id
-        for share;
-        if not found then
-            v_reason := 'unknown_reservation';
-            v_detail := format('p_reservation_id: unknown reservation %s', p_reservation_id);
-        elsif v_r_status <> 'held' then
-            v_reason := 'not_held';
-            v_detail := format('reservation %s is %s, not held', p_reservation_id, v_r_status);
-        elsif v_r_expires is null or v_r_expires <= clock_timestamp() then
-            v_reason := 'expired';
-            v_detail := format('reservation %s expired at %s', p_reservation_id, v_r_expires);
-        elsif v_r_mode is distinct from 'byok' then
-            v_reason := 'not_byok';
-            v_detail := format('reservation %s is billed %s, not byok', p_reservation_id, v_r_mode);
-        elsif p_provider is not null and p_provider <> v_r_provider then
-            v_reason := 'provider_mismatch';
-            v_detail := format('p_provider %L is not the provider of reservation %s (%L)',
-                               left(p_provider, 100), p_reservation_id, v_r_provider);
-        elsif p_org_id is not null and p_org_id <> v_r_org then
-            v_reason := 'org_mismatch';
-            v_detail := format('p_org_id does not match the org of reservation %s', p_reservation_id);
-        elsif p_workspace_id is not null and p_workspace_id <> v_r_ws then
-            v_reason := 'workspace_mismatch';
-            v_detail := format('p_workspace_id does not match the workspace of reservation %s', p_reservation_id);
-        else
-            v_org := v_r_org;
-            v_ws := v_r_ws;
-            v_provider := v_r_provider;
-        end if;
+    if v_reason is null then
+        select b.org_id, b.workspace_id, b.provider, b.reason, b.detail, b.r_org, b.r_ws, b.r_provider
+        into v_org, v_ws, v_provider, v_reason, v_detail, v_r_org, v_r_ws, v_r_provider
+        from costwarden._byok_resolve_binding(p_reservation_id, p_provider, p_org_id, p_workspace_id) as b;
     end if;
     if v_reason is null and v_actor_org is not null and v_actor_org <> v_org then
         v_reason := 'actor_org_mismatch';
@@ -156,33 +239,8 @@ begin
 
     -- 2. the live key and the KEK
     if v_reason is null then
-        select k.kek_id, k.secret_ciphertext, k.wrapped_dek, k.fingerprint
-        into v_key_kek_id, v_key_secret, v_key_dek, v_fingerprint
-        from costwarden._byok_keys as k
-        where k.org_id = v_org and k.workspace_id = v_ws and k.provider = v_provider and k.revoked_at is null;
-        if not found then
-            v_reason := 'no_live_key';
-            v_detail := format('workspace %L has no live key for provider %L', v_ws, v_provider);
-        end if;
-    end if;
-    if v_reason is null then
-        v_kek := costwarden._byok_kek_read('costwarden.kek');
-        if v_kek.problem is not null then
-            v_reason := case when current_setting('costwarden.kek', true) is null
-                               or current_setting('costwarden.kek', true) = '' then 'kek_missing'
-                             else 'kek_invalid' end;
-            v_detail := v_kek.problem;
-        else
-            begin
-                v_dek := costwarden.pgp_sym_decrypt_bytea(v_key_dek, v_kek.kek);
-            exception when others then
-                v_reason := 'kek_wrong';
-                v_detail := format('costwarden.kek does not unlock this key (KEK generation %s)', v_key_kek_id);
-            end;
-        end if;
-    end if;
-    if v_reason is null then
-        v_secret := costwarden.pgp_sym_decrypt(v_key_secret, encode(v_dek, 'hex'));
+        select s.secret, s.fingerprint, s.reason, s.detail into v_secret, v_fingerprint, v_reason, v_detail
+        from costwarden._byok_resolve_secret(v_org, v_ws, v_provider) as s;
     end if;
 
     v_payload := jsonb_build_object(
@@ -190,7 +248,8 @@ begin
         'actor_org', v_actor_org, 'actor_user', v_actor_user,
         'reservation_id', p_reservation_id, 'org_id', coalesce(v_org, v_r_org, left(p_org_id, 200)),
         'workspace_id', coalesce(v_ws, v_r_ws, left(p_workspace_id, 200)),
-        'provider', coalesce(v_provider, v_r_provider, left(p_provider, 100)), 'legacy', v_legacy,
+        'provider', coalesce(v_provider, v_r_provider, left(p_provider, 100)),
+        'legacy', p_reservation_id is null,
         'outcome', case when v_reason is null then 'granted' else 'refused' end, 'reason', v_reason,
         'fingerprint', case when v_reason is null then v_fingerprint end
     );
@@ -204,13 +263,7 @@ begin
     end if;
 
     -- 4. granted: audited, then released
-    insert into costwarden._byok_resolve_log (
-        attempt, at, db_role, actor_org, actor_user, reservation_id, org_id, workspace_id, provider,
-        legacy, outcome, reason, fingerprint, recorded_via
-    ) values (
-        v_attempt, v_at, session_user, v_actor_org, v_actor_user, p_reservation_id, v_org, v_ws, v_provider,
-        v_legacy, 'granted', null, v_fingerprint, 'inline'
-    );
+    perform costwarden._byok_resolve_log_insert(v_payload, 'inline');
     return query select v_provider, v_secret, v_fingerprint;
 end
 $$;
@@ -247,22 +300,11 @@ begin
     exception when others then
         perform costwarden._raise('CW004', 'p_receipt is not a costwarden refusal receipt');
     end;
-    select encode(costwarden.hmac(convert_to(v_text, 'UTF8'), k.hmac_key, 'sha256'), 'hex') into v_mac
-    from costwarden._byok_receipt_key as k;
+    v_mac := costwarden._byok_receipt_mac(v_text);
     if v_mac <> split_part(v_receipt, '.', 2) or v_payload ->> 'outcome' is distinct from 'refused' then
         perform costwarden._raise('CW004', 'p_receipt: the signature does not match (not issued by this database)');
     end if;
-    insert into costwarden._byok_resolve_log (
-        attempt, at, db_role, actor_org, actor_user, reservation_id, org_id, workspace_id, provider,
-        legacy, outcome, reason, fingerprint, recorded_via
-    ) values (
-        (v_payload ->> 'attempt')::bigint, (v_payload ->> 'at')::timestamptz, v_payload ->> 'db_role',
-        v_payload ->> 'actor_org', v_payload ->> 'actor_user', (v_payload ->> 'reservation_id')::uuid,
-        v_payload ->> 'org_id', v_payload ->> 'workspace_id', v_payload ->> 'provider',
-        (v_payload ->> 'legacy')::boolean, 'refused', v_payload ->> 'reason', null, 'receipt'
-    )
-    on conflict (attempt) do nothing;
-    return found;
+    return costwarden._byok_resolve_log_insert(v_payload, 'receipt');
 end
 $$;
 

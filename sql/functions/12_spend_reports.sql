@@ -3,6 +3,26 @@
 --
 -- lock order: docs/internals.md#lock-order
 
+-- Internal: the row of a spend source, created when absent, locked until
+-- commit: it serialises the source's reports and bindings
+-- (lock order: docs/internals.md#lock-order).
+create or replace function costwarden._spend_source_lock(p_org_id text, p_workspace_id text, p_source text)
+returns costwarden._spend_sources
+language plpgsql
+as $$
+declare
+    v_s costwarden._spend_sources;
+begin
+    insert into costwarden._spend_sources (org_id, workspace_id, source)
+    values (p_org_id, p_workspace_id, p_source)
+    on conflict (org_id, workspace_id, source) do nothing;
+    select * into v_s from costwarden._spend_sources as s
+    where s.org_id = p_org_id and s.workspace_id = p_workspace_id and s.source = p_source
+    for update;
+    return v_s;
+end
+$$;
+
 -- Bind a spend source to a key and/or user (admin; audited). Later reports of
 -- the source count toward those scopes' windows as well.
 -- Bind a spend source to a key and/or user (admin; audited). Later reports of
@@ -22,12 +42,7 @@ begin
     perform costwarden._require_workspace(p_org_id, p_workspace_id);
     perform costwarden._require_text(p_source, 'p_source');
     perform costwarden._context_user(p_org_id, p_workspace_id, p_user_id, p_key_id);
-    insert into costwarden._spend_sources (org_id, workspace_id, source)
-    values (p_org_id, p_workspace_id, p_source)
-    on conflict (org_id, workspace_id, source) do nothing;
-    select * into v_before from costwarden._spend_sources as s
-    where s.org_id = p_org_id and s.workspace_id = p_workspace_id and s.source = p_source
-    for update;
+    v_before := costwarden._spend_source_lock(p_org_id, p_workspace_id, p_source);
     update costwarden._spend_sources as s
     set key_id = p_key_id, user_id = p_user_id
     where s.org_id = p_org_id and s.workspace_id = p_workspace_id and s.source = p_source;
@@ -55,13 +70,7 @@ declare
 begin
     v_user_id := coalesce(p_s.user_id,
         (select k.user_id from costwarden._keys as k where k.org_id = p_s.org_id and k.key_id = p_s.key_id));
-    select coalesce(array_agg(p.pool_id order by p.pool_id), '{}') into v_pool_ids
-    from costwarden._pools as p
-    where p.org_id = p_s.org_id
-      and ((p.kind = 'org' and p.scope_id = '')
-           or (p.kind = 'workspace' and p.scope_id = p_s.workspace_id)
-           or (p.kind = 'key' and p.scope_id = p_s.key_id)
-           or (p.kind = 'user' and p.scope_id = v_user_id));
+    v_pool_ids := costwarden._context_pool_ids(p_s.org_id, p_s.workspace_id, p_s.key_id, v_user_id);
     perform costwarden._lock_pools(v_pool_ids);
     perform costwarden._pool_add_spend(v_pool_ids, p_delta, 0, now());
     select a.seq into v_seq
@@ -103,12 +112,7 @@ begin
     end if;
 
     -- 1. the source's row lock: reports of one source are serialised
-    insert into costwarden._spend_sources (org_id, workspace_id, source)
-    values (p_org_id, p_workspace_id, p_source)
-    on conflict (org_id, workspace_id, source) do nothing;
-    select * into v_s from costwarden._spend_sources as s
-    where s.org_id = p_org_id and s.workspace_id = p_workspace_id and s.source = p_source
-    for update;
+    v_s := costwarden._spend_source_lock(p_org_id, p_workspace_id, p_source);
 
     -- 2. the delta: against the previous counter; a counter that went down was reset
     v_reset := p_cumulative_micros < coalesce(v_s.last_cumulative_micros, 0);
@@ -170,9 +174,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if p_org_id is not null then
-        perform costwarden._require_org(p_org_id);
-    end if;
+    perform costwarden._optional_org(p_org_id);
     return query
     select s.org_id, s.workspace_id, s.source, s.key_id, s.user_id, s.last_cumulative_micros, s.reports,
            s.resets, s.booked_micros, s.last_reported_at, s.created_at

@@ -43,7 +43,7 @@ declare
     v_id bigint;
     v_n integer := 0;
 begin
-    if not pg_try_advisory_xact_lock(hashtextextended('costwarden.fn_detect_spend_anomalies', 0)) then
+    if not pg_try_advisory_xact_lock(costwarden._lock_key('costwarden.fn_detect_spend_anomalies')) then
         return 0;
     end if;
     for v_c in
@@ -153,9 +153,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if p_org_id is not null then
-        perform costwarden._require_org(p_org_id);
-    end if;
+    perform costwarden._optional_org(p_org_id);
     if p_open_only is null then
         perform costwarden._raise('CW004', 'p_open_only must be true or false');
     end if;

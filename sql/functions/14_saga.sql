@@ -29,6 +29,119 @@ begin
 end
 $$;
 
+-- Internal (reserve, step 1): check every argument of a reservation, in the
+-- order SPEC §8 reports them, and price its usage at the snapshot in force.
+-- Nothing is written. fingerprint: md5 of the arguments as given (p_ttl, not
+-- the resolved default: a retry after a change of default_ttl is still the
+-- same request); ws: the workspace row.
+create or replace function costwarden._reserve_validate(
+    p_org_id text, p_workspace_id text, p_model text, p_usage jsonb, p_user_id text, p_key_id text,
+    p_ttl interval, p_metadata jsonb,
+    out ws costwarden._workspaces, out provider text, out user_id text, out ttl interval,
+    out fingerprint text, out quoted_micros bigint, out quoted_tokens bigint, out snapshot_id bigint,
+    out unpriced_units text[]
+)
+language plpgsql
+stable
+as $$
+-- the workspace row is one of the OUT values (read once, used by reserve's
+-- billing mode): plpgsql_check's extra warning about a composite OUT value
+-- among others is reviewed in docs/internals.md
+-- @plpgsql_check_options: extra_warnings = off
+begin
+    select * into ws from costwarden._workspaces as w
+    where w.org_id = p_org_id and w.workspace_id = p_workspace_id;
+    if not found then
+        perform costwarden._require_workspace(p_org_id, p_workspace_id);  -- raises the precise error
+    end if;
+    select m.provider into provider from costwarden._models as m where m.model = p_model;
+    if not found then
+        perform costwarden._require_model(p_model);
+    end if;
+    user_id := costwarden._context_user(p_org_id, p_workspace_id, p_user_id, p_key_id);
+    ttl := coalesce(p_ttl, (costwarden._setting('default_ttl') #>> '{}')::interval);
+    if ttl <= interval '0' or ttl > interval '7 days' then
+        perform costwarden._raise('CW004', 'p_ttl must be positive and at most 7 days');
+    end if;
+    if p_metadata is null or jsonb_typeof(p_metadata) <> 'object' then
+        perform costwarden._raise('CW004', 'p_metadata must be a JSON object');
+    end if;
+    select q.amount_micros, q.tokens, q.snapshot_id, q.unpriced_units   -- validates the usage
+    into quoted_micros, quoted_tokens, snapshot_id, unpriced_units
+    from costwarden._quote_price(p_model, p_usage) as q;
+    fingerprint := md5(jsonb_build_array(p_workspace_id, p_model, p_usage, p_user_id, p_key_id,
+                                         p_ttl::text, p_metadata)::text);
+end
+$$;
+
+-- Internal (reserve, step 2): idempotency. The reservation made earlier with
+-- p_idempotency_key in the org, or a row of nulls when there is none. Takes a
+-- transaction advisory lock on (org, key) first, so that a concurrent repeat
+-- waits for the first call's decision (lock order: docs/internals.md#lock-order).
+-- CW007 when the earlier reservation was made with other arguments.
+create or replace function costwarden._reserve_repeat(
+    p_org_id text, p_idempotency_key text, p_fingerprint text
+)
+returns costwarden._reservations
+language plpgsql
+as $$
+declare
+    v_prev costwarden._reservations;
+begin
+    perform costwarden._require_text(p_idempotency_key, 'p_idempotency_key', 255);
+    perform pg_advisory_xact_lock(costwarden._lock_key('costwarden.reserve', p_org_id, p_idempotency_key));
+    select * into v_prev from costwarden._reservations as r
+    where r.org_id = p_org_id and r.idempotency_key = p_idempotency_key;
+    if found and v_prev.request_fingerprint <> p_fingerprint then
+        perform costwarden._raise('CW007', format(
+            'p_idempotency_key: %L was used for a reservation with other arguments', p_idempotency_key));
+    end if;
+    return v_prev;
+end
+$$;
+
+-- Internal (reserve, step 6): admission. Locks the pools (ascending pool_id,
+-- held until commit: lock order: docs/internals.md#lock-order) and checks
+-- every applicable limit for the request: reasons has one element per limit
+-- it would break (enforced unless the limit is shadow or billing_enforce is
+-- false), refused is true when an enforced one refuses it, alerts lists the
+-- limits it brings to >= 80% (09_alerts.sql; announced once decided).
+create or replace function costwarden._reserve_admit(
+    p_org_id text, p_workspace_id text, p_key_id text, p_user_id text, p_pool_ids bigint[],
+    p_micros bigint, p_tokens bigint,
+    out reasons jsonb, out refused boolean, out alerts jsonb
+)
+language plpgsql
+as $$
+declare
+    v_enforce boolean := (costwarden._setting('billing_enforce'))::boolean;
+    v_enforced boolean;
+    v_c record;
+begin
+    reasons := '[]'::jsonb;
+    refused := false;
+    alerts := '[]'::jsonb;
+    perform costwarden._lock_pools(p_pool_ids);
+    for v_c in
+        select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, p_micros, p_tokens)
+    loop
+        if v_c.fails then
+            v_enforced := v_enforce and v_c.mode = 'enforce';
+            reasons := reasons || costwarden._limit_reason(
+                v_c.metric, v_c.scope_kind, v_c.scope_id, v_c.period, v_c.window_kind,
+                v_c.limit_value, v_c.spent, v_c.held, v_c.requested, v_enforced);
+            refused := refused or v_enforced;
+        end if;
+        if v_c.limit_value > 0
+           and (v_c.spent::numeric + v_c.held + v_c.requested) * 5 >= v_c.limit_value::numeric * 4 then
+            alerts := alerts || jsonb_build_array(jsonb_build_array(v_c.scope_kind, v_c.scope_id,
+                v_c.period, v_c.metric, v_c.window_kind, v_c.limit_value, v_c.spent + v_c.held,
+                v_c.spent + v_c.held + v_c.requested));
+        end if;
+    end loop;
+end
+$$;
+
 create or replace function costwarden.fn_cost_reserve(
     p_org_id text,
     p_workspace_id text,
@@ -49,61 +162,25 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_ws costwarden._workspaces;
-    v_model costwarden._models;
-    v_user_id text;
-    v_ttl interval;
-    v_fp text;
+    v_call record;                          -- the validated call (_reserve_validate)
     v_prev costwarden._reservations;
-    v_q record;
+    v_admit record;                         -- the admission decision (_reserve_admit)
     v_unpriced boolean;
-    v_recorded jsonb;
     v_mode text;
     v_reasons jsonb := '[]'::jsonb;
     v_refused boolean := false;
-    v_enforce boolean;
-    v_enforced boolean;
-    v_alerts jsonb := '[]'::jsonb;          -- limits at >= 80%: announced once decided (09_alerts.sql)
     v_pool_ids bigint[] := '{}'::bigint[];
-    v_c record;
     v_id uuid;
     v_expires timestamptz;
 begin
     -- 1. validate (nothing is written before every argument is checked)
-    select * into v_ws from costwarden._workspaces as w
-    where w.org_id = p_org_id and w.workspace_id = p_workspace_id;
-    if not found then
-        perform costwarden._require_workspace(p_org_id, p_workspace_id);  -- raises the precise error
-    end if;
-    select * into v_model from costwarden._models as m where m.model = p_model;
-    if not found then
-        perform costwarden._require_model(p_model);
-    end if;
-    v_user_id := costwarden._context_user(p_org_id, p_workspace_id, p_user_id, p_key_id);
-    v_ttl := coalesce(p_ttl, (costwarden._setting('default_ttl') #>> '{}')::interval);
-    if v_ttl <= interval '0' or v_ttl > interval '7 days' then
-        perform costwarden._raise('CW004', 'p_ttl must be positive and at most 7 days');
-    end if;
-    if p_metadata is null or jsonb_typeof(p_metadata) <> 'object' then
-        perform costwarden._raise('CW004', 'p_metadata must be a JSON object');
-    end if;
-    select * into v_q from costwarden._quote_price(p_model, p_usage);  -- validates the usage
-    -- the arguments as given (p_ttl, not the resolved default: a retry after a
-    -- change of default_ttl is still the same request)
-    v_fp := md5(jsonb_build_array(p_workspace_id, p_model, p_usage, p_user_id, p_key_id,
-                                  p_ttl::text, p_metadata)::text);
+    select * into v_call from costwarden._reserve_validate(
+        p_org_id, p_workspace_id, p_model, p_usage, p_user_id, p_key_id, p_ttl, p_metadata);
 
     -- 2. idempotency: a repeat returns the first call's row
     if p_idempotency_key is not null then
-        perform costwarden._require_text(p_idempotency_key, 'p_idempotency_key', 255);
-        perform pg_advisory_xact_lock(hashtextextended(p_org_id || chr(1) || p_idempotency_key, 0));
-        select * into v_prev from costwarden._reservations as r
-        where r.org_id = p_org_id and r.idempotency_key = p_idempotency_key;
-        if found then
-            if v_prev.request_fingerprint <> v_fp then
-                perform costwarden._raise('CW007', format(
-                    'p_idempotency_key: %L was used for a reservation with other arguments', p_idempotency_key));
-            end if;
+        v_prev := costwarden._reserve_repeat(p_org_id, p_idempotency_key, v_call.fingerprint);
+        if v_prev.reservation_id is not null then
             return query select v_prev.reservation_id,
                 case when v_prev.status = 'denied' then 'denied' else 'held' end,
                 v_prev.quoted_micros, v_prev.quoted_tokens,
@@ -116,115 +193,88 @@ begin
     -- 3. the quote's snapshot is fixed for the reservation's life; unpriced policy
     --    (incomplete price: unpriced_policy 'free' holds it at the partial price and
     --    says so; 'reject' records a denial, never CW006, which only the quote raises)
-    v_unpriced := v_q.snapshot_id is null or cardinality(v_q.unpriced_units) > 0;
-    v_mode := (costwarden._billing_mode(v_ws)).billing_mode;
-    v_enforce := (costwarden._setting('billing_enforce'))::boolean;
+    v_unpriced := v_call.snapshot_id is null or cardinality(v_call.unpriced_units) > 0;
+    v_mode := (costwarden._billing_mode(v_call.ws)).billing_mode;
     if v_unpriced then
         v_refused := costwarden._setting('unpriced_policy') <> '"free"';
         v_reasons := v_reasons || costwarden._reason('unpriced_model', 'workspace', p_workspace_id,
-                                                     p_requested => v_q.amount_micros, p_enforced => v_refused);
+                                                     p_requested => v_call.quoted_micros, p_enforced => v_refused);
     end if;
 
     -- 4. refusals that no shadow mode lifts
     if v_mode = 'disabled' then
         v_reasons := v_reasons || costwarden._reason('billing_disabled', 'workspace', p_workspace_id,
-                                                     p_requested => v_q.amount_micros);
+                                                     p_requested => v_call.quoted_micros);
         v_refused := true;
-    elsif v_mode = 'byok' and not costwarden._byok_usable(p_org_id, p_workspace_id, v_model.provider) then
+    elsif v_mode = 'byok' and not costwarden._byok_usable(p_org_id, p_workspace_id, v_call.provider) then
         v_reasons := v_reasons || costwarden._reason('byok_credential_missing', 'workspace', p_workspace_id,
-                                                     p_requested => v_q.amount_micros);
+                                                     p_requested => v_call.quoted_micros);
         v_refused := true;
     end if;
     if costwarden._workspace_frozen(p_org_id, p_workspace_id) then
         v_reasons := v_reasons || costwarden._reason('anomaly_freeze', 'workspace', p_workspace_id,
-                                                     p_requested => v_q.amount_micros);
+                                                     p_requested => v_call.quoted_micros);
         v_refused := true;
     end if;
 
     -- 5. record the reservation first, so that the admission lock below is held
-    --    as briefly as possible (pool ids never change: no lock needed to read them)
+    --    as briefly as possible
     if not v_refused then
-        select coalesce(array_agg(p.pool_id order by p.pool_id), '{}') into v_pool_ids
-        from costwarden._pools as p
-        where p.org_id = p_org_id
-          and ((p.kind = 'org' and p.scope_id = '')
-               or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
-               or (p.kind = 'key' and p.scope_id = p_key_id)
-               or (p.kind = 'user' and p.scope_id = v_user_id));
-        v_expires := now() + v_ttl;
+        v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id, p_key_id, v_call.user_id);
+        v_expires := now() + v_call.ttl;
     end if;
     v_id := costwarden._reservation_id(p_org_id);
-    v_recorded := v_reasons;
     insert into costwarden._reservations (
         reservation_id, org_id, workspace_id, user_id, key_id, model, provider, status, billing_mode,
         pricing_snapshot_id, usage, quoted_micros, quoted_tokens, amount_micros, tokens, pool_ids,
         reasons, idempotency_key, request_fingerprint, ttl, metadata, expires_at, finished_at
     ) values (
-        v_id, p_org_id, p_workspace_id, v_user_id, p_key_id, p_model, v_model.provider,
+        v_id, p_org_id, p_workspace_id, v_call.user_id, p_key_id, p_model, v_call.provider,
         case when v_refused then 'denied' else 'held' end, v_mode,
-        v_q.snapshot_id, p_usage, v_q.amount_micros, v_q.tokens,
-        case when v_refused then 0 else v_q.amount_micros end,
-        case when v_refused then 0 else v_q.tokens end,
-        v_pool_ids, v_reasons, p_idempotency_key, v_fp, v_ttl, p_metadata, v_expires,
+        v_call.snapshot_id, p_usage, v_call.quoted_micros, v_call.quoted_tokens,
+        case when v_refused then 0 else v_call.quoted_micros end,
+        case when v_refused then 0 else v_call.quoted_tokens end,
+        v_pool_ids, v_reasons, p_idempotency_key, v_call.fingerprint, v_call.ttl, p_metadata, v_expires,
         case when v_refused then now() end
     );
 
-    -- 6. every applicable limit, under the pools' locks (ascending pool_id)
     if not v_refused then
-        perform null from (
-            select p.pool_id from costwarden._pools as p
-            where p.pool_id = any (v_pool_ids)
-            order by p.pool_id
-            for update
-        ) as locked;
-        for v_c in
-            select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, v_user_id,
-                                                   v_q.amount_micros, v_q.tokens)
-        loop
-            if v_c.fails then
-                v_enforced := v_enforce and v_c.mode = 'enforce';
-                v_reasons := v_reasons || costwarden._reason(
-                    case when v_c.metric = 'cost' then 'budget_exceeded' else 'token_quota_exceeded' end,
-                    v_c.scope_kind, nullif(v_c.scope_id, ''), v_c.period, v_c.metric, v_c.window_kind,
-                    v_c.limit_value, v_c.spent, v_c.held, v_c.requested, v_enforced);
-                v_refused := v_refused or v_enforced;
-            end if;
-            if v_c.limit_value > 0
-               and (v_c.spent::numeric + v_c.held + v_c.requested) * 5 >= v_c.limit_value::numeric * 4 then
-                v_alerts := v_alerts || jsonb_build_array(jsonb_build_array(v_c.scope_kind, v_c.scope_id,
-                    v_c.period, v_c.metric, v_c.window_kind, v_c.limit_value, v_c.spent + v_c.held,
-                    v_c.spent + v_c.held + v_c.requested));
-            end if;
-        end loop;
+        -- 6. every applicable limit, under the pools' locks
+        select * into v_admit from costwarden._reserve_admit(
+            p_org_id, p_workspace_id, p_key_id, v_call.user_id, v_pool_ids,
+            v_call.quoted_micros, v_call.quoted_tokens);
+        v_refused := v_admit.refused;
 
         -- 7. the provider's circuit, last: a half-open probe is only spent on a call that goes ahead
-        if not v_refused and not costwarden._circuit_admit(v_model.provider) then
-            v_reasons := v_reasons || costwarden._reason('circuit_open', 'provider', v_model.provider,
-                                                         p_requested => v_q.amount_micros);
+        if not v_refused and not costwarden._circuit_admit(v_call.provider) then
+            v_admit.reasons := v_admit.reasons || costwarden._reason(
+                'circuit_open', 'provider', v_call.provider, p_requested => v_call.quoted_micros);
             v_refused := true;
         end if;
-        if v_alerts <> '[]' then
-            perform costwarden._budget_alerts(p_org_id, v_alerts, v_refused);
+        if v_admit.alerts <> '[]' then
+            perform costwarden._budget_alerts(p_org_id, v_admit.alerts, v_refused);
         end if;
 
         -- 8. hold, or turn the record into a denial
         if v_refused then
             v_expires := null;
             update costwarden._reservations as r
-            set status = 'denied', amount_micros = 0, tokens = 0, pool_ids = '{}', reasons = v_reasons,
-                expires_at = null, finished_at = now()
+            set status = 'denied', amount_micros = 0, tokens = 0, pool_ids = '{}',
+                reasons = v_reasons || v_admit.reasons, expires_at = null, finished_at = now()
             where r.reservation_id = v_id;
         else
             update costwarden._pools as p
-            set held_micros = p.held_micros + v_q.amount_micros, held_tokens = p.held_tokens + v_q.tokens
-            where p.pool_id = any (v_pool_ids) and (v_q.amount_micros <> 0 or v_q.tokens <> 0);
-            if v_reasons <> v_recorded then
-                update costwarden._reservations as r set reasons = v_reasons where r.reservation_id = v_id;
+            set held_micros = p.held_micros + v_call.quoted_micros, held_tokens = p.held_tokens + v_call.quoted_tokens
+            where p.pool_id = any (v_pool_ids) and (v_call.quoted_micros <> 0 or v_call.quoted_tokens <> 0);
+            if v_admit.reasons <> '[]' then
+                update costwarden._reservations as r
+                set reasons = v_reasons || v_admit.reasons where r.reservation_id = v_id;
             end if;
         end if;
+        v_reasons := v_reasons || v_admit.reasons;
     end if;
     return query select v_id, case when v_refused then 'denied' else 'held' end,
-        v_q.amount_micros, v_q.tokens, v_expires, v_mode, v_reasons;
+        v_call.quoted_micros, v_call.quoted_tokens, v_expires, v_mode, v_reasons;
 end
 $$;
 
@@ -302,9 +352,8 @@ begin
             if v_enforce and v_c.mode = 'enforce' then
                 v_action := 'abort';
             else
-                v_shadow := v_shadow || costwarden._reason(
-                    case when v_c.metric = 'cost' then 'budget_exceeded' else 'token_quota_exceeded' end,
-                    v_c.scope_kind, nullif(v_c.scope_id, ''), v_c.period, v_c.metric, v_c.window_kind,
+                v_shadow := v_shadow || costwarden._limit_reason(
+                    v_c.metric, v_c.scope_kind, v_c.scope_id, v_c.period, v_c.window_kind,
                     v_c.limit_value, v_c.spent, v_c.held, v_c.requested, false);
             end if;
         end loop;
@@ -464,9 +513,7 @@ declare
     v_n integer := 0;
     v_charged boolean;
 begin
-    if p_batch is null or p_batch < 1 or p_batch > 100000 then
-        perform costwarden._raise('CW004', 'p_batch must be between 1 and 100000');
-    end if;
+    perform costwarden._require_limit(p_batch, 100000, 'p_batch');
     -- overlapping runs skip each other's rows: nothing is processed twice
     select coalesce(array_agg(x.reservation_id), '{}') into v_ids
     from (
@@ -576,9 +623,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if p_org_id is not null then
-        perform costwarden._require_org(p_org_id);
-    end if;
+    perform costwarden._optional_org(p_org_id);
     return query select * from costwarden._reservations_page(p_org_id, null, p_status, p_limit, 100000);
 end
 $$;

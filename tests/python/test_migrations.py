@@ -373,23 +373,21 @@ def test_an_edited_function_file_is_applied_again(
     # removed from the source: the function, a trigger, a grant
     audit = sql_dir / m.FUNCTIONS_DIR / "01_audit.sql"
     audit_text = audit.read_text()
-    trigger = (
-        "create or replace trigger _audit_log_no_truncate\n"
-        "before truncate on costwarden._audit_log\n"
-        "for each statement execute function costwarden._forbid_mutation();\n"
+    triggers = (
+        "select costwarden._append_only("
+        "'costwarden._audit_log', '_audit_log_no_update_delete', 'update or delete');\n"
     )
-    assert trigger in audit_text
-    audit.write_text(audit_text.replace(trigger, ""))
+    assert triggers in audit_text
+    audit.write_text(audit_text.replace(triggers, ""))
     grant = "grant execute on function costwarden.fn_settings_list() to costwarden_admin;\n"
     assert grant in original
     settings.write_text(original.replace(grant, ""))
     said.clear()
     m.migrate(dsn, schedule=False, sql_dir=sql_dir, progress=said.append)
     assert "dropped function costwarden._probe() (no longer in sql/functions)" in said
-    assert (
-        "dropped trigger _audit_log_no_truncate on costwarden._audit_log "
-        "(no longer in sql/functions)" in said
-    )
+    for name in ("_audit_log_no_update_delete", "_audit_log_no_truncate"):
+        line = f"dropped trigger {name} on costwarden._audit_log (no longer in sql/functions)"
+        assert line in said
     assert "costwarden._probe()" not in _function_names(dsn)
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
@@ -397,7 +395,7 @@ def test_an_edited_function_file_is_applied_again(
             "'costwarden.fn_settings_list()', 'execute'), "
             "has_function_privilege('costwarden_admin', "
             "'costwarden.fn_setting_set(text, jsonb)', 'execute'), "
-            "exists (select from pg_trigger where tgname = '_audit_log_no_truncate')"
+            "exists (select from pg_trigger where tgrelid = 'costwarden._audit_log'::regclass)"
         ).fetchone()
         assert row == (False, True, False)
 
@@ -493,3 +491,19 @@ def test_only_the_owner_can_take_the_migration_lock(dsn: str) -> None:
                         conn.execute(m.LOCK)
         finally:
             conn.execute("drop role cw_plain_lock_test")
+
+
+def test_a_function_file_refers_only_to_files_before_it() -> None:
+    """The declared order of sql/functions/ is a dependency order: a function a file
+    calls is defined in that file or in one before it."""
+    files = m.load_functions()
+    defined: dict[str, int] = {}
+    for index, f in enumerate(files):
+        for name in re.findall(r"create or replace function costwarden\.(\w+)\(", f.sql()):
+            assert name not in defined, f"{name} is defined twice"
+            defined[name] = index
+    assert len(defined) > 100
+    for index, f in enumerate(files):
+        for name in set(re.findall(r"costwarden\.(\w+)\(", f.sql())):
+            if name in defined:  # (pgcrypto's functions live in the schema too)
+                assert defined[name] <= index, f"{f.filename} calls {name}, defined later"
