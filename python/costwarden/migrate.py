@@ -389,8 +389,9 @@ def migrate(
     return applied_now
 
 
-class _BookkeepingRace(Exception):
-    """Another migrator created the schema or a bookkeeping table at the same time."""
+class _BookkeepingRace(CostwardenError):
+    """Another migrator created the schema or a bookkeeping table at the same time
+    (internal: the run is retried)."""
 
 
 def _run(
@@ -402,7 +403,7 @@ def _run(
     try:
         conn.execute(BOOKKEEPING)
     except _CREATE_RACES as exc:
-        raise _BookkeepingRace() from exc
+        raise _BookkeepingRace("another migrator is creating the bookkeeping tables") from exc
     conn.execute(LOCK)
     conn.execute(BOOKKEEPING_COMMENTS)
     applied = _applied(conn)
