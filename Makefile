@@ -3,7 +3,7 @@
 
 SHELL := /bin/bash
 BIN := .venv/bin
-PY_SOURCES := python tests/python
+PY_SOURCES := python tests/python tools
 
 .PHONY: bootstrap demo test test-sql test-python lint bench up down clean
 

@@ -122,12 +122,6 @@ def error_message(exc: BaseException) -> str | None:
         if name in _PLAIN:
             return str(exc)
         return f"{name}: {exc}"
-    # Until every library error derives from CostwardenError (errors.py):
-    from ..migrate import MigrationError
-    from ..pricing import CatalogueError
-
-    if isinstance(exc, MigrationError | CatalogueError):
-        return str(exc)
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror or exc}"
