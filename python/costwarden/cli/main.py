@@ -21,6 +21,7 @@ from . import (
     saga,
     server,
     settings,
+    spend,
     tenancy,
 )
 from ._common import Context, CostwardenGroup
@@ -72,6 +73,7 @@ COMMANDS: tuple[click.Command, ...] = (
     saga.quote,
     saga.expire,
     saga.worker,
+    spend.spend,
     # ledger and BYOK
     ledger.ledger,
     keys.keys,
