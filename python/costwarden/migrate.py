@@ -585,7 +585,7 @@ def _run(
         if not applied_now:
             said.append(f"applied the {len(functions)} function files again")
         said.extend(f"dropped {kind} {name} (no longer in sql/functions)" for kind, name in dropped)
-    said.extend(audit_link.ensure(conn))
+    audit_link.ensure(conn)
     _hand_over(conn)
     conn.execute(LOCKDOWN)
     said.extend(_grant_pgcrypto(conn))

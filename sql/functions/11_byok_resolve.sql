@@ -95,13 +95,16 @@ $$;
 
 -- The one function the audit link's login may run (costwarden_auditor): record
 -- a refusal from its signed receipt, recorded_via 'server'. A forged receipt is
--- CW004, so even the link's password lets nobody write anything else. Strict:
--- null records nothing (the link check calls it so).
+-- CW004, so even the link's password lets nobody write anything else. Null
+-- records nothing (`costwarden audit-link check` calls it so).
 create or replace function costwarden._byok_refusal_append(p_receipt text)
 returns boolean
-language plpgsql volatile strict security definer set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    if p_receipt is null then
+        return null;
+    end if;
     return costwarden._byok_resolve_log_insert(costwarden._byok_receipt_payload(p_receipt), 'server');
 end
 $$;

@@ -249,3 +249,27 @@ def test_the_link_password_reaches_no_log_error_or_readable_table(
             admin.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 admin.execute("select password from costwarden._byok_audit_link")
+
+
+def test_the_auditor_may_execute_one_function_and_read_nothing(admin_conn: Conn) -> None:
+    """costwarden_auditor (and so the link's login) runs _byok_refusal_append and nothing
+    else of costwarden's; it can read no table."""
+    routines = admin_conn.execute(
+        "select p.oid::regprocedure::text from pg_proc as p "
+        "where p.pronamespace = 'costwarden'::regnamespace "
+        "and has_function_privilege('costwarden_auditor', p.oid, 'EXECUTE')"
+    ).fetchall()
+    assert routines == [("costwarden._byok_refusal_append(text)",)]
+    readable = admin_conn.execute(
+        "select c.oid::regclass::text from pg_class as c "
+        "where c.relnamespace = 'costwarden'::regnamespace and c.relkind in ('r', 'v', 'm', 'S') "
+        "and (has_table_privilege('costwarden_auditor', c.oid, 'SELECT') "
+        "     or has_table_privilege('costwarden_auditor', c.oid, 'INSERT'))"
+    ).fetchall()
+    assert readable == []
+    # a forged receipt is refused even through the link's own function
+    with admin_conn.transaction(force_rollback=True):
+        admin_conn.execute("set local role costwarden_auditor")
+        with pytest.raises(psycopg.Error) as info:
+            admin_conn.execute("select costwarden._byok_refusal_append('eyJ9.' || repeat('0', 64))")
+        assert info.value.sqlstate == "CW004"
