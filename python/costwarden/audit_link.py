@@ -84,13 +84,15 @@ def rotate(dsn: str) -> str:
     ... TEMPLATE, a restored dump) gets a login of its own instead, so the other keeps
     working.
     """
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
-        with conn.transaction():
-            conn.execute("set local client_min_messages = warning")
-            row = conn.execute(_STATE).fetchone()
-            assert row is not None
-            own = str(row[0])
-            _new_password(conn, own)
+    with (
+        psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn,
+        conn.transaction(),
+    ):
+        conn.execute("set local client_min_messages = warning")
+        row = conn.execute(_STATE).fetchone()
+        assert row is not None
+        own = str(row[0])
+        _new_password(conn, own)
     return own
 
 

@@ -31,7 +31,9 @@ KEK = "refusal-audit-kek-0123456789abcdefghij"
 def released(dsn: str, seeded: Seeded) -> UUID:
     """A byok reservation of the seeded org, released (its resolve is refused)."""
     with costwarden.Client(dsn, kek=KEK) as c:
-        c.put_key(seeded.org, seeded.ws_vendor, "anthropic", "sk-ant-api03-REFUSAL-AUDIT-0123456789")
+        c.put_key(
+            seeded.org, seeded.ws_vendor, "anthropic", "sk-ant-api03-REFUSAL-AUDIT-0123456789"
+        )
         r = c.reserve(seeded.org, seeded.ws_vendor, seeded.vendor_model, {"input_tokens": 1})
         assert r.status == "held", r
         c.release(r.reservation_id)
@@ -73,9 +75,7 @@ def _refuse_in_rolled_back_transaction(dsn: str, rid: UUID) -> psycopg.Error:
 
 
 def _log_offset(conn: Conn) -> tuple[str, int]:
-    row = conn.execute(
-        "select f, (pg_stat_file(f)).size from pg_current_logfile() as f"
-    ).fetchone()
+    row = conn.execute("select f, (pg_stat_file(f)).size from pg_current_logfile() as f").fetchone()
     if row is None or row[0] is None:
         pytest.skip("the server has no log file to read")
     return str(row[0]), int(row[1])
@@ -138,9 +138,11 @@ def test_one_row_per_refusal_when_the_client_posts_its_receipt(
     """The Python client records its refusals itself as well: the receipt finds the
     server's row (ON CONFLICT on the attempt), so there is one row, recorded_via
     'server'."""
-    with costwarden.Client(dsn, kek=KEK) as c:
-        with pytest.raises(errors.Forbidden, match="not_held") as info:
-            c.resolve_key(released)
+    with (
+        costwarden.Client(dsn, kek=KEK) as c,
+        pytest.raises(errors.Forbidden, match="not_held") as info,
+    ):
+        c.resolve_key(released)
     attempt = _attempt(info.value.message)
     assert admin_conn.execute(
         "select count(*), min(recorded_via) from costwarden._byok_resolve_log where attempt = %s",
@@ -171,8 +173,9 @@ def test_without_the_link_a_refusal_is_still_cw005_and_a_logged_gap(
     assert _trail(admin_conn, attempt) == [("unrecorded", None, None, None)]
     log = _log_since(admin_conn, where)
     refused = [
-        line for line in log.splitlines() if f'costwarden.byok_resolve {{"at": ' in line
-        and f'"attempt": {attempt},' in line
+        line
+        for line in log.splitlines()
+        if 'costwarden.byok_resolve {"at": ' in line and f'"attempt": {attempt},' in line
     ]
     assert len(refused) == 1 and '"reason": "unknown_reservation"' in refused[0], log
     gap = [line for line in log.splitlines() if "costwarden.byok_resolve_unrecorded" in line]

@@ -10,7 +10,19 @@ from pathlib import Path
 
 import click
 
-from . import bench, demo, guardrails, keys, ledger, pricing, saga, server, settings, tenancy
+from . import (
+    audit_link,
+    bench,
+    demo,
+    guardrails,
+    keys,
+    ledger,
+    pricing,
+    saga,
+    server,
+    settings,
+    tenancy,
+)
 from ._common import Context, CostwardenGroup
 
 
@@ -62,6 +74,7 @@ COMMANDS: tuple[click.Command, ...] = (
     # ledger and BYOK
     ledger.ledger,
     keys.keys,
+    audit_link.audit_link,
     # guardrails
     guardrails.circuits,
     guardrails.anomalies,
