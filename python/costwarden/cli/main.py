@@ -13,6 +13,7 @@ import click
 from . import (
     audit_link,
     bench,
+    cluster,
     demo,
     guardrails,
     keys,
@@ -21,6 +22,7 @@ from . import (
     saga,
     server,
     settings,
+    spend,
     tenancy,
 )
 from ._common import Context, CostwardenGroup
@@ -59,6 +61,7 @@ COMMANDS: tuple[click.Command, ...] = (
     pricing.pricing,
     demo.demo,
     bench.bench,
+    cluster.cluster,
     # tenants
     tenancy.orgs,
     tenancy.workspaces,
@@ -71,6 +74,7 @@ COMMANDS: tuple[click.Command, ...] = (
     saga.quote,
     saga.expire,
     saga.worker,
+    spend.spend,
     # ledger and BYOK
     ledger.ledger,
     keys.keys,
