@@ -19,6 +19,8 @@ from .errors import (
     InvalidArgument,
     InvalidState,
     NotFound,
+    SpoolFull,
+    StatementTimeout,
     UnpricedModel,
 )
 
@@ -35,6 +37,8 @@ __all__ = [
     "InvalidState",
     "NotFound",
     "ReservationHandle",
+    "SpoolFull",
+    "StatementTimeout",
     "UnpricedModel",
 ]
 

@@ -10,7 +10,19 @@ from pathlib import Path
 
 import click
 
-from . import bench, demo, guardrails, keys, ledger, pricing, saga, server, settings, tenancy
+from . import (
+    bench,
+    books,
+    demo,
+    guardrails,
+    keys,
+    ledger,
+    pricing,
+    saga,
+    server,
+    settings,
+    tenancy,
+)
 from ._common import Context, CostwardenGroup
 
 
@@ -61,6 +73,7 @@ COMMANDS: tuple[click.Command, ...] = (
     saga.worker,
     # ledger and BYOK
     ledger.ledger,
+    books.books,
     keys.keys,
     # guardrails
     guardrails.circuits,
