@@ -461,7 +461,8 @@ def byok_key_resolve(
     )
 
 
-#: The unlogged input channel (sql/0008): one row (name, value) per staged value.
+#: The unlogged input channel (sql/functions/10_byok_keys.sql): one row (name, value)
+#: per staged value.
 STAGE_SECRETS = "copy costwarden.secret_input (name, value) from stdin"
 #: How a refused resolve's CW005 hint starts: the rest is a signed receipt.
 REFUSAL_RECEIPT_PREFIX = "costwarden-refusal-receipt:"
