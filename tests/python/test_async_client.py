@@ -143,8 +143,7 @@ def test_async_open_spools_and_replay_books_exactly_once(
     asyncio.run(spool_while_down())
     spool = Spool(spool_dir)
     assert [
-        (r["kind"], r["final"])
-        for r in map(json.loads, spool.path.read_text().splitlines())
+        (r["kind"], r["final"]) for r in map(json.loads, spool.path.read_text().splitlines())
     ] == [("usage", False), ("usage", True), ("usage", False), ("usage", True), ("usage", True)]
     assert spool.pending() == 5
     assert spend_reports(admin_conn) == []

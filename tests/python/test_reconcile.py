@@ -103,9 +103,13 @@ def test_reconcile_reports_held_and_spent_drift_without_fixing_it(
 
     # repair: admin only, audited, reason required; then the books balance
     repair = "select * from costwarden.fn_reconcile_repair(%s, %s, %s)"
-    expect_sqlstate(admin_conn, "42501", repair, (seeded.org, ws_pool, "x"), role="costwarden_service")
+    expect_sqlstate(
+        admin_conn, "42501", repair, (seeded.org, ws_pool, "x"), role="costwarden_service"
+    )
     expect_sqlstate(admin_conn, "CW004", repair, (seeded.org, ws_pool, " "), match="p_reason")
-    expect_sqlstate(admin_conn, "CW002", repair, (seeded.other_org, ws_pool, "x"), match="p_pool_id")
+    expect_sqlstate(
+        admin_conn, "CW002", repair, (seeded.other_org, ws_pool, "x"), match="p_pool_id"
+    )
     fixed = client.reconcile_repair(seeded.org, ws_pool, "bucket damaged by a manual edit")
     assert set(fixed) == set(drift)
     assert client.reconcile() == []
@@ -270,9 +274,7 @@ def test_replayed_usage_is_priced_at_call_time_and_booked_once(
 
 
 def test_replay_usage_validates_its_arguments(seeded: Seeded, admin_conn: Conn) -> None:
-    call = (
-        "select * from costwarden.fn_replay_usage(%s, %s, %s, %s, %s::jsonb, %s, 'spool-x')"
-    )
+    call = "select * from costwarden.fn_replay_usage(%s, %s, %s, %s, %s::jsonb, %s, 'spool-x')"
     now = datetime.now(UTC)
     ws, model = seeded.ws_platform, seeded.platform_model
     for state, args, match in [
