@@ -303,7 +303,7 @@ def test_the_spool_is_bounded(tmp_path: Path) -> None:
         timeout=1,
     ) as down:
         admitted = 0
-        with pytest.raises(costwarden.SpoolFull, match="is full: .* limit 600"):
+        with pytest.raises(costwarden.SpoolFull, match=r"is full: .* limit 600"):
             for _ in range(10):
                 r = down.reserve("acme", "ws", "openai/gpt-4o", CHAT)
                 admitted += 1
