@@ -44,9 +44,17 @@ def _reconcile(client: Client) -> int:
     for d in drift:
         log.warning(
             "reconcile: org %s pool %s (%s %s) %s %s %s %s: counter %s, recomputed %s",
-            d.org_id, d.pool_id, d.pool_kind, d.scope_id, d.measure, d.period or "-",
-            d.window_kind or "-", d.metric, d.counter, d.recomputed,
-        )  # fmt: skip
+            d.org_id,
+            d.pool_id,
+            d.pool_kind,
+            d.scope_id,
+            d.measure,
+            d.period or "-",
+            d.window_kind or "-",
+            d.metric,
+            d.counter,
+            d.recomputed,
+        )
     return len(drift)
 
 

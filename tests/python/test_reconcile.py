@@ -257,11 +257,25 @@ def test_replayed_usage_is_priced_at_call_time_and_booked_once(
         "from costwarden._ledger where entry_type = 'spend_report' order by seq"
     ).fetchall()
     assert rows == [
-        (1_000, 400, old_snapshot, seeded.platform_model, {"input_tokens": 400}, seeded.key,
-         spool.source),
-        (2_500, 700, old_snapshot, seeded.platform_model,
-         {"input_tokens": 600, "output_tokens": 100}, seeded.key, spool.source),
-    ]  # fmt: skip
+        (
+            1_000,
+            400,
+            old_snapshot,
+            seeded.platform_model,
+            {"input_tokens": 400},
+            seeded.key,
+            spool.source,
+        ),
+        (
+            2_500,
+            700,
+            old_snapshot,
+            seeded.platform_model,
+            {"input_tokens": 600, "output_tokens": 100},
+            seeded.key,
+            spool.source,
+        ),
+    ]
     # both records again (a crash before the offsets were saved): nothing more
     spool._save_state({"offset": 0})
     spool.path.write_text("")
@@ -281,15 +295,28 @@ def test_replay_usage_validates_its_arguments(seeded: Seeded, admin_conn: Conn) 
         ("CW004", (None, seeded.org, ws, model, "{}", now), "p_operation_id"),
         ("CW004", (uuid.uuid4(), seeded.org, ws, model, "{}", None), "p_called_at"),
         ("CW004", (uuid.uuid4(), seeded.org, ws, model, "[]", now), "p_usage"),
-        ("CW006", (uuid.uuid4(), seeded.org, seeded.ws_empty, seeded.unpriced_model,
-                   '{"input_tokens": 1}', now), "p_model"),
+        (
+            "CW006",
+            (
+                uuid.uuid4(),
+                seeded.org,
+                seeded.ws_empty,
+                seeded.unpriced_model,
+                '{"input_tokens": 1}',
+                now,
+            ),
+            "p_model",
+        ),
         ("CW002", (uuid.uuid4(), seeded.org, "nope", model, "{}", now), "p_workspace_id"),
-    ]:  # fmt: skip
+    ]:
         expect_sqlstate(admin_conn, state, call, args, match=match)
     expect_sqlstate(
-        admin_conn, "42501", call, (uuid.uuid4(), seeded.org, ws, model, "{}", now),
+        admin_conn,
+        "42501",
+        call,
+        (uuid.uuid4(), seeded.org, ws, model, "{}", now),
         role="costwarden_tenant",
-    )  # fmt: skip
+    )
 
 
 def test_the_spool_is_bounded(tmp_path: Path) -> None:

@@ -117,8 +117,10 @@ def check_cmd(
         click.echo(ledger_mod.format_report(report))
         bad_sql = [r for r in sql_rows if not r.ok]
         for r in bad_sql:
-            click.echo(f"fn_ledger_verify: org {r.org_id}: FAILED at seq {r.first_bad_seq}: "
-                       f"{r.detail or ''}")  # fmt: skip
+            click.echo(
+                f"fn_ledger_verify: org {r.org_id}: FAILED at seq {r.first_bad_seq}: "
+                f"{r.detail or ''}"
+            )
         if drift:
             click.echo(f"reconcile: {len(drift)} finding(s) of drift")
             click.echo(table(_drift_rows(drift), DRIFT_HEADERS))
