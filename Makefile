@@ -31,6 +31,7 @@ lint: bootstrap
 
 bench: bootstrap
 	$(BIN)/costwarden bench
+	$(BIN)/costwarden bench proxy
 
 # Money correctness under faults, long: the outage test with a 30 s outage, then the
 # saga against its model for SOAK_OPS operations on SOAK_WORKERS connections with the

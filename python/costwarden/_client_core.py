@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -25,16 +26,24 @@ def default_timeout(on_unavailable: str) -> float:
     return 5.0
 
 
-def connection_kwargs(connect_timeout: float, statement_timeout: float | None) -> dict[str, Any]:
-    """The keyword arguments of a client's own connections: autocommit, libpq's
-    ``connect_timeout`` (whole seconds, at least 2, as libpq counts them) and the
-    ``statement_timeout`` of every statement, set at connection start (no round trip)."""
+def connection_kwargs(
+    connect_timeout: float,
+    statement_timeout: float | None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of a client's own connections: the caller's
+    ``connect_kwargs``, then autocommit, libpq's ``connect_timeout`` (whole seconds, at
+    least 2, as libpq counts them; the caller's wins) and the ``statement_timeout`` of
+    every statement, set at connection start (no round trip; added to the caller's
+    ``options``)."""
     kwargs: dict[str, Any] = {
-        "autocommit": True,
         "connect_timeout": max(2, math.ceil(connect_timeout)),
+        **(extra or {}),
+        "autocommit": True,
     }
     if statement_timeout is not None:
-        kwargs["options"] = f"-c statement_timeout={_millis(statement_timeout)}"
+        options = f"-c statement_timeout={_millis(statement_timeout)}"
+        kwargs["options"] = f"{kwargs['options']} {options}" if kwargs.get("options") else options
     return kwargs
 
 

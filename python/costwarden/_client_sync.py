@@ -41,7 +41,11 @@ class Client(ClientBase):
     ``'open'`` with a ``spool_dir`` (SPEC §7, costwarden.spool; ``spool_max_bytes``
     bounds it). ``timeout``: seconds to wait for a pooled connection (5);
     ``connect_timeout``: seconds to open one (5); ``statement_timeout``: seconds
-    each call may run (None: the server's setting)."""
+    each call may run (None: the server's setting). ``connect_kwargs``: passed to
+    every connection of the pool the client opens for a DSN, e.g.
+    ``application_name`` or ``prepare_threshold=None`` (no server-side prepared
+    statements: needed behind PgBouncer in transaction mode before 1.21,
+    docs/python.md#poolers)."""
 
     def __init__(
         self,
@@ -57,6 +61,7 @@ class Client(ClientBase):
         connect_timeout: float = 5.0,
         statement_timeout: float | None = None,
         spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        connect_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         on_unavailable = resolve_policy(on_unavailable)
         super().__init__(
@@ -79,7 +84,7 @@ class Client(ClientBase):
                 max_size=pool_size,
                 open=False,
                 name="costwarden",
-                kwargs=connection_kwargs(connect_timeout, statement_timeout),
+                kwargs=connection_kwargs(connect_timeout, statement_timeout, connect_kwargs),
                 timeout=timeout if timeout is not None else default_timeout(on_unavailable),
             )
             self._pool = self._owned_pool
@@ -330,6 +335,10 @@ class Client(ClientBase):
         """Report a provider call's outcome; returns the circuit state after it."""
         return self._run(q.provider_report(provider, ok, error))
 
+    def alert(self, alert_id: int) -> t.Alert:
+        """The alert a costwarden_alerts notification announced (its ``alert_id``)."""
+        return self._run(q.alert_get(alert_id))
+
     def circuits(self) -> list[t.CircuitStatus]:
         return self._run(q.circuit_status())
 
@@ -472,7 +481,7 @@ class Client(ClientBase):
         if staged:
             with cur.copy(q.STAGE_SECRETS) as copy:
                 for name, value in staged.items():
-                    copy.write_row((name, value))
+                    copy.write_row((q.stage_line(name, value),))
 
     def resolve_key(
         self,

@@ -61,6 +61,7 @@ SAGA_WRITES = frozenset(
 #: the KEK (sql/functions/10_byok_keys.sql); the tenant role has no use for it.
 WRITE_ONLY_VIEWS: dict[str, frozenset[str]] = {
     "secret_input": frozenset({"costwarden_admin", "costwarden_service"}),
+    "secret_input_base64": frozenset({"costwarden_admin", "costwarden_service"}),
 }
 
 PINNED = "search_path=pg_catalog, pg_temp"

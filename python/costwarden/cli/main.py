@@ -13,6 +13,7 @@ import click
 from . import (
     bench,
     books,
+    cluster,
     demo,
     guardrails,
     keys,
@@ -59,6 +60,7 @@ COMMANDS: tuple[click.Command, ...] = (
     pricing.pricing,
     demo.demo,
     bench.bench,
+    cluster.cluster,
     # tenants
     tenancy.orgs,
     tenancy.workspaces,
