@@ -677,7 +677,7 @@ def shadow_report(
     )
 
 
-# -- money correctness under faults (sql/functions/17_reconcile.sql) ------------
+# -- money correctness under faults (sql/functions/18_reconcile.sql) ------------
 
 
 def reconcile(org_id: str | None) -> Call[list[t.ReconcileDrift]]:

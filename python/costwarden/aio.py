@@ -456,7 +456,7 @@ class AsyncClient(ClientBase):
         finally:
             steps.close()
 
-    # -- reconciliation (sql/functions/17_reconcile.sql)
+    # -- reconciliation (sql/functions/18_reconcile.sql)
     async def reconcile(self, org_id: str | None = None) -> list[t.ReconcileDrift]:
         """fn_reconcile: every pool's held and spent recomputed from the reservations
         and the ledger; one row per drift found (none: the books balance)."""

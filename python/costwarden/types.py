@@ -467,7 +467,7 @@ class ResolveAttempt(Row):
     recorded_via: str | None  # 'inline' | 'receipt'
 
 
-# -- money correctness under faults (sql/functions/17_reconcile.sql)
+# -- money correctness under faults (sql/functions/18_reconcile.sql)
 
 
 @dataclass(frozen=True)

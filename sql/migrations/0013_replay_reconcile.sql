@@ -1,5 +1,5 @@
 -- 0013: spooled operations replayed exactly once, and the record of the
--- reconciliation runs. The functions are in sql/functions/17_reconcile.sql.
+-- reconciliation runs. The functions are in sql/functions/18_reconcile.sql.
 
 -- One row per operation a client spooled while the database was unreachable
 -- and replayed since: its id makes a replay idempotent (a second replay of the

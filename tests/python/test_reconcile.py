@@ -1,4 +1,4 @@
-"""fn_reconcile / fn_reconcile_repair (sql/functions/17_reconcile.sql), `costwarden books
+"""fn_reconcile / fn_reconcile_repair (sql/functions/18_reconcile.sql), `costwarden books
 check|repair`, and the replay functions that make a spooled operation book exactly what
 the online call would have: once, priced at call time."""
 
