@@ -156,6 +156,14 @@ def main() -> int:
     args = ap.parse_args()
 
     server = Server()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out
+    try:
+        return run(args, server)
+    finally:
+        server.stop()
+
+
+def run(args: argparse.Namespace, server: Server) -> int:
     connect = connector(server)
     stop = threading.Event()
     done = [0] * args.workers
@@ -251,7 +259,6 @@ def main() -> int:
             for name, a in minimal:
                 print(f"  {name}{a}")
         status = 1
-    server.stop()
     return status
 
 
