@@ -294,3 +294,39 @@ def test_costwarden_spend_report_replay(
     assert result.exit_code == 0, result.output
     assert "replayed 1 record(s), booked $0.003500, rejected 0, remaining 0" in result.output
     assert [r[1] for r in spend_reports(admin_conn)] == [CHAT_MICROS]
+
+
+def test_the_spool_is_portable() -> None:
+    """No POSIX-only locking: the locks are filelock's (msvcrt on Windows, fcntl on
+    POSIX), and a directory is fsync'd only where the platform can open one."""
+    import inspect
+
+    from costwarden import spool
+
+    source = inspect.getsource(spool)
+    assert "import fcntl" not in source and "fcntl." not in source
+    assert "from filelock import FileLock" in source
+
+
+def test_a_release_sends_the_ticks_the_database_did_not_see(
+    tmp_path: Path, dsn: str, seeded: Seeded, admin_conn: Conn
+) -> None:
+    """A reservation the database holds, metered while the database was away, then
+    released once it is back: the release charges the offline ticks' usage."""
+    with costwarden.Client(dsn, on_unavailable="open", spool_dir=tmp_path) as c:
+        r = c.reserve("acme", seeded.ws_platform, seeded.platform_model, CHAT)
+        away = costwarden.DatabaseUnavailable("the database went away")
+        tick = c.unavailable.meter_unreachable(away, r.reservation_id, {"input_tokens": 800})
+        assert tick.action == "continue"
+        assert [json.loads(x)["kind"] for x in Spool(tmp_path).path.read_text().splitlines()] == [
+            "meter"
+        ]
+        assert c.release(r.reservation_id) == CHAT_MICROS - 2_000
+        assert c.unavailable.offline_metered(r.reservation_id) is None
+        # the spooled tick, replayed after the release, books nothing more
+        assert c.replay_spool().booked_micros == 0
+    rows = admin_conn.execute(
+        "select amount_micros, approximate from costwarden._ledger where reservation_id = %s",
+        (r.reservation_id,),
+    ).fetchall()
+    assert rows == [(2_000, True)]
