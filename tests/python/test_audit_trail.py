@@ -53,8 +53,8 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "fn_reconcile_repair": (
         "update costwarden._pools set held_micros = held_micros + 5 "
         "where org_id = 'acme' and kind = 'org'",
-        "select * from costwarden.fn_reconcile_repair('acme', (select pool_id from "
-        "costwarden._pools where org_id = 'acme' and kind = 'org'), 'a hold leaked')",
+        "select * from costwarden.fn_reconcile_repair('acme', (select d.pool_id from "
+        "costwarden.fn_reconcile('acme') as d limit 1), 'a hold leaked')",
     ),
     "fn_tenant_login_bind": (
         "",
