@@ -220,6 +220,7 @@ ROUTES: dict[str, Route] = {
     "fn_ledger_adjust": _ORG,
     # §5 BYOK and billing mode
     "fn_workspace_billing_mode": _ORG,
+    "fn_workspace_readiness": _ORG,
     "fn_byok_key_put": _ORG,
     "fn_byok_key_revoke": _ORG,
     "fn_byok_key_list": _gather("org_id, workspace_id, provider, created_at desc"),

@@ -22,6 +22,7 @@ from . import (
     saga,
     server,
     settings,
+    spend,
     tenancy,
 )
 from ._common import Context, CostwardenGroup
@@ -73,6 +74,7 @@ COMMANDS: tuple[click.Command, ...] = (
     saga.quote,
     saga.expire,
     saga.worker,
+    spend.spend,
     # ledger and BYOK
     ledger.ledger,
     books.books,
