@@ -653,14 +653,15 @@ class EmbeddedCluster:
                     return candidate
         return _free_port()
 
-    def stop(self) -> None:
-        """Stop the cluster (fast shutdown); a no-op when it is not running."""
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the cluster (``pg_ctl -m``: fast shutdown by default, ``immediate`` to
+        drop every connection at once, as a crash would); a no-op when it is not running."""
         if not self.is_initialized():
             return
         with self._locked():
             if not self.is_running():
                 return
-            result = self._pg_ctl("stop", "-w", "-s", "-m", "fast", "-t", "60", timeout=90)
+            result = self._pg_ctl("stop", "-w", "-s", "-m", mode, "-t", "60", timeout=90)
             if result.returncode != 0 and self.is_running():
                 raise EmbeddedError(
                     f"PostgreSQL in {self.data_dir} did not stop:\n"

@@ -192,6 +192,8 @@ CRON_JOBS: tuple[tuple[str, str, str], ...] = (
     ("costwarden-expire", "* * * * *", "fn_cost_expire_reservations"),
     ("costwarden-anomalies", "*/5 * * * *", "fn_detect_spend_anomalies"),
     ("costwarden-maintenance", "17 * * * *", "fn_maintenance"),
+    # counters against the reservations and the ledger; drift is recorded and logged
+    ("costwarden-reconcile", "41 3 * * *", "fn_reconcile"),
 )
 
 #: How often a run is retried when its first statements raced another migrator that

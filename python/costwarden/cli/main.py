@@ -13,6 +13,7 @@ import click
 from . import (
     audit_link,
     bench,
+    books,
     cluster,
     demo,
     guardrails,
@@ -77,6 +78,7 @@ COMMANDS: tuple[click.Command, ...] = (
     spend.spend,
     # ledger and BYOK
     ledger.ledger,
+    books.books,
     keys.keys,
     audit_link.audit_link,
     # guardrails
