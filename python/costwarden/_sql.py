@@ -653,3 +653,22 @@ def shadow_report(
         {"org_id": org_id, "from_": from_, "to": to},
         _many(t.ShadowReportRow),
     )
+
+
+# -- §13 the HTTP service --------------------------------------------------------------
+
+
+def reservation_get(reservation_id: UUID) -> Call[t.ReservationInfo]:
+    return Call(
+        "select * from costwarden.fn_reservation_get(p_reservation_id => %(rid)s)",
+        {"rid": reservation_id},
+        _one(t.ReservationInfo),
+    )
+
+
+def metrics() -> Call[list[t.MetricSample]]:
+    return Call("select * from costwarden.fn_metrics()", {}, _many(t.MetricSample))
+
+
+def schema_state() -> Call[list[t.SchemaObject]]:
+    return Call("select * from costwarden.fn_schema_state()", {}, _many(t.SchemaObject))

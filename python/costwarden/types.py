@@ -453,3 +453,25 @@ class ResolveAttempt(Row):
     provider: str | None
     fingerprint: str | None
     recorded_via: str | None  # 'inline' | 'receipt'
+
+
+# -- §13 the HTTP service ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricSample(Row):
+    """One Prometheus sample of fn_metrics (docs/http.md#metrics)."""
+
+    metric: str
+    labels: dict[str, Any]
+    value: Decimal
+
+
+@dataclass(frozen=True)
+class SchemaObject(Row):
+    """An applied migration (``version`` set) or function file, with its checksum."""
+
+    kind: str  # 'migration' | 'function'
+    version: int | None
+    name: str
+    checksum: str

@@ -10,7 +10,19 @@ from pathlib import Path
 
 import click
 
-from . import bench, demo, guardrails, keys, ledger, pricing, saga, server, settings, tenancy
+from . import (
+    bench,
+    demo,
+    guardrails,
+    keys,
+    ledger,
+    pricing,
+    saga,
+    serve,
+    server,
+    settings,
+    tenancy,
+)
 from ._common import Context, CostwardenGroup
 
 
@@ -69,6 +81,10 @@ COMMANDS: tuple[click.Command, ...] = (
     guardrails.watch,
     guardrails.audit,
     guardrails.spend_report,
+    # the HTTP service
+    serve.serve,
+    serve.metrics,
+    serve.token,
 )
 
 for _command in COMMANDS:
