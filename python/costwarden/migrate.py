@@ -373,7 +373,12 @@ def migrate(
     say = progress or (lambda _msg: None)
     for attempt in range(_BOOKKEEPING_ATTEMPTS):
         try:
-            with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+            # no server-side prepared statements: they would outlive the transaction on a
+            # pooled (PgBouncer transaction mode) server connection
+            with (
+                psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn,
+                conn.transaction(),
+            ):
                 applied_now, said = _run(conn, migrations, functions)
             break
         except _BookkeepingRace:
@@ -389,7 +394,7 @@ def migrate(
     return applied_now
 
 
-class _BookkeepingRace(Exception):
+class _BookkeepingRace(MigrationError):
     """Another migrator created the schema or a bookkeeping table at the same time."""
 
 
@@ -402,7 +407,7 @@ def _run(
     try:
         conn.execute(BOOKKEEPING)
     except _CREATE_RACES as exc:
-        raise _BookkeepingRace() from exc
+        raise _BookkeepingRace("another migrator created the bookkeeping at the same time") from exc
     conn.execute(LOCK)
     conn.execute(BOOKKEEPING_COMMENTS)
     applied = _applied(conn)

@@ -32,8 +32,7 @@
 -- Internal: raise a costwarden error. p_code is one of CW001..CW007 (SPEC §8).
 create or replace function costwarden._raise(p_code text, p_message text, p_hint text default null)
 returns void
-language plpgsql
-volatile
+language plpgsql volatile
 as $$
 begin
     if p_hint is null then
@@ -46,8 +45,7 @@ $$;
 -- Internal: a required text argument, trimmed of nothing, non-empty.
 create or replace function costwarden._require_text(p_value text, p_arg text, p_max integer default 200)
 returns text
-language plpgsql
-immutable
+language plpgsql immutable
 as $$
 begin
     if p_value is null then
@@ -68,8 +66,7 @@ create or replace function costwarden._require_limit(
     p_limit integer, p_max integer default 100000, p_arg text default 'p_limit'
 )
 returns integer
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     if p_limit is null or p_limit < 1 or p_limit > p_max then
@@ -84,8 +81,7 @@ $$;
 -- their resolve trail, circuit events.
 create or replace function costwarden._forbid_mutation()
 returns trigger
-language plpgsql
-set search_path = pg_catalog, pg_temp
+language plpgsql set search_path = pg_catalog, pg_temp
 as $$
 begin
     -- raised here, not through _raise: a role granted the table may not execute _raise
@@ -125,8 +121,7 @@ $$;
 -- works unchanged behind PostgREST / Supabase; else costwarden.actor_org /
 -- costwarden.actor_user set by the trusted caller. Both may be null.
 create or replace function costwarden._actor(out org_id text, out user_id text)
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_claims text := nullif(current_setting('request.jwt.claims', true), '');
@@ -165,9 +160,7 @@ $$;
 -- Internal, hot path: the value in force (changed value or default). No validation.
 create or replace function costwarden._setting(p_key text)
 returns jsonb
-language sql
-stable
-parallel safe
+language sql stable parallel safe
 as $$
     select coalesce(
         (select s.value from costwarden._settings as s where s.key = p_key),
@@ -178,8 +171,7 @@ $$;
 -- Internal: existence checks raising CW002 with the argument's name.
 create or replace function costwarden._require_org(p_org_id text)
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     if p_org_id is null or p_org_id = '' then
@@ -195,8 +187,7 @@ $$;
 -- Internal: an optional org filter of a listing: null (every org) or a known org.
 create or replace function costwarden._optional_org(p_org_id text)
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     if p_org_id is not null then
@@ -208,8 +199,7 @@ $$;
 
 create or replace function costwarden._require_workspace(p_org_id text, p_workspace_id text)
 returns costwarden._workspaces
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_ws costwarden._workspaces;
@@ -228,8 +218,7 @@ $$;
 
 create or replace function costwarden._require_model(p_model text, p_arg text default 'p_model')
 returns costwarden._models
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_model costwarden._models;
@@ -254,8 +243,7 @@ create or replace function costwarden._require_provider(
     p_unknown text default 'p_provider: unknown provider %L (no model of it in the catalogue)'
 )
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     perform costwarden._require_text(p_provider, 'p_provider', 100);
@@ -273,8 +261,7 @@ create or replace function costwarden._context_user(
     p_org_id text, p_workspace_id text, p_user_id text, p_key_id text
 )
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_key costwarden._keys;
@@ -319,8 +306,7 @@ create or replace function costwarden._context_pool_ids(
     p_org_id text, p_workspace_id text, p_key_id text default null, p_user_id text default null
 )
 returns bigint[]
-language sql
-stable
+language sql stable
 as $$
     select coalesce(array_agg(p.pool_id order by p.pool_id), '{}')
     from costwarden._pools as p
@@ -337,9 +323,7 @@ $$;
 -- lock order: docs/internals.md#lock-order
 create or replace function costwarden._lock_key(variadic p_parts text[])
 returns bigint
-language sql
-immutable
-parallel safe
+language sql immutable parallel safe
 as $$
     select hashtextextended(array_to_string(p_parts, chr(1), ''), 0)
 $$;
@@ -348,8 +332,7 @@ $$;
 -- admin caller, as opposed to a tenant-only one?
 create or replace function costwarden._caller_is_privileged()
 returns boolean
-language sql
-stable
+language sql stable
 as $$
     select pg_has_role(
         case when current_setting('role') = 'none' then session_user else current_setting('role') end,
@@ -393,8 +376,7 @@ $$;
 -- Internal: a reservation id whose first 32 bits are hashtext(org_id).
 create or replace function costwarden._reservation_id(p_org_id text)
 returns uuid
-language sql
-volatile
+language sql volatile
 as $$
     select overlay(gen_random_uuid()::text placing lpad(to_hex(hashtext(p_org_id)), 8, '0') from 1 for 8)::uuid
 $$;
@@ -426,9 +408,7 @@ create or replace function costwarden._reason(
     p_requested bigint default null, p_enforced boolean default true
 )
 returns jsonb
-language sql
-immutable
-parallel safe
+language sql immutable parallel safe
 as $$
     select jsonb_build_object(
         'code', p_code, 'scope_kind', p_scope_kind, 'scope_id', p_scope_id, 'period', p_period,

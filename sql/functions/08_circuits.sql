@@ -89,9 +89,7 @@ $$;
 
 create or replace function costwarden.fn_provider_report(p_provider text, p_ok boolean, p_error text default null)
 returns text
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_c costwarden._circuits;
@@ -152,10 +150,7 @@ returns table (
     opened_at timestamptz, probe_at timestamptz, next_probe_at timestamptz,
     last_error text, last_failure_at timestamptz, updated_at timestamptz
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_cooldown interval := (costwarden._setting('circuit_cooldown') #>> '{}')::interval;
@@ -183,10 +178,7 @@ returns table (
     event_id bigint, provider text, at timestamptz, from_state text, to_state text, reason text,
     consecutive_failures integer, error text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_provider is not null then
@@ -205,9 +197,7 @@ $$;
 -- Close a provider's circuit by hand (admin; audited). Returns 'closed'.
 create or replace function costwarden.fn_circuit_reset(p_provider text)
 returns text
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_c costwarden._circuits;

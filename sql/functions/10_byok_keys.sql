@@ -52,9 +52,7 @@ comment on view costwarden.secret_input is
 
 create or replace function costwarden._secret_input_set()
 returns trigger
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if new.value is not null then
@@ -79,8 +77,7 @@ for each row execute function costwarden._secret_input_set();
 -- Internal (reserve, hot path): does the workspace hold a live key for the provider?
 create or replace function costwarden._byok_usable(p_org_id text, p_workspace_id text, p_provider text)
 returns boolean
-language sql
-stable
+language sql stable
 as $$
     select exists (
         select from costwarden._byok_keys as k
@@ -93,8 +90,7 @@ $$;
 -- S2K with SHA-256 and 2^20 bytes hashed per derivation (a KDF: ~2 ms).
 create or replace function costwarden._byok_kek_cipher()
 returns text
-language sql
-immutable
+language sql immutable
 as $$
     select 'cipher-algo=aes256, s2k-mode=3, s2k-digest-algo=sha256, s2k-count=1048576'::text
 $$;
@@ -103,8 +99,7 @@ $$;
 -- salted S2K without iterations is enough).
 create or replace function costwarden._byok_dek_cipher()
 returns text
-language sql
-immutable
+language sql immutable
 as $$
     select 'cipher-algo=aes256, s2k-mode=1, s2k-digest-algo=sha256'::text
 $$;
@@ -112,8 +107,7 @@ $$;
 -- Internal: the KEK in a setting, or why it is not acceptable (never raises,
 -- never quotes the value).
 create or replace function costwarden._byok_kek_read(p_setting text, out kek text, out problem text)
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     kek := nullif(current_setting(p_setting, true), '');
@@ -136,8 +130,7 @@ $$;
 -- Internal: the KEK in a setting; CW005 when missing, too short or too long.
 create or replace function costwarden._byok_kek(p_setting text default 'costwarden.kek')
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v record;
@@ -153,8 +146,7 @@ $$;
 -- Internal: does this KEK unlock a generation's check blob?
 create or replace function costwarden._byok_kek_unlocks(p_check_blob bytea, p_kek text)
 returns boolean
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     return costwarden.pgp_sym_decrypt(p_check_blob, p_kek) = 'costwarden-kek-check-v1';
@@ -192,8 +184,7 @@ $$;
 -- Internal: validate a secret (CW004; the message never quotes it).
 create or replace function costwarden._byok_secret_check(p_secret text)
 returns void
-language plpgsql
-immutable
+language plpgsql immutable
 as $$
 begin
     if p_secret is null then
@@ -220,8 +211,7 @@ $$;
 -- for secrets of 20+ characters) and the last 4 characters: 'sk-…9f2a'.
 create or replace function costwarden._byok_fingerprint(p_secret text)
 returns text
-language sql
-immutable
+language sql immutable
 as $$
     select case when length(p_secret) >= 20
                 then coalesce(substring(p_secret from '^[A-Za-z][A-Za-z0-9]{0,5}[-_]'), '')
@@ -244,8 +234,7 @@ $$;
 -- of being made unusable.
 create or replace function costwarden._byok_guard(p_ws costwarden._workspaces, p_provider text)
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_model costwarden._models;
@@ -299,10 +288,7 @@ create or replace function costwarden.fn_byok_key_put(
     p_org_id text, p_workspace_id text, p_provider text, p_secret text
 )
 returns text
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_ws costwarden._workspaces;
@@ -363,10 +349,7 @@ comment on function costwarden.fn_byok_key_put(text, text, text, text) is
 
 create or replace function costwarden.fn_byok_key_revoke(p_org_id text, p_workspace_id text, p_provider text)
 returns boolean
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_before costwarden._byok_keys;
@@ -404,10 +387,7 @@ returns table (
     org_id text, workspace_id text, provider text, fingerprint text, status text, kek_id integer,
     created_at timestamptz, created_by text, revoked_at timestamptz, revoked_by text, revoke_reason text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_workspace_id is not null then
@@ -436,10 +416,7 @@ comment on function costwarden.fn_byok_key_list(text, text, boolean) is
 create or replace function costwarden.fn_byok_kek_status()
 returns table (kek_id integer, current boolean, created_at timestamptz, created_by text,
                retired_at timestamptz, live_keys bigint)
-language sql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language sql stable security definer set search_path = pg_catalog, pg_temp
 as $$
     select g.kek_id, g.retired_at is null, g.created_at, g.created_by, g.retired_at,
            (select count(*) from costwarden._byok_keys as k where k.kek_id = g.kek_id and k.revoked_at is null)
@@ -456,10 +433,7 @@ comment on function costwarden.fn_byok_kek_status() is
 -- an interruption, with the same two KEKs) continue where the last stopped.
 create or replace function costwarden.fn_byok_kek_rotate(p_batch integer default 1000)
 returns table (kek_id integer, rewrapped integer, remaining bigint)
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_old text;

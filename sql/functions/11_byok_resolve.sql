@@ -12,8 +12,7 @@ select costwarden._append_only('costwarden._byok_resolve_log', '_byok_resolve_lo
 -- Internal: record one resolve outcome in the server log (survives rollback).
 create or replace function costwarden._byok_resolve_log_line(p_payload jsonb)
 returns void
-language plpgsql
-volatile
+language plpgsql volatile
 as $$
 begin
     raise log 'costwarden.byok_resolve %', p_payload::text;
@@ -23,8 +22,7 @@ $$;
 -- Internal: the HMAC that signs a refusal receipt's payload text, in hex.
 create or replace function costwarden._byok_receipt_mac(p_text text)
 returns text
-language sql
-stable
+language sql stable
 as $$
     select encode(costwarden.hmac(convert_to(p_text, 'UTF8'), k.hmac_key, 'sha256'), 'hex')
     from costwarden._byok_receipt_key as k
@@ -33,8 +31,7 @@ $$;
 -- Internal: a signed refusal receipt: base64(payload) '.' hex(hmac-sha256).
 create or replace function costwarden._byok_receipt(p_payload jsonb)
 returns text
-language sql
-stable
+language sql stable
 as $$
     select translate(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', '')
            || '.' || costwarden._byok_receipt_mac(p_payload::text)
@@ -155,8 +152,7 @@ create or replace function costwarden._byok_resolve_secret(
     p_org_id text, p_workspace_id text, p_provider text,
     out secret text, out fingerprint text, out reason text, out detail text
 )
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_key costwarden._byok_keys;
@@ -197,10 +193,7 @@ create or replace function costwarden.fn_byok_key_resolve_v2(
     p_workspace_id text default null
 )
 returns table (provider text, secret text, fingerprint text)
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_attempt bigint := nextval('costwarden._byok_resolve_attempt_seq');
@@ -276,10 +269,7 @@ comment on function costwarden.fn_byok_key_resolve_v2(uuid, text, text, text) is
 -- itself rolled back). True when recorded now, false when already recorded.
 create or replace function costwarden.fn_byok_resolve_refusal_record(p_receipt text)
 returns boolean
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_receipt text := p_receipt;
@@ -324,10 +314,7 @@ returns table (
     actor_org text, actor_user text, reservation_id uuid, org_id text, workspace_id text,
     provider text, fingerprint text, recorded_via text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_last bigint;

@@ -7,8 +7,7 @@
 -- search_path; it is granted to nobody.)
 create or replace function costwarden._workspace_frozen(p_org_id text, p_workspace_id text)
 returns boolean
-language sql
-stable
+language sql stable
 as $$
     select exists (
         select from costwarden._anomalies as a
@@ -28,9 +27,7 @@ $$;
 -- Overlapping runs: the second returns 0 at once (advisory lock).
 create or replace function costwarden.fn_detect_spend_anomalies()
 returns integer
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_now timestamptz := now();
@@ -104,9 +101,7 @@ $$;
 
 create or replace function costwarden.fn_anomaly_ack(p_anomaly_id bigint)
 returns void
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_a costwarden._anomalies;
@@ -144,10 +139,7 @@ returns table (
     window_end timestamptz, spent_micros bigint, mean_micros numeric, stddev_micros numeric,
     threshold_micros numeric, frozen boolean, detected_at timestamptz, acked_at timestamptz, acked_by text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._optional_org(p_org_id);
