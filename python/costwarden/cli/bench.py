@@ -112,3 +112,43 @@ def bench_ledger(
         echo_json(result)
     else:
         click.echo(markdown(result))
+
+
+@bench.command("spend")
+@click.option("--workspaces", type=click.IntRange(1), default=1000)
+@click.option("--small", type=click.IntRange(1), default=10_000, help="Ledger entries, small.")
+@click.option("--large", type=click.IntRange(1), default=10_000_000, help="Ledger entries, large.")
+@click.option("--calls", type=click.IntRange(1), default=10_000, help="Reservations in the window.")
+@click.option("--repeat", type=click.IntRange(1), default=50, help="Timed calls per query.")
+@click.option("--keep", is_flag=True, help="Keep the scratch databases.")
+@json_option
+@pass_ctx
+def bench_spend(
+    ctx: Context,
+    workspaces: int,
+    small: int,
+    large: int,
+    calls: int,
+    repeat: int,
+    keep: bool,
+    as_json: bool,
+) -> None:
+    """fn_spend_summary with 1,000 workspaces: the same answer time with a small and a
+    large ledger (median ms and the ratio). Scratch databases; needs CREATE DATABASE."""
+    from ..bench.spend import run_spend_bench
+
+    dsn, _bindir = _server(ctx)
+    result = run_spend_bench(
+        dsn,
+        workspaces=workspaces,
+        small=small,
+        large=large,
+        calls=calls,
+        repeat=repeat,
+        keep=keep,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(result.markdown())

@@ -21,6 +21,7 @@ from . import (
     serve,
     server,
     settings,
+    spend,
     tenancy,
 )
 from ._common import Context, CostwardenGroup
@@ -71,6 +72,7 @@ COMMANDS: tuple[click.Command, ...] = (
     saga.quote,
     saga.expire,
     saga.worker,
+    spend.spend,
     # ledger and BYOK
     ledger.ledger,
     keys.keys,
