@@ -735,3 +735,11 @@ def metrics() -> Call[list[t.MetricSample]]:
 
 def schema_state() -> Call[list[t.SchemaObject]]:
     return Call("select * from costwarden.fn_schema_state()", {}, _many(t.SchemaObject))
+
+
+def my_allocations(period: str, window: str) -> Call[list[t.Allocation]]:
+    return Call(
+        "select * from costwarden.fn_my_allocations(p_period => %(period)s, p_window => %(window)s)",
+        {"period": period, "window": window},
+        _many(t.Allocation),
+    )

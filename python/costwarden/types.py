@@ -539,3 +539,19 @@ class SchemaObject(Row):
     version: int | None
     name: str
     checksum: str
+
+
+@dataclass(frozen=True)
+class Allocation(Row):
+    """One of the caller's keys with its cap and spend in the window (fn_my_allocations)."""
+
+    key_id: str
+    workspace_id: str | None
+    period: str
+    window_kind: str
+    window_start: datetime
+    window_end: datetime
+    spent_micros: int
+    held_micros: int
+    limit_micros: int | None
+    remaining_micros: int | None

@@ -149,3 +149,64 @@ comment on function costwarden.fn_reservation_get(uuid) is
 
 grant execute on function costwarden.fn_reservation_get(uuid)
 to costwarden_admin, costwarden_service, costwarden_tenant;
+
+-- The caller's allocations (GET /v1/me/allocations, the seeds' allocation card):
+-- each API key the actor owns (fn_key_upsert's p_user_id), with its cap and what it
+-- used in the window (this calendar month by default), from fn_spend_summary --
+-- the figures the limit check uses. A key that never spent shows zeros.
+create or replace function costwarden.fn_my_allocations(
+    p_period text default 'month', p_window text default 'calendar'
+)
+returns table (
+    key_id text, workspace_id text, period text, window_kind text,
+    window_start timestamptz, window_end timestamptz,
+    spent_micros bigint, held_micros bigint, limit_micros bigint, remaining_micros bigint
+)
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_actor record;
+    v_key record;
+    v_row record;
+    v_tz text;
+begin
+    if p_period is null or p_period not in ('hour', 'day', 'week', 'month') then
+        perform costwarden._raise('CW004', 'p_period must be hour, day, week or month');
+    end if;
+    if p_window is null or p_window not in ('rolling', 'calendar') then
+        perform costwarden._raise('CW004', 'p_window must be rolling or calendar');
+    end if;
+    select * into v_actor from costwarden._actor();
+    if v_actor.org_id is null or v_actor.user_id is null then
+        perform costwarden._raise('CW005', 'no actor: a token with org_id and sub (or costwarden.actor_org / actor_user)');
+    end if;
+    for v_key in
+        select k.key_id, k.workspace_id,
+               exists (select from costwarden._pools as p
+                       where p.org_id = k.org_id and p.kind = 'key' and p.scope_id = k.key_id) as has_pool
+        from costwarden._keys as k
+        where k.org_id = v_actor.org_id and k.user_id = v_actor.user_id
+        order by k.key_id
+    loop
+        if v_key.has_pool then
+            select * into v_row
+            from costwarden.fn_spend_summary(v_actor.org_id, 'key', v_key.key_id, p_period, p_window) as s;
+            return query select v_key.key_id, v_key.workspace_id, v_row.period, v_row.window_kind,
+                                v_row.window_start, v_row.window_end, v_row.spent_micros, v_row.held_micros,
+                                v_row.limit_micros, v_row.remaining_micros;
+        else
+            v_tz := costwarden._org_tz(v_actor.org_id);
+            return query select v_key.key_id, v_key.workspace_id, p_period, p_window,
+                                costwarden._window_start(p_period, p_window, v_tz, now()),
+                                costwarden._window_end(p_period, p_window, v_tz, now()),
+                                0::bigint, 0::bigint, null::bigint, null::bigint;
+        end if;
+    end loop;
+end
+$$;
+
+comment on function costwarden.fn_my_allocations(text, text) is
+'The actor''s own keys with their cap and spend in the window (GET /v1/me/allocations).';
+
+grant execute on function costwarden.fn_my_allocations(text, text)
+to costwarden_admin, costwarden_service, costwarden_tenant;

@@ -272,6 +272,7 @@ RESULT_TYPES: dict[str, type[Any]] = {
     "fn_reservation_get": types.ReservationInfo,
     "fn_metrics": types.MetricSample,
     "fn_schema_state": types.SchemaObject,
+    "fn_my_allocations": types.Allocation,
     "fn_reservations_list": types.ReservationInfo,
     "fn_ledger_adjust": types.LedgerAdjustment,
     "fn_ledger_digest": types.LedgerHead,

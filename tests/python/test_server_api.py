@@ -316,3 +316,36 @@ def test_database_down_is_503(seeded: Seeded) -> None:
         assert r.status_code == 503, r.text
         assert r.json()["error"] == "database_unavailable"
         assert client.get("/healthz").status_code == 503
+
+
+def test_spend_limits_and_allocations(api: TestClient, client: Any) -> None:
+    api.patch("/v1/orgs/acme/budgets/key/key-1", json={"period": "month", "limit": 50_000, "window": "calendar"}, headers=ADMIN)
+    r = api.post("/v1/reservations", json=reserve_body(user_id="alice", key_id="key-1"), headers=SERVICE).json()
+    api.post(f"/v1/reservations/{r['reservation_id']}/commit", json={"usage": {"input_tokens": 400}}, headers=SERVICE)
+    api.post("/v1/reservations", json=reserve_body(workspace_id="ws-vendor", model="anthropic/claude-3-5-sonnet"), headers=SERVICE)
+
+    rows = api.get("/v1/orgs/acme/spend?scope_kind=workspace", headers=SERVICE)
+    assert rows.status_code == 200, rows.text
+    expected = client.spend_summary("acme", "workspace")
+    assert [(x["scope_id"], x["spent_micros"], x["held_micros"]) for x in rows.json()] == [
+        (s.scope_id, s.spent_micros, s.held_micros) for s in expected
+    ]
+    assert {x["scope_id"]: x["spent_micros"] for x in rows.json()}["ws-platform"] == 1000
+    org = api.get("/v1/orgs/acme/spend", headers=SERVICE).json()
+    assert org[0]["scope_kind"] == "org" and org[0]["limit_micros"] is None
+    bad = api.get("/v1/orgs/acme/spend?period=fortnight", headers=SERVICE)
+    assert bad.status_code == 422 and bad.json()["field"] == "period"
+
+    limits = api.get("/v1/orgs/acme/limits", headers=ADMIN).json()
+    assert [(x["scope_kind"], x["scope_id"], x["limit_value"]) for x in limits] == [("key", "key-1", 50_000)]
+
+    alice = auth("costwarden_tenant", "acme", "alice")
+    [card] = api.get("/v1/me/allocations", headers=alice).json()
+    assert card["key_id"] == "key-1" and card["limit_micros"] == 50_000
+    assert card["spent_micros"] == 1000 and card["remaining_micros"] == 49_000
+    assert api.get("/v1/me/allocations", headers=auth("costwarden_tenant", "acme", "bob")).json() == []
+    # a tenant reads its own user scope's spend, not the org's nor another user's
+    assert api.get("/v1/orgs/acme/spend?scope_kind=user&scope_id=alice", headers=alice).status_code == 200
+    assert api.get("/v1/orgs/acme/spend", headers=alice).status_code == 403
+    assert api.get("/v1/orgs/acme/spend?scope_kind=user&scope_id=bob", headers=alice).status_code == 403
+    assert api.get("/v1/orgs/globex/spend?scope_kind=user&scope_id=alice", headers=alice).status_code == 403

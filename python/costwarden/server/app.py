@@ -543,6 +543,54 @@ def create_app(config: ServerConfig) -> FastAPI:
         await run(caller, call, invalid_status=400)
         return Json(await run(caller, q.budget_status(org, kind, scope_id)))
 
+    # -- §11 spend visibility
+    @app.get(
+        "/v1/orgs/{org}/spend",
+        response_model=list[t.SpendSummary],
+        responses=_errors(404),
+        tags=["spend"],
+    )
+    async def spend(
+        org: str,
+        caller: Caller,
+        scope_kind: Annotated[str, Query(description="org, workspace, user or key")] = "org",
+        scope_id: Annotated[str | None, Query(description="one scope; none: every scope")] = None,
+        period: Annotated[str, Query(description="hour, day, week or month")] = "month",
+        window: Annotated[str, Query(description="calendar or rolling")] = "calendar",
+    ) -> Response:
+        """Spend, holds and calls per scope in a window, with or without a limit
+        (fn_spend_summary)."""
+        call = q.spend_summary(org, scope_kind, scope_id, period, window, None)
+        return Json(await run(caller, call))
+
+    @app.get(
+        "/v1/orgs/{org}/limits",
+        response_model=list[t.BudgetLimit],
+        responses=_errors(404),
+        tags=["budgets"],
+    )
+    async def limits(
+        org: str,
+        caller: Caller,
+        scope_kind: Annotated[str | None, Query(description="only this scope kind")] = None,
+    ) -> Response:
+        """Every limit configured in the org (fn_budget_list)."""
+        return Json(await run(caller, q.budget_list(org, scope_kind)))
+
+    @app.get(
+        "/v1/me/allocations",
+        response_model=list[t.Allocation],
+        responses=_errors(),
+        tags=["me"],
+    )
+    async def my_allocations(
+        caller: Caller,
+        period: Annotated[str, Query()] = "month",
+        window: Annotated[str, Query()] = "calendar",
+    ) -> Response:
+        """Each key the caller owns, with its cap and cost used this month (fn_my_allocations)."""
+        return Json(await run(caller, q.my_allocations(period, window)))
+
     # -- BYOK keys (admin; the KEK is the service's own configuration)
     @app.put(
         "/v1/orgs/{org}/workspaces/{workspace_id}/keys/{provider}",
