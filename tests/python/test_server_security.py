@@ -24,8 +24,13 @@ from http_helpers import SECRET, auth, login_dsn, token
 __all__ = ["login_dsn"]
 
 #: Routes that answer without a token, and why: the health probe (up / schema up to
-#: date, nothing else) and the dashboard's sign-in form.
-PUBLIC = {("GET", "/healthz"), ("GET", "/login"), ("POST", "/login"), ("GET", "/openapi.json")}
+#: date, nothing else), the dashboard's sign-in form and sign-out (clears the cookie).
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/logout"),  # only clears the cookie
+}
 
 
 @pytest.fixture
