@@ -105,7 +105,6 @@ TENANT = auth("costwarden_tenant", "acme", "alice")
     ("method", "path", "body"),
     [
         ("GET", "/v1/orgs/globex/budgets/org", None),  # another org
-        ("GET", "/v1/orgs/acme/budgets/org", None),  # its org's pool: not a tenant's scope
         ("GET", "/v1/orgs/acme/budgets/user/bob", None),  # another user
         ("GET", "/v1/orgs/globex/budgets/user/alice", None),  # itself, in another org
         ("GET", "/v1/orgs/acme/budgets/key/key-2", None),  # a key it does not own

@@ -209,24 +209,27 @@ class Envelope:
             await send(message)
 
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await self._too_large(rid, send_with_id)
-        else:
-            received = 0
-
-            async def bounded_receive() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > self.max_body:
-                        raise _BodyTooLarge()
-                return message
-
-            try:
-                await self.app(scope, bounded_receive, send_with_id)
-            except _BodyTooLarge:
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_body:
                 await self._too_large(rid, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        else:
+            # no Content-Length (chunked): read the body up to the bound first
+            messages: list[Message] = []
+            received, more = 0, True
+            while more:
+                message = await receive()
+                messages.append(message)
+                if message["type"] != "http.request":
+                    break
+                received += len(message.get("body", b""))
+                more = message.get("more_body", False)
+                if received > self.max_body:
+                    await self._too_large(rid, send_with_id)
+                    break
+            else:
+                await self.app(scope, _replay(messages, receive), send_with_id)
         route = scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
         self.metrics.observe(scope["method"], path, status_holder[0], time.perf_counter() - started)
@@ -255,8 +258,13 @@ class Envelope:
         await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 # -- the application ---------------------------------------------------------------------
@@ -306,7 +314,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             "(SPEC §13). Money is integer micro-USD (1 USD = 1000000)."
         ),
         version=_version(),
-        openapi_url="/openapi.json",
+        openapi_url=None,  # served below, behind a token like every route
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
@@ -668,6 +676,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def circuits(caller: Caller) -> Response:
         """Every provider's circuit (fn_circuit_status)."""
         return Json(await run(caller, q.circuit_status()))
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(caller: Caller) -> Response:
+        """The OpenAPI 3.1 document of this API."""
+        return Json(app.openapi())
 
     # -- health and metrics
     @app.get("/healthz", response_model=m.Health, responses={503: {"model": m.Health}}, tags=["ops"])

@@ -43,6 +43,14 @@ class Identity:
         return json.dumps(self.claims, separators=(",", ":"), sort_keys=True, default=str)
 
 
+def _algorithms(key: jwt.PyJWK) -> list[str]:
+    """The one algorithm a JWKS key verifies (its own), never another family's."""
+    name = key.algorithm_name
+    if name not in JWKS_ALGORITHMS:
+        raise Unauthenticated(f"key {key.key_id!r} is for {name}, not RS256 or ES256")
+    return [name]
+
+
 class TokenVerifier:
     def __init__(self, config: ServerConfig) -> None:
         self._config = config
@@ -66,12 +74,12 @@ class TokenVerifier:
                 if kid
                 else self._jwks_client.get_signing_keys()[0]
             )
-            return signing.key, JWKS_ALGORITHMS
+            return signing.key, _algorithms(signing)
         assert self._jwks is not None
         keys = [k for k in self._jwks.keys if kid is None or k.key_id == kid]
         if not keys:
             raise Unauthenticated("token signed with an unknown key")
-        return keys[0].key, JWKS_ALGORITHMS
+        return keys[0].key, _algorithms(keys[0])
 
     def verify(self, authorization: str | None) -> Identity:
         """The identity of an ``Authorization`` header value (``Bearer <JWT>``)."""
@@ -100,7 +108,7 @@ class TokenVerifier:
             raise
         except jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("token expired") from exc
-        except (jwt.PyJWTError, ValueError, KeyError) as exc:
+        except (jwt.PyJWTError, ValueError, KeyError, TypeError) as exc:
             raise Unauthenticated(f"invalid token: {exc}") from exc
         role = claims.get("role")
         if role not in ROLES:
