@@ -7,9 +7,11 @@ convention, SPEC §12/§13)::
     SELECT set_config('role', <claim role>, true),            -- SET LOCAL ROLE
            set_config('request.jwt.claims', <claims>, true);  -- the actor (§9, §12)
     SELECT * FROM costwarden.fn_...(p_... => ...);            -- a costwarden._sql Call
-    COMMIT;
+    COMMIT;                                                   -- (implicit)
 
-sent in one round trip (psycopg pipeline mode) when nothing has to be staged. The
+sent as one simple-protocol query (one round trip, one implicit transaction) when
+nothing has to be staged; a call that sends a secret first (BYOK key put) runs in an
+explicit transaction with the COPY in between. The
 statements are the :mod:`costwarden._sql` calls the Python clients run: no rule is
 re-implemented here. Errors leave as the exceptions of :mod:`costwarden.errors`.
 """
@@ -34,8 +36,8 @@ from .config import ServerConfig
 R = TypeVar("R")
 
 SET_IDENTITY = (
-    "select set_config('role', %(role)s, true), "
-    "set_config('request.jwt.claims', %(claims)s, true)"
+    "select set_config('role', %(cw_role)s, true), "
+    "set_config('request.jwt.claims', %(cw_claims)s, true)"
 )
 
 
@@ -60,19 +62,10 @@ class Database:
         await self.pool.close()
 
     @asynccontextmanager
-    async def _cursor(
-        self, identity_role: str, claims: str, *, pipeline: bool
-    ) -> AsyncIterator[psycopg.AsyncCursor[dict[str, Any]]]:
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         try:
             async with self.pool.connection() as conn:
-                async with (
-                    conn.pipeline() if pipeline else _null(),
-                    conn.transaction(),
-                    conn.cursor(row_factory=dict_row) as cur,
-                ):
-                    set_json_loads(exact_loads, cur)
-                    await cur.execute(SET_IDENTITY, {"role": identity_role, "claims": claims})
-                    yield cur
+                yield conn
         except psycopg.Error as exc:
             if is_unavailable(exc):
                 raise DatabaseUnavailable(str(exc)) from exc
@@ -84,18 +77,41 @@ class Database:
 
     async def run(self, identity: Identity, call: q.Call[R]) -> R:
         """Run ``call`` as ``identity``, in its own transaction."""
+        identity_params = {"cw_role": identity.role, "cw_claims": identity.claims_json()}
         staged = self._secrets._staged(call)
         with wrap_errors():
-            async with self._cursor(
-                identity.role, identity.claims_json(), pipeline=not staged
-            ) as cur:
+            async with self._connection() as conn:
                 if staged:
-                    async with cur.copy(q.STAGE_SECRETS) as copy:
-                        for name, value in staged.items():
-                            await copy.write_row((name, value))
-                await cur.execute(call.sql, call.params)
-                rows = await cur.fetchall()  # every Call is one SELECT
+                    rows = await self._run_staged(conn, identity_params, staged, call)
+                else:
+                    # one simple-protocol message: the two statements are one implicit
+                    # transaction, so set_config(..., true) holds for the call and no
+                    # longer; parameters are bound client-side (ClientCursor).
+                    async with psycopg.AsyncClientCursor(conn, row_factory=dict_row) as cur:
+                        set_json_loads(exact_loads, cur)
+                        await cur.execute(
+                            f"{SET_IDENTITY}; {call.sql}", {**call.params, **identity_params}
+                        )
+                        cur.nextset()
+                        rows = await cur.fetchall()
         return call.parse(rows)
+
+    async def _run_staged(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        identity_params: dict[str, str],
+        staged: dict[str, str],
+        call: q.Call[Any],
+    ) -> list[dict[str, Any]]:
+        """A call with secrets sent first through COPY: an explicit transaction."""
+        async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            set_json_loads(exact_loads, cur)
+            await cur.execute(SET_IDENTITY, identity_params)
+            async with cur.copy(q.STAGE_SECRETS) as copy:
+                for name, value in staged.items():
+                    await copy.write_row((name, value))
+            await cur.execute(call.sql, call.params)
+            return await cur.fetchall()
 
     async def run_as_service(self, call: q.Call[R]) -> R:
         """``call`` under costwarden_service without claims (health checks)."""
@@ -103,6 +119,3 @@ class Database:
         return await self.run(identity, call)
 
 
-@asynccontextmanager
-async def _null() -> AsyncIterator[None]:
-    yield None
