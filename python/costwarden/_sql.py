@@ -739,7 +739,8 @@ def schema_state() -> Call[list[t.SchemaObject]]:
 
 def my_allocations(period: str, window: str) -> Call[list[t.Allocation]]:
     return Call(
-        "select * from costwarden.fn_my_allocations(p_period => %(period)s, p_window => %(window)s)",
+        "select * from costwarden.fn_my_allocations(p_period => %(period)s, "
+        "p_window => %(window)s)",
         {"period": period, "window": window},
         _many(t.Allocation),
     )

@@ -15,10 +15,7 @@
 -- status per limited scope; nothing grows with the ledger.
 create or replace function costwarden.fn_metrics()
 returns table (metric text, labels jsonb, value numeric)
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     return query
@@ -87,16 +84,14 @@ end
 $$;
 
 comment on function costwarden.fn_metrics() is
-'Prometheus samples of /metrics and costwarden metrics: holds, reservations and denials of the last hour, enforced limit ratios, circuit states (docs/http.md).';
+'Prometheus samples of /metrics and costwarden metrics: holds, reservations and denials '
+'of the last hour, enforced limit ratios, circuit states (docs/http.md).';
 
 -- The applied migrations and function files, as the runner recorded them: /healthz
 -- compares them with the files the running costwarden ships (schema up to date).
 create or replace function costwarden.fn_schema_state()
 returns table (kind text, version integer, name text, checksum text)
-language sql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language sql stable security definer set search_path = pg_catalog, pg_temp
 as $$
     select 'migration'::text, m.version, m.name, m.checksum
     from costwarden._migrations as m
@@ -121,10 +116,7 @@ returns table (
     status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
     created_at timestamptz, expires_at timestamptz, reasons jsonb
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_row costwarden._reservations;

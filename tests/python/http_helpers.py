@@ -76,7 +76,9 @@ def token(
     return jwt.encode(body, key, algorithm=algorithm, headers=dict(headers or {}))
 
 
-def auth(role: str = "costwarden_admin", org_id: str | None = None, sub: str | None = None) -> dict[str, str]:
+def auth(
+    role: str = "costwarden_admin", org_id: str | None = None, sub: str | None = None
+) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(role, org_id, sub)}"}
 
 

@@ -22,7 +22,11 @@ USAGE = {"input_tokens": 1000, "output_tokens": 500}
 
 @pytest.fixture
 def api(login_dsn: str, seeded: Seeded) -> Iterator[TestClient]:
-    app = create_app(ServerConfig(dsn=login_dsn, jwt_secret=SECRET, kek="test-kek-0123456789-0123456789-0123456789"))
+    app = create_app(
+        ServerConfig(
+            dsn=login_dsn, jwt_secret=SECRET, kek="test-kek-0123456789-0123456789-0123456789"
+        )
+    )
     with TestClient(app) as client:
         yield client
 
@@ -54,7 +58,9 @@ def test_quote_reserve_commit_and_read_back(api: TestClient) -> None:
     assert r["status"] == "held" and r["amount_micros"] == 7500 and r["reasons"] == []
     rid = r["reservation_id"]
 
-    tick = api.post(f"/v1/reservations/{rid}/meter", json={"usage": {"input_tokens": 10}}, headers=SERVICE)
+    tick = api.post(
+        f"/v1/reservations/{rid}/meter", json={"usage": {"input_tokens": 10}}, headers=SERVICE
+    )
     assert tick.status_code == 200 and tick.json()["action"] == "continue"
     done = api.post(f"/v1/reservations/{rid}/commit", json={"usage": USAGE}, headers=SERVICE)
     assert done.status_code == 200, done.text
@@ -74,7 +80,9 @@ def test_quote_reserve_commit_and_read_back(api: TestClient) -> None:
     assert api.get("/v1/me/reservations", headers=bob).json() == []
 
     # a commit again with other usage: CW007 -> 409; release after commit: CW003 -> 409
-    again = api.post(f"/v1/reservations/{rid}/commit", json={"usage": {"input_tokens": 1}}, headers=SERVICE)
+    again = api.post(
+        f"/v1/reservations/{rid}/commit", json={"usage": {"input_tokens": 1}}, headers=SERVICE
+    )
     assert again.status_code == 409 and again.json()["sqlstate"] == "CW007"
     rel = api.post(f"/v1/reservations/{rid}/release", headers=SERVICE)
     assert rel.status_code == 409 and rel.json()["sqlstate"] == "CW003"
@@ -82,7 +90,11 @@ def test_quote_reserve_commit_and_read_back(api: TestClient) -> None:
 
 def test_release_and_ttl(api: TestClient) -> None:
     r = api.post("/v1/reservations", json=reserve_body(ttl_seconds=120), headers=SERVICE).json()
-    rel = api.post(f"/v1/reservations/{r['reservation_id']}/release", json={"reason": "cancelled"}, headers=SERVICE)
+    rel = api.post(
+        f"/v1/reservations/{r['reservation_id']}/release",
+        json={"reason": "cancelled"},
+        headers=SERVICE,
+    )
     assert rel.status_code == 200 and rel.json() == {"released_micros": 7500}
 
 
@@ -104,14 +116,20 @@ def test_denied_reservation_is_402_with_reasons(api: TestClient) -> None:
     assert reason["requested"] == 7500 and reason["scope_kind"] == "workspace"
     # clearing the limit (null) admits it
     cleared = api.patch(
-        "/v1/orgs/acme/budgets/workspace/ws-platform", json={"period": "day", "limit": None}, headers=ADMIN
+        "/v1/orgs/acme/budgets/workspace/ws-platform",
+        json={"period": "day", "limit": None},
+        headers=ADMIN,
     )
     assert cleared.status_code == 200 and cleared.json() == []
     assert api.post("/v1/reservations", json=reserve_body(), headers=SERVICE).status_code == 201
 
 
-def test_budget_get_and_patch_errors(api: TestClient, admin_conn: psycopg.Connection[Any], table_snapshot: Callable[..., Any]) -> None:
-    ok = api.patch("/v1/orgs/acme/budgets/org", json={"period": "month", "limit": 10_000_000}, headers=ADMIN)
+def test_budget_get_and_patch_errors(
+    api: TestClient, admin_conn: psycopg.Connection[Any], table_snapshot: Callable[..., Any]
+) -> None:
+    ok = api.patch(
+        "/v1/orgs/acme/budgets/org", json={"period": "month", "limit": 10_000_000}, headers=ADMIN
+    )
     assert ok.status_code == 200
     got = api.get("/v1/orgs/acme/budgets/org", headers=SERVICE)
     assert got.status_code == 200
@@ -119,14 +137,22 @@ def test_budget_get_and_patch_errors(api: TestClient, admin_conn: psycopg.Connec
     assert row["limit_value"] == 10_000_000 and row["spent"] == 0 and row["remaining"] == 10_000_000
 
     before = table_snapshot(admin_conn)
-    negative = api.patch("/v1/orgs/acme/budgets/org", json={"period": "month", "limit": -1}, headers=ADMIN)
+    negative = api.patch(
+        "/v1/orgs/acme/budgets/org", json={"period": "month", "limit": -1}, headers=ADMIN
+    )
     assert negative.status_code == 400 and negative.json()["field"] == "limit", negative.text
-    period = api.patch("/v1/orgs/acme/budgets/org", json={"period": "fortnight", "limit": 1}, headers=ADMIN)
+    period = api.patch(
+        "/v1/orgs/acme/budgets/org", json={"period": "fortnight", "limit": 1}, headers=ADMIN
+    )
     assert period.status_code == 400 and period.json()["field"] == "period", period.text
-    unknown = api.patch("/v1/orgs/nope/budgets/org", json={"period": "day", "limit": 1}, headers=ADMIN)
+    unknown = api.patch(
+        "/v1/orgs/nope/budgets/org", json={"period": "day", "limit": 1}, headers=ADMIN
+    )
     assert unknown.status_code == 404 and unknown.json()["sqlstate"] == "CW002"
     # the service role may not set budgets (no EXECUTE): 403
-    service = api.patch("/v1/orgs/acme/budgets/org", json={"period": "day", "limit": 1}, headers=SERVICE)
+    service = api.patch(
+        "/v1/orgs/acme/budgets/org", json={"period": "day", "limit": 1}, headers=SERVICE
+    )
     assert service.status_code == 403
     assert table_snapshot(admin_conn) == before
 
@@ -162,7 +188,10 @@ def test_bad_budget_bodies_are_422_naming_the_field(
     ("raw", "field"),
     [
         (b'{"org_id": "acme", "workspace_id": ', "body"),  # malformed JSON
-        (b'{"org_id": 1, "workspace_id": "ws-platform", "model": "openai/gpt-4o", "usage": {}}', "org_id"),
+        (
+            b'{"org_id": 1, "workspace_id": "ws-platform", "model": "openai/gpt-4o", "usage": {}}',
+            "org_id",
+        ),
         (
             b'{"org_id": "acme", "workspace_id": "ws-platform", "model": "openai/gpt-4o",'
             b' "usage": {"input_tokens": 1}, "ttl_seconds": 1.5}',
@@ -219,18 +248,22 @@ def test_unknown_reservation_and_bad_id(api: TestClient) -> None:
 
 
 def test_unpriced_model_is_422(api: TestClient) -> None:
-    r = api.post(
-        "/v1/quote", json=reserve_body(model="acme-labs/unpriced-1"), headers=SERVICE
-    )
+    r = api.post("/v1/quote", json=reserve_body(model="acme-labs/unpriced-1"), headers=SERVICE)
     assert r.status_code == 422 and r.json()["sqlstate"] == "CW006"
 
 
 def test_user_limits_crud(api: TestClient) -> None:
-    d = api.put("/v1/orgs/acme/user-limits/default", json={"period": "day", "limit": 3000}, headers=ADMIN)
+    d = api.put(
+        "/v1/orgs/acme/user-limits/default", json={"period": "day", "limit": 3000}, headers=ADMIN
+    )
     assert d.status_code == 200 and d.json()[0]["limit_value"] == 3000
-    g = api.put("/v1/orgs/acme/user-limits/group/eng", json={"period": "day", "limit": 2000}, headers=ADMIN)
+    g = api.put(
+        "/v1/orgs/acme/user-limits/group/eng", json={"period": "day", "limit": 2000}, headers=ADMIN
+    )
     assert g.status_code == 200, g.text
-    u = api.put("/v1/orgs/acme/user-limits/user/bob", json={"period": "day", "limit": 9000}, headers=ADMIN)
+    u = api.put(
+        "/v1/orgs/acme/user-limits/user/bob", json={"period": "day", "limit": 9000}, headers=ADMIN
+    )
     assert u.status_code == 200
     alice = api.get("/v1/orgs/acme/user-limits/user/alice", headers=ADMIN).json()
     assert [(x["limit_value"], x["source"]) for x in alice] == [(2000, "group:eng")]
@@ -240,8 +273,15 @@ def test_user_limits_crud(api: TestClient) -> None:
     assert gone.status_code == 200
     bob = api.get("/v1/orgs/acme/user-limits/user/bob", headers=ADMIN).json()
     assert [x["source"] for x in bob] == ["group:eng"]
-    assert api.get("/v1/orgs/acme/user-limits/default", headers=ADMIN).json()[0]["limit_value"] == 3000
-    assert api.put("/v1/orgs/acme/user-limits/team/x", json={"period": "day", "limit": 1}, headers=ADMIN).status_code == 422
+    assert (
+        api.get("/v1/orgs/acme/user-limits/default", headers=ADMIN).json()[0]["limit_value"] == 3000
+    )
+    assert (
+        api.put(
+            "/v1/orgs/acme/user-limits/team/x", json={"period": "day", "limit": 1}, headers=ADMIN
+        ).status_code
+        == 422
+    )
     # a denial through a user's effective limit
     r = api.post("/v1/reservations", json=reserve_body(user_id="alice"), headers=SERVICE)
     assert r.status_code == 402 and r.json()["reasons"][0]["scope_kind"] == "user"
@@ -257,7 +297,9 @@ def test_byok_keys_audit_anomalies_circuits(api: TestClient) -> None:
     assert put.json()["fingerprint"].endswith("cdef")
     assert "0123456789" not in put.text
     forbidden = api.put(
-        "/v1/orgs/acme/workspaces/ws-platform/keys/openai", json={"secret": "sk-x-123456789"}, headers=ADMIN
+        "/v1/orgs/acme/workspaces/ws-platform/keys/openai",
+        json={"secret": "sk-x-123456789"},
+        headers=ADMIN,
     )
     assert forbidden.status_code == 403 and forbidden.json()["sqlstate"] == "CW005"
     revoked = api.delete("/v1/orgs/acme/workspaces/ws-vendor/keys/anthropic", headers=ADMIN)
@@ -294,7 +336,7 @@ def test_healthz_and_metrics(api: TestClient) -> None:
     api.post("/v1/reservations", json=reserve_body(), headers=SERVICE)
     api.post("/v1/reservations", json=reserve_body(), headers=SERVICE)  # 15000 > 10000: denied
     text = api.get("/metrics", headers=ADMIN).text
-    assert 'costwarden_reservations_held 1.0' in text
+    assert "costwarden_reservations_held 1.0" in text
     assert 'costwarden_reservations_last_hour{org="acme",status="denied"} 1.0' in text
     assert 'costwarden_denials_last_hour{org="acme",reason="budget_exceeded"} 1.0' in text
     assert (
@@ -302,14 +344,24 @@ def test_healthz_and_metrics(api: TestClient) -> None:
         'scope_kind="org",window="rolling"} 0.75' in text
     )
     assert "# TYPE costwarden_circuit_state gauge" in text
-    assert 'costwarden_http_request_seconds_bucket{le="0.001",method="POST",route="/v1/reservations"' in text
+    assert (
+        'costwarden_http_request_seconds_bucket{le="0.001",method="POST",route="/v1/reservations"'
+        in text
+    )
     assert 'costwarden_http_reservations_total{status="held"} 1.0' in text
-    assert api.get("/metrics", headers=auth("costwarden_tenant", "acme", "alice")).status_code == 403
+    assert (
+        api.get("/metrics", headers=auth("costwarden_tenant", "acme", "alice")).status_code == 403
+    )
 
 
 def test_database_down_is_503(seeded: Seeded) -> None:
     app = create_app(
-        ServerConfig(dsn="host=127.0.0.1 port=1 connect_timeout=1", jwt_secret=SECRET, pool_timeout=1.0, pool_min=0)
+        ServerConfig(
+            dsn="host=127.0.0.1 port=1 connect_timeout=1",
+            jwt_secret=SECRET,
+            pool_timeout=1.0,
+            pool_min=0,
+        )
     )
     with TestClient(app) as client:
         r = client.post("/v1/reservations", json=reserve_body(), headers=SERVICE)
@@ -319,10 +371,24 @@ def test_database_down_is_503(seeded: Seeded) -> None:
 
 
 def test_spend_limits_and_allocations(api: TestClient, client: Any) -> None:
-    api.patch("/v1/orgs/acme/budgets/key/key-1", json={"period": "month", "limit": 50_000, "window": "calendar"}, headers=ADMIN)
-    r = api.post("/v1/reservations", json=reserve_body(user_id="alice", key_id="key-1"), headers=SERVICE).json()
-    api.post(f"/v1/reservations/{r['reservation_id']}/commit", json={"usage": {"input_tokens": 400}}, headers=SERVICE)
-    api.post("/v1/reservations", json=reserve_body(workspace_id="ws-vendor", model="anthropic/claude-3-5-sonnet"), headers=SERVICE)
+    api.patch(
+        "/v1/orgs/acme/budgets/key/key-1",
+        json={"period": "month", "limit": 50_000, "window": "calendar"},
+        headers=ADMIN,
+    )
+    r = api.post(
+        "/v1/reservations", json=reserve_body(user_id="alice", key_id="key-1"), headers=SERVICE
+    ).json()
+    api.post(
+        f"/v1/reservations/{r['reservation_id']}/commit",
+        json={"usage": {"input_tokens": 400}},
+        headers=SERVICE,
+    )
+    api.post(
+        "/v1/reservations",
+        json=reserve_body(workspace_id="ws-vendor", model="anthropic/claude-3-5-sonnet"),
+        headers=SERVICE,
+    )
 
     rows = api.get("/v1/orgs/acme/spend?scope_kind=workspace", headers=SERVICE)
     assert rows.status_code == 200, rows.text
@@ -337,15 +403,28 @@ def test_spend_limits_and_allocations(api: TestClient, client: Any) -> None:
     assert bad.status_code == 422 and bad.json()["field"] == "period"
 
     limits = api.get("/v1/orgs/acme/limits", headers=ADMIN).json()
-    assert [(x["scope_kind"], x["scope_id"], x["limit_value"]) for x in limits] == [("key", "key-1", 50_000)]
+    assert [(x["scope_kind"], x["scope_id"], x["limit_value"]) for x in limits] == [
+        ("key", "key-1", 50_000)
+    ]
 
     alice = auth("costwarden_tenant", "acme", "alice")
     [card] = api.get("/v1/me/allocations", headers=alice).json()
     assert card["key_id"] == "key-1" and card["limit_micros"] == 50_000
     assert card["spent_micros"] == 1000 and card["remaining_micros"] == 49_000
-    assert api.get("/v1/me/allocations", headers=auth("costwarden_tenant", "acme", "bob")).json() == []
+    assert (
+        api.get("/v1/me/allocations", headers=auth("costwarden_tenant", "acme", "bob")).json() == []
+    )
     # a tenant reads its own user scope's spend, not the org's nor another user's
-    assert api.get("/v1/orgs/acme/spend?scope_kind=user&scope_id=alice", headers=alice).status_code == 200
+    assert (
+        api.get("/v1/orgs/acme/spend?scope_kind=user&scope_id=alice", headers=alice).status_code
+        == 200
+    )
     assert api.get("/v1/orgs/acme/spend", headers=alice).status_code == 403
-    assert api.get("/v1/orgs/acme/spend?scope_kind=user&scope_id=bob", headers=alice).status_code == 403
-    assert api.get("/v1/orgs/globex/spend?scope_kind=user&scope_id=alice", headers=alice).status_code == 403
+    assert (
+        api.get("/v1/orgs/acme/spend?scope_kind=user&scope_id=bob", headers=alice).status_code
+        == 403
+    )
+    assert (
+        api.get("/v1/orgs/globex/spend?scope_kind=user&scope_id=alice", headers=alice).status_code
+        == 403
+    )

@@ -51,14 +51,20 @@ def seed_spend(client: costwarden.Client) -> None:
     client.set_budget("acme", "workspace", "ws-platform", "month", 8_000_000, window="calendar")
     client.set_budget("acme", "key", "key-1", "month", 5_000_000, window="calendar")
     for _ in range(2):
-        r = client.reserve("acme", "ws-platform", "openai/gpt-4o", USAGE, user_id="alice", key_id="key-1")
+        r = client.reserve(
+            "acme", "ws-platform", "openai/gpt-4o", USAGE, user_id="alice", key_id="key-1"
+        )
         client.commit(r.reservation_id, USAGE)
     client.reserve("acme", "ws-platform", "openai/gpt-4o", {"input_tokens": 100_000}, user_id="bob")
     client.upsert_workspace("acme", "ws-research", model="openai/gpt-4o")  # no limit of its own
-    r = client.reserve("acme", "ws-research", "openai/gpt-4o", {"input_tokens": 360_000}, user_id="bob")
+    r = client.reserve(
+        "acme", "ws-research", "openai/gpt-4o", {"input_tokens": 360_000}, user_id="bob"
+    )
     client.commit(r.reservation_id, {"input_tokens": 360_000})
     with pytest.raises(costwarden.BudgetExceeded):  # $4 spent: $2 more breaks the key's $5 cap
-        client.reserve("acme", "ws-platform", "openai/gpt-4o", USAGE, user_id="alice", key_id="key-1")
+        client.reserve(
+            "acme", "ws-platform", "openai/gpt-4o", USAGE, user_id="alice", key_id="key-1"
+        )
     # set afterwards: bob's $0.25 held + $0.90 spent are over it
     client.set_budget("acme", "user", "bob", "month", 1_000_000, window="calendar")
 
@@ -74,7 +80,11 @@ def sign_in(browser: Any, url: str, jwt: str) -> Any:
 
 
 def test_org_dashboard_in_chromium(
-    browser: Any, serve_process: ServeProcess, client: costwarden.Client, seeded: Seeded, shots: Path
+    browser: Any,
+    serve_process: ServeProcess,
+    client: costwarden.Client,
+    seeded: Seeded,
+    shots: Path,
 ) -> None:
     seed_spend(client)
     page = sign_in(browser, serve_process.url, token("costwarden_admin", "acme"))
@@ -83,16 +93,26 @@ def test_org_dashboard_in_chromium(
     seen = {}
     for i in range(rows.count()):
         row = rows.nth(i)
-        attrs = {k: row.get_attribute(f"data-{k}") for k in ("scope-kind", "scope-id", "spent", "held", "limit", "state", "metric")}
+        attrs = {
+            k: row.get_attribute(f"data-{k}")
+            for k in ("scope-kind", "scope-id", "spent", "held", "limit", "state", "metric")
+        }
         seen[(attrs["scope-kind"], attrs["scope-id"] or None)] = attrs
         # the SVG's bar widths are the figures drawn to scale
         spent_w = float(row.locator("rect.spent").get_attribute("width") or 0)
         assert spent_w == min(300, round(300 * int(attrs["spent"] or 0) / int(attrs["limit"] or 1)))
-    assert set(seen) == {("org", None), ("workspace", "ws-platform"), ("key", "key-1"), ("user", "bob")}
+    assert set(seen) == {
+        ("org", None),
+        ("workspace", "ws-platform"),
+        ("key", "key-1"),
+        ("user", "bob"),
+    }
     for (kind, scope_id), attrs in seen.items():
         [s] = client.spend_summary("acme", kind, scope_id)
         assert (int(attrs["spent"]), int(attrs["held"]), int(attrs["limit"])) == (
-            s.spent_micros, s.held_micros, s.limit_micros
+            s.spent_micros,
+            s.held_micros,
+            s.limit_micros,
         ), kind
         used = (s.spent_micros + s.held_micros) / s.limit_micros
         assert attrs["state"] == ("red" if used >= 1 else "amber" if used >= 0.8 else "green")
@@ -138,7 +158,11 @@ def test_org_dashboard_in_chromium(
 
 
 def test_tenant_view_in_chromium(
-    browser: Any, serve_process: ServeProcess, client: costwarden.Client, seeded: Seeded, shots: Path
+    browser: Any,
+    serve_process: ServeProcess,
+    client: costwarden.Client,
+    seeded: Seeded,
+    shots: Path,
 ) -> None:
     seed_spend(client)
     page = sign_in(browser, serve_process.url, token("costwarden_tenant", "acme", "alice"))

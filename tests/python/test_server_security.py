@@ -78,11 +78,17 @@ def test_every_route_but_the_public_ones_needs_a_valid_token(api: TestClient) ->
     [
         (lambda: token(expires_in=-30), 401),  # expired
         (lambda: token(key="another-secret-of-at-least-32-bytes!!"), 401),  # another key
-        (lambda: jwt.encode({"role": "costwarden_admin", "exp": 2**31}, None, algorithm="none"), 401),
+        (
+            lambda: jwt.encode({"role": "costwarden_admin", "exp": 2**31}, None, algorithm="none"),
+            401,
+        ),
         (lambda: token(role="postgres"), 403),  # not one of the three roles
         (lambda: token(role="costwarden_owner"), 403),
         (lambda: token(role=None), 401),  # no role claim: null is missing
-        (lambda: jwt.encode({"role": "costwarden_admin"}, SECRET, algorithm="HS256"), 401),  # no exp
+        (
+            lambda: jwt.encode({"role": "costwarden_admin"}, SECRET, algorithm="HS256"),
+            401,
+        ),  # no exp
     ],
     ids=["expired", "wrong-key", "alg-none", "role-postgres", "role-owner", "role-null", "no-exp"],
 )
@@ -115,12 +121,29 @@ TENANT = auth("costwarden_tenant", "acme", "alice")
         (
             "POST",
             "/v1/reservations",
-            {"org_id": "acme", "workspace_id": "ws-platform", "model": "openai/gpt-4o",
-             "usage": {"input_tokens": 1}, "user_id": "alice"},
+            {
+                "org_id": "acme",
+                "workspace_id": "ws-platform",
+                "model": "openai/gpt-4o",
+                "usage": {"input_tokens": 1},
+                "user_id": "alice",
+            },
         ),
-        ("POST", "/v1/quote", {"org_id": "globex", "workspace_id": "ws-main",
-                               "model": "openai/gpt-4o", "usage": {"input_tokens": 1}}),
-        ("PUT", "/v1/orgs/acme/workspaces/ws-vendor/keys/anthropic", {"secret": "sk-ant-123456789"}),
+        (
+            "POST",
+            "/v1/quote",
+            {
+                "org_id": "globex",
+                "workspace_id": "ws-main",
+                "model": "openai/gpt-4o",
+                "usage": {"input_tokens": 1},
+            },
+        ),
+        (
+            "PUT",
+            "/v1/orgs/acme/workspaces/ws-vendor/keys/anthropic",
+            {"secret": "sk-ant-123456789"},
+        ),
         ("DELETE", "/v1/orgs/acme/workspaces/ws-vendor/keys/anthropic", None),
         ("GET", "/v1/orgs/acme/audit", None),
         ("GET", "/v1/orgs/globex/anomalies", None),
@@ -137,7 +160,9 @@ def test_a_tenant_cannot_reach_another_org_or_user(
 
 def test_a_tenant_reads_its_own(api: TestClient, seeded: Seeded) -> None:
     admin = auth("costwarden_admin")
-    api.patch("/v1/orgs/acme/budgets/user/alice", json={"period": "day", "limit": 5000}, headers=admin)
+    api.patch(
+        "/v1/orgs/acme/budgets/user/alice", json={"period": "day", "limit": 5000}, headers=admin
+    )
     own = api.get("/v1/orgs/acme/budgets/user/alice", headers=TENANT)
     assert own.status_code == 200 and own.json()[0]["limit_value"] == 5000
     key = api.get("/v1/orgs/acme/budgets/key/key-1", headers=TENANT)  # alice owns key-1
@@ -146,8 +171,13 @@ def test_a_tenant_reads_its_own(api: TestClient, seeded: Seeded) -> None:
     svc = auth("costwarden_service", "acme")
     rid = api.post(
         "/v1/reservations",
-        json={"org_id": "acme", "workspace_id": "ws-platform", "model": "openai/gpt-4o",
-              "usage": {"input_tokens": 1}, "user_id": "alice"},
+        json={
+            "org_id": "acme",
+            "workspace_id": "ws-platform",
+            "model": "openai/gpt-4o",
+            "usage": {"input_tokens": 1},
+            "user_id": "alice",
+        },
         headers=svc,
     ).json()["reservation_id"]
     globex = auth("costwarden_tenant", "globex", "alice")
@@ -162,8 +192,13 @@ def test_a_tenant_reads_its_own(api: TestClient, seeded: Seeded) -> None:
 def test_body_over_the_bound_is_413(login_dsn: str, seeded: Seeded) -> None:
     app = create_app(ServerConfig(dsn=login_dsn, jwt_secret=SECRET, max_body_bytes=1024))
     with TestClient(app) as client:
-        big = {"org_id": "acme", "workspace_id": "ws-platform", "model": "openai/gpt-4o",
-               "usage": {"input_tokens": 1}, "metadata": {"pad": "x" * 2000}}
+        big = {
+            "org_id": "acme",
+            "workspace_id": "ws-platform",
+            "model": "openai/gpt-4o",
+            "usage": {"input_tokens": 1},
+            "metadata": {"pad": "x" * 2000},
+        }
         r = client.post("/v1/reservations", json=big, headers=auth("costwarden_service"))
         assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
 
@@ -172,7 +207,8 @@ def test_body_over_the_bound_is_413(login_dsn: str, seeded: Seeded) -> None:
             yield json.dumps(big).encode()[900:]
 
         streamed = client.post(
-            "/v1/reservations", content=chunks(),
+            "/v1/reservations",
+            content=chunks(),
             headers={**auth("costwarden_service"), "content-type": "application/json"},
         )
         assert streamed.status_code == 413
@@ -200,7 +236,9 @@ def test_cors_is_off_by_default(api: TestClient, login_dsn: str) -> None:
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256"])
-def test_jwks_file_issuer_and_audience(login_dsn: str, seeded: Seeded, tmp_path: Path, alg: str) -> None:
+def test_jwks_file_issuer_and_audience(
+    login_dsn: str, seeded: Seeded, tmp_path: Path, alg: str
+) -> None:
     key: Any = (
         rsa.generate_private_key(public_exponent=65537, key_size=2048)
         if alg == "RS256"

@@ -41,10 +41,15 @@ def toolchain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(TS / "package.json", cache / "package.json")
     done = subprocess.run(
         [npm, "install", "--no-audit", "--no-fund", "--silent"],
-        cwd=cache, capture_output=True, text=True, timeout=300,
+        cwd=cache,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if done.returncode != 0:
-        pytest.skip(f"npm could not install openapi-typescript and typescript: {done.stderr[-500:]}")
+        pytest.skip(
+            f"npm could not install openapi-typescript and typescript: {done.stderr[-500:]}"
+        )
     return cache
 
 
@@ -63,35 +68,56 @@ def test_typescript_client_from_openapi(
     (tmp_path / "openapi.json").write_text(doc.text)
     gen = subprocess.run(
         # request fields with a default are optional (not "non-nullable, required")
-        [str(tools / "openapi-typescript"), "openapi.json", "-o", "api.ts",
-         "--default-non-nullable", "false"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            str(tools / "openapi-typescript"),
+            "openapi.json",
+            "-o",
+            "api.ts",
+            "--default-non-nullable",
+            "false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert gen.returncode == 0, gen.stderr
     for name in ("client.ts", "misuse.ts", "tsconfig.json"):
         shutil.copy(TS / name, tmp_path / name)
 
     tsc = [str(tools / "tsc"), "-p", "tsconfig.json"]
-    bad = subprocess.run([*tsc, "--noEmit"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    bad = subprocess.run(
+        [*tsc, "--noEmit"], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
     # the project compiles both files: misuse.ts must fail, naming both mistakes
     assert bad.returncode != 0
     assert "misuse.ts" in bad.stdout and "client.ts" not in bad.stdout, bad.stdout
     assert "'string' is not assignable to type 'number'" in bad.stdout, bad.stdout
     assert "currency" in bad.stdout, bad.stdout
     (tmp_path / "misuse.ts").unlink()
-    ok = subprocess.run([*tsc, "--outDir", "build"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    ok = subprocess.run(
+        [*tsc, "--outDir", "build"], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
     run = subprocess.run(
         ["node", "build/client.js"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "COSTWARDEN_URL": serve_process.url,
-             "COSTWARDEN_TOKEN": token("costwarden_service", "acme")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "COSTWARDEN_URL": serve_process.url,
+            "COSTWARDEN_TOKEN": token("costwarden_service", "acme"),
+        },
     )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["held_micros"] == 7500 and out["charged_micros"] == 4000
     assert out["released_micros"] == 3500 and out["entry_seq"] == 1
     assert out["denied_status"] == "denied" and out["denied_codes"] == ["budget_exceeded"]
-    [row] = [r for r in client.reservations("acme") if str(r.reservation_id) == out["reservation_id"]]
+    [row] = [
+        r for r in client.reservations("acme") if str(r.reservation_id) == out["reservation_id"]
+    ]
     assert row.status == "committed" and row.charged_micros == 4000

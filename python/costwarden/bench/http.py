@@ -176,5 +176,8 @@ def run_http_bench(
         )
     )
     for fig in figures:
-        echo(f"  -> {fig.name}: {fig.value:,.3f} {fig.unit} | {fig.baseline_name}: {fig.baseline:,.3f}")
+        echo(
+            f"  -> {fig.name}: {fig.value:,.3f} {fig.unit} | "
+            f"{fig.baseline_name}: {fig.baseline:,.3f}"
+        )
     return figures

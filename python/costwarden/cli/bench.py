@@ -95,7 +95,10 @@ def bench_http(ctx: Context, seconds: int, clients: int, orgs: int, as_json: boo
 
     dsn, _bindir = _server(ctx)
     figures = run_http_bench(
-        dsn, seconds=seconds, clients=clients, orgs=orgs,
+        dsn,
+        seconds=seconds,
+        clients=clients,
+        orgs=orgs,
         echo=lambda line: click.echo(line, err=True),
     )
     if as_json:

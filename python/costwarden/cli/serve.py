@@ -8,8 +8,7 @@ import time
 
 import click
 
-from ._common import pass_ctx
-from ._common import Context
+from ._common import Context, pass_ctx
 
 _EXTRA = "the HTTP service needs the server extra: pip install 'costwarden[server]'"
 

@@ -22,7 +22,7 @@ from uuid import UUID
 import psycopg
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -159,11 +159,7 @@ def _validation_error(exc: RequestValidationError) -> HTTPError:
         if e.get("type") == "json_invalid":
             name = "body"
         else:
-            loc = [
-                str(x)
-                for x in e.get("loc", ())
-                if isinstance(x, str) and x not in _LOC_NOISE
-            ]
+            loc = [str(x) for x in e.get("loc", ()) if isinstance(x, str) and x not in _LOC_NOISE]
             name = ".".join(loc) or "body"
         first_field = first_field or name
         part = f"{name}: {e.get('msg', 'invalid')}"
@@ -477,7 +473,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         await run(caller, call, invalid_status=400)
         return Json(await run(caller, q.budget_status(org, scope_kind, scope_id)))
 
-    budget_doc = {
+    budget_doc: dict[str, Any] = {
         "response_model": list[t.BudgetStatus],
         "responses": _errors(400, 404),
         "tags": ["budgets"],
@@ -508,7 +504,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return await budget_patch(org, scope_kind, scope_id, body, caller)
 
     # -- user limits: per-user overrides, group limits, the org's default (SPEC §2)
-    user_limit_doc = {
+    user_limit_doc: dict[str, Any] = {
         "response_model": list[t.BudgetStatus],
         "responses": _errors(400, 404),
         "tags": ["user limits"],
@@ -683,7 +679,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         return Json(app.openapi())
 
     # -- health and metrics
-    @app.get("/healthz", response_model=m.Health, responses={503: {"model": m.Health}}, tags=["ops"])
+    @app.get(
+        "/healthz", response_model=m.Health, responses={503: {"model": m.Health}}, tags=["ops"]
+    )
     async def healthz() -> Response:
         """Database reachable and schema up to date (no token needed: it reveals nothing else)."""
         health = await check_health(db)
@@ -703,7 +701,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise from_costwarden(exc) from exc
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    from .dashboard import mount_dashboard  # noqa: PLC0415
+    from .dashboard import mount_dashboard
 
     mount_dashboard(app, run, verifier)
     if config.cors_origins:
@@ -739,11 +737,7 @@ async def check_health(db: Database) -> dict[str, Any]:
         }
     applied = {s.version: s.checksum for s in state if s.kind == "migration"}
     recorded = {s.name: s.checksum for s in state if s.kind == "function"}
-    pending = [
-        mig.filename
-        for mig in migrations.load_migrations()
-        if mig.version not in applied
-    ]
+    pending = [mig.filename for mig in migrations.load_migrations() if mig.version not in applied]
     outdated = list(migrations._outdated(migrations.load_functions(), recorded))
     up_to_date = not pending and not outdated
     return {

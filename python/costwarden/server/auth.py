@@ -92,7 +92,6 @@ class TokenVerifier:
         return self.verify_token(token)
 
     def verify_token(self, token: str) -> Identity:
-        options: dict[str, Any] = {"require": ["exp", "role"]}
         try:
             key, algorithms = self._key(token)
             claims = jwt.decode(
@@ -102,7 +101,10 @@ class TokenVerifier:
                 issuer=self._config.issuer,
                 audience=self._config.audience,
                 leeway=self._config.leeway_seconds,
-                options={**options, "verify_aud": self._config.audience is not None},
+                options={
+                    "require": ["exp", "role"],
+                    "verify_aud": self._config.audience is not None,
+                },
             )
         except Unauthenticated:
             raise

@@ -51,10 +51,14 @@ class ServerConfig:
             raise ValueError("max_body_bytes must be positive")
 
     @classmethod
-    def from_env(cls, dsn: str, env: Mapping[str, str] | None = None, **overrides: object) -> ServerConfig:
+    def from_env(
+        cls, dsn: str, env: Mapping[str, str] | None = None, **overrides: object
+    ) -> ServerConfig:
         """The configuration from ``COSTWARDEN_*`` variables, ``overrides`` winning."""
         e = os.environ if env is None else env
-        origins = tuple(o.strip() for o in e.get("COSTWARDEN_CORS_ORIGINS", "").split(",") if o.strip())
+        origins = tuple(
+            o.strip() for o in e.get("COSTWARDEN_CORS_ORIGINS", "").split(",") if o.strip()
+        )
         values: dict[str, object] = {
             "dsn": dsn,
             "jwt_secret": e.get("COSTWARDEN_JWT_SECRET") or None,

@@ -124,7 +124,16 @@ def bars_of(rows: list[t.SpendSummary]) -> list[Bar]:
         ):
             if limit is not None:
                 out.append(
-                    Bar(s.scope_kind, s.scope_id, s.period, s.window_kind, metric, spent, held, limit)
+                    Bar(
+                        s.scope_kind,
+                        s.scope_id,
+                        s.period,
+                        s.window_kind,
+                        metric,
+                        spent,
+                        held,
+                        limit,
+                    )
                 )
     return out
 
@@ -178,7 +187,11 @@ def mount_dashboard(
             return sign_in(str(exc), 401 if isinstance(exc, Unauthenticated) else 403)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
-            TOKEN_COOKIE, token.strip(), httponly=True, samesite="strict", path="/",
+            TOKEN_COOKIE,
+            token.strip(),
+            httponly=True,
+            samesite="strict",
+            path="/",
             secure=False,  # served on 127.0.0.1 in tests; put TLS in front in production
         )
         return response
@@ -207,10 +220,16 @@ def mount_dashboard(
         except NotPermitted as exc:
             return sign_in(str(exc), 403)
         org_id = caller.org_id or org
-        common = {
-            "caller": caller, "org": org_id, "period": period, "window": window,
-            "message": message, "error": error, "csrf": csrf_token(raw),
-            "periods": ("hour", "day", "week", "month"), "windows": ("calendar", "rolling"),
+        common: dict[str, Any] = {
+            "caller": caller,
+            "org": org_id,
+            "period": period,
+            "window": window,
+            "message": message,
+            "error": error,
+            "csrf": csrf_token(raw),
+            "periods": ("hour", "day", "week", "month"),
+            "windows": ("calendar", "rolling"),
         }
         if caller.role == "costwarden_tenant":
             return await tenant_view(caller, common)
@@ -219,29 +238,50 @@ def mount_dashboard(
         try:
             limits: list[t.BudgetLimit] = await run(caller, q.budget_list(org_id, None))
         except HTTPError as exc:
-            return page("dashboard.html", 200 if exc.status != 404 else 404, **common,
-                        bars=[], workspaces=[], error=exc.message)
+            return page(
+                "dashboard.html",
+                200 if exc.status != 404 else 404,
+                **common,
+                bars=[],
+                workspaces=[],
+                error=exc.message,
+            )
         scopes = sorted(
-            {(b.scope_kind, b.scope_id) for b in limits
-             if b.scope_kind in ("org", "workspace", "key", "user") and b.mode == "enforce"
-             and b.period == period and b.window_kind == window},
+            {
+                (b.scope_kind, b.scope_id)
+                for b in limits
+                if b.scope_kind in ("org", "workspace", "key", "user")
+                and b.mode == "enforce"
+                and b.period == period
+                and b.window_kind == window
+            },
             key=lambda s: (("org", "workspace", "user", "key").index(s[0]), s[1] or ""),
         )
         rows: list[t.SpendSummary] = []
         for kind, scope_id in scopes:
             rows += await run(caller, q.spend_summary(org_id, kind, scope_id, period, window, None))
         bars = bars_of(rows)
-        workspaces = await run(caller, q.spend_summary(org_id, "workspace", None, period, window, None))
+        workspaces = await run(
+            caller, q.spend_summary(org_id, "workspace", None, period, window, None)
+        )
         denials, denials_note = await optional(caller, q.reservations_list(org_id, "denied", 15))
         anomalies, anomalies_note = await optional(caller, q.anomalies_list(org_id, False, 15))
         circuits, circuits_note = await optional(caller, q.circuit_status())
         return page(
-            "dashboard.html", **common, bars=bars, workspaces=workspaces,
+            "dashboard.html",
+            **common,
+            bars=bars,
+            workspaces=workspaces,
             alerts=[b for b in bars if b.state != "green"],
-            denials=denials, denials_note=denials_note,
-            anomalies=anomalies, anomalies_note=anomalies_note,
-            circuits=circuits, circuits_note=circuits_note,
-            limits=limits, can_edit=caller.role == "costwarden_admin", need_org=False,
+            denials=denials,
+            denials_note=denials_note,
+            anomalies=anomalies,
+            anomalies_note=anomalies_note,
+            circuits=circuits,
+            circuits_note=circuits_note,
+            limits=limits,
+            can_edit=caller.role == "costwarden_admin",
+            need_org=False,
         )
 
     async def tenant_view(caller: Identity, common: dict[str, Any]) -> HTMLResponse:
@@ -253,15 +293,29 @@ def mount_dashboard(
         )
         allocations: list[t.Allocation] = await run(caller, q.my_allocations(period, window))
         cards = [
-            Bar("key", a.key_id, a.period, a.window_kind, "cost", a.spent_micros,
-                a.held_micros, a.limit_micros)
-            for a in allocations if a.limit_micros is not None
+            Bar(
+                "key",
+                a.key_id,
+                a.period,
+                a.window_kind,
+                "cost",
+                a.spent_micros,
+                a.held_micros,
+                a.limit_micros,
+            )
+            for a in allocations
+            if a.limit_micros is not None
         ]
         bars = bars_of(own or []) + cards
         denied = await run(caller, q.my_reservations("denied", 10))
         return page(
-            "tenant.html", **common, bars=bars, allocations=allocations, own_note=own_note,
-            alerts=[b for b in bars if b.state != "green"], denials=denied,
+            "tenant.html",
+            **common,
+            bars=bars,
+            allocations=allocations,
+            own_note=own_note,
+            alerts=[b for b in bars if b.state != "green"],
+            denials=denied,
         )
 
     @app.post("/budgets", include_in_schema=False)
@@ -282,14 +336,17 @@ def mount_dashboard(
             limit = micros_from_usd(limit_usd)
         except ValueError as exc:
             return RedirectResponse("/?" + urlencode({**back, "error": str(exc)}), 303)
-        call = q.budget_set(org, scope_kind, scope_id or None, period, limit, "cost", window, "enforce")
+        call = q.budget_set(
+            org, scope_kind, scope_id or None, period, limit, "cost", window, "enforce"
+        )
         try:
             await run(caller, call)
         except HTTPError as exc:
             return RedirectResponse("/?" + urlencode({**back, "error": exc.message}), 303)
         scope = scope_kind if not scope_id else f"{scope_kind} {scope_id}"
         done = (
-            f"{scope} {period} ({window}) limit removed" if limit is None
+            f"{scope} {period} ({window}) limit removed"
+            if limit is None
             else f"{scope} {period} ({window}) limit set to {usd(limit)} = {limit:,} micros"
         )
         return RedirectResponse("/?" + urlencode({**back, "message": done}), 303)

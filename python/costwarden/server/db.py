@@ -117,5 +117,3 @@ class Database:
         """``call`` under costwarden_service without claims (health checks)."""
         identity = Identity(role="costwarden_service", org_id=None, sub=None, claims={})
         return await self.run(identity, call)
-
-

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 #: HELP text of each fn_metrics metric.
 DATABASE_METRICS = {
     "costwarden_reservations_held": "Reservations currently held (live holds).",
-    "costwarden_reservations_last_hour": "Reservations created in the last hour, by org and status.",
+    "costwarden_reservations_last_hour": "Reservations created in the last hour, by status.",
     "costwarden_denials_last_hour": "Refusing reasons of denied reservations of the last hour.",
     "costwarden_limit_spent_ratio": "Spent / limit of each enforced limit (1 = at the limit).",
     "costwarden_limit_held_ratio": "Held / limit of each enforced limit.",
