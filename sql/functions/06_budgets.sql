@@ -299,7 +299,7 @@ begin
         return;
     end if;
     if v_actor.org_id is null then
-        perform costwarden._raise('CW005', 'no actor: set request.jwt.claims or costwarden.actor_org / actor_user');
+        perform costwarden._raise('CW005', 'no actor: a costwarden_authenticator session sets request.jwt.claims or costwarden.actor_org / actor_user; another login needs a binding (fn_tenant_login_bind)');
     end if;
     if p_org_id is distinct from v_actor.org_id then
         perform costwarden._raise('CW005', 'p_org_id: the actor belongs to another org');

@@ -1,7 +1,7 @@
 -- Provider circuit breakers (SPEC §6): admission of a reservation (reserve
 -- asks _circuit_admit last), provider reports, status, history and reset.
--- Every transition is also sent with pg_notify on channel 'costwarden_alerts'
--- (docs/alerts.md); a notification is delivered when its transaction commits.
+-- Every transition is also announced on channel 'costwarden_alerts' (ids and
+-- levels only; docs/alerts.md); a notification is delivered when its transaction commits.
 --
 -- lock order: docs/internals.md#lock-order
 
@@ -17,9 +17,11 @@ as $$
 begin
     insert into costwarden._circuit_events (provider, from_state, to_state, reason, consecutive_failures, error)
     values (p_provider, p_from, p_to, p_reason, p_failures, p_error);
-    perform pg_notify('costwarden_alerts', jsonb_build_object(
+    perform costwarden._alert_emit('circuit',
+        case p_to when 'open' then 'critical' when 'half_open' then 'warning' else 'info' end, null,
+        jsonb_build_object(
         'kind', 'circuit', 'provider', p_provider, 'from_state', p_from, 'to_state', p_to,
-        'reason', p_reason, 'consecutive_failures', p_failures, 'error', p_error, 'at', now())::text);
+        'reason', p_reason, 'consecutive_failures', p_failures, 'error', p_error, 'at', now()));
 end
 $$;
 

@@ -71,6 +71,58 @@ create or replace trigger secret_input_set
 instead of insert on costwarden.secret_input
 for each row execute function costwarden._secret_input_set();
 
+-- The framed input channel: COPY costwarden.secret_input_base64 FROM STDIN,
+-- one column, each line 'name:' || base64(value) (kek, kek_new, secret).
+-- A malformed line of a COPY is quoted in the error's CONTEXT, and that reaches
+-- the server log at the default log level: a two-column row typed with spaces
+-- instead of a tab, a stray backslash, a byte that is not UTF-8. Base64 text
+-- has none of these (no tab, no backslash, ASCII only), so a line produced by
+-- an encoder -- the Python client, or psql's
+--   \copy costwarden.secret_input_base64 from program 'echo kek:$(printf %s "$(cat kek.txt)" | base64 -w0)'
+-- -- never makes COPY fail, whatever the KEK file holds. The trigger never
+-- raises: a line it cannot decode (no name, bad base64, not UTF-8, a NUL)
+-- sets nothing, and the call that needs the KEK then reports it missing.
+-- The value is taken exactly as decoded (docs/byok.md shows the psql command
+-- that drops a KEK file's trailing newline before encoding).
+
+create or replace view costwarden.secret_input_base64 as
+select null::text as line
+where false;
+
+comment on view costwarden.secret_input_base64 is
+'Write-only: COPY costwarden.secret_input_base64 FROM STDIN, lines name:base64(value), sets '
+'costwarden.kek / kek_new / byok_secret for the transaction; no input can make COPY fail.';
+
+create or replace function costwarden._secret_input_base64_set()
+returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_name text;
+    v_value text;
+begin
+    v_name := split_part(new.line, ':', 1);
+    if new.line is null or v_name not in ('kek', 'kek_new', 'secret') then
+        return null;
+    end if;
+    begin
+        v_value := convert_from(decode(substr(new.line, length(v_name) + 2), 'base64'), 'UTF8');
+    exception when others then
+        return null;  -- never quote the input: it may be the KEK
+    end;
+    perform set_config(case v_name when 'kek' then 'costwarden.kek'
+                                   when 'kek_new' then 'costwarden.kek_new'
+                                   else 'costwarden.byok_secret' end, v_value, true);
+    return null;
+end
+$$;
+
+create or replace trigger secret_input_base64_set
+instead of insert on costwarden.secret_input_base64
+for each row execute function costwarden._secret_input_base64_set();
+
 -- ---------------------------------------------------------------------------
 -- Internal helpers
 
@@ -113,7 +165,7 @@ begin
     kek := nullif(current_setting(p_setting, true), '');
     if kek is null then
         problem := format('%s is not set: the trusted caller supplies the key-encryption key for the '
-                          'transaction (set_config(%L, ..., true) or COPY costwarden.secret_input; '
+                          'transaction (set_config(%L, ..., true) or COPY costwarden.secret_input_base64; '
                           'the Python client sends COSTWARDEN_KEK, and for a rotation the new KEK it is given)',
                           p_setting, p_setting);
     elsif length(kek) < 32 then
@@ -273,12 +325,13 @@ begin
 end
 $$;
 
--- Internal: serialise writers of one (org, workspace, provider) key slot.
+-- Internal: serialise writers of one (org, workspace, provider) key slot
+-- (a row lock of _lock_stripes, which no other role can take).
 create or replace function costwarden._byok_slot_lock(p_org_id text, p_workspace_id text, p_provider text)
 returns void
 language sql
 as $$
-    select pg_advisory_xact_lock(costwarden._lock_key('costwarden.byok', p_org_id, p_workspace_id, p_provider))
+    select costwarden._lock_stripe(costwarden._lock_key('costwarden.byok', p_org_id, p_workspace_id, p_provider))
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -311,7 +364,7 @@ begin
     end if;
     -- 3. the KEK (CW005 when missing, malformed or not the one in use)
     v_kek := costwarden._byok_kek('costwarden.kek');
-    perform pg_advisory_xact_lock_shared(costwarden._lock_key('costwarden.byok.kek'));
+    perform costwarden._lock_named('byok_kek', true);
     v_kek_id := costwarden._byok_kek_for_write(v_kek);
     -- 4. replace the live key of the slot (the old one is revoked and shredded)
     perform costwarden._byok_slot_lock(p_org_id, p_workspace_id, p_provider);
@@ -453,7 +506,7 @@ begin
     if v_old = v_new then
         perform costwarden._raise('CW005', 'costwarden.kek_new must differ from costwarden.kek');
     end if;
-    perform pg_advisory_xact_lock(costwarden._lock_key('costwarden.byok.kek'));
+    perform costwarden._lock_named('byok_kek');
 
     select * into v_cur from costwarden._byok_keks as g where g.retired_at is null;
     if not found then
@@ -520,7 +573,8 @@ $$;
 comment on function costwarden.fn_byok_kek_rotate(integer) is
 'Re-wrap up to p_batch data keys from costwarden.kek to costwarden.kek_new; call until remaining = 0 (resumable).';
 
-grant insert on costwarden.secret_input to costwarden_admin, costwarden_service;
+grant insert on costwarden.secret_input, costwarden.secret_input_base64
+to costwarden_admin, costwarden_service;
 grant execute on function
     costwarden.fn_byok_key_put(text, text, text, text),
     costwarden.fn_byok_key_revoke(text, text, text),

@@ -78,6 +78,7 @@ declare
     v_status text;
     v_expires timestamptz;
     v_mode text;
+    v_hold bigint;
 begin
     if p_reservation_id is null then
         if (costwarden._setting('byok_require_reservation'))::boolean then
@@ -110,8 +111,8 @@ begin
         end if;
         return;
     end if;
-    select r.org_id, r.workspace_id, r.provider, r.status, r.expires_at, r.billing_mode
-    into r_org, r_ws, r_provider, v_status, v_expires, v_mode
+    select r.org_id, r.workspace_id, r.provider, r.status, r.expires_at, r.billing_mode, r.amount_micros
+    into r_org, r_ws, r_provider, v_status, v_expires, v_mode, v_hold
     from costwarden._reservations as r
     where r.reservation_id = p_reservation_id
     for share;
@@ -127,6 +128,10 @@ begin
     elsif v_mode is distinct from 'byok' then
         reason := 'not_byok';
         detail := format('reservation %s is billed %s, not byok', p_reservation_id, v_mode);
+    elsif coalesce(v_hold, 0) <= 0 then
+        -- SPEC §12: a reservation that holds nothing never gets a key
+        reason := 'zero_hold';
+        detail := format('reservation %s holds 0', p_reservation_id);
     elsif p_provider is not null and p_provider <> r_provider then
         reason := 'provider_mismatch';
         detail := format('p_provider %L is not the provider of reservation %s (%L)',
@@ -224,6 +229,22 @@ begin
         select b.org_id, b.workspace_id, b.provider, b.reason, b.detail, b.r_org, b.r_ws, b.r_provider
         into v_org, v_ws, v_provider, v_reason, v_detail, v_r_org, v_r_ws, v_r_provider
         from costwarden._byok_resolve_binding(p_reservation_id, p_provider, p_org_id, p_workspace_id) as b;
+    end if;
+    -- the workspace as it is now (SPEC §12): its current billing mode, not the one
+    -- stored on the reservation, and no freeze
+    if v_reason is null and p_reservation_id is not null and (
+        select (costwarden._billing_mode(w)).billing_mode from costwarden._workspaces as w
+        where w.org_id = v_org and w.workspace_id = v_ws
+    ) is distinct from 'byok' then
+        v_reason := 'not_byok';
+        v_detail := format('workspace %L no longer resolves to byok billing', v_ws);
+    end if;
+    if v_reason is null and exists (  -- frozen: an unacknowledged freezing anomaly
+        select from costwarden._anomalies as a
+        where a.org_id = v_org and a.workspace_id = v_ws and a.frozen and a.acked_at is null
+    ) then
+        v_reason := 'workspace_frozen';
+        v_detail := format('workspace %L is frozen by an unacknowledged anomaly', v_ws);
     end if;
     if v_reason is null and v_actor_org is not null and v_actor_org <> v_org then
         v_reason := 'actor_org_mismatch';

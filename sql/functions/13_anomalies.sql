@@ -24,7 +24,9 @@ $$;
 -- A workspace with an anomaly detected in the last hour is skipped (the same
 -- spike is not reported twice, an acknowledged one does not re-freeze at
 -- once), and at most one anomaly is recorded per workspace and clock hour.
--- Overlapping runs: the second returns 0 at once (advisory lock).
+-- Overlapping runs: the second does not wait and returns -1 ("did not run",
+-- with a NOTICE); the lock is a row of the private table _locks, which no
+-- other role can take.
 create or replace function costwarden.fn_detect_spend_anomalies()
 returns integer
 language plpgsql security definer set search_path = pg_catalog, pg_temp
@@ -40,8 +42,9 @@ declare
     v_id bigint;
     v_n integer := 0;
 begin
-    if not pg_try_advisory_xact_lock(costwarden._lock_key('costwarden.fn_detect_spend_anomalies')) then
-        return 0;
+    if not costwarden._try_lock_named('detect_spend_anomalies') then
+        raise notice 'costwarden: fn_detect_spend_anomalies did not run: another run is in progress';
+        return -1;
     end if;
     for v_c in
         with active as (
@@ -88,11 +91,12 @@ begin
         returning anomaly_id into v_id;
         continue when v_id is null;
         v_n := v_n + 1;
-        perform pg_notify('costwarden_alerts', jsonb_build_object(
+        perform costwarden._alert_emit('anomaly', case when v_freeze then 'critical' else 'warning' end,
+            v_c.org_id, jsonb_build_object(
             'kind', 'anomaly', 'anomaly_id', v_id, 'org_id', v_c.org_id, 'workspace_id', v_c.workspace_id,
             'spent_micros', v_c.spent, 'mean_micros', round(v_c.mean, 3),
             'stddev_micros', round(v_c.stddev, 3), 'threshold_micros', round(greatest(v_c.bar, v_min), 3),
-            'frozen', v_freeze, 'at', v_now)::text);
+            'frozen', v_freeze, 'at', v_now));
         v_id := null;
     end loop;
     return v_n;

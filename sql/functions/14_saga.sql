@@ -75,7 +75,7 @@ $$;
 
 -- Internal (reserve, step 2): idempotency. The reservation made earlier with
 -- p_idempotency_key in the org, or a row of nulls when there is none. Takes a
--- transaction advisory lock on (org, key) first, so that a concurrent repeat
+-- keyed lock on (org, key) first (a _lock_stripes row), so that a concurrent repeat
 -- waits for the first call's decision (lock order: docs/internals.md#lock-order).
 -- CW007 when the earlier reservation was made with other arguments.
 create or replace function costwarden._reserve_repeat(
@@ -88,7 +88,7 @@ declare
     v_prev costwarden._reservations;
 begin
     perform costwarden._require_text(p_idempotency_key, 'p_idempotency_key', 255);
-    perform pg_advisory_xact_lock(costwarden._lock_key('costwarden.reserve', p_org_id, p_idempotency_key));
+    perform costwarden._lock_stripe(costwarden._lock_key('costwarden.reserve', p_org_id, p_idempotency_key));
     select * into v_prev from costwarden._reservations as r
     where r.org_id = p_org_id and r.idempotency_key = p_idempotency_key;
     if found and v_prev.request_fingerprint <> p_fingerprint then
@@ -582,7 +582,7 @@ declare
 begin
     select * into v_actor from costwarden._actor();
     if v_actor.org_id is null then
-        perform costwarden._raise('CW005', 'no actor: set request.jwt.claims or costwarden.actor_org / actor_user');
+        perform costwarden._raise('CW005', 'no actor: a costwarden_authenticator session sets request.jwt.claims or costwarden.actor_org / actor_user; another login needs a binding (fn_tenant_login_bind)');
     end if;
     if v_actor.user_id is null and not costwarden._caller_is_privileged() then
         perform costwarden._raise('CW005', 'a tenant actor needs a user (JWT sub or costwarden.actor_user)');
