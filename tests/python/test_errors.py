@@ -286,6 +286,10 @@ RESULT_TYPES: dict[str, type[Any]] = {
     "fn_shadow_report": types.ShadowReportRow,
     "fn_spend_sources_list": types.SpendSource,
     "fn_workspace_billing_mode": types.BillingMode,
+    "fn_budget_list": types.BudgetLimit,
+    "fn_spend_summary": types.SpendSummary,
+    "fn_spend_reports_quarantined": types.QuarantinedSpendReport,
+    "fn_workspace_readiness": types.ReadinessProblem,
 }
 #: RPCs with result columns that the client reads as a plain value.
 SCALAR_RESULTS = {"fn_cost_release"}  # released_micros: int

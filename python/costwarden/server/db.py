@@ -109,7 +109,7 @@ class Database:
             await cur.execute(SET_IDENTITY, identity_params)
             async with cur.copy(q.STAGE_SECRETS) as copy:
                 for name, value in staged.items():
-                    await copy.write_row((name, value))
+                    await copy.write_row((q.stage_line(name, value),))
             await cur.execute(call.sql, call.params)
             return await cur.fetchall()
 
