@@ -108,8 +108,9 @@ grant execute on function costwarden.fn_metrics(), costwarden.fn_schema_state()
 to costwarden_admin, costwarden_service;
 
 -- One reservation by id (GET /v1/reservations/{id}), in the columns of
--- fn_get_my_cost_reservations. A caller with an actor sees only its org's
--- reservations, and a tenant only its own (the guard of §9); unknown is CW002.
+-- fn_get_my_cost_reservations (admin, service; a tenant reads its own through
+-- fn_get_my_cost_reservations). A caller with an actor sees only its org's
+-- reservations (the guard of §9); unknown is CW002.
 create or replace function costwarden.fn_reservation_get(p_reservation_id uuid)
 returns table (
     reservation_id uuid, org_id text, workspace_id text, user_id text, key_id text, model text,
@@ -137,10 +138,10 @@ end
 $$;
 
 comment on function costwarden.fn_reservation_get(uuid) is
-'One reservation by id; a tenant reads only its own, an actor only its org''s (CW005).';
+'One reservation by id; a caller with an actor only its org''s (CW005).';
 
 grant execute on function costwarden.fn_reservation_get(uuid)
-to costwarden_admin, costwarden_service, costwarden_tenant;
+to costwarden_admin, costwarden_service;
 
 -- The caller's allocations (GET /v1/me/allocations, the seeds' allocation card):
 -- each API key the actor owns (fn_key_upsert's p_user_id), with its cap and what it

@@ -74,7 +74,8 @@ def test_quote_reserve_commit_and_read_back(api: TestClient) -> None:
     alice = auth("costwarden_tenant", "acme", "alice")
     mine = api.get("/v1/me/reservations", headers=alice)
     assert mine.status_code == 200 and [x["reservation_id"] for x in mine.json()] == [rid]
-    assert api.get(f"/v1/reservations/{rid}", headers=alice).status_code == 200
+    # a tenant reads its reservations through /v1/me/reservations only
+    assert api.get(f"/v1/reservations/{rid}", headers=alice).status_code == 403
     bob = auth("costwarden_tenant", "acme", "bob")
     assert api.get(f"/v1/reservations/{rid}", headers=bob).status_code == 403
     assert api.get("/v1/me/reservations", headers=bob).json() == []

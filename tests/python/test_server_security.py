@@ -183,7 +183,7 @@ def test_a_tenant_reads_its_own(api: TestClient, seeded: Seeded) -> None:
     globex = auth("costwarden_tenant", "globex", "alice")
     assert api.get(f"/v1/reservations/{rid}", headers=globex).status_code == 403
     assert api.get("/v1/me/reservations", headers=globex).json() == []
-    assert api.get(f"/v1/reservations/{rid}", headers=TENANT).status_code == 200
+    assert api.get(f"/v1/reservations/{rid}", headers=TENANT).status_code == 403  # no EXECUTE
     # a service token bound to another org cannot act on acme
     other_service = auth("costwarden_service", "globex")
     assert api.get("/v1/orgs/acme/budgets/org", headers=other_service).status_code == 403

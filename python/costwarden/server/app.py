@@ -31,7 +31,6 @@ from .. import migrate as migrations
 from .. import types as t
 from ..errors import (
     AppendOnlyViolation,
-    BudgetExceeded,
     CostwardenError,
     DatabaseUnavailable,
     Forbidden,
@@ -44,8 +43,10 @@ from ..errors import (
 from . import models as m
 from .auth import Identity, NotPermitted, TokenVerifier, Unauthenticated
 from .config import ServerConfig
+from .dashboard import mount_dashboard
 from .db import Database
 from .metrics import ServerMetrics
+from .models import HTTPError
 
 log = logging.getLogger("costwarden.server")
 
@@ -79,14 +80,6 @@ RunCall = Callable[..., Awaitable[Any]]
 
 #: Cookie the dashboard keeps its token in (set by POST /login).
 TOKEN_COOKIE = "costwarden_token"
-
-
-class HTTPError(Exception):
-    def __init__(
-        self, status: int, message: str, *, field: str | None = None, sqlstate: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.field, self.sqlstate = status, message, field, sqlstate
 
 
 # -- JSON ------------------------------------------------------------------------------
@@ -701,8 +694,6 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise from_costwarden(exc) from exc
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    from .dashboard import mount_dashboard
-
     mount_dashboard(app, run, verifier)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -758,4 +749,4 @@ def _version() -> str:
         return "0"
 
 
-__all__ = ["BudgetExceeded", "HTTPError", "create_app"]
+__all__ = ["HTTPError", "create_app"]

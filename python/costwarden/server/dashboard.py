@@ -26,6 +26,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from .. import _sql as q
 from .. import types as t
 from .auth import Identity, NotPermitted, TokenVerifier, Unauthenticated
+from .models import HTTPError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -141,8 +142,6 @@ def bars_of(rows: list[t.SpendSummary]) -> list[Bar]:
 def mount_dashboard(
     app: FastAPI, run: Callable[..., Awaitable[Any]], verifier: TokenVerifier
 ) -> None:
-    from .app import HTTPError  # the API's error type: a refused read becomes a note
-
     def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
         response = HTMLResponse(_templates.get_template(name).render(**context), status)
         response.headers["Content-Security-Policy"] = (

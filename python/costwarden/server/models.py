@@ -91,3 +91,11 @@ class Health(BaseModel):
     schema_up_to_date: bool
     pending_migrations: list[str]
     outdated_functions: list[str]
+
+
+class HTTPError(Exception):
+    def __init__(
+        self, status: int, message: str, *, field: str | None = None, sqlstate: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field, self.sqlstate = status, message, field, sqlstate
