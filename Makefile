@@ -31,6 +31,7 @@ lint: bootstrap
 
 bench: bootstrap
 	$(BIN)/costwarden bench
+	$(BIN)/costwarden bench proxy
 
 up: bootstrap
 	$(BIN)/costwarden up

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup that every Makefile target runs first:
-#   1. the Debian packages for PostgreSQL 15, pg_cron, pgTAP, plpgsql_check, pg_prove and
-#      PgBouncer (the pooler tests start one);
+#   1. the Debian packages for PostgreSQL 15, pg_cron, pgTAP, plpgsql_check, PL/Proxy,
+#      pg_prove and PgBouncer (the pooler tests start one);
 #   2. .venv with costwarden installed in editable mode, with its [dev] extras;
 #   3. the TypeScript toolchain of tests/ts (openapi-typescript, tsc) when npm is there.
 # chromium drives the dashboard's browser test (tests/python/test_server_dashboard.py).
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PACKAGES=(postgresql-15 postgresql-15-cron postgresql-15-pgtap postgresql-15-plpgsql-check
-    libtap-parser-sourcehandler-pgtap-perl pgbouncer chromium)
+    postgresql-15-plproxy libtap-parser-sourcehandler-pgtap-perl pgbouncer chromium)
 VENV=.venv
 STAMP=$VENV/.stamp
 

@@ -12,6 +12,7 @@ import click
 
 from . import (
     bench,
+    cluster,
     demo,
     guardrails,
     keys,
@@ -60,6 +61,7 @@ COMMANDS: tuple[click.Command, ...] = (
     pricing.pricing,
     demo.demo,
     bench.bench,
+    cluster.cluster,
     # tenants
     tenancy.orgs,
     tenancy.workspaces,
