@@ -61,7 +61,7 @@ def token(
     org_id: str | None = None,
     sub: str | None = None,
     *,
-    expires_in: int = 600,
+    expires_in: int = 6 * 3600,  # module-level tokens outlive a slow full run
     key: Any = SECRET,
     algorithm: str = "HS256",
     headers: Mapping[str, Any] | None = None,
