@@ -225,6 +225,7 @@ ROUTES: dict[str, Route] = {
     "fn_ledger_adjust": _ORG,
     # §5 BYOK and billing mode
     "fn_workspace_billing_mode": _ORG,
+    "fn_workspace_readiness": _ORG,
     "fn_byok_key_put": _ORG,
     "fn_byok_key_revoke": _ORG,
     "fn_byok_key_list": _gather("org_id, workspace_id, provider, created_at desc"),
@@ -254,7 +255,6 @@ ROUTES: dict[str, Route] = {
     "fn_shadow_report": _ORG,
     "fn_audit_list": _gather("at desc, audit_id desc", "p_limit"),
     "fn_alert_get": Route("all", "found", why="alert ids are unique in the cluster"),
-    "fn_workspace_readiness": _ORG,
     # §13 the HTTP service
     "fn_reservation_get": _RES,
     "fn_my_allocations": Route("actor", why="the caller's own org"),

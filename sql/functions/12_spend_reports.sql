@@ -137,9 +137,12 @@ begin
             p_org_id, p_workspace_id, p_source, v_s.last_cumulative_micros, p_cumulative_micros, v_delta,
             (v_max #>> '{}')::bigint, v_anomaly_id
         );
-        perform pg_notify('costwarden_alerts', jsonb_build_object(
+        -- announced like every anomaly: ids and level on the channel, the rest in the alert
+        perform costwarden._alert_emit('anomaly', case when v_freeze then 'critical' else 'warning' end,
+            p_org_id, jsonb_build_object(
             'kind', 'anomaly', 'anomaly_kind', 'spend_report_outlier', 'anomaly_id', v_anomaly_id,
-            'org_id', p_org_id, 'workspace_id', p_workspace_id, 'frozen', v_freeze)::text);
+            'org_id', p_org_id, 'workspace_id', p_workspace_id, 'source', p_source, 'delta_micros', v_delta,
+            'threshold_micros', (v_max #>> '{}')::numeric, 'frozen', v_freeze, 'at', now()));
         v_delta := 0;
     end if;
 

@@ -8,9 +8,7 @@
 -- the org's time zone.
 create or replace function costwarden._window_end(p_period text, p_window text, p_tz text, p_at timestamptz)
 returns timestamptz
-language sql
-stable
-parallel safe
+language sql stable parallel safe
 as $$
     select case
         when p_window = 'rolling' then p_at
@@ -42,10 +40,7 @@ returns table (
     limit_micros bigint, limit_tokens bigint,
     remaining_micros bigint, remaining_tokens bigint
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_scope_id text;
@@ -187,10 +182,7 @@ returns table (
     scope_kind text, scope_id text, period text, metric text, window_kind text,
     limit_value bigint, mode text, updated_at timestamptz
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_kinds constant text[] := array['org', 'workspace', 'key', 'user', 'group', 'user_default'];
@@ -216,10 +208,7 @@ returns table (
     report_id bigint, org_id text, workspace_id text, source text, delta_micros bigint,
     reported_at timestamptz
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._require_org(p_org_id);
@@ -238,9 +227,7 @@ $$;
 -- lock order: the source row, the report row, pools, ledger head.
 create or replace function costwarden.fn_spend_report_resolve(p_report_id bigint, p_accept boolean)
 returns bigint
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_q costwarden._spend_report_quarantine;
@@ -297,8 +284,7 @@ $$;
 -- detail); problem is the reason code the reserve would record. No row: ready.
 create or replace function costwarden._workspace_readiness(p_ws costwarden._workspaces)
 returns table (problem text, detail text)
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_mode record;
@@ -349,10 +335,7 @@ $$;
 -- would refuse every reserve of the workspace (admin, service).
 create or replace function costwarden.fn_workspace_readiness(p_org_id text, p_workspace_id text)
 returns table (problem text, detail text)
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     return query

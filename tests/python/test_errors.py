@@ -258,6 +258,10 @@ RESULT_TYPES: dict[str, type[Any]] = {
     "fn_anomalies_list": types.Anomaly,
     "fn_audit_list": types.AuditEntry,
     "fn_budget_status": types.BudgetStatus,
+    "fn_budget_list": types.BudgetLimit,
+    "fn_spend_summary": types.SpendSummary,
+    "fn_spend_reports_quarantined": types.QuarantinedSpendReport,
+    "fn_workspace_readiness": types.ReadinessProblem,
     "fn_byok_kek_rotate": types.KekRotateBatch,
     "fn_byok_kek_status": types.KekGeneration,
     "fn_byok_key_list": types.ByokKey,
@@ -286,10 +290,6 @@ RESULT_TYPES: dict[str, type[Any]] = {
     "fn_shadow_report": types.ShadowReportRow,
     "fn_spend_sources_list": types.SpendSource,
     "fn_workspace_billing_mode": types.BillingMode,
-    "fn_budget_list": types.BudgetLimit,
-    "fn_spend_summary": types.SpendSummary,
-    "fn_spend_reports_quarantined": types.QuarantinedSpendReport,
-    "fn_workspace_readiness": types.ReadinessProblem,
 }
 #: RPCs with result columns that the client reads as a plain value.
 SCALAR_RESULTS = {"fn_cost_release"}  # released_micros: int

@@ -128,13 +128,15 @@ _roles = itertools.count()
 
 
 @pytest.fixture
-def tenant_dsn(dsn: str, admin_conn: Conn) -> Iterator[str]:
-    """A login role that is a member of costwarden_tenant (roles are cluster-wide)."""
+def tenant_dsn(dsn: str, admin_conn: Conn, shop: costwarden.Client) -> Iterator[str]:
+    """A login role that is a member of costwarden_tenant, bound to acme's user bob
+    (fn_tenant_login_bind: its actor); roles are cluster-wide."""
     name = f"cw_tenant_{os.getpid()}_{next(_roles)}"
     admin_conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
     admin_conn.execute(
         sql.SQL("create role {} login in role costwarden_tenant").format(sql.Identifier(name))
     )
+    admin_conn.execute("select costwarden.fn_tenant_login_bind(%s, 'acme', 'bob')", (name,))
     info = conninfo_to_dict(dsn)
     info["user"] = name
     try:
@@ -144,7 +146,7 @@ def tenant_dsn(dsn: str, admin_conn: Conn) -> Iterator[str]:
 
 
 def test_tenant_reads_only_its_own_scopes(shop: costwarden.Client, tenant_dsn: str) -> None:
-    with costwarden.Client(tenant_dsn, actor_org="acme", actor_user="bob") as bob:
+    with costwarden.Client(tenant_dsn) as bob:  # the login's binding is its actor
         (own,) = bob.spend_summary("acme", "user", "bob")
         assert own.spent_micros == 11000
         (key,) = bob.spend_summary("acme", "key", "key-bob")

@@ -150,6 +150,26 @@ def bench_ledger(
         click.echo(markdown(result))
 
 
+@bench.command("proxy")
+@click.option("--seconds", type=click.IntRange(1), default=10, help="Duration of each run.")
+@click.option("--orgs", type=click.IntRange(1), default=200)
+@json_option
+def bench_proxy(seconds: int, orgs: int, as_json: bool) -> None:
+    """The PL/Proxy hop: latency per saga pair at 1 client and pairs/s at 8 clients,
+    through a proxy over two local servers beside one node direct (docs/scale-out.md).
+
+    On a 2-core machine this measures the proxy's overhead, not a speed-up."""
+    from ..bench.proxy import markdown, run_proxy_bench
+
+    figures = run_proxy_bench(
+        seconds=seconds, orgs=orgs, echo=lambda line: click.echo(line, err=True)
+    )
+    if as_json:
+        echo_json(figures)
+    else:
+        click.echo(markdown(figures))
+
+
 @bench.command("spend")
 @click.option("--workspaces", type=click.IntRange(1), default=1000)
 @click.option("--small", type=click.IntRange(1), default=10_000, help="Ledger entries, small.")
@@ -188,23 +208,3 @@ def bench_spend(
         echo_json(result)
     else:
         click.echo(result.markdown())
-
-
-@bench.command("proxy")
-@click.option("--seconds", type=click.IntRange(1), default=10, help="Duration of each run.")
-@click.option("--orgs", type=click.IntRange(1), default=200)
-@json_option
-def bench_proxy(seconds: int, orgs: int, as_json: bool) -> None:
-    """The PL/Proxy hop: latency per saga pair at 1 client and pairs/s at 8 clients,
-    through a proxy over two local servers beside one node direct (docs/scale-out.md).
-
-    On a 2-core machine this measures the proxy's overhead, not a speed-up."""
-    from ..bench.proxy import markdown, run_proxy_bench
-
-    figures = run_proxy_bench(
-        seconds=seconds, orgs=orgs, echo=lambda line: click.echo(line, err=True)
-    )
-    if as_json:
-        echo_json(figures)
-    else:
-        click.echo(markdown(figures))
