@@ -16,17 +16,18 @@ from typing import Any
 
 import jwt
 
+from ..errors import CostwardenError
 from .config import ROLES, ServerConfig
 
 HS_ALGORITHMS = ["HS256"]
 JWKS_ALGORITHMS = ["RS256", "ES256"]
 
 
-class Unauthenticated(Exception):
+class Unauthenticated(CostwardenError):
     """401: no usable token."""
 
 
-class NotPermitted(Exception):
+class NotPermitted(CostwardenError):
     """403: a verified token that names a role the service does not take."""
 
 

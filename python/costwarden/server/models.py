@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from ..errors import CostwardenError
+
 UsageValue = StrictInt | StrictFloat
 Usage = dict[str, UsageValue]
 
@@ -93,7 +95,9 @@ class Health(BaseModel):
     outdated_functions: list[str]
 
 
-class HTTPError(Exception):
+class HTTPError(CostwardenError):
+    """An HTTP error answer (status, message, offending field, SQLSTATE)."""
+
     def __init__(
         self, status: int, message: str, *, field: str | None = None, sqlstate: str | None = None
     ) -> None:
