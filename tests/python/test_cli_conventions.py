@@ -33,6 +33,7 @@ NO_JSON = {
     "models set",
     "budgets set",
     "keys revoke",
+    "audit-link rotate",
     "anomalies ack",
     "spend-report register",
     "ledger export",  # JSON Lines

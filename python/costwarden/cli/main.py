@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from . import (
+    audit_link,
     bench,
     cluster,
     demo,
@@ -78,6 +79,7 @@ COMMANDS: tuple[click.Command, ...] = (
     # ledger and BYOK
     ledger.ledger,
     keys.keys,
+    audit_link.audit_link,
     # guardrails
     guardrails.circuits,
     guardrails.anomalies,
