@@ -163,16 +163,21 @@ end
 $$;
 
 -- Internal, hot path: the value in force (changed value or default). No validation.
+-- PL/pgSQL, not SQL: a SQL function whose body has sub-selects is never inlined, and
+-- PostgreSQL plans such a function's body again on every call (~35 us); PL/pgSQL
+-- caches the plan for the session (docs/performance.md).
 create or replace function costwarden._setting(p_key text)
 returns jsonb
-language sql
+language plpgsql
 stable
 parallel safe
 as $$
-    select coalesce(
+begin
+    return coalesce(
         (select s.value from costwarden._settings as s where s.key = p_key),
         (select d.default_value from costwarden._setting_defs as d where d.key = p_key)
-    )
+    );
+end
 $$;
 
 -- Internal: existence checks raising CW002 with the argument's name.
@@ -319,16 +324,21 @@ create or replace function costwarden._context_pool_ids(
     p_org_id text, p_workspace_id text, p_key_id text default null, p_user_id text default null
 )
 returns bigint[]
-language sql
+language plpgsql
 stable
 as $$
-    select coalesce(array_agg(p.pool_id order by p.pool_id), '{}')
-    from costwarden._pools as p
-    where p.org_id = p_org_id
-      and ((p.kind = 'org' and p.scope_id = '')
-           or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
-           or (p.kind = 'key' and p.scope_id = p_key_id)
-           or (p.kind = 'user' and p.scope_id = p_user_id))
+begin
+    -- PL/pgSQL so that the plan is cached (an aggregate keeps a SQL function from being inlined)
+    return (
+        select coalesce(array_agg(p.pool_id order by p.pool_id), '{}')
+        from costwarden._pools as p
+        where p.org_id = p_org_id
+          and ((p.kind = 'org' and p.scope_id = '')
+               or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
+               or (p.kind = 'key' and p.scope_id = p_key_id)
+               or (p.kind = 'user' and p.scope_id = p_user_id))
+    );
+end
 $$;
 
 -- Internal: the key of a transaction advisory lock: a namespace such as
