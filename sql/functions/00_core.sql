@@ -387,16 +387,14 @@ returns void
 language plpgsql
 as $$
 begin
-    -- locks the pools in the documented order (ascending pool_id), then updates them
+    -- locks the pools in the documented order (ascending pool_id), then updates them: two
+    -- statements, so that each has a good generic plan (an index scan on the primary key;
+    -- the one-statement form, a join with a locking sub-select, gets a hash join over the
+    -- whole table)
+    perform costwarden._lock_pools(p_pool_ids);
     update costwarden._pools as p
     set held_micros = p.held_micros - p_micros, held_tokens = p.held_tokens - p_tokens
-    from (
-        select l.pool_id from costwarden._pools as l
-        where l.pool_id = any (p_pool_ids)
-        order by l.pool_id
-        for update
-    ) as locked
-    where p.pool_id = locked.pool_id and (p_micros <> 0 or p_tokens <> 0);
+    where p.pool_id = any (p_pool_ids) and (p_micros <> 0 or p_tokens <> 0);
 end
 $$;
 
