@@ -160,6 +160,7 @@ returns table (
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_call record;                          -- the validated call (_reserve_validate)
@@ -311,6 +312,7 @@ returns table (metered_micros bigint, amount_micros bigint, remaining_micros big
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_r costwarden._reservations;
@@ -381,6 +383,7 @@ returns table (
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_r costwarden._reservations;
@@ -464,6 +467,7 @@ returns table (released_micros bigint)
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_r costwarden._reservations;
