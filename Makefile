@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PY_SOURCES := python tests/python tools
 
-.PHONY: bootstrap demo test test-sql test-python lint bench up down clean
+.PHONY: bootstrap demo test test-sql test-python lint bench bench-full soak-bench up down clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -29,8 +29,16 @@ lint: bootstrap
 	$(BIN)/sqlfluff lint sql/ --dialect postgres
 	scripts/plpgsql_check.sh
 
+# Every figure of docs/performance.md; the ledger-size figure with 1 M entries (bench-full:
+# 10 M, about 6 more minutes). soak-bench: backend memory over a 10-minute saga run.
 bench: bootstrap
-	$(BIN)/costwarden bench
+	$(BIN)/costwarden bench --ledger-rows 1000000
+
+bench-full: bootstrap
+	$(BIN)/costwarden bench --ledger-rows 10000000
+
+soak-bench: bootstrap
+	$(BIN)/costwarden bench soak --minutes 10 --clients 8
 
 up: bootstrap
 	$(BIN)/costwarden up
