@@ -315,7 +315,7 @@ def run_bench(
             batches * batch / single_pairs if single_pairs else 0.0,
             "",
             None,
-            f"{batches * batch / tpcb8:.2f} x TPC-B" if tpcb8 else "",
+            peer=f"(the batch: {batches * batch / tpcb8:.2f} x TPC-B tps)" if tpcb8 else "",
         )
     )
 
