@@ -39,7 +39,10 @@ class Client(ClientBase):
 
     ``on_unavailable``: ``'closed'`` (the default) or ``'open'`` with a ``spool_dir``
     (SPEC §7, costwarden.spool). ``timeout``: seconds to wait for a pooled connection
-    (default 30, or 5 under ``'open'``)."""
+    (default 30, or 5 under ``'open'``). ``connect_kwargs``: passed to every
+    connection of the pool the client opens for a DSN, e.g. ``application_name`` or
+    ``prepare_threshold=None`` (no server-side prepared statements: needed behind
+    PgBouncer in transaction mode before 1.21, docs/python.md#poolers)."""
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class Client(ClientBase):
         on_unavailable: str = "closed",
         spool_dir: str | PathLike[str] | None = None,
         timeout: float | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(actor_org=actor_org, actor_user=actor_user, kek=kek)
         self._owned_pool: ConnectionPool | None = None
@@ -67,7 +71,7 @@ class Client(ClientBase):
                 max_size=pool_size,
                 open=False,
                 name="costwarden",
-                kwargs={"autocommit": True},
+                kwargs={**(connect_kwargs or {}), "autocommit": True},
                 timeout=timeout if timeout is not None else default_timeout(on_unavailable),
             )
             self._pool = self._owned_pool
@@ -313,6 +317,10 @@ class Client(ClientBase):
         """Report a provider call's outcome; returns the circuit state after it."""
         return self._run(q.provider_report(provider, ok, error))
 
+    def alert(self, alert_id: int) -> t.Alert:
+        """The alert a costwarden_alerts notification announced (its ``alert_id``)."""
+        return self._run(q.alert_get(alert_id))
+
     def circuits(self) -> list[t.CircuitStatus]:
         return self._run(q.circuit_status())
 
@@ -438,7 +446,7 @@ class Client(ClientBase):
         if staged:
             with cur.copy(q.STAGE_SECRETS) as copy:
                 for name, value in staged.items():
-                    copy.write_row((name, value))
+                    copy.write_row((q.stage_line(name, value),))
 
     def resolve_key(
         self,

@@ -8,6 +8,7 @@ re-implements a rule the SQL enforces.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -486,8 +487,18 @@ def byok_key_resolve(
     )
 
 
-#: The unlogged input channel (sql/0008): one row (name, value) per staged value.
-STAGE_SECRETS = "copy costwarden.secret_input (name, value) from stdin"
+#: The unlogged input channel (sql/functions/10_byok_keys.sql): one line
+#: ``name:base64(value)`` per staged value (stage_line), which no value can make COPY
+#: reject -- a rejected COPY line would be quoted in the server log.
+STAGE_SECRETS = "copy costwarden.secret_input_base64 (line) from stdin"
+
+
+def stage_line(name: str, value: str) -> str:
+    """One line of STAGE_SECRETS: ASCII only, no tab, no backslash."""
+    encoded = base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")
+    return f"{name}:{encoded}"
+
+
 #: How a refused resolve's CW005 hint starts: the rest is a signed receipt.
 REFUSAL_RECEIPT_PREFIX = "costwarden-refusal-receipt:"
 
@@ -581,6 +592,14 @@ def provider_report(provider: str, ok: bool, error: str | None) -> Call[str]:
         "p_error => %(error)s) as state",
         {"provider": provider, "ok": ok, "error": error},
         lambda rows: str(_scalar(rows)),
+    )
+
+
+def alert_get(alert_id: int) -> Call[t.Alert]:
+    return Call(
+        "select * from costwarden.fn_alert_get(p_alert_id => %(alert_id)s)",
+        {"alert_id": alert_id},
+        _one(t.Alert),
     )
 
 

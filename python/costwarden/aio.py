@@ -20,8 +20,9 @@ own transaction; the actor (``costwarden.actor_org`` / ``costwarden.actor_user``
 set for that transaction only, with ``set_config(..., true)``. The BYOK
 key-encryption key (``costwarden.kek``, read from ``COSTWARDEN_KEK``) and a secret
 being stored are sent only with the calls that need them, through ``COPY
-costwarden.secret_input`` (never statement text or a bind parameter, so never in a
-server log: docs/byok.md).
+costwarden.secret_input_base64`` (never statement text or a bind parameter, and
+base64-framed so that no value can make COPY quote it in an error: never in a server
+log, docs/byok.md).
 
 ``on_unavailable`` (SPEC §7, :mod:`costwarden.spool`): ``'closed'`` raises
 DatabaseUnavailable when the database cannot be reached; ``'open'`` lets the call
@@ -63,7 +64,10 @@ class AsyncClient(ClientBase):
 
     ``on_unavailable``: ``'closed'`` (the default) or ``'open'`` with a ``spool_dir``
     (SPEC §7, costwarden.spool). ``timeout``: seconds to wait for a pooled connection
-    (default 30, or 5 under ``'open'``)."""
+    (default 30, or 5 under ``'open'``). ``connect_kwargs``: passed to every
+    connection of the pool the client opens for a DSN, e.g. ``application_name`` or
+    ``prepare_threshold=None`` (no server-side prepared statements: needed behind
+    PgBouncer in transaction mode before 1.21, docs/python.md#poolers)."""
 
     def __init__(
         self,
@@ -76,6 +80,7 @@ class AsyncClient(ClientBase):
         on_unavailable: str = "closed",
         spool_dir: str | PathLike[str] | None = None,
         timeout: float | None = None,
+        connect_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(actor_org=actor_org, actor_user=actor_user, kek=kek)
         self._owned_pool: AsyncConnectionPool | None = None
@@ -93,7 +98,7 @@ class AsyncClient(ClientBase):
                 max_size=pool_size,
                 open=False,
                 name="costwarden",
-                kwargs={"autocommit": True},
+                kwargs={**(connect_kwargs or {}), "autocommit": True},
                 timeout=timeout if timeout is not None else default_timeout(on_unavailable),
             )
             self._pool = self._owned_pool
@@ -348,6 +353,10 @@ class AsyncClient(ClientBase):
         """Report a provider call's outcome; returns the circuit state after it."""
         return await self._run(q.provider_report(provider, ok, error))
 
+    async def alert(self, alert_id: int) -> t.Alert:
+        """The alert a costwarden_alerts notification announced (its ``alert_id``)."""
+        return await self._run(q.alert_get(alert_id))
+
     async def circuits(self) -> list[t.CircuitStatus]:
         return await self._run(q.circuit_status())
 
@@ -479,7 +488,7 @@ class AsyncClient(ClientBase):
         if staged:
             async with cur.copy(q.STAGE_SECRETS) as copy:
                 for name, value in staged.items():
-                    await copy.write_row((name, value))
+                    await copy.write_row((q.stage_line(name, value),))
 
     async def resolve_key(
         self,

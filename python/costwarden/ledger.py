@@ -3,7 +3,7 @@ recomputes every hash in Python.
 
 Nothing here trusts the SQL implementation of the chain. Each entry's canonical
 payload is rebuilt from the raw row by the encoders below, which follow
-docs/ledger.md ("Canonical payload") and not sql/0007_ledger.sql, and hashed with
+docs/ledger.md ("Canonical payload") and not sql/functions/07_ledger.sql, and hashed with
 hashlib: ``entry_hash = sha256(prev_hash || payload)``, ``prev_hash`` of seq 1 = 32
 zero bytes. Rows come from ``fn_ledger_export`` (read in one REPEATABLE READ
 snapshot, together with the heads) or from a JSON Lines export file.

@@ -21,6 +21,18 @@ transaction mode): the second one waits, then finds nothing to do.
 
 Installs made before the split (sql/0001-0010 in one directory) are recognised by
 the exact checksums of those ten files (LEGACY_CHECKSUMS) and upgraded in one run.
+
+Ownership (SPEC §12): before anything else a run refuses a schema ``costwarden`` that
+costwarden did not create (SchemaNotOwned), creates the NOLOGIN role
+``costwarden_owner`` and, at its end, makes that role the owner of the schema and of
+every object in it (the members of extensions excepted), whoever ran the migration:
+SECURITY DEFINER functions run as costwarden_owner, never as a superuser. A fresh
+install and an upgraded one end the same.
+
+pgcrypto (SPEC §12) is used where it is installed: when the extension already lives in
+another schema (Supabase's ``extensions``, ``public``), the run creates in schema
+costwarden thin wrappers with the names costwarden's SQL calls, each calling the
+extension's function schema-qualified (PGCRYPTO_FUNCTIONS).
 """
 
 from __future__ import annotations
@@ -67,7 +79,7 @@ LEGACY_CHECKSUMS: dict[int, tuple[str, str]] = {
 }
 
 BOOKKEEPING = """
-create schema if not exists costwarden;
+create schema if not exists costwarden authorization costwarden_owner;
 create table if not exists costwarden._migrations (
     version integer primary key,
     name text not null,
@@ -188,6 +200,112 @@ _CREATE_RACES = (
 
 class MigrationError(CostwardenError):
     """A migration cannot be applied (edited file, missing directory, failing SQL, ...)."""
+
+
+class SchemaNotOwned(MigrationError):
+    """Schema costwarden exists but was not created by costwarden: nothing is installed."""
+
+
+#: The role that owns every costwarden object (SPEC §12).
+OWNER = "costwarden_owner"
+
+#: Is schema costwarden ours? Its owner; whether that owner is costwarden_owner, a
+#: superuser or the migrating role itself (a pre-§12 install made by it); whether
+#: costwarden's bookkeeping table is in it; the other roles that own something in it.
+SCHEMA_CHECK = """
+select n.nspowner::regrole::text as owner,
+       r.rolname in ('costwarden_owner', current_user) or r.rolsuper as trusted_owner,
+       exists (select from pg_catalog.pg_class as c
+               where c.relnamespace = n.oid and c.relname = '_migrations' and c.relkind = 'r')
+           as has_bookkeeping,
+       (select string_agg(distinct o.rolname, ', ')
+        from pg_catalog.pg_class as c
+        join pg_catalog.pg_roles as o on o.oid = c.relowner
+        where c.relnamespace = n.oid and c.relowner <> n.nspowner
+          and o.rolname <> 'costwarden_owner' and not o.rolsuper) as foreign_owners
+from pg_catalog.pg_namespace as n
+join pg_catalog.pg_roles as r on r.oid = n.nspowner
+where n.nspname = 'costwarden'
+"""
+
+#: The owner role: created when missing; refused when it could log in or is a superuser.
+OWNER_ROLE = """
+do $owner$
+declare
+    v_role record;
+begin
+    select * into v_role from pg_catalog.pg_roles where rolname = 'costwarden_owner';
+    if not found then
+        create role costwarden_owner nologin;
+        comment on role costwarden_owner is
+            'costwarden: owns every object of schema costwarden; '
+            'SECURITY DEFINER functions run as it';
+    elsif v_role.rolcanlogin or v_role.rolsuper then
+        raise exception using errcode = '42501', message =
+            'role costwarden_owner exists but can log in or is a superuser: '
+            'costwarden needs it NOLOGIN and not superuser';
+    end if;
+    if not (select rolsuper from pg_catalog.pg_roles where rolname = current_user)
+       and not pg_catalog.pg_has_role(current_user, 'costwarden_owner', 'USAGE') then
+        -- a non-superuser migrator (a managed database's owner with CREATEROLE) hands
+        -- its objects over to costwarden_owner and keeps managing them as a member
+        execute format('grant costwarden_owner to %I', current_user);
+    end if;
+end
+$owner$;
+"""
+
+#: Every object of schema costwarden not owned by costwarden_owner, as the ALTER that
+#: hands it over (extension members stay with their extension; a table's indexes,
+#: its identity sequences and row type follow the table).
+SCHEMA_OWNERSHIP = """
+select n.nspowner <> 'costwarden_owner'::regrole
+from pg_catalog.pg_namespace as n where n.nspname = 'costwarden'
+"""
+
+OWNERSHIP = """
+select format('alter %s %s owner to costwarden_owner',
+              case c.relkind when 'S' then 'sequence' when 'v' then 'view'
+                             when 'm' then 'materialized view' else 'table' end,
+              c.oid::regclass)
+from pg_catalog.pg_class as c
+where c.relnamespace = 'costwarden'::regnamespace and c.relkind in ('r', 'p', 'v', 'm', 'S')
+  and c.relowner <> 'costwarden_owner'::regrole
+  and not exists (select from pg_catalog.pg_depend as d
+                  where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid
+                    and d.deptype in ('e', 'a', 'i'))
+union all
+select format('alter %s %s owner to costwarden_owner',
+              case p.prokind when 'p' then 'procedure' when 'a' then 'aggregate'
+                             else 'function' end,
+              p.oid::regprocedure)
+from pg_catalog.pg_proc as p
+where p.pronamespace = 'costwarden'::regnamespace and p.proowner <> 'costwarden_owner'::regrole
+  and not exists (select from pg_catalog.pg_depend as d
+                  where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid
+                    and d.deptype = 'e')
+union all
+select format('alter type %s owner to costwarden_owner', t.oid::regtype)
+from pg_catalog.pg_type as t
+where t.typnamespace = 'costwarden'::regnamespace and t.typowner <> 'costwarden_owner'::regrole
+  and t.typtype in ('c', 'd', 'e', 'r', 'm') and t.typelem = 0
+  and (t.typrelid = 0
+       or (select c.relkind from pg_catalog.pg_class as c where c.oid = t.typrelid) = 'c')
+  and not exists (select from pg_catalog.pg_depend as d
+                  where d.classid = 'pg_catalog.pg_type'::regclass and d.objid = t.oid
+                    and d.deptype = 'e')
+"""
+
+#: The pgcrypto functions costwarden's SQL calls as ``costwarden.<name>``:
+#: (name, argument types, result, volatility).
+PGCRYPTO_FUNCTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("gen_random_bytes", "integer", "bytea", "volatile"),
+    ("hmac", "bytea, bytea, text", "bytea", "immutable"),
+    ("pgp_sym_encrypt", "text, text, text", "bytea", "volatile"),
+    ("pgp_sym_encrypt_bytea", "bytea, text, text", "bytea", "volatile"),
+    ("pgp_sym_decrypt", "bytea, text", "text", "immutable"),
+    ("pgp_sym_decrypt_bytea", "bytea, text", "bytea", "immutable"),
+)
 
 
 @dataclass(frozen=True)
@@ -373,7 +491,12 @@ def migrate(
     say = progress or (lambda _msg: None)
     for attempt in range(_BOOKKEEPING_ATTEMPTS):
         try:
-            with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+            # no server-side prepared statements: they would outlive the transaction on a
+            # pooled (PgBouncer transaction mode) server connection
+            with (
+                psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn,
+                conn.transaction(),
+            ):
                 applied_now, said = _run(conn, migrations, functions)
             break
         except _BookkeepingRace:
@@ -389,7 +512,7 @@ def migrate(
     return applied_now
 
 
-class _BookkeepingRace(Exception):
+class _BookkeepingRace(MigrationError):
     """Another migrator created the schema or a bookkeeping table at the same time."""
 
 
@@ -399,11 +522,16 @@ def _run(
     """One run, inside the caller's transaction (see the module docstring)."""
     said: list[str] = []
     conn.execute("set local client_min_messages = warning")
+    _check_schema(conn)
     try:
+        conn.execute(OWNER_ROLE)
         conn.execute(BOOKKEEPING)
     except _CREATE_RACES as exc:
-        raise _BookkeepingRace() from exc
+        raise _BookkeepingRace("another migrator created the bookkeeping at the same time") from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise MigrationError(str(exc)) from exc
     conn.execute(LOCK)
+    _pgcrypto_wrappers(conn)
     conn.execute(BOOKKEEPING_COMMENTS)
     applied = _applied(conn)
 
@@ -444,8 +572,127 @@ def _run(
         if not applied_now:
             said.append(f"applied the {len(functions)} function files again")
         said.extend(f"dropped {kind} {name} (no longer in sql/functions)" for kind, name in dropped)
+    _hand_over(conn)
     conn.execute(LOCKDOWN)
+    _grant_pgcrypto(conn)
     return applied_now, said
+
+
+def _check_schema(conn: Conn) -> None:
+    """SchemaNotOwned unless schema costwarden is absent or costwarden's own."""
+    row = conn.execute(SCHEMA_CHECK).fetchone()
+    if row is None:
+        return
+    owner, trusted_owner, has_bookkeeping, foreign_owners = row
+    problems = []
+    if not trusted_owner:
+        problems.append(f"it is owned by {owner}")
+    if not has_bookkeeping:
+        problems.append("it holds no costwarden._migrations")
+    if foreign_owners:
+        problems.append(f"objects in it are owned by {foreign_owners}")
+    if problems:
+        raise SchemaNotOwned(
+            "schema costwarden exists but was not created by costwarden ("
+            + "; ".join(problems)
+            + "): refusing to install into it, nothing was changed. Its owner could replace "
+            "costwarden's functions. Drop or rename that schema, or migrate as its owner "
+            "if it is an earlier costwarden install (docs/operations.md#migrations)."
+        )
+
+
+def _pgcrypto_schema(conn: Conn) -> str | None:
+    row = conn.execute(
+        "select n.nspname from pg_catalog.pg_extension as e "
+        "join pg_catalog.pg_namespace as n on n.oid = e.extnamespace where e.extname = 'pgcrypto'"
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _pgcrypto_wrappers(conn: Conn) -> None:
+    """When pgcrypto lives outside schema costwarden, (re)create costwarden.<name>
+    wrappers that call it schema-qualified (PGCRYPTO_FUNCTIONS)."""
+    schema = _pgcrypto_schema(conn)
+    if schema is None or schema == "costwarden":
+        return
+    for name, args, result, volatility in PGCRYPTO_FUNCTIONS:
+        params = ", ".join(f"${i + 1}" for i in range(len(args.split(","))))
+        conn.execute(
+            sql.SQL(
+                "create or replace function costwarden.{name}({args}) returns {result} "
+                "language sql {volatility} strict parallel safe "
+                "set search_path = pg_catalog, pg_temp "
+                "as {body}"
+            ).format(
+                name=sql.Identifier(name),
+                args=sql.SQL(args),
+                result=sql.SQL(result),
+                volatility=sql.SQL(volatility),
+                body=sql.Literal(
+                    f"select {sql.Identifier(schema).as_string(conn)}.{name}({params})"
+                ),
+            )
+        )
+        conn.execute(
+            sql.SQL("comment on function costwarden.{}({}) is {}").format(
+                sql.Identifier(name),
+                sql.SQL(args),
+                sql.Literal(f"costwarden: pgcrypto's {name} of schema {schema}"),
+            )
+        )
+
+
+def _grant_pgcrypto(conn: Conn) -> None:
+    """costwarden_owner may use pgcrypto where it is (the lockdown revoked PUBLIC's
+    EXECUTE on the extension's functions when they live in schema costwarden)."""
+    schema = _pgcrypto_schema(conn)
+    if schema is None:
+        return
+    names = [name for name, *_ in PGCRYPTO_FUNCTIONS]
+    rows = conn.execute(
+        "select p.oid::regprocedure::text from pg_catalog.pg_proc as p "
+        "join pg_catalog.pg_depend as d on d.classid = 'pg_catalog.pg_proc'::regclass "
+        "  and d.objid = p.oid and d.deptype = 'e' "
+        "join pg_catalog.pg_extension as e on e.oid = d.refobjid and e.extname = 'pgcrypto' "
+        "where p.proname = any(%s) "
+        "  and not pg_catalog.has_function_privilege('costwarden_owner', p.oid, 'EXECUTE') "
+        "order by 1",
+        (names,),
+    ).fetchall()
+    try:
+        if not conn.execute(
+            "select pg_catalog.has_schema_privilege('costwarden_owner', %s, 'USAGE')", (schema,)
+        ).fetchone()[0]:  # type: ignore[index]
+            conn.execute(
+                sql.SQL("grant usage on schema {} to costwarden_owner").format(
+                    sql.Identifier(schema)
+                )
+            )
+        for (signature,) in rows:
+            conn.execute(f"grant execute on function {signature} to costwarden_owner".encode())
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise MigrationError(
+            f"pgcrypto is installed in schema {schema}, and costwarden_owner may not use it: "
+            f"{exc}. Grant USAGE on that schema and EXECUTE on pgcrypto's functions to "
+            "costwarden_owner (docs/operations.md#managed-postgresql)"
+        ) from exc
+
+
+def _hand_over(conn: Conn) -> None:
+    """Make costwarden_owner the owner of the schema and everything in it."""
+    row = conn.execute(SCHEMA_OWNERSHIP).fetchone()
+    if row and row[0]:
+        try:
+            with conn.transaction():
+                conn.execute("alter schema costwarden owner to costwarden_owner")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise MigrationError(
+                f"cannot make costwarden_owner the owner of schema costwarden: {exc}. "
+                "Run this migration once as a superuser, or grant CREATE on the database "
+                "to costwarden_owner (docs/operations.md#managed-postgresql)"
+            ) from exc
+    for (stmt,) in conn.execute(OWNERSHIP).fetchall():
+        conn.execute(str(stmt).encode())
 
 
 def _apply_functions(conn: Conn, functions: list[FunctionFile]) -> list[tuple[str, str]]:
@@ -460,6 +707,7 @@ def _apply_functions(conn: Conn, functions: list[FunctionFile]) -> list[tuple[st
             conn.execute(f.sql().encode())
         except psycopg.Error as exc:
             raise MigrationError(f"{FUNCTIONS_DIR}/{f.filename}: {exc}") from exc
+    _pgcrypto_wrappers(conn)
     after = {(k, n): x for k, n, x in conn.execute(SOURCE_OBJECTS).fetchall()}
     stale = [key for key, ctid in after.items() if before.get(key) == ctid]
     stale.sort(key=lambda kn: (_DROP_ORDER.index(str(kn[0])), str(kn[1])))
@@ -482,11 +730,14 @@ def _apply_functions(conn: Conn, functions: list[FunctionFile]) -> list[tuple[st
 
 
 def _cron_database(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
-    """cron.database_name when pg_cron is loaded (its GUC exists only then).
-
-    Readable by any role, unlike shared_preload_libraries.
-    """
-    row = conn.execute("select current_setting('cron.database_name', true)").fetchone()
+    """cron.database_name when pg_cron is loaded (its GUC exists only then) and this
+    role may read it (None otherwise)."""
+    try:
+        row = conn.execute("select current_setting('cron.database_name', true)").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        # pg_cron keeps the setting from non-superusers (a managed database's owner):
+        # no jobs can be scheduled from here; `costwarden worker` runs them
+        return None
     if not row or not row[0]:
         return None
     return str(row[0])
@@ -504,7 +755,7 @@ def schedule_jobs(dsn: str) -> CronStatus:
     cron.schedule_in_database. Without pg_cron nothing is scheduled and
     `costwarden worker` runs the same jobs.
     """
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         cron_db = _cron_database(conn)
         row = conn.execute("select current_database()").fetchone()
         here = str(row[0]) if row else ""
@@ -528,7 +779,7 @@ def schedule_jobs(dsn: str) -> CronStatus:
 
 def unschedule_jobs(dsn: str) -> int:
     """Remove this database's costwarden jobs from pg_cron; returns how many."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         cron_db = _cron_database(conn)
         row = conn.execute("select current_database()").fetchone()
         here = str(row[0]) if row else ""
@@ -574,7 +825,7 @@ def _has_cron_extension(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
 
 
 def cron_status(dsn: str) -> CronStatus:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         cron_db = _cron_database(conn)
         row = conn.execute("select current_database()").fetchone()
         here = str(row[0]) if row else ""
@@ -595,7 +846,7 @@ def status(dsn: str, *, sql_dir: Path | None = None) -> MigrationStatus:
     """What migrate would do: pending and edited migrations, outdated function files."""
     migrations = load_migrations(sql_dir)
     functions = load_functions(sql_dir)
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         applied = _applied(conn)
         recorded = _recorded_functions(conn)
     by_version = {m.version: m for m in migrations}
@@ -620,5 +871,5 @@ def status(dsn: str, *, sql_dir: Path | None = None) -> MigrationStatus:
 def drop_schema(dsn: str) -> None:
     """Remove costwarden from a database (its jobs, then the schema)."""
     unschedule_jobs(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         conn.execute(sql.SQL("drop schema if exists costwarden cascade"))

@@ -244,6 +244,18 @@ class CircuitStatus(Row):
 
 
 @dataclass(frozen=True)
+class Alert(Row):
+    """The alert behind a costwarden_alerts notification (fn_alert_get)."""
+
+    alert_id: int
+    at: datetime
+    kind: str  # 'budget' | 'circuit' | 'anomaly' (docs/alerts.md)
+    level: str
+    org_id: str | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class CircuitEvent(Row):
     event_id: int
     provider: str

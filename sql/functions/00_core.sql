@@ -5,11 +5,12 @@
 --                          _require_workspace, _require_model, _require_provider
 --   who is calling         _actor, _caller_is_privileged
 --   audit                  _audit (the writer; the listing is 01_audit.sql)
+--   alerts                 _alert_emit (the writer; fn_alert_get is 09_alerts.sql)
 --   append-only tables     _forbid_mutation (the trigger function), _append_only
 --   settings (hot path)    _setting
 --   call context           _context_user
 --   pools                  _pool_ensure, _context_pool_ids, _lock_pools, _pools_unhold
---   advisory lock keys     _lock_key
+--   locks (row locks)      _lock_key, _lock_stripe, _lock_named, _try_lock_named
 --   reservation record     _reservation_id, _reservation_for_update, _reason
 --
 -- PUBLIC executes nothing here: per-schema default privileges cannot revoke
@@ -32,8 +33,7 @@
 -- Internal: raise a costwarden error. p_code is one of CW001..CW007 (SPEC §8).
 create or replace function costwarden._raise(p_code text, p_message text, p_hint text default null)
 returns void
-language plpgsql
-volatile
+language plpgsql volatile
 as $$
 begin
     if p_hint is null then
@@ -46,8 +46,7 @@ $$;
 -- Internal: a required text argument, trimmed of nothing, non-empty.
 create or replace function costwarden._require_text(p_value text, p_arg text, p_max integer default 200)
 returns text
-language plpgsql
-immutable
+language plpgsql immutable
 as $$
 begin
     if p_value is null then
@@ -68,8 +67,7 @@ create or replace function costwarden._require_limit(
     p_limit integer, p_max integer default 100000, p_arg text default 'p_limit'
 )
 returns integer
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     if p_limit is null or p_limit < 1 or p_limit > p_max then
@@ -84,8 +82,7 @@ $$;
 -- their resolve trail, circuit events.
 create or replace function costwarden._forbid_mutation()
 returns trigger
-language plpgsql
-set search_path = pg_catalog, pg_temp
+language plpgsql set search_path = pg_catalog, pg_temp
 as $$
 begin
     -- raised here, not through _raise: a role granted the table may not execute _raise
@@ -121,28 +118,40 @@ begin
 end
 $$;
 
--- The actor of a call: request.jwt.claims (org_id, sub) when set, so the schema
--- works unchanged behind PostgREST / Supabase; else costwarden.actor_org /
--- costwarden.actor_user set by the trusted caller. Both may be null.
+-- The actor of a call (SPEC §9, §12). When the session user is a member of
+-- costwarden_authenticator (an HTTP layer such as PostgREST or costwarden serve
+-- that logs in and then SET ROLEs; superusers count as members):
+-- request.jwt.claims (org_id, sub) when set, else costwarden.actor_org /
+-- costwarden.actor_user. Any other session -- or a trusted one that names no
+-- actor -- gets the login binding of its session user (fn_tenant_login_bind).
+-- Settings made by an untrusted session are ignored. Both may be null.
 create or replace function costwarden._actor(out org_id text, out user_id text)
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
-    v_claims text := nullif(current_setting('request.jwt.claims', true), '');
+    v_claims text;
     v_json jsonb;
 begin
-    if v_claims is not null then
-        begin
-            v_json := v_claims::jsonb;
-        exception when others then
-            perform costwarden._raise('CW005', 'request.jwt.claims is not valid JSON');
-        end;
-        org_id := nullif(v_json ->> 'org_id', '');
-        user_id := nullif(v_json ->> 'sub', '');
+    if pg_has_role(session_user, 'costwarden_authenticator', 'MEMBER') then
+        v_claims := nullif(current_setting('request.jwt.claims', true), '');
+        if v_claims is not null then
+            begin
+                v_json := v_claims::jsonb;
+            exception when others then
+                perform costwarden._raise('CW005', 'request.jwt.claims is not valid JSON');
+            end;
+            org_id := nullif(v_json ->> 'org_id', '');
+            user_id := nullif(v_json ->> 'sub', '');
+        end if;
+        org_id := coalesce(org_id, nullif(current_setting('costwarden.actor_org', true), ''));
+        user_id := coalesce(user_id, nullif(current_setting('costwarden.actor_user', true), ''));
+        if org_id is not null or user_id is not null then
+            return;
+        end if;
     end if;
-    org_id := coalesce(org_id, nullif(current_setting('costwarden.actor_org', true), ''));
-    user_id := coalesce(user_id, nullif(current_setting('costwarden.actor_user', true), ''));
+    select b.org_id, b.user_id into org_id, user_id
+    from costwarden._tenant_logins as b
+    where b.login = session_user;
 end
 $$;
 
@@ -168,9 +177,7 @@ $$;
 -- caches the plan for the session (docs/performance.md).
 create or replace function costwarden._setting(p_key text)
 returns jsonb
-language plpgsql
-stable
-parallel safe
+language plpgsql stable parallel safe
 as $$
 begin
     return coalesce(
@@ -183,8 +190,7 @@ $$;
 -- Internal: existence checks raising CW002 with the argument's name.
 create or replace function costwarden._require_org(p_org_id text)
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     if p_org_id is null or p_org_id = '' then
@@ -200,8 +206,7 @@ $$;
 -- Internal: an optional org filter of a listing: null (every org) or a known org.
 create or replace function costwarden._optional_org(p_org_id text)
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     if p_org_id is not null then
@@ -213,8 +218,7 @@ $$;
 
 create or replace function costwarden._require_workspace(p_org_id text, p_workspace_id text)
 returns costwarden._workspaces
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_ws costwarden._workspaces;
@@ -233,8 +237,7 @@ $$;
 
 create or replace function costwarden._require_model(p_model text, p_arg text default 'p_model')
 returns costwarden._models
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_model costwarden._models;
@@ -259,8 +262,7 @@ create or replace function costwarden._require_provider(
     p_unknown text default 'p_provider: unknown provider %L (no model of it in the catalogue)'
 )
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     perform costwarden._require_text(p_provider, 'p_provider', 100);
@@ -278,8 +280,7 @@ create or replace function costwarden._context_user(
     p_org_id text, p_workspace_id text, p_user_id text, p_key_id text
 )
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_key costwarden._keys;
@@ -324,8 +325,7 @@ create or replace function costwarden._context_pool_ids(
     p_org_id text, p_workspace_id text, p_key_id text default null, p_user_id text default null
 )
 returns bigint[]
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     -- PL/pgSQL so that the plan is cached (an aggregate keeps a SQL function from being inlined)
@@ -341,15 +341,14 @@ begin
 end
 $$;
 
--- Internal: the key of a transaction advisory lock: a namespace such as
+-- Internal: the key of a keyed lock (_lock_stripe): a namespace such as
 -- 'costwarden.byok' and the parts that name what is locked, joined with
--- chr(1) (a null part counts as empty) and hashed to 64 bits.
+-- chr(1) (a null part counts as empty) and hashed to 64 bits. (No advisory
+-- lock: any role can take one, SPEC §12.)
 -- lock order: docs/internals.md#lock-order
 create or replace function costwarden._lock_key(variadic p_parts text[])
 returns bigint
-language sql
-immutable
-parallel safe
+language sql immutable parallel safe
 as $$
     select hashtextextended(array_to_string(p_parts, chr(1), ''), 0)
 $$;
@@ -358,12 +357,76 @@ $$;
 -- admin caller, as opposed to a tenant-only one?
 create or replace function costwarden._caller_is_privileged()
 returns boolean
-language sql
-stable
+language sql stable
 as $$
     select pg_has_role(
         case when current_setting('role') = 'none' then session_user else current_setting('role') end,
         'costwarden_service', 'MEMBER')
+$$;
+
+-- Internal: a named lock (a row of the private table _locks; no other role
+-- can lock it): exclusive (FOR UPDATE) or shared (FOR SHARE), held to the end
+-- of the transaction.
+create or replace function costwarden._lock_named(p_name text, p_shared boolean default false)
+returns void
+language plpgsql
+as $$
+begin
+    if p_shared then
+        perform from costwarden._locks as l where l.lock_name = p_name for share;
+    else
+        perform from costwarden._locks as l where l.lock_name = p_name for update;
+    end if;
+    if not found then
+        raise exception 'costwarden: no lock named %', p_name;
+    end if;
+end
+$$;
+
+-- Internal: take the named lock exclusively if nobody holds it; false at once otherwise.
+create or replace function costwarden._try_lock_named(p_name text)
+returns boolean
+language plpgsql
+as $$
+begin
+    perform from costwarden._locks as l where l.lock_name = p_name for update skip locked;
+    return found;
+end
+$$;
+
+-- Internal: the exclusive lock of one key (_lock_key), held to the end of the
+-- transaction: the row lock of its stripe of the private table _lock_stripes
+-- (the key mod 4096), which no other role can take.
+create or replace function costwarden._lock_stripe(p_key bigint)
+returns void
+language plpgsql
+as $$
+begin
+    perform from costwarden._lock_stripes as s
+    where s.stripe = (p_key & 4095)::integer
+    for update;
+end
+$$;
+
+-- Internal: record an alert (budget, anomaly, circuit) and announce it on
+-- channel costwarden_alerts. Any role can LISTEN, so the notification carries
+-- only {"kind", "alert_id", "level"} (SPEC §12); fn_alert_get (09_alerts.sql)
+-- reads the alert.
+create or replace function costwarden._alert_emit(p_kind text, p_level text, p_org_id text, p_payload jsonb)
+returns bigint
+language plpgsql
+volatile
+as $$
+declare
+    v_id bigint;
+begin
+    insert into costwarden._alert_events (kind, level, org_id, payload)
+    values (p_kind, p_level, p_org_id, p_payload)
+    returning alert_id into v_id;
+    perform pg_notify('costwarden_alerts',
+        jsonb_build_object('kind', p_kind, 'alert_id', v_id, 'level', p_level)::text);
+    return v_id;
+end
 $$;
 
 -- Internal: lock pools in the documented order (ascending pool_id).
@@ -401,8 +464,7 @@ $$;
 -- Internal: a reservation id whose first 32 bits are hashtext(org_id).
 create or replace function costwarden._reservation_id(p_org_id text)
 returns uuid
-language sql
-volatile
+language sql volatile
 as $$
     select overlay(gen_random_uuid()::text placing lpad(to_hex(hashtext(p_org_id)), 8, '0') from 1 for 8)::uuid
 $$;
@@ -434,9 +496,7 @@ create or replace function costwarden._reason(
     p_requested bigint default null, p_enforced boolean default true
 )
 returns jsonb
-language sql
-immutable
-parallel safe
+language sql immutable parallel safe
 as $$
     select jsonb_build_object(
         'code', p_code, 'scope_kind', p_scope_kind, 'scope_id', p_scope_id, 'period', p_period,

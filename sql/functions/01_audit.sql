@@ -14,10 +14,7 @@ returns table (
     audit_id bigint, at timestamptz, db_role text, actor_org text, actor_user text,
     action text, org_id text, target jsonb, before jsonb, after jsonb
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._require_limit(p_limit);

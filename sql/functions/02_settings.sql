@@ -4,8 +4,7 @@
 -- Internal: validate a value for a key; returns the normalised jsonb.
 create or replace function costwarden._setting_validate(p_key text, p_value jsonb)
 returns jsonb
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_def costwarden._setting_defs;
@@ -67,9 +66,7 @@ $$;
 
 create or replace function costwarden.fn_setting_set(p_key text, p_value jsonb)
 returns void
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_value jsonb := costwarden._setting_validate(p_key, p_value);
@@ -87,10 +84,7 @@ $$;
 
 create or replace function costwarden.fn_setting_get(p_key text)
 returns jsonb
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_key is null then
@@ -106,10 +100,7 @@ $$;
 -- Every setting with its value in force, default and description (admin).
 create or replace function costwarden.fn_settings_list()
 returns table (key text, value jsonb, default_value jsonb, value_type text, changed boolean, description text)
-language sql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language sql stable security definer set search_path = pg_catalog, pg_temp
 as $$
     select d.key, coalesce(s.value, d.default_value), d.default_value, d.value_type,
            s.key is not null, d.description

@@ -7,8 +7,7 @@ select costwarden._append_only('costwarden._pricing_snapshots', '_pricing_snapsh
 -- (a key given as JSON null is removed).
 create or replace function costwarden._org_settings_merge(p_current jsonb, p_settings jsonb)
 returns jsonb
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_key text;
@@ -52,9 +51,7 @@ $$;
 
 create or replace function costwarden.fn_org_upsert(p_org_id text, p_settings jsonb default '{}')
 returns void
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_before jsonb;
@@ -82,9 +79,7 @@ create or replace function costwarden.fn_workspace_upsert(
     p_billing_override text default null
 )
 returns void
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_before costwarden._workspaces;
@@ -126,9 +121,7 @@ $$;
 
 create or replace function costwarden.fn_workspace_seed_model(p_org_id text, p_workspace_id text, p_model text)
 returns boolean
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_set boolean;
@@ -152,9 +145,7 @@ $$;
 
 create or replace function costwarden.fn_user_upsert(p_org_id text, p_user_id text, p_groups text[] default null)
 returns void
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_group text;
@@ -198,9 +189,7 @@ create or replace function costwarden.fn_key_upsert(
     p_org_id text, p_key_id text, p_workspace_id text default null, p_user_id text default null
 )
 returns void
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_before costwarden._keys;
@@ -231,9 +220,7 @@ $$;
 
 create or replace function costwarden.fn_model_upsert(p_model text, p_platform_servable boolean default false)
 returns void
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_before costwarden._models;

@@ -4,8 +4,7 @@
 
 -- Internal: the billing mode of a workspace row (SPEC §5, rules 1-4, in order).
 create or replace function costwarden._billing_mode(p_ws costwarden._workspaces, out billing_mode text, out source text)
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_proxy boolean := (costwarden._setting('platform_proxy_configured'))::boolean;
@@ -33,10 +32,7 @@ $$;
 
 create or replace function costwarden.fn_workspace_billing_mode(p_org_id text, p_workspace_id text)
 returns table (billing_mode text, source text)
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     return query select b.billing_mode, b.source

@@ -10,8 +10,7 @@ create or replace function costwarden._usage_price(
     p_usage jsonb, p_prices jsonb, p_arg text default 'p_usage',
     out tokens bigint, out amount_micros bigint, out unpriced text[]
 )
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_row record;
@@ -71,8 +70,7 @@ $$;
 -- Internal: validate a price list (USD per unit, exact, non-negative).
 create or replace function costwarden._prices_check(p_prices jsonb)
 returns jsonb
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_key text;
@@ -100,9 +98,7 @@ create or replace function costwarden.fn_pricing_set(
     p_model text, p_prices jsonb, p_effective_from timestamptz default now()
 )
 returns bigint
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_id bigint;
@@ -143,10 +139,7 @@ returns table (
     model text, provider text, platform_servable boolean, pricing_snapshot_id bigint,
     prices jsonb, effective_from timestamptz
 )
-language sql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language sql stable security definer set search_path = pg_catalog, pg_temp
 as $$
     select m.model, m.provider, m.platform_servable, s.snapshot_id, s.prices, s.effective_from
     from costwarden._models as m
@@ -164,10 +157,7 @@ $$;
 -- Every snapshot of one model (or all), oldest first (admin, service).
 create or replace function costwarden.fn_pricing_history(p_model text default null)
 returns table (model text, pricing_snapshot_id bigint, prices jsonb, effective_from timestamptz, created_at timestamptz)
-language sql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language sql stable security definer set search_path = pg_catalog, pg_temp
 as $$
     select ps.model, ps.snapshot_id, ps.prices, ps.effective_from, ps.created_at
     from costwarden._pricing_snapshots as ps
@@ -178,8 +168,7 @@ $$;
 -- Internal: the credit rate of an org (org setting, else runtime setting).
 create or replace function costwarden._credit_rate(p_org_id text)
 returns numeric
-language sql
-stable
+language sql stable
 as $$
     select coalesce(
         (select (o.settings ->> 'credit_rate_usd')::numeric from costwarden._orgs as o where o.org_id = p_org_id),
@@ -193,8 +182,7 @@ create or replace function costwarden._quote_price(
     p_model text, p_usage jsonb,
     out amount_micros bigint, out tokens bigint, out snapshot_id bigint, out unpriced_units text[]
 )
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_prices jsonb;
@@ -214,8 +202,7 @@ $$;
 -- 'free'; raises CW006 when it is incomplete and the policy is 'reject'.
 create or replace function costwarden._unpriced_check(p_model text, p_snapshot_id bigint, p_unpriced_units text[])
 returns boolean
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     if p_snapshot_id is not null and cardinality(p_unpriced_units) = 0 then
@@ -241,8 +228,7 @@ create or replace function costwarden._quote(
     p_model text, p_usage jsonb,
     out amount_micros bigint, out tokens bigint, out snapshot_id bigint, out unpriced boolean
 )
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_p record;
@@ -260,8 +246,7 @@ $$;
 create or replace function costwarden._reservation_price(
     p_snapshot_id bigint, p_usage jsonb, out tokens bigint, out amount_micros bigint
 )
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_p record;
@@ -286,10 +271,7 @@ create or replace function costwarden.fn_cost_quote(p_org_id text, p_workspace_i
 returns table (
     amount_micros bigint, tokens bigint, pricing_snapshot_id bigint, billing_mode text, credits numeric
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_ws costwarden._workspaces := costwarden._require_workspace(p_org_id, p_workspace_id);

@@ -8,9 +8,7 @@
 -- Bucket length (seconds) used for a period.
 create or replace function costwarden._period_bucket(p_period text)
 returns integer
-language sql
-immutable
-parallel safe
+language sql immutable parallel safe
 as $$
     select case p_period when 'hour' then 60 when 'day' then 1200 when 'week' then 7200 when 'month' then 43200 end
 $$;
@@ -20,9 +18,7 @@ $$;
 -- the org's time zone.
 create or replace function costwarden._window_start(p_period text, p_window text, p_tz text, p_at timestamptz)
 returns timestamptz
-language sql
-stable
-parallel safe
+language sql stable parallel safe
 as $$
     select case
         when p_window = 'rolling' then p_at - case p_period
@@ -37,9 +33,7 @@ create or replace function costwarden._pool_spent(
     p_pool_id bigint, p_period text, p_window text, p_tz text, p_at timestamptz,
     out micros bigint, out tokens bigint
 )
-language sql
-stable
-parallel safe
+language sql stable parallel safe
 as $$
     select coalesce(sum(b.micros), 0)::bigint, coalesce(sum(b.tokens), 0)::bigint
     from costwarden._spend_buckets as b
@@ -71,8 +65,7 @@ $$;
 -- Internal: the org's time zone for calendar windows.
 create or replace function costwarden._org_tz(p_org_id text)
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     -- PL/pgSQL so that the plan is cached (a sub-select keeps a SQL function from being inlined)
@@ -89,8 +82,7 @@ $$;
 -- SECURITY DEFINER callers, which pin search_path; none is granted to anyone.)
 create or replace function costwarden._user_effective_limits(p_org_id text, p_user_id text)
 returns table (period text, metric text, window_kind text, limit_value bigint, mode text, source text)
-language sql
-stable
+language sql stable
 as $$
     select distinct on (c.period, c.metric, c.window_kind, c.mode)
         c.period, c.metric, c.window_kind, c.limit_value, c.mode, c.source
@@ -127,8 +119,7 @@ returns table (
     scope_kind text, scope_id text, period text, metric text, window_kind text,
     limit_value bigint, mode text, source text, spent bigint, held bigint, requested bigint, fails boolean
 )
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_tz text := costwarden._org_tz(p_org_id);
@@ -179,9 +170,7 @@ create or replace function costwarden._limit_reason(
     p_limit bigint, p_spent bigint, p_held bigint, p_requested bigint, p_enforced boolean
 )
 returns jsonb
-language sql
-immutable
-parallel safe
+language sql immutable parallel safe
 as $$
     select costwarden._reason(
         case when p_metric = 'cost' then 'budget_exceeded' else 'token_quota_exceeded' end,
@@ -194,8 +183,7 @@ $$;
 -- scope id ('' for org and user_default, which take none).
 create or replace function costwarden._budget_scope_id(p_scope_kind text, p_scope_id text)
 returns text
-language plpgsql
-immutable
+language plpgsql immutable
 as $$
 begin
     if p_scope_kind is null or p_scope_kind not in ('org', 'workspace', 'key', 'user', 'group', 'user_default') then
@@ -222,9 +210,7 @@ create or replace function costwarden.fn_budget_set(
     p_mode text default 'enforce'
 )
 returns void
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_scope_id text;
@@ -300,8 +286,7 @@ $$;
 -- actor are not restricted; with an actor set they are held to its org.
 create or replace function costwarden._tenant_guard(p_org_id text, p_scope_kind text default null, p_scope_id text default null)
 returns void
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_actor record;
@@ -312,7 +297,7 @@ begin
         return;
     end if;
     if v_actor.org_id is null then
-        perform costwarden._raise('CW005', 'no actor: set request.jwt.claims or costwarden.actor_org / actor_user');
+        perform costwarden._raise('CW005', 'no actor: a costwarden_authenticator session sets request.jwt.claims or costwarden.actor_org / actor_user; another login needs a binding (fn_tenant_login_bind)');
     end if;
     if p_org_id is distinct from v_actor.org_id then
         perform costwarden._raise('CW005', 'p_org_id: the actor belongs to another org');
@@ -340,10 +325,7 @@ returns table (
     period text, metric text, window_kind text, limit_value bigint, spent bigint, held bigint,
     remaining bigint, mode text, source text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_scope_id text;
@@ -408,16 +390,14 @@ to costwarden_admin, costwarden_service, costwarden_tenant;
 -- The ledger keeps the full history; buckets are only the windows' counters.
 create or replace function costwarden.fn_maintenance()
 returns integer
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_n integer;
 begin
     delete from costwarden._spend_buckets where bucket_start < now() - interval '32 days';
     get diagnostics v_n = row_count;
-    -- alert de-duplication rows of windows long past (0009)
+    -- alert de-duplication rows of windows long past (09_alerts.sql)
     delete from costwarden._alerts_sent where window_slot < now() - interval '62 days';
     return v_n;
 end

@@ -33,8 +33,7 @@ select costwarden._append_only('costwarden._ledger_heads', '_ledger_heads_no_del
 -- Internal: a head only moves forward, one entry at a time (CW001 otherwise).
 create or replace function costwarden._ledger_head_forward_only()
 returns trigger
-language plpgsql
-set search_path = pg_catalog, pg_temp
+language plpgsql set search_path = pg_catalog, pg_temp
 as $$
 begin
     if new.org_id is distinct from old.org_id or new.last_seq <> old.last_seq + 1 then
@@ -74,9 +73,7 @@ for each row execute function costwarden._ledger_head_forward_only();
 -- append refuses (CW004) and the verifier reports.
 create or replace function costwarden._canon_usage(p_usage jsonb)
 returns text
-language plpgsql
-immutable
-parallel safe
+language plpgsql immutable parallel safe
 as $$
 begin
     if p_usage is null or jsonb_typeof(p_usage) = 'null' then
@@ -117,9 +114,7 @@ $$;
 -- +/-infinity).
 create or replace function costwarden._ledger_payload(p_entry costwarden._ledger)
 returns text
-language plpgsql
-immutable
-parallel safe
+language plpgsql immutable parallel safe
 as $$
 begin
     return 'costwarden-ledger-v1' || E'\n'
@@ -148,9 +143,7 @@ $$;
 -- Internal: sha256(prev_hash || UTF-8 bytes of the canonical payload).
 create or replace function costwarden._ledger_hash(p_prev_hash bytea, p_entry costwarden._ledger)
 returns bytea
-language plpgsql
-immutable
-parallel safe
+language plpgsql immutable parallel safe
 as $$
 begin
     return sha256(p_prev_hash || convert_to(costwarden._ledger_payload(p_entry), 'UTF8'));
@@ -159,7 +152,8 @@ $$;
 
 -- Internal: append one entry to the org's chain; returns its seq and hash.
 -- Takes the org's _ledger_heads row lock; callers that lock pools take
--- those first (lock order above). created_at is the transaction's now().
+-- those first (lock order: docs/internals.md#lock-order). created_at is the
+-- transaction's now().
 create or replace function costwarden._ledger_append(
     p_org_id text,
     p_entry_type text,
@@ -215,8 +209,7 @@ $$;
 -- listing them costs O(orgs), not O(entries).
 create or replace function costwarden._ledger_orgs()
 returns setof text
-language sql
-stable
+language sql stable
 as $$
     with recursive e (org_id) as (
         select min(l.org_id) from costwarden._ledger as l
@@ -238,10 +231,7 @@ $$;
 -- at which the chain is wrong (for a missing entry: its seq); detail says why.
 create or replace function costwarden.fn_ledger_verify(p_org_id text default null)
 returns table (org_id text, entries bigint, ok boolean, first_bad_seq bigint, detail text)
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_zero constant bytea := '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
@@ -355,10 +345,7 @@ $$;
 -- database (`costwarden ledger digest`), it pins the history up to there.
 create or replace function costwarden.fn_ledger_digest(p_org_id text default null)
 returns table (org_id text, seq bigint, entry_hash text, taken_at timestamptz)
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_org_id is not null then
@@ -383,10 +370,7 @@ $$;
 -- another one by mistake: the cluster's system identifier and the database.
 create or replace function costwarden.fn_ledger_identity()
 returns table (system_identifier text, database_name text)
-language sql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language sql stable security definer set search_path = pg_catalog, pg_temp
 as $$
     select c.system_identifier::text, current_database()::text from pg_catalog.pg_control_system() as c
 $$;
@@ -407,10 +391,7 @@ returns table (
     amount_micros bigint, pricing_snapshot_id bigint, approximate boolean, late boolean,
     source text, reason text, created_at text, prev_hash text, entry_hash text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._optional_org(p_org_id);
@@ -449,9 +430,7 @@ create or replace function costwarden.fn_ledger_adjust(
     p_org_id text, p_workspace_id text, p_amount_micros bigint, p_reason text
 )
 returns table (entry_seq bigint, entry_hash text)
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_pool_ids bigint[];

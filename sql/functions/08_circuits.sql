@@ -1,7 +1,7 @@
 -- Provider circuit breakers (SPEC §6): admission of a reservation (reserve
 -- asks _circuit_admit last), provider reports, status, history and reset.
--- Every transition is also sent with pg_notify on channel 'costwarden_alerts'
--- (docs/alerts.md); a notification is delivered when its transaction commits.
+-- Every transition is also announced on channel 'costwarden_alerts' (ids and
+-- levels only; docs/alerts.md); a notification is delivered when its transaction commits.
 --
 -- lock order: docs/internals.md#lock-order
 
@@ -17,9 +17,11 @@ as $$
 begin
     insert into costwarden._circuit_events (provider, from_state, to_state, reason, consecutive_failures, error)
     values (p_provider, p_from, p_to, p_reason, p_failures, p_error);
-    perform pg_notify('costwarden_alerts', jsonb_build_object(
+    perform costwarden._alert_emit('circuit',
+        case p_to when 'open' then 'critical' when 'half_open' then 'warning' else 'info' end, null,
+        jsonb_build_object(
         'kind', 'circuit', 'provider', p_provider, 'from_state', p_from, 'to_state', p_to,
-        'reason', p_reason, 'consecutive_failures', p_failures, 'error', p_error, 'at', now())::text);
+        'reason', p_reason, 'consecutive_failures', p_failures, 'error', p_error, 'at', now()));
 end
 $$;
 
@@ -89,9 +91,7 @@ $$;
 
 create or replace function costwarden.fn_provider_report(p_provider text, p_ok boolean, p_error text default null)
 returns text
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_c costwarden._circuits;
@@ -152,10 +152,7 @@ returns table (
     opened_at timestamptz, probe_at timestamptz, next_probe_at timestamptz,
     last_error text, last_failure_at timestamptz, updated_at timestamptz
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_cooldown interval := (costwarden._setting('circuit_cooldown') #>> '{}')::interval;
@@ -183,10 +180,7 @@ returns table (
     event_id bigint, provider text, at timestamptz, from_state text, to_state text, reason text,
     consecutive_failures integer, error text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_provider is not null then
@@ -205,9 +199,7 @@ $$;
 -- Close a provider's circuit by hand (admin; audited). Returns 'closed'.
 create or replace function costwarden.fn_circuit_reset(p_provider text)
 returns text
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_c costwarden._circuits;

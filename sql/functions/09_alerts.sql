@@ -2,6 +2,39 @@
 -- held, plus the request when it is admitted) reaches 80% or 100% of a
 -- limit, one NOTIFY on channel 'costwarden_alerts' -- once per threshold,
 -- limit and window (the de-duplication rows are costwarden._alerts_sent).
+--
+-- Any role can LISTEN on a channel, so a notification carries only
+-- {"kind", "alert_id", "level"} (SPEC §12); the alert itself is a row of
+-- _alert_events (written by _alert_emit, 00_core.sql), read through
+-- fn_alert_get by the roles allowed to see it.
+
+-- One alert announced on costwarden_alerts, for admins and the service role
+-- (a circuit alert may quote a provider's error text).
+create or replace function costwarden.fn_alert_get(p_alert_id bigint)
+returns table (alert_id bigint, at timestamptz, kind text, level text, org_id text, payload jsonb)
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_a costwarden._alert_events;
+begin
+    if p_alert_id is null then
+        perform costwarden._raise('CW004', 'p_alert_id is required');
+    end if;
+    select * into v_a from costwarden._alert_events as e where e.alert_id = p_alert_id;
+    if not found then
+        perform costwarden._raise('CW002', format('p_alert_id: unknown alert %s', p_alert_id));
+    end if;
+    return query select v_a.alert_id, v_a.at, v_a.kind, v_a.level, v_a.org_id, v_a.payload;
+end
+$$;
+
+comment on function costwarden.fn_alert_get(bigint) is
+'The alert behind a costwarden_alerts notification (its alert_id): kind, level, org and the full payload.';
+
+grant execute on function costwarden.fn_alert_get(bigint) to costwarden_service;
 
 -- Internal: alert on a limit if the level crossed 80% / 100% (see above).
 -- p_refused: the request was refused, so the level stays at p_before;
@@ -35,11 +68,12 @@ begin
                 v_threshold, v_level, p_limit)
         on conflict do nothing;
         if found then
-            perform pg_notify('costwarden_alerts', jsonb_build_object(
+            perform costwarden._alert_emit('budget', case when v_threshold >= 100 then 'critical' else 'warning' end,
+                p_org_id, jsonb_build_object(
                 'kind', 'budget', 'org_id', p_org_id, 'scope_kind', p_scope_kind,
                 'scope_id', nullif(p_scope_id, ''), 'period', p_period, 'metric', p_metric,
                 'window', p_window, 'window_slot', v_slot, 'threshold_percent', v_threshold,
-                'level', v_level, 'limit', p_limit, 'refused', p_refused, 'at', now())::text);
+                'level', v_level, 'limit', p_limit, 'refused', p_refused, 'at', now()));
         end if;
     end loop;
 end

@@ -52,9 +52,7 @@ comment on view costwarden.secret_input is
 
 create or replace function costwarden._secret_input_set()
 returns trigger
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if new.value is not null then
@@ -73,14 +71,65 @@ create or replace trigger secret_input_set
 instead of insert on costwarden.secret_input
 for each row execute function costwarden._secret_input_set();
 
+-- The framed input channel: COPY costwarden.secret_input_base64 FROM STDIN,
+-- one column, each line 'name:' || base64(value) (kek, kek_new, secret).
+-- A malformed line of a COPY is quoted in the error's CONTEXT, and that reaches
+-- the server log at the default log level: a two-column row typed with spaces
+-- instead of a tab, a stray backslash, a byte that is not UTF-8. Base64 text
+-- has none of these (no tab, no backslash, ASCII only), so a line produced by
+-- an encoder -- the Python client, or psql's
+--   \copy costwarden.secret_input_base64 from program 'echo kek:$(printf %s "$(cat kek.txt)" | base64 -w0)'
+-- -- never makes COPY fail, whatever the KEK file holds. The trigger never
+-- raises: a line it cannot decode (no name, bad base64, not UTF-8, a NUL)
+-- sets nothing, and the call that needs the KEK then reports it missing.
+-- The value is taken exactly as decoded (docs/byok.md shows the psql command
+-- that drops a KEK file's trailing newline before encoding).
+
+create or replace view costwarden.secret_input_base64 as
+select null::text as line
+where false;
+
+comment on view costwarden.secret_input_base64 is
+'Write-only: COPY costwarden.secret_input_base64 FROM STDIN, lines name:base64(value), sets '
+'costwarden.kek / kek_new / byok_secret for the transaction; no input can make COPY fail.';
+
+create or replace function costwarden._secret_input_base64_set()
+returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_name text;
+    v_value text;
+begin
+    v_name := split_part(new.line, ':', 1);
+    if new.line is null or v_name not in ('kek', 'kek_new', 'secret') then
+        return null;
+    end if;
+    begin
+        v_value := convert_from(decode(substr(new.line, length(v_name) + 2), 'base64'), 'UTF8');
+    exception when others then
+        return null;  -- never quote the input: it may be the KEK
+    end;
+    perform set_config(case v_name when 'kek' then 'costwarden.kek'
+                                   when 'kek_new' then 'costwarden.kek_new'
+                                   else 'costwarden.byok_secret' end, v_value, true);
+    return null;
+end
+$$;
+
+create or replace trigger secret_input_base64_set
+instead of insert on costwarden.secret_input_base64
+for each row execute function costwarden._secret_input_base64_set();
+
 -- ---------------------------------------------------------------------------
 -- Internal helpers
 
 -- Internal (reserve, hot path): does the workspace hold a live key for the provider?
 create or replace function costwarden._byok_usable(p_org_id text, p_workspace_id text, p_provider text)
 returns boolean
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     -- PL/pgSQL so that the plan is cached (EXISTS keeps a SQL function from being inlined)
@@ -96,8 +145,7 @@ $$;
 -- S2K with SHA-256 and 2^20 bytes hashed per derivation (a KDF: ~2 ms).
 create or replace function costwarden._byok_kek_cipher()
 returns text
-language sql
-immutable
+language sql immutable
 as $$
     select 'cipher-algo=aes256, s2k-mode=3, s2k-digest-algo=sha256, s2k-count=1048576'::text
 $$;
@@ -106,8 +154,7 @@ $$;
 -- salted S2K without iterations is enough).
 create or replace function costwarden._byok_dek_cipher()
 returns text
-language sql
-immutable
+language sql immutable
 as $$
     select 'cipher-algo=aes256, s2k-mode=1, s2k-digest-algo=sha256'::text
 $$;
@@ -115,14 +162,13 @@ $$;
 -- Internal: the KEK in a setting, or why it is not acceptable (never raises,
 -- never quotes the value).
 create or replace function costwarden._byok_kek_read(p_setting text, out kek text, out problem text)
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     kek := nullif(current_setting(p_setting, true), '');
     if kek is null then
         problem := format('%s is not set: the trusted caller supplies the key-encryption key for the '
-                          'transaction (set_config(%L, ..., true) or COPY costwarden.secret_input; '
+                          'transaction (set_config(%L, ..., true) or COPY costwarden.secret_input_base64; '
                           'the Python client sends COSTWARDEN_KEK, and for a rotation the new KEK it is given)',
                           p_setting, p_setting);
     elsif length(kek) < 32 then
@@ -139,8 +185,7 @@ $$;
 -- Internal: the KEK in a setting; CW005 when missing, too short or too long.
 create or replace function costwarden._byok_kek(p_setting text default 'costwarden.kek')
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v record;
@@ -156,8 +201,7 @@ $$;
 -- Internal: does this KEK unlock a generation's check blob?
 create or replace function costwarden._byok_kek_unlocks(p_check_blob bytea, p_kek text)
 returns boolean
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     return costwarden.pgp_sym_decrypt(p_check_blob, p_kek) = 'costwarden-kek-check-v1';
@@ -195,8 +239,7 @@ $$;
 -- Internal: validate a secret (CW004; the message never quotes it).
 create or replace function costwarden._byok_secret_check(p_secret text)
 returns void
-language plpgsql
-immutable
+language plpgsql immutable
 as $$
 begin
     if p_secret is null then
@@ -223,8 +266,7 @@ $$;
 -- for secrets of 20+ characters) and the last 4 characters: 'sk-…9f2a'.
 create or replace function costwarden._byok_fingerprint(p_secret text)
 returns text
-language sql
-immutable
+language sql immutable
 as $$
     select case when length(p_secret) >= 20
                 then coalesce(substring(p_secret from '^[A-Za-z][A-Za-z0-9]{0,5}[-_]'), '')
@@ -247,8 +289,7 @@ $$;
 -- of being made unusable.
 create or replace function costwarden._byok_guard(p_ws costwarden._workspaces, p_provider text)
 returns text
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_model costwarden._models;
@@ -287,12 +328,13 @@ begin
 end
 $$;
 
--- Internal: serialise writers of one (org, workspace, provider) key slot.
+-- Internal: serialise writers of one (org, workspace, provider) key slot
+-- (a row lock of _lock_stripes, which no other role can take).
 create or replace function costwarden._byok_slot_lock(p_org_id text, p_workspace_id text, p_provider text)
 returns void
 language sql
 as $$
-    select pg_advisory_xact_lock(costwarden._lock_key('costwarden.byok', p_org_id, p_workspace_id, p_provider))
+    select costwarden._lock_stripe(costwarden._lock_key('costwarden.byok', p_org_id, p_workspace_id, p_provider))
 $$;
 
 -- ---------------------------------------------------------------------------
@@ -302,10 +344,7 @@ create or replace function costwarden.fn_byok_key_put(
     p_org_id text, p_workspace_id text, p_provider text, p_secret text
 )
 returns text
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_ws costwarden._workspaces;
@@ -328,7 +367,7 @@ begin
     end if;
     -- 3. the KEK (CW005 when missing, malformed or not the one in use)
     v_kek := costwarden._byok_kek('costwarden.kek');
-    perform pg_advisory_xact_lock_shared(costwarden._lock_key('costwarden.byok.kek'));
+    perform costwarden._lock_named('byok_kek', true);
     v_kek_id := costwarden._byok_kek_for_write(v_kek);
     -- 4. replace the live key of the slot (the old one is revoked and shredded)
     perform costwarden._byok_slot_lock(p_org_id, p_workspace_id, p_provider);
@@ -366,10 +405,7 @@ comment on function costwarden.fn_byok_key_put(text, text, text, text) is
 
 create or replace function costwarden.fn_byok_key_revoke(p_org_id text, p_workspace_id text, p_provider text)
 returns boolean
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_before costwarden._byok_keys;
@@ -407,10 +443,7 @@ returns table (
     org_id text, workspace_id text, provider text, fingerprint text, status text, kek_id integer,
     created_at timestamptz, created_by text, revoked_at timestamptz, revoked_by text, revoke_reason text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     if p_workspace_id is not null then
@@ -439,10 +472,7 @@ comment on function costwarden.fn_byok_key_list(text, text, boolean) is
 create or replace function costwarden.fn_byok_kek_status()
 returns table (kek_id integer, current boolean, created_at timestamptz, created_by text,
                retired_at timestamptz, live_keys bigint)
-language sql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language sql stable security definer set search_path = pg_catalog, pg_temp
 as $$
     select g.kek_id, g.retired_at is null, g.created_at, g.created_by, g.retired_at,
            (select count(*) from costwarden._byok_keys as k where k.kek_id = g.kek_id and k.revoked_at is null)
@@ -459,10 +489,7 @@ comment on function costwarden.fn_byok_kek_status() is
 -- an interruption, with the same two KEKs) continue where the last stopped.
 create or replace function costwarden.fn_byok_kek_rotate(p_batch integer default 1000)
 returns table (kek_id integer, rewrapped integer, remaining bigint)
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_old text;
@@ -482,7 +509,7 @@ begin
     if v_old = v_new then
         perform costwarden._raise('CW005', 'costwarden.kek_new must differ from costwarden.kek');
     end if;
-    perform pg_advisory_xact_lock(costwarden._lock_key('costwarden.byok.kek'));
+    perform costwarden._lock_named('byok_kek');
 
     select * into v_cur from costwarden._byok_keks as g where g.retired_at is null;
     if not found then
@@ -549,7 +576,8 @@ $$;
 comment on function costwarden.fn_byok_kek_rotate(integer) is
 'Re-wrap up to p_batch data keys from costwarden.kek to costwarden.kek_new; call until remaining = 0 (resumable).';
 
-grant insert on costwarden.secret_input to costwarden_admin, costwarden_service;
+grant insert on costwarden.secret_input, costwarden.secret_input_base64
+to costwarden_admin, costwarden_service;
 grant execute on function
     costwarden.fn_byok_key_put(text, text, text, text),
     costwarden.fn_byok_key_revoke(text, text, text),

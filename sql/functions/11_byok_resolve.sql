@@ -12,8 +12,7 @@ select costwarden._append_only('costwarden._byok_resolve_log', '_byok_resolve_lo
 -- Internal: record one resolve outcome in the server log (survives rollback).
 create or replace function costwarden._byok_resolve_log_line(p_payload jsonb)
 returns void
-language plpgsql
-volatile
+language plpgsql volatile
 as $$
 begin
     raise log 'costwarden.byok_resolve %', p_payload::text;
@@ -23,8 +22,7 @@ $$;
 -- Internal: the HMAC that signs a refusal receipt's payload text, in hex.
 create or replace function costwarden._byok_receipt_mac(p_text text)
 returns text
-language sql
-stable
+language sql stable
 as $$
     select encode(costwarden.hmac(convert_to(p_text, 'UTF8'), k.hmac_key, 'sha256'), 'hex')
     from costwarden._byok_receipt_key as k
@@ -33,8 +31,7 @@ $$;
 -- Internal: a signed refusal receipt: base64(payload) '.' hex(hmac-sha256).
 create or replace function costwarden._byok_receipt(p_payload jsonb)
 returns text
-language sql
-stable
+language sql stable
 as $$
     select translate(encode(convert_to(p_payload::text, 'UTF8'), 'base64'), E'\n', '')
            || '.' || costwarden._byok_receipt_mac(p_payload::text)
@@ -81,6 +78,7 @@ declare
     v_status text;
     v_expires timestamptz;
     v_mode text;
+    v_hold bigint;
 begin
     if p_reservation_id is null then
         if (costwarden._setting('byok_require_reservation'))::boolean then
@@ -113,8 +111,8 @@ begin
         end if;
         return;
     end if;
-    select r.org_id, r.workspace_id, r.provider, r.status, r.expires_at, r.billing_mode
-    into r_org, r_ws, r_provider, v_status, v_expires, v_mode
+    select r.org_id, r.workspace_id, r.provider, r.status, r.expires_at, r.billing_mode, r.amount_micros
+    into r_org, r_ws, r_provider, v_status, v_expires, v_mode, v_hold
     from costwarden._reservations as r
     where r.reservation_id = p_reservation_id
     for share;
@@ -130,6 +128,10 @@ begin
     elsif v_mode is distinct from 'byok' then
         reason := 'not_byok';
         detail := format('reservation %s is billed %s, not byok', p_reservation_id, v_mode);
+    elsif coalesce(v_hold, 0) <= 0 then
+        -- SPEC §12: a reservation that holds nothing never gets a key
+        reason := 'zero_hold';
+        detail := format('reservation %s holds 0', p_reservation_id);
     elsif p_provider is not null and p_provider <> r_provider then
         reason := 'provider_mismatch';
         detail := format('p_provider %L is not the provider of reservation %s (%L)',
@@ -155,8 +157,7 @@ create or replace function costwarden._byok_resolve_secret(
     p_org_id text, p_workspace_id text, p_provider text,
     out secret text, out fingerprint text, out reason text, out detail text
 )
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_key costwarden._byok_keys;
@@ -197,10 +198,7 @@ create or replace function costwarden.fn_byok_key_resolve_v2(
     p_workspace_id text default null
 )
 returns table (provider text, secret text, fingerprint text)
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_attempt bigint := nextval('costwarden._byok_resolve_attempt_seq');
@@ -231,6 +229,22 @@ begin
         select b.org_id, b.workspace_id, b.provider, b.reason, b.detail, b.r_org, b.r_ws, b.r_provider
         into v_org, v_ws, v_provider, v_reason, v_detail, v_r_org, v_r_ws, v_r_provider
         from costwarden._byok_resolve_binding(p_reservation_id, p_provider, p_org_id, p_workspace_id) as b;
+    end if;
+    -- the workspace as it is now (SPEC §12): its current billing mode, not the one
+    -- stored on the reservation, and no freeze
+    if v_reason is null and p_reservation_id is not null and (
+        select (costwarden._billing_mode(w)).billing_mode from costwarden._workspaces as w
+        where w.org_id = v_org and w.workspace_id = v_ws
+    ) is distinct from 'byok' then
+        v_reason := 'not_byok';
+        v_detail := format('workspace %L no longer resolves to byok billing', v_ws);
+    end if;
+    if v_reason is null and exists (  -- frozen: an unacknowledged freezing anomaly
+        select from costwarden._anomalies as a
+        where a.org_id = v_org and a.workspace_id = v_ws and a.frozen and a.acked_at is null
+    ) then
+        v_reason := 'workspace_frozen';
+        v_detail := format('workspace %L is frozen by an unacknowledged anomaly', v_ws);
     end if;
     if v_reason is null and v_actor_org is not null and v_actor_org <> v_org then
         v_reason := 'actor_org_mismatch';
@@ -276,10 +290,7 @@ comment on function costwarden.fn_byok_key_resolve_v2(uuid, text, text, text) is
 -- itself rolled back). True when recorded now, false when already recorded.
 create or replace function costwarden.fn_byok_resolve_refusal_record(p_receipt text)
 returns boolean
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_receipt text := p_receipt;
@@ -324,10 +335,7 @@ returns table (
     actor_org text, actor_user text, reservation_id uuid, org_id text, workspace_id text,
     provider text, fingerprint text, recorded_via text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_last bigint;

@@ -32,9 +32,7 @@ create or replace function costwarden.fn_spend_source_set(
     p_key_id text default null, p_user_id text default null
 )
 returns void
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_before costwarden._spend_sources;
@@ -60,9 +58,7 @@ create or replace function costwarden.fn_spend_report_cumulative(
     p_org_id text, p_workspace_id text, p_source text, p_cumulative_micros bigint
 )
 returns bigint
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_s costwarden._spend_sources;
@@ -121,10 +117,7 @@ returns table (
     last_cumulative_micros bigint, reports bigint, resets bigint, booked_micros bigint,
     last_reported_at timestamptz, created_at timestamptz
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._optional_org(p_org_id);

@@ -7,8 +7,7 @@
 -- search_path; it is granted to nobody.)
 create or replace function costwarden._workspace_frozen(p_org_id text, p_workspace_id text)
 returns boolean
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     -- PL/pgSQL so that the plan is cached (EXISTS keeps a SQL function from being inlined)
@@ -28,12 +27,12 @@ $$;
 -- A workspace with an anomaly detected in the last hour is skipped (the same
 -- spike is not reported twice, an acknowledged one does not re-freeze at
 -- once), and at most one anomaly is recorded per workspace and clock hour.
--- Overlapping runs: the second returns 0 at once (advisory lock).
+-- Overlapping runs: the second does not wait and returns -1 ("did not run",
+-- with a NOTICE); the lock is a row of the private table _locks, which no
+-- other role can take.
 create or replace function costwarden.fn_detect_spend_anomalies()
 returns integer
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_now timestamptz := now();
@@ -46,8 +45,9 @@ declare
     v_id bigint;
     v_n integer := 0;
 begin
-    if not pg_try_advisory_xact_lock(costwarden._lock_key('costwarden.fn_detect_spend_anomalies')) then
-        return 0;
+    if not costwarden._try_lock_named('detect_spend_anomalies') then
+        raise notice 'costwarden: fn_detect_spend_anomalies did not run: another run is in progress';
+        return -1;
     end if;
     for v_c in
         with active as (
@@ -94,11 +94,12 @@ begin
         returning anomaly_id into v_id;
         continue when v_id is null;
         v_n := v_n + 1;
-        perform pg_notify('costwarden_alerts', jsonb_build_object(
+        perform costwarden._alert_emit('anomaly', case when v_freeze then 'critical' else 'warning' end,
+            v_c.org_id, jsonb_build_object(
             'kind', 'anomaly', 'anomaly_id', v_id, 'org_id', v_c.org_id, 'workspace_id', v_c.workspace_id,
             'spent_micros', v_c.spent, 'mean_micros', round(v_c.mean, 3),
             'stddev_micros', round(v_c.stddev, 3), 'threshold_micros', round(greatest(v_c.bar, v_min), 3),
-            'frozen', v_freeze, 'at', v_now)::text);
+            'frozen', v_freeze, 'at', v_now));
         v_id := null;
     end loop;
     return v_n;
@@ -107,9 +108,7 @@ $$;
 
 create or replace function costwarden.fn_anomaly_ack(p_anomaly_id bigint)
 returns void
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_a costwarden._anomalies;
@@ -147,10 +146,7 @@ returns table (
     window_end timestamptz, spent_micros bigint, mean_micros numeric, stddev_micros numeric,
     threshold_micros numeric, frozen boolean, detected_at timestamptz, acked_at timestamptz, acked_by text
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._optional_org(p_org_id);

@@ -14,7 +14,7 @@ as $$
 begin
     perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now());
     if p_micros > p_r.amount_micros or p_tokens > p_r.tokens then
-        -- spend grew past the hold (overage, late commit): it may cross an alert threshold (0009)
+        -- spend grew past the hold (overage, late commit): it may cross an alert threshold (09_alerts.sql)
         perform costwarden._spend_alerts(p_r.org_id, p_r.workspace_id, p_r.key_id, p_r.user_id);
     end if;
     select a.seq, a.entry_hash into seq, entry_hash
@@ -41,8 +41,7 @@ create or replace function costwarden._reserve_validate(
     out fingerprint text, out quoted_micros bigint, out quoted_tokens bigint, out snapshot_id bigint,
     out unpriced_units text[]
 )
-language plpgsql
-stable
+language plpgsql stable
 as $$
 -- the workspace row is one of the OUT values (read once, used by reserve's
 -- billing mode): plpgsql_check's extra warning about a composite OUT value
@@ -76,7 +75,7 @@ $$;
 
 -- Internal (reserve, step 2): idempotency. The reservation made earlier with
 -- p_idempotency_key in the org, or a row of nulls when there is none. Takes a
--- transaction advisory lock on (org, key) first, so that a concurrent repeat
+-- keyed lock on (org, key) first (a _lock_stripes row), so that a concurrent repeat
 -- waits for the first call's decision (lock order: docs/internals.md#lock-order).
 -- CW007 when the earlier reservation was made with other arguments.
 create or replace function costwarden._reserve_repeat(
@@ -89,7 +88,7 @@ declare
     v_prev costwarden._reservations;
 begin
     perform costwarden._require_text(p_idempotency_key, 'p_idempotency_key', 255);
-    perform pg_advisory_xact_lock(costwarden._lock_key('costwarden.reserve', p_org_id, p_idempotency_key));
+    perform costwarden._lock_stripe(costwarden._lock_key('costwarden.reserve', p_org_id, p_idempotency_key));
     select * into v_prev from costwarden._reservations as r
     where r.org_id = p_org_id and r.idempotency_key = p_idempotency_key;
     if found and v_prev.request_fingerprint <> p_fingerprint then
@@ -157,9 +156,7 @@ returns table (
     reservation_id uuid, status text, amount_micros bigint, tokens bigint,
     expires_at timestamptz, billing_mode text, reasons jsonb
 )
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 declare
@@ -279,8 +276,7 @@ $$;
 -- Internal: the per-unit difference p_usage - p_less (units that differ only).
 create or replace function costwarden._usage_minus(p_usage jsonb, p_less jsonb)
 returns jsonb
-language sql
-immutable
+language sql immutable
 as $$
     select coalesce(jsonb_object_agg(u.key, (u.value::text)::numeric - coalesce((p_less ->> u.key)::numeric, 0)), '{}')
     from jsonb_each(p_usage) as u
@@ -290,8 +286,7 @@ $$;
 -- Internal: CW004 unless every unit of p_usage is >= the same unit of p_floor.
 create or replace function costwarden._usage_not_below(p_usage jsonb, p_floor jsonb, p_message text)
 returns void
-language plpgsql
-stable
+language plpgsql stable
 as $$
 declare
     v_unit text;
@@ -309,9 +304,7 @@ $$;
 
 create or replace function costwarden.fn_cost_meter_tick(p_reservation_id uuid, p_usage jsonb)
 returns table (metered_micros bigint, amount_micros bigint, remaining_micros bigint, action text)
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 declare
@@ -380,9 +373,7 @@ create or replace function costwarden.fn_cost_commit(
 returns table (
     entry_seq bigint, charged_micros bigint, released_micros bigint, overage_micros bigint, entry_hash text
 )
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 declare
@@ -464,9 +455,7 @@ $$;
 
 create or replace function costwarden.fn_cost_release(p_reservation_id uuid, p_reason text default null)
 returns table (released_micros bigint)
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 declare
@@ -503,9 +492,7 @@ $$;
 
 create or replace function costwarden.fn_cost_expire_reservations(p_batch integer default 1000)
 returns integer
-language plpgsql
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_ids uuid[];
@@ -564,8 +551,7 @@ returns table (
     status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
     created_at timestamptz, expires_at timestamptz, reasons jsonb
 )
-language plpgsql
-stable
+language plpgsql stable
 as $$
 begin
     if p_status is not null and p_status not in ('held', 'denied', 'committed', 'released', 'expired') then
@@ -590,17 +576,14 @@ returns table (
     status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
     created_at timestamptz, expires_at timestamptz, reasons jsonb
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_actor record;
 begin
     select * into v_actor from costwarden._actor();
     if v_actor.org_id is null then
-        perform costwarden._raise('CW005', 'no actor: set request.jwt.claims or costwarden.actor_org / actor_user');
+        perform costwarden._raise('CW005', 'no actor: a costwarden_authenticator session sets request.jwt.claims or costwarden.actor_org / actor_user; another login needs a binding (fn_tenant_login_bind)');
     end if;
     if v_actor.user_id is null and not costwarden._caller_is_privileged() then
         perform costwarden._raise('CW005', 'a tenant actor needs a user (JWT sub or costwarden.actor_user)');
@@ -618,10 +601,7 @@ returns table (
     status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
     created_at timestamptz, expires_at timestamptz, reasons jsonb
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._optional_org(p_org_id);

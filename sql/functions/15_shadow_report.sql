@@ -17,10 +17,7 @@ returns table (
     code text, refusals bigint, requested numeric, requested_micros numeric,
     first_seen timestamptz, last_seen timestamptz
 )
-language plpgsql
-stable
-security definer
-set search_path = pg_catalog, pg_temp
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform costwarden._require_org(p_org_id);

@@ -58,12 +58,20 @@ def listener(dsn: str) -> Iterator[Listener]:
 def drain(listener: Listener, sender: Conn | None = None) -> list[dict[str, Any]]:
     """The alerts committed so far and not yet read: those heard before a marker sent now
     (by ``sender``, the session that did the work, or else the listener's own sender).
-    The marker orders them; no time window is involved."""
-    out = []
-    notes = notifications_until_marker(listener.conn, sender or listener.sender, CHANNEL)
-    for note in notes:
+    The marker orders them; no time window is involved. A notification carries only the
+    alert's kind, id and level (SPEC §12); the alert is read with fn_alert_get."""
+    notes = []
+    for note in notifications_until_marker(listener.conn, sender or listener.sender, CHANNEL):
         assert note.channel == CHANNEL
-        out.append(json.loads(note.payload))
+        notes.append(json.loads(note.payload))
+    out = []
+    for announced in notes:
+        assert set(announced) == {"kind", "alert_id", "level"}, announced
+        row = listener.conn.execute(
+            "select kind, level, payload from costwarden.fn_alert_get(%s)", (announced["alert_id"],)
+        ).fetchone()
+        assert row is not None and (row[0], row[1]) == (announced["kind"], announced["level"])
+        out.append(row[2])
     return out
 
 
@@ -252,3 +260,24 @@ def test_watch_with_a_timeout_and_a_kind_filter(
     assert result.exit_code == 0, result.output
     assert time.monotonic() - start < 10
     assert result.stdout == ""
+
+
+def test_client_reads_the_alert_a_notification_announces(
+    client: costwarden.Client, seeded: Seeded, listener: Listener
+) -> None:
+    client.set_budget("acme", "workspace", seeded.ws_platform, "day", 10_000)
+    drain(listener)
+    reserve(client, seeded, 8_000)
+    [note] = notifications_until_marker(listener.conn, listener.sender, CHANNEL)
+    announced = json.loads(note.payload)
+    alert = client.alert(announced["alert_id"])
+    assert (alert.alert_id, alert.kind, alert.level) == (
+        announced["alert_id"],
+        announced["kind"],
+        announced["level"],
+    )
+    assert alert.org_id == "acme"
+    assert alert.payload["threshold_percent"] == 80
+    assert alert.payload["scope_id"] == seeded.ws_platform
+    with pytest.raises(costwarden.NotFound):
+        client.alert(announced["alert_id"] + 1_000_000)

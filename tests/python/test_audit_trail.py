@@ -50,6 +50,14 @@ SAMPLES: dict[str, tuple[str, str]] = {
         "select * from costwarden.fn_byok_kek_rotate()",
     ),
     "fn_circuit_reset": ("", "select costwarden.fn_circuit_reset('openai')"),
+    "fn_tenant_login_bind": (
+        "",
+        "select costwarden.fn_tenant_login_bind(session_user::text, 'acme', 'alice')",
+    ),
+    "fn_tenant_login_unbind": (
+        "select costwarden.fn_tenant_login_bind(session_user::text, 'acme', 'alice')",
+        "select costwarden.fn_tenant_login_unbind(session_user::text)",
+    ),
     "fn_spend_source_set": (
         "",
         "select costwarden.fn_spend_source_set('acme', 'ws-platform', 'gw', 'key-1')",

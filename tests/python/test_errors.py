@@ -254,6 +254,7 @@ def test_reason_keys_match_sql(admin_conn: Conn) -> None:
 
 #: Which result type the client builds from each RPC's rows.
 RESULT_TYPES: dict[str, type[Any]] = {
+    "fn_alert_get": types.Alert,
     "fn_anomalies_list": types.Anomaly,
     "fn_audit_list": types.AuditEntry,
     "fn_budget_status": types.BudgetStatus,

@@ -58,9 +58,10 @@ SAGA_WRITES = frozenset(
 
 #: Write-only views of the API: callers may INSERT (COPY ... FROM STDIN) into them and do
 #: nothing else. costwarden.secret_input is the unlogged input channel for BYOK secrets and
-#: the KEK (sql/0008); the tenant role has no use for it.
+#: the KEK (sql/functions/10_byok_keys.sql); the tenant role has no use for it.
 WRITE_ONLY_VIEWS: dict[str, frozenset[str]] = {
     "secret_input": frozenset({"costwarden_admin", "costwarden_service"}),
+    "secret_input_base64": frozenset({"costwarden_admin", "costwarden_service"}),
 }
 
 PINNED = "search_path=pg_catalog, pg_temp"

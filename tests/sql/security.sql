@@ -42,8 +42,9 @@ select is_empty(
 );
 
 -- No table, view or sequence is granted to a caller role (or PUBLIC). The one
--- exception is write-only: admin and service may INSERT (COPY) into the view
--- secret_input, the unlogged input channel for BYOK secrets and the KEK.
+-- exception is write-only: admin and service may INSERT (COPY) into the views
+-- secret_input and secret_input_base64, the unlogged input channels for BYOK
+-- secrets and the KEK.
 select is_empty(
     $$ select r.rolname, c.relname from pg_class c
        cross join (values ('costwarden_admin'), ('costwarden_service'),
@@ -55,9 +56,9 @@ select is_empty(
               or has_any_column_privilege(r.rolname, c.oid, 'select, update, references')
               or ((has_table_privilege(r.rolname, c.oid, 'insert')
                    or has_any_column_privilege(r.rolname, c.oid, 'insert'))
-                  and not (c.relkind = 'v' and c.relname = 'secret_input'
+                  and not (c.relkind = 'v' and c.relname in ('secret_input', 'secret_input_base64')
                            and r.rolname in ('costwarden_admin', 'costwarden_service')))) $$,
-    'no costwarden table or view is granted to a role (secret_input: INSERT only)'
+    'no costwarden table or view is granted to a role (secret_input, secret_input_base64: INSERT only)'
 );
 select is_empty(
     $$ select r.rolname, c.relname from pg_class c
@@ -110,12 +111,14 @@ select is_empty(
 );
 
 -- The roles: NOLOGIN, USAGE on the schema, admin is a member of service.
+-- (SPEC §12 adds two more NOLOGIN roles: the owner and the authenticator.)
 select is(
     (select array_agg(format('%s login=%s super=%s', rolname, rolcanlogin, rolsuper) order by rolname)
      from pg_roles where rolname like 'costwarden\_%'),
-    array['costwarden_admin login=f super=f', 'costwarden_service login=f super=f',
+    array['costwarden_admin login=f super=f', 'costwarden_authenticator login=f super=f',
+          'costwarden_owner login=f super=f', 'costwarden_service login=f super=f',
           'costwarden_tenant login=f super=f'],
-    'three NOLOGIN, non-superuser caller roles'
+    'three NOLOGIN, non-superuser caller roles, the NOLOGIN owner and authenticator'
 );
 select ok(
     has_schema_privilege('costwarden_admin', 'costwarden', 'usage')

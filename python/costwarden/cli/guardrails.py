@@ -254,22 +254,33 @@ def shadow_report(ctx: Context, org: str, since: str, until: str | None, as_json
 @click.option("--kind", type=click.Choice(["budget", "anomaly", "circuit"]), default=None)
 @pass_ctx
 def watch(ctx: Context, count: int | None, timeout: float | None, kind: str | None) -> None:
-    """Print alerts live (LISTEN costwarden_alerts), one JSON payload a line; Ctrl-C stops."""
+    """Print alerts live (LISTEN costwarden_alerts), one JSON alert a line; Ctrl-C stops.
+
+    A notification carries only the alert's kind, id and level; the alert itself is
+    read with fn_alert_get on a second connection. LISTEN needs a session connection
+    (not a pooler in transaction mode)."""
     import psycopg
 
     seen = 0
     try:
-        with psycopg.connect(ctx.dsn(), autocommit=True) as conn:
+        with (
+            psycopg.connect(ctx.dsn(), autocommit=True) as conn,
+            psycopg.connect(ctx.dsn(), autocommit=True) as reader,
+        ):
             conn.execute("listen costwarden_alerts")
             click.echo("listening on costwarden_alerts (Ctrl-C to stop)", err=True)
             for note in conn.notifies(timeout=timeout):
-                if kind is not None:
-                    try:
-                        if json.loads(note.payload).get("kind") != kind:
-                            continue
-                    except ValueError:
-                        continue
-                click.echo(note.payload)
+                try:
+                    announced = json.loads(note.payload)
+                except ValueError:
+                    continue
+                if kind is not None and announced.get("kind") != kind:
+                    continue
+                row = reader.execute(
+                    "select payload::text from costwarden.fn_alert_get(%s)",
+                    (announced.get("alert_id"),),
+                ).fetchone()
+                click.echo(row[0] if row else note.payload)
                 sys.stdout.flush()
                 seen += 1
                 if count is not None and seen >= count:

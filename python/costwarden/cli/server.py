@@ -60,10 +60,10 @@ def migrate(ctx: Context, schedule: bool, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
-    """Schema version, applied and pending migrations, pg_cron.
+    """Schema version, applied and pending migrations, function files, pg_cron.
 
-    Exits 1 while migrations are pending or an applied file changed, so that it can
-    gate a deploy."""
+    Exits 1 while migrations are pending, an applied file changed or a function file
+    is not yet applied, so that it can gate a deploy."""
     st = migrations.status(ctx.dsn())
     if as_json:
         echo_json(
@@ -77,6 +77,8 @@ def status(ctx: Context, as_json: bool) -> None:
                 ],
                 "pending": [p.filename for p in st.pending],
                 "changed": [c.filename for c in st.changed],
+                "functions_outdated": list(st.functions_outdated),
+                "legacy_layout": st.legacy,
                 "cron": {
                     "available": st.cron.available,
                     "database": st.cron.database,
@@ -97,12 +99,16 @@ def _print_status(ctx: Context, st: migrations.MigrationStatus) -> None:
     click.echo(f"database: {safe_dsn(ctx.dsn())}")
     click.echo(f"schema version: {st.version if st.version is not None else 'not installed'}")
     click.echo(f"state: {'up to date' if st.up_to_date else 'migrations pending'}")
+    if st.legacy:
+        click.echo("  layout   installed before the split of sql/ (the next migrate adopts it)")
     for a in st.applied:
         click.echo(f"  applied  {a.version:04d}_{a.name}  {a.applied_at:%Y-%m-%d %H:%M:%S%z}")
     for p in st.pending:
         click.echo(f"  pending  {p.filename}")
     for c in st.changed:
         click.echo(f"  CHANGED  {c.filename} (edited after it was applied)")
+    for name in st.functions_outdated:
+        click.echo(f"  outdated {name} (function file changed: `costwarden migrate` applies it)")
     if not st.cron.available:
         click.echo("pg_cron: not available (run `costwarden worker` for scheduled jobs)")
     elif not st.cron.jobs:

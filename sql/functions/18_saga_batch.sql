@@ -11,8 +11,8 @@
 -- No deadlock between batches, nor with single calls: before the first
 -- element runs, a batch takes every lock of the level that its elements would
 -- take one by one, level by level in the documented order, each level sorted
--- (docs/internals.md#lock-order): reserve -- the idempotency keys' advisory
--- locks, then every pool; commit -- every reservation row, then every pool,
+-- (docs/internals.md#lock-order): reserve -- the idempotency keys' keyed
+-- locks (their _lock_stripes rows), then every pool; commit -- every reservation row, then every pool,
 -- then every org's ledger head. The single calls then find their locks held.
 --
 -- lock order: docs/internals.md#lock-order
@@ -99,14 +99,16 @@ begin
     perform costwarden._batch_check(p_requests, 'p_requests', array[
         'org_id', 'workspace_id', 'model', 'usage', 'user_id', 'key_id', 'idempotency_key', 'ttl', 'metadata']);
     begin
-        -- 1. the idempotency keys' advisory locks (as _reserve_repeat takes them), sorted
-        perform pg_advisory_xact_lock(l.k)
-        from (
-            select distinct costwarden._lock_key('costwarden.reserve', e ->> 'org_id', e ->> 'idempotency_key') as k
-            from jsonb_array_elements(p_requests) as e
-            where e ->> 'idempotency_key' is not null
-            order by 1
-        ) as l;
+        -- 1. the idempotency keys' keyed locks (the stripes _reserve_repeat takes), ascending stripe
+        perform null from (
+            select s.stripe from costwarden._lock_stripes as s
+            where s.stripe in (
+                select (costwarden._lock_key('costwarden.reserve', e ->> 'org_id', e ->> 'idempotency_key') & 4095)::integer
+                from jsonb_array_elements(p_requests) as e
+                where e ->> 'idempotency_key' is not null)
+            order by s.stripe
+            for update
+        ) as locked;
         -- 2. every pool of every element, ascending (the user of a key-only call is its owner)
         perform costwarden._lock_pools(array(
             select p.pool_id
