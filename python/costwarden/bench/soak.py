@@ -53,9 +53,12 @@ def run_soak(
     clients: int = 8,
     orgs: int = 1000,
     interval: float = 10.0,
+    warmup: float = 30.0,
     echo: Echo = print,
 ) -> tuple[list[BackendMemory], float]:
-    """Runs the soak; returns each pgbench backend's memory and the pairs/s sustained."""
+    """Runs the soak; returns each pgbench backend's memory and the pairs/s sustained.
+    Growth is counted from the first sample after ``warmup`` seconds (a backend's
+    caches of catalogue entries and plans fill during its first calls)."""
     dsn = recreate_database(admin_dsn, "cw_bench_soak")
     echo(f"preparing cw_bench_soak ({orgs:,} orgs) ...")
     setup_costwarden(dsn, orgs)
@@ -81,11 +84,11 @@ def run_soak(
                         "where datname = 'cw_bench_soak' and application_name = 'pgbench'"
                     ).fetchall()
                 ]
+                elapsed = time.monotonic() - t0
                 for pid in pids:
                     kb = _status_kb(pid)
-                    if kb is not None:
+                    if kb is not None and elapsed >= min(warmup, seconds / 5):
                         samples.setdefault(pid, []).append(kb)
-                elapsed = time.monotonic() - t0
                 if samples:
                     anon = sorted(s[-1][1] for s in samples.values())
                     median = anon[len(anon) // 2]
