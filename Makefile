@@ -33,6 +33,7 @@ lint: bootstrap
 # 10 M, about 6 more minutes). soak-bench: backend memory over a 10-minute saga run.
 bench: bootstrap
 	$(BIN)/costwarden bench --ledger-rows 1000000
+	$(BIN)/costwarden bench proxy
 
 bench-full: bootstrap
 	$(BIN)/costwarden bench --ledger-rows 10000000

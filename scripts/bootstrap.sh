@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Idempotent setup that every Makefile target runs first:
-#   1. the Debian packages for PostgreSQL 15, pg_cron, pgTAP, plpgsql_check, pg_prove and
-#      PgBouncer (the pooler tests start one);
+#   1. the Debian packages for PostgreSQL 15, pg_cron, pgTAP, plpgsql_check, PL/Proxy,
+#      pg_prove and PgBouncer (the pooler tests start one);
 #   2. .venv with costwarden installed in editable mode, with its [dev] extras.
 # Quiet when there is nothing to do; a failing step prints its full output.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PACKAGES=(postgresql-15 postgresql-15-cron postgresql-15-pgtap postgresql-15-plpgsql-check
-    libtap-parser-sourcehandler-pgtap-perl pgbouncer)
+    postgresql-15-plproxy libtap-parser-sourcehandler-pgtap-perl pgbouncer)
 VENV=.venv
 STAMP=$VENV/.stamp
 

@@ -19,6 +19,7 @@ from .errors import (
     InvalidArgument,
     InvalidState,
     NotFound,
+    ReadinessWarning,
     UnpricedModel,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidArgument",
     "InvalidState",
     "NotFound",
+    "ReadinessWarning",
     "ReservationHandle",
     "UnpricedModel",
 ]

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
+import psycopg
+
 from . import _sql as q
+from .errors import READINESS_WARNING_SQLSTATE, ReadinessWarning
 
 _DECODER = json.JSONDecoder(parse_float=Decimal)
 
@@ -16,6 +22,33 @@ _DECODER = json.JSONDecoder(parse_float=Decimal)
 def exact_loads(data: str | bytes) -> Any:
     """JSON numbers with a fraction load as Decimal: prices and usage stay exact."""
     return _DECODER.decode(data.decode() if isinstance(data, bytes) else data)
+
+
+class ServerWarnings:
+    """Collects the costwarden warnings a call's server sends (a WARNING with SQLSTATE
+    01CW0: a workspace left unable to reserve) and re-issues each, once the call
+    succeeded, as a Python :class:`~costwarden.errors.ReadinessWarning`."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
+        if diag.sqlstate == READINESS_WARNING_SQLSTATE and diag.message_primary:
+            self.messages.append(diag.message_primary)
+
+    @contextmanager
+    def listening(
+        self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+    ) -> Iterator[None]:
+        conn.add_notice_handler(self)
+        try:
+            yield
+        finally:
+            conn.remove_notice_handler(self)
+
+    def emit(self) -> None:
+        for message in self.messages:
+            warnings.warn(ReadinessWarning(message), stacklevel=4)
 
 
 def default_timeout(on_unavailable: str) -> float:

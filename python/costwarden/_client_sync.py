@@ -25,7 +25,7 @@ from psycopg_pool import ConnectionPool
 
 from . import _sql as q
 from . import types as t
-from ._client_core import ClientBase, default_timeout, exact_loads
+from ._client_core import ClientBase, ServerWarnings, default_timeout, exact_loads
 from .errors import BudgetExceeded, CostwardenError, DatabaseUnavailable, Forbidden, wrap_errors
 from .spool import ReplayReport, UnavailablePolicy, Wait
 
@@ -112,9 +112,11 @@ class Client(ClientBase):
             yield self._conn
 
     def _run(self, call: q.Call[R]) -> R:
+        warned = ServerWarnings()
         with (
             wrap_errors(),
             self._connection() as conn,
+            warned.listening(conn),
             self._transaction(conn, call),
             conn.cursor(row_factory=dict_row) as cur,
         ):
@@ -124,6 +126,7 @@ class Client(ClientBase):
             self._stage(cur, call)
             cur.execute(call.sql, call.params)
             rows = cur.fetchall() if cur.description else []
+        warned.emit()
         return call.parse(rows)
 
     def _guarded(self, call: q.Call[R]) -> R:
@@ -158,6 +161,10 @@ class Client(ClientBase):
         billing_override: str | None = None,
     ) -> None:
         self._run(q.workspace_upsert(org_id, workspace_id, model, billing_override))
+
+    def workspace_readiness(self, org_id: str, workspace_id: str) -> list[t.ReadinessProblem]:
+        """What would refuse every reserve of the workspace (empty: ready)."""
+        return self._run(q.workspace_readiness(org_id, workspace_id))
 
     def seed_workspace_model(self, org_id: str, workspace_id: str, model: str) -> bool:
         return self._run(q.workspace_seed_model(org_id, workspace_id, model))
@@ -223,6 +230,25 @@ class Client(ClientBase):
         self, org_id: str, scope_kind: str, scope_id: str | None = None
     ) -> list[t.BudgetStatus]:
         return self._run(q.budget_status(org_id, scope_kind, scope_id))
+
+    def budget_list(self, org_id: str, scope_kind: str | None = None) -> list[t.BudgetLimit]:
+        """Every limit configured in the org (SPEC §11), optionally of one scope kind."""
+        return self._run(q.budget_list(org_id, scope_kind))
+
+    def spend_summary(
+        self,
+        org_id: str,
+        scope_kind: str = "org",
+        scope_id: str | None = None,
+        *,
+        period: str = "month",
+        window: str = "calendar",
+        at: datetime | None = None,
+    ) -> list[t.SpendSummary]:
+        """Spend, holds, calls and limits in a window, with or without a limit
+        (SPEC §11): one row for a scope, or one per scope of the kind (scope_id None)
+        that has spend, holds or a limit, largest spend first."""
+        return self._run(q.spend_summary(org_id, scope_kind, scope_id, period, window, at))
 
     def quote(
         self, org_id: str, workspace_id: str, model: str, usage: Mapping[str, Any]
@@ -351,6 +377,15 @@ class Client(ClientBase):
 
     def spend_sources(self, org_id: str | None = None) -> list[t.SpendSource]:
         return self._run(q.spend_sources_list(org_id))
+
+    def quarantined_spend_reports(self, org_id: str) -> list[t.QuarantinedSpendReport]:
+        """Spend reports over spend_report_max_delta_micros not yet decided (SPEC §6)."""
+        return self._run(q.spend_reports_quarantined(org_id))
+
+    def resolve_spend_report(self, report_id: int, accept: bool) -> int:
+        """Accept (book the delta now) or reject (book nothing) a quarantined report,
+        once; returns the micros booked. A second decision raises InvalidState."""
+        return self._run(q.spend_report_resolve(report_id, accept))
 
     def detect_spend_anomalies(self) -> int:
         return self._run(q.detect_spend_anomalies())

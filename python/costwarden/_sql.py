@@ -202,7 +202,8 @@ def workspace_billing_mode(org_id: str, workspace_id: str) -> Call[t.BillingMode
 def setting_set(key: str, value: Any) -> Call[None]:
     return Call(
         "select costwarden.fn_setting_set(p_key => %(key)s, p_value => %(value)s)",
-        {"key": key, "value": _json(value, "p_value")},
+        # None is JSON null (a nullable setting's "no bound"), never SQL NULL
+        {"key": key, "value": Jsonb(None) if value is None else _json(value, "p_value")},
         _none,
     )
 
@@ -699,4 +700,66 @@ def shadow_report(
         "p_to => coalesce(%(to)s::timestamptz, now()))",
         {"org_id": org_id, "from_": from_, "to": to},
         _many(t.ShadowReportRow),
+    )
+
+
+# -- §11 spend visibility, §6 outlier reports, workspace readiness --------------------
+
+
+def spend_summary(
+    org_id: str,
+    scope_kind: str,
+    scope_id: str | None,
+    period: str,
+    window: str,
+    at: datetime | None,
+) -> Call[list[t.SpendSummary]]:
+    return Call(
+        "select * from costwarden.fn_spend_summary(p_org_id => %(org_id)s, "
+        "p_scope_kind => %(scope_kind)s, p_scope_id => %(scope_id)s, p_period => %(period)s, "
+        "p_window => %(window)s, p_at => coalesce(%(at)s::timestamptz, now()))",
+        {
+            "org_id": org_id,
+            "scope_kind": scope_kind,
+            "scope_id": scope_id,
+            "period": period,
+            "window": window,
+            "at": at,
+        },
+        _many(t.SpendSummary),
+    )
+
+
+def budget_list(org_id: str, scope_kind: str | None) -> Call[list[t.BudgetLimit]]:
+    return Call(
+        "select * from costwarden.fn_budget_list(p_org_id => %(org_id)s, "
+        "p_scope_kind => %(scope_kind)s)",
+        {"org_id": org_id, "scope_kind": scope_kind},
+        _many(t.BudgetLimit),
+    )
+
+
+def spend_reports_quarantined(org_id: str) -> Call[list[t.QuarantinedSpendReport]]:
+    return Call(
+        "select * from costwarden.fn_spend_reports_quarantined(p_org_id => %(org_id)s)",
+        {"org_id": org_id},
+        _many(t.QuarantinedSpendReport),
+    )
+
+
+def spend_report_resolve(report_id: int, accept: bool) -> Call[int]:
+    return Call(
+        "select costwarden.fn_spend_report_resolve(p_report_id => %(report_id)s::bigint, "
+        "p_accept => %(accept)s) as booked",
+        {"report_id": report_id, "accept": accept},
+        lambda rows: int(_scalar(rows)),
+    )
+
+
+def workspace_readiness(org_id: str, workspace_id: str) -> Call[list[t.ReadinessProblem]]:
+    return Call(
+        "select * from costwarden.fn_workspace_readiness(p_org_id => %(org_id)s, "
+        "p_workspace_id => %(workspace_id)s)",
+        {"org_id": org_id, "workspace_id": workspace_id},
+        _many(t.ReadinessProblem),
     )

@@ -49,7 +49,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import _sql as q
 from . import types as t
-from ._client_core import ClientBase, default_timeout, exact_loads
+from ._client_core import ClientBase, ServerWarnings, default_timeout, exact_loads
 from .errors import BudgetExceeded, CostwardenError, DatabaseUnavailable, Forbidden, wrap_errors
 from .spool import ReplayReport, UnavailablePolicy, Wait
 
@@ -139,18 +139,21 @@ class AsyncClient(ClientBase):
             yield self._conn
 
     async def _run(self, call: q.Call[R]) -> R:
+        warned = ServerWarnings()
         with wrap_errors():
-            async with (
-                self._connection() as conn,
-                self._transaction(conn, call),
-                conn.cursor(row_factory=dict_row) as cur,
-            ):
-                set_json_loads(exact_loads, cur)
-                if self._needs_context:
-                    await cur.execute(q.SET_CONTEXT, self._context)
-                await self._stage(cur, call)
-                await cur.execute(call.sql, call.params)
-                rows = await cur.fetchall() if cur.description else []
+            async with self._connection() as conn:
+                with warned.listening(conn):
+                    async with (
+                        self._transaction(conn, call),
+                        conn.cursor(row_factory=dict_row) as cur,
+                    ):
+                        set_json_loads(exact_loads, cur)
+                        if self._needs_context:
+                            await cur.execute(q.SET_CONTEXT, self._context)
+                        await self._stage(cur, call)
+                        await cur.execute(call.sql, call.params)
+                        rows = await cur.fetchall() if cur.description else []
+        warned.emit()  # server warnings (ReadinessWarning), once the call succeeded
         return call.parse(rows)
 
     async def _guarded(self, call: q.Call[R]) -> R:
@@ -186,6 +189,10 @@ class AsyncClient(ClientBase):
         billing_override: str | None = None,
     ) -> None:
         await self._run(q.workspace_upsert(org_id, workspace_id, model, billing_override))
+
+    async def workspace_readiness(self, org_id: str, workspace_id: str) -> list[t.ReadinessProblem]:
+        """What would refuse every reserve of the workspace (empty: ready)."""
+        return await self._run(q.workspace_readiness(org_id, workspace_id))
 
     async def seed_workspace_model(self, org_id: str, workspace_id: str, model: str) -> bool:
         return await self._run(q.workspace_seed_model(org_id, workspace_id, model))
@@ -259,6 +266,25 @@ class AsyncClient(ClientBase):
         return await self._run(q.budget_status(org_id, scope_kind, scope_id))
 
     # -- §3 the saga
+    async def budget_list(self, org_id: str, scope_kind: str | None = None) -> list[t.BudgetLimit]:
+        """Every limit configured in the org (SPEC §11), optionally of one scope kind."""
+        return await self._run(q.budget_list(org_id, scope_kind))
+
+    async def spend_summary(
+        self,
+        org_id: str,
+        scope_kind: str = "org",
+        scope_id: str | None = None,
+        *,
+        period: str = "month",
+        window: str = "calendar",
+        at: datetime | None = None,
+    ) -> list[t.SpendSummary]:
+        """Spend, holds, calls and limits in a window, with or without a limit
+        (SPEC §11): one row for a scope, or one per scope of the kind (scope_id None)
+        that has spend, holds or a limit, largest spend first."""
+        return await self._run(q.spend_summary(org_id, scope_kind, scope_id, period, window, at))
+
     async def quote(
         self, org_id: str, workspace_id: str, model: str, usage: Mapping[str, Any]
     ) -> t.Quote:
@@ -389,6 +415,15 @@ class AsyncClient(ClientBase):
 
     async def spend_sources(self, org_id: str | None = None) -> list[t.SpendSource]:
         return await self._run(q.spend_sources_list(org_id))
+
+    async def quarantined_spend_reports(self, org_id: str) -> list[t.QuarantinedSpendReport]:
+        """Spend reports over spend_report_max_delta_micros not yet decided (SPEC §6)."""
+        return await self._run(q.spend_reports_quarantined(org_id))
+
+    async def resolve_spend_report(self, report_id: int, accept: bool) -> int:
+        """Accept (book the delta now) or reject (book nothing) a quarantined report,
+        once; returns the micros booked. A second decision raises InvalidState."""
+        return await self._run(q.spend_report_resolve(report_id, accept))
 
     async def detect_spend_anomalies(self) -> int:
         return await self._run(q.detect_spend_anomalies())

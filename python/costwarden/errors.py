@@ -66,6 +66,19 @@ class DatabaseUnavailable(CostwardenError):
     """The database cannot be reached (and the client's policy is 'closed')."""
 
 
+#: SQLSTATE of the server warning behind ReadinessWarning.
+READINESS_WARNING_SQLSTATE = "01CW0"
+
+
+class ReadinessWarning(CostwardenError, UserWarning):
+    """A change left a workspace unable to reserve (SQLSTATE ``01CW0``, a server
+    WARNING): e.g. switched to byok with no key for its provider. Issued with
+    ``warnings.warn`` -- never raised: the call succeeded. fn_workspace_readiness /
+    ``Client.workspace_readiness`` lists the problems."""
+
+    sqlstate = READINESS_WARNING_SQLSTATE
+
+
 class BudgetExceeded(CostwardenError):
     """A reservation was refused (status 'denied'); ``reasons`` says why."""
 

@@ -18,6 +18,9 @@ begin
     if not found then
         perform costwarden._raise('CW004', format('p_key: unknown setting %L', p_key));
     end if;
+    if p_value is not null and jsonb_typeof(p_value) = 'null' and v_def.nullable then
+        return p_value;                     -- JSON null: this setting's "no bound"
+    end if;
     if p_value is null or jsonb_typeof(p_value) = 'null' then
         perform costwarden._raise('CW004', format('p_value is required for setting %s', p_key));
     end if;

@@ -40,6 +40,10 @@ begin
             if v_value not in ('"min"'::jsonb, '"max"'::jsonb) then
                 perform costwarden._raise('CW004', 'p_settings.group_resolution must be "min" or "max"');
             end if;
+        when 'user_limits_enabled' then
+            if jsonb_typeof(v_value) <> 'boolean' then
+                perform costwarden._raise('CW004', 'p_settings.user_limits_enabled must be true or false');
+            end if;
         else
             perform costwarden._raise('CW004', format('p_settings: unknown org setting %L', v_key));
         end case;

@@ -77,7 +77,8 @@ $$;
 -- their source: the user's override; else min (or max, per the org's
 -- group_resolution) of the user's groups; else the org's user_default.
 -- Enforced and shadow limits are resolved separately, so a shadow limit
--- never replaces (and so never switches off) an enforced one.
+-- never replaces (and so never switches off) an enforced one. None applies
+-- while the org's setting user_limits_enabled is false.
 -- (No SET clause on the small internal SQL helpers: they are inlined into the
 -- SECURITY DEFINER callers, which pin search_path; none is granted to anyone.)
 create or replace function costwarden._user_effective_limits(p_org_id text, p_user_id text)
@@ -101,6 +102,10 @@ as $$
         from costwarden._budgets as b
         where b.org_id = p_org_id and b.scope_kind = 'user_default'
     ) as c
+    -- the org's switch (setting user_limits_enabled, default true): off, no user
+    -- limit applies, and the overrides, group limits and default stay configured
+    where not exists (select from costwarden._orgs as o
+                      where o.org_id = p_org_id and o.settings -> 'user_limits_enabled' = 'false')
     order by c.period, c.metric, c.window_kind, c.mode, c.prio,
         case when (select o.settings ->> 'group_resolution' from costwarden._orgs as o where o.org_id = p_org_id) = 'max'
              then -c.limit_value else c.limit_value end,

@@ -54,6 +54,35 @@ begin
 end
 $$;
 
+-- Internal: book a delta of a spend source: its pools (ascending) -> spend
+-- buckets -> ledger head, then the budget alerts. The caller holds the
+-- source's row lock. Returns the ledger entry's seq.
+create or replace function costwarden._spend_report_book(p_s costwarden._spend_sources, p_delta bigint)
+returns bigint
+language plpgsql
+as $$
+declare
+    v_user_id text;
+    v_pool_ids bigint[];
+    v_seq bigint;
+begin
+    v_user_id := coalesce(p_s.user_id,
+        (select k.user_id from costwarden._keys as k where k.org_id = p_s.org_id and k.key_id = p_s.key_id));
+    v_pool_ids := costwarden._context_pool_ids(p_s.org_id, p_s.workspace_id, p_s.key_id, v_user_id);
+    perform costwarden._lock_pools(v_pool_ids);
+    perform costwarden._pool_add_spend(v_pool_ids, p_delta, 0, now());
+    select a.seq into v_seq
+    from costwarden._ledger_append(
+        p_org_id => p_s.org_id, p_entry_type => 'spend_report', p_amount_micros => p_delta,
+        p_workspace_id => p_s.workspace_id, p_user_id => v_user_id, p_key_id => p_s.key_id,
+        p_billing_mode => (costwarden._billing_mode(
+            costwarden._require_workspace(p_s.org_id, p_s.workspace_id))).billing_mode,
+        p_source => p_s.source) as a;
+    perform costwarden._spend_alerts(p_s.org_id, p_s.workspace_id, p_s.key_id, v_user_id);
+    return v_seq;
+end
+$$;
+
 create or replace function costwarden.fn_spend_report_cumulative(
     p_org_id text, p_workspace_id text, p_source text, p_cumulative_micros bigint
 )
@@ -62,10 +91,11 @@ language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_s costwarden._spend_sources;
-    v_user_id text;
     v_delta bigint;
     v_reset boolean;
-    v_pool_ids bigint[];
+    v_max jsonb;
+    v_anomaly_id bigint;
+    v_freeze boolean;
 begin
     perform costwarden._require_workspace(p_org_id, p_workspace_id);
     perform costwarden._require_text(p_source, 'p_source');
@@ -85,20 +115,40 @@ begin
     v_delta := case when v_reset then p_cumulative_micros
                     else p_cumulative_micros - coalesce(v_s.last_cumulative_micros, 0) end;
 
-    -- 3. book it: pools (ascending) -> spend buckets -> ledger head
+    -- 3. an outlier (delta over spend_report_max_delta_micros; JSON null: no bound)
+    --    books nothing: it is quarantined with an anomaly, for an admin to accept
+    --    or reject (fn_spend_report_resolve); the counter still moves to the
+    --    reported value, so no later report books it again
+    v_max := costwarden._setting('spend_report_max_delta_micros');
+    if v_delta > 0 and jsonb_typeof(v_max) = 'number' and v_delta > (v_max #>> '{}')::numeric then
+        v_freeze := (costwarden._setting('anomaly_freeze'))::boolean;
+        insert into costwarden._anomalies (
+            org_id, workspace_id, kind, hour_start, window_start, window_end, spent_micros,
+            threshold_micros, frozen, detected_at
+        ) values (
+            p_org_id, p_workspace_id, 'spend_report_outlier', date_trunc('hour', now()),
+            coalesce(v_s.last_reported_at, now()), now(), v_delta, (v_max #>> '{}')::numeric, v_freeze, now()
+        )
+        returning anomaly_id into v_anomaly_id;
+        insert into costwarden._spend_report_quarantine (
+            org_id, workspace_id, source, previous_cumulative_micros, cumulative_micros, delta_micros,
+            max_delta_micros, anomaly_id
+        ) values (
+            p_org_id, p_workspace_id, p_source, v_s.last_cumulative_micros, p_cumulative_micros, v_delta,
+            (v_max #>> '{}')::bigint, v_anomaly_id
+        );
+        -- announced like every anomaly: ids and level on the channel, the rest in the alert
+        perform costwarden._alert_emit('anomaly', case when v_freeze then 'critical' else 'warning' end,
+            p_org_id, jsonb_build_object(
+            'kind', 'anomaly', 'anomaly_kind', 'spend_report_outlier', 'anomaly_id', v_anomaly_id,
+            'org_id', p_org_id, 'workspace_id', p_workspace_id, 'source', p_source, 'delta_micros', v_delta,
+            'threshold_micros', (v_max #>> '{}')::numeric, 'frozen', v_freeze, 'at', now()));
+        v_delta := 0;
+    end if;
+
+    -- 4. book it: pools (ascending) -> spend buckets -> ledger head
     if v_delta > 0 then
-        v_user_id := coalesce(v_s.user_id,
-            (select k.user_id from costwarden._keys as k where k.org_id = p_org_id and k.key_id = v_s.key_id));
-        v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id, v_s.key_id, v_user_id);
-        perform costwarden._lock_pools(v_pool_ids);
-        perform costwarden._pool_add_spend(v_pool_ids, v_delta, 0, now());
-        perform costwarden._ledger_append(
-            p_org_id => p_org_id, p_entry_type => 'spend_report', p_amount_micros => v_delta,
-            p_workspace_id => p_workspace_id, p_user_id => v_user_id, p_key_id => v_s.key_id,
-            p_billing_mode => (costwarden._billing_mode(
-                costwarden._require_workspace(p_org_id, p_workspace_id))).billing_mode,
-            p_source => p_source);
-        perform costwarden._spend_alerts(p_org_id, p_workspace_id, v_s.key_id, v_user_id);
+        perform costwarden._spend_report_book(v_s, v_delta);
     end if;
 
     update costwarden._spend_sources as s

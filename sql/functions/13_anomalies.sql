@@ -61,7 +61,7 @@ begin
             where p.kind = 'workspace' and w.spent > 0 and w.spent >= v_min
               and not exists (
                   select from costwarden._anomalies as a
-                  where a.org_id = p.org_id and a.workspace_id = p.scope_id
+                  where a.org_id = p.org_id and a.workspace_id = p.scope_id and a.kind = 'spend_rate'
                     and a.detected_at > v_now - interval '1 hour')
         )
         select a.org_id, a.workspace_id, a.spent, s.mean, s.stddev,
@@ -90,7 +90,7 @@ begin
             round(v_c.mean, 3), round(v_c.stddev, 3), v_sigma, round(greatest(v_c.bar, v_min), 3),
             v_freeze, v_now
         )
-        on conflict (org_id, workspace_id, hour_start) do nothing
+        on conflict (org_id, workspace_id, hour_start) where kind = 'spend_rate' do nothing
         returning anomaly_id into v_id;
         continue when v_id is null;
         v_n := v_n + 1;
@@ -138,13 +138,16 @@ end
 $$;
 
 -- Anomalies, newest first (admin). p_open_only: only unacknowledged ones.
-create or replace function costwarden.fn_anomalies_list(
+-- kind: spend_rate | spend_report_outlier (mean, stddev null for an outlier).
+drop function if exists costwarden.fn_anomalies_list(text, boolean, integer);
+create function costwarden.fn_anomalies_list(
     p_org_id text default null, p_open_only boolean default false, p_limit integer default 100
 )
 returns table (
     anomaly_id bigint, org_id text, workspace_id text, hour_start timestamptz, window_start timestamptz,
     window_end timestamptz, spent_micros bigint, mean_micros numeric, stddev_micros numeric,
-    threshold_micros numeric, frozen boolean, detected_at timestamptz, acked_at timestamptz, acked_by text
+    threshold_micros numeric, frozen boolean, detected_at timestamptz, acked_at timestamptz, acked_by text,
+    kind text
 )
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
@@ -156,7 +159,8 @@ begin
     perform costwarden._require_limit(p_limit);
     return query
     select a.anomaly_id, a.org_id, a.workspace_id, a.hour_start, a.window_start, a.window_end, a.spent_micros,
-           a.mean_micros, a.stddev_micros, a.threshold_micros, a.frozen, a.detected_at, a.acked_at, a.acked_by
+           a.mean_micros, a.stddev_micros, a.threshold_micros, a.frozen, a.detected_at, a.acked_at, a.acked_by,
+           a.kind
     from costwarden._anomalies as a
     where (p_org_id is null or a.org_id = p_org_id)
       and (not p_open_only or a.acked_at is null)

@@ -189,11 +189,14 @@ begin
     end if;
 
     -- 3. the quote's snapshot is fixed for the reservation's life; unpriced policy
-    v_unpriced := costwarden._unpriced_check(p_model, v_call.snapshot_id, v_call.unpriced_units);
+    --    (incomplete price: unpriced_policy 'free' holds it at the partial price and
+    --    says so; 'reject' records a denial, never CW006, which only the quote raises)
+    v_unpriced := v_call.snapshot_id is null or cardinality(v_call.unpriced_units) > 0;
     v_mode := (costwarden._billing_mode(v_call.ws)).billing_mode;
     if v_unpriced then
+        v_refused := costwarden._setting('unpriced_policy') <> '"free"';
         v_reasons := v_reasons || costwarden._reason('unpriced_model', 'workspace', p_workspace_id,
-                                                     p_requested => v_call.quoted_micros, p_enforced => false);
+                                                     p_requested => v_call.quoted_micros, p_enforced => v_refused);
     end if;
 
     -- 4. refusals that no shadow mode lifts

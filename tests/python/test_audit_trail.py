@@ -62,6 +62,12 @@ SAMPLES: dict[str, tuple[str, str]] = {
         "",
         "select costwarden.fn_spend_source_set('acme', 'ws-platform', 'gw', 'key-1')",
     ),
+    "fn_spend_report_resolve": (
+        "select costwarden.fn_setting_set('spend_report_max_delta_micros', '10');"
+        "select costwarden.fn_spend_report_cumulative('acme', 'ws-platform', 'o', 5000)",
+        "select costwarden.fn_spend_report_resolve(q.report_id, true)"
+        " from costwarden.fn_spend_reports_quarantined('acme') as q",
+    ),
     "fn_anomaly_ack": (
         "select costwarden.fn_spend_report_cumulative('acme', 'ws-platform', 'b', 5000000);"
         "select costwarden.fn_detect_spend_anomalies()",

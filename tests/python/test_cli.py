@@ -14,7 +14,7 @@ from costwarden.cli import main
 
 Conn = psycopg.Connection[Any]
 SAMPLE_MODELS = 11
-SAMPLE_SNAPSHOTS = 12
+SAMPLE_SNAPSHOTS = 15
 
 
 def cli(dsn: str, *args: str) -> Result:

@@ -29,6 +29,7 @@ SECTIONS = [
     "== 5. A streaming call aborted by a meter tick ==",
     "== 6. An expired reservation, then a late commit ==",
     "== 7. Spend per scope and window (budget_status) ==",
+    "== 8. Spend without any limit",
 ]
 
 
@@ -70,6 +71,12 @@ def _check(summary: demo.DemoSummary, lines: list[str], run: int) -> None:
     assert summary.late_charged_micros == 3000  # 300 more output tokens
     # 7. nothing is left held
     assert summary.closing_held == 0
+    # 8. an org without limits: its spend per workspace, largest first (sample prices)
+    assert summary.spend_rows == [
+        ("search", 3 * (8000 * 2500 + 4000 * 1250) // 1000, 3),  # gpt-4o, cached input
+        ("helpdesk", 5 * (3000 * 150 + 600 * 600) // 1000, 5),  # gpt-4o-mini
+        ("notes", (500 * 2500 + 100 * 10000) // 1000, 2),  # one held call counts as a call
+    ]
     assert summary.hooks_run == []
 
 

@@ -17,7 +17,7 @@ from cwtest import ROLES, expect_sqlstate, run_as
 Conn = psycopg.Connection[Any]
 
 #: SPEC §9: the tenant role runs these and nothing else.
-TENANT_RPCS = frozenset({"fn_get_my_cost_reservations", "fn_budget_status"})
+TENANT_RPCS = frozenset({"fn_get_my_cost_reservations", "fn_budget_status", "fn_spend_summary"})
 
 #: SPEC §1, §2, §4, §5, §6: admin functions the service and tenant roles must not run.
 ADMIN_ONLY = frozenset(
@@ -38,6 +38,8 @@ ADMIN_ONLY = frozenset(
         "fn_ledger_adjust",
         "fn_anomaly_ack",
         "fn_reservations_list",
+        "fn_spend_reports_quarantined",
+        "fn_spend_report_resolve",
     }
 )
 

@@ -84,8 +84,8 @@ select is_empty(
     $$ select p.oid::regprocedure from pg_proc p
        where p.pronamespace = 'costwarden'::regnamespace
          and has_function_privilege('costwarden_tenant', p.oid, 'execute')
-         and p.proname not in ('fn_get_my_cost_reservations', 'fn_budget_status') $$,
-    'costwarden_tenant executes only fn_get_my_cost_reservations and fn_budget_status'
+         and p.proname not in ('fn_get_my_cost_reservations', 'fn_budget_status', 'fn_spend_summary') $$,
+    'costwarden_tenant executes only fn_get_my_cost_reservations, fn_budget_status and fn_spend_summary'
 );
 
 -- The service role runs no admin function.
@@ -97,7 +97,8 @@ select is_empty(
                            'fn_user_upsert', 'fn_key_upsert', 'fn_model_upsert',
                            'fn_pricing_set', 'fn_budget_set', 'fn_setting_set',
                            'fn_settings_list', 'fn_audit_list', 'fn_byok_key_put',
-                           'fn_byok_key_revoke', 'fn_ledger_adjust', 'fn_anomaly_ack') $$,
+                           'fn_byok_key_revoke', 'fn_ledger_adjust', 'fn_anomaly_ack',
+                           'fn_spend_reports_quarantined', 'fn_spend_report_resolve') $$,
     'costwarden_service executes no admin function'
 );
 

@@ -183,3 +183,63 @@ def bench_ledger(
         echo_json(result)
     else:
         click.echo(markdown(result))
+
+
+@bench.command("proxy")
+@click.option("--seconds", type=click.IntRange(1), default=10, help="Duration of each run.")
+@click.option("--orgs", type=click.IntRange(1), default=200)
+@json_option
+def bench_proxy(seconds: int, orgs: int, as_json: bool) -> None:
+    """The PL/Proxy hop: latency per saga pair at 1 client and pairs/s at 8 clients,
+    through a proxy over two local servers beside one node direct (docs/scale-out.md).
+
+    On a 2-core machine this measures the proxy's overhead, not a speed-up."""
+    from ..bench.proxy import markdown, run_proxy_bench
+
+    figures = run_proxy_bench(
+        seconds=seconds, orgs=orgs, echo=lambda line: click.echo(line, err=True)
+    )
+    if as_json:
+        echo_json(figures)
+    else:
+        click.echo(markdown(figures))
+
+
+@bench.command("spend")
+@click.option("--workspaces", type=click.IntRange(1), default=1000)
+@click.option("--small", type=click.IntRange(1), default=10_000, help="Ledger entries, small.")
+@click.option("--large", type=click.IntRange(1), default=10_000_000, help="Ledger entries, large.")
+@click.option("--calls", type=click.IntRange(1), default=10_000, help="Reservations in the window.")
+@click.option("--repeat", type=click.IntRange(1), default=50, help="Timed calls per query.")
+@click.option("--keep", is_flag=True, help="Keep the scratch databases.")
+@json_option
+@pass_ctx
+def bench_spend(
+    ctx: Context,
+    workspaces: int,
+    small: int,
+    large: int,
+    calls: int,
+    repeat: int,
+    keep: bool,
+    as_json: bool,
+) -> None:
+    """fn_spend_summary with 1,000 workspaces: the same answer time with a small and a
+    large ledger (median ms and the ratio). Scratch databases; needs CREATE DATABASE."""
+    from ..bench.spend import run_spend_bench
+
+    dsn, _bindir = _server(ctx)
+    result = run_spend_bench(
+        dsn,
+        workspaces=workspaces,
+        small=small,
+        large=large,
+        calls=calls,
+        repeat=repeat,
+        keep=keep,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(result.markdown())

@@ -424,6 +424,64 @@ def spend_report_sources(ctx: Context, org: str | None, as_json: bool) -> None:
     )
 
 
+@spend_report.command("quarantined")
+@click.argument("org")
+@json_option
+@pass_ctx
+def spend_report_quarantined(ctx: Context, org: str, as_json: bool) -> None:
+    """Reports whose delta exceeded spend_report_max_delta_micros, not yet decided:
+    nothing of them is booked until accepted."""
+    with ctx.client() as c:
+        rows = c.quarantined_spend_reports(org)
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(
+        table(
+            [
+                (
+                    q.report_id,
+                    q.workspace_id,
+                    q.source,
+                    usd(q.delta_micros),
+                    q.delta_micros,
+                    _ts(q.reported_at),
+                )
+                for q in rows
+            ],
+            ["report", "workspace", "source", "delta", "delta_micros", "reported"],
+        )
+    )
+
+
+def _resolve(ctx: Context, report_id: int, accept: bool, as_json: bool) -> None:
+    with ctx.client() as c:
+        booked = c.resolve_spend_report(report_id, accept)
+    if as_json:
+        echo_json({"report_id": report_id, "accepted": accept, "booked_micros": booked})
+        return
+    verb = "accepted" if accept else "rejected"
+    click.echo(f"report {report_id} {verb}: booked {booked} micros ({usd(booked)})")
+
+
+@spend_report.command("accept")
+@click.argument("report_id", type=int)
+@json_option
+@pass_ctx
+def spend_report_accept(ctx: Context, report_id: int, as_json: bool) -> None:
+    """Book a quarantined report's delta now (once; audited)."""
+    _resolve(ctx, report_id, True, as_json)
+
+
+@spend_report.command("reject")
+@click.argument("report_id", type=int)
+@json_option
+@pass_ctx
+def spend_report_reject(ctx: Context, report_id: int, as_json: bool) -> None:
+    """Book nothing of a quarantined report (once; audited)."""
+    _resolve(ctx, report_id, False, as_json)
+
+
 @spend_report.command("replay")
 @click.option(
     "--spool-dir",

@@ -10,7 +10,20 @@ from pathlib import Path
 
 import click
 
-from . import bench, demo, guardrails, keys, ledger, pricing, saga, server, settings, tenancy
+from . import (
+    bench,
+    cluster,
+    demo,
+    guardrails,
+    keys,
+    ledger,
+    pricing,
+    saga,
+    server,
+    settings,
+    spend,
+    tenancy,
+)
 from ._common import Context, CostwardenGroup
 
 
@@ -47,6 +60,7 @@ COMMANDS: tuple[click.Command, ...] = (
     pricing.pricing,
     demo.demo,
     bench.bench,
+    cluster.cluster,
     # tenants
     tenancy.orgs,
     tenancy.workspaces,
@@ -59,6 +73,7 @@ COMMANDS: tuple[click.Command, ...] = (
     saga.quote,
     saga.expire,
     saga.worker,
+    spend.spend,
     # ledger and BYOK
     ledger.ledger,
     keys.keys,

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .. import migrate as migrations
 from ._common import EXIT_ERROR, Context, echo_json, json_option, pass_ctx, safe_dsn
+
+_PROXY_OPTION = click.option(
+    "--proxy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CLUSTER.toml: the DSN is a PL/Proxy proxy database over these partitions.",
+)
 
 
 @click.command()
@@ -43,10 +52,19 @@ def down(ctx: Context) -> None:
 @click.option(
     "--schedule/--no-schedule", default=True, help="Schedule pg_cron jobs when available."
 )
+@_PROXY_OPTION
 @json_option
 @pass_ctx
-def migrate(ctx: Context, schedule: bool, as_json: bool) -> None:
-    """Apply pending migrations (a no-op when up to date)."""
+def migrate(ctx: Context, schedule: bool, proxy: Path | None, as_json: bool) -> None:
+    """Apply pending migrations (a no-op when up to date).
+
+    With --proxy CLUSTER.toml the DSN is the proxy database: every partition is
+    migrated and the PL/Proxy layer installed (docs/scale-out.md)."""
+    if proxy is not None:
+        from .cluster import proxy_migrate
+
+        proxy_migrate(ctx, proxy, schedule=schedule, as_json=as_json)
+        return
     applied = migrations.migrate(
         ctx.dsn(), schedule=schedule, progress=None if as_json else click.echo
     )
@@ -57,13 +75,20 @@ def migrate(ctx: Context, schedule: bool, as_json: bool) -> None:
 
 
 @click.command()
+@_PROXY_OPTION
 @json_option
 @pass_ctx
-def status(ctx: Context, as_json: bool) -> None:
+def status(ctx: Context, proxy: Path | None, as_json: bool) -> None:
     """Schema version, applied and pending migrations, function files, pg_cron.
 
     Exits 1 while migrations are pending, an applied file changed or a function file
-    is not yet applied, so that it can gate a deploy."""
+    is not yet applied, so that it can gate a deploy. With --proxy CLUSTER.toml: each
+    partition's schema version and jobs, and the proxy's routing."""
+    if proxy is not None:
+        from .cluster import proxy_status
+
+        proxy_status(ctx, proxy, as_json=as_json)
+        return
     st = migrations.status(ctx.dsn())
     if as_json:
         echo_json(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from decimal import Decimal
 from typing import Any
 
 import click
 
+from ..errors import ReadinessWarning
 from ._common import Context, DecimalParam, echo_json, json_option, pass_ctx
 
 
@@ -22,6 +24,12 @@ def orgs() -> None:
     "--credit-rate", type=DecimalParam(), default=None, help="USD value of one credit, e.g. 0.01."
 )
 @click.option("--group-resolution", type=click.Choice(["min", "max"]), default=None)
+@click.option(
+    "--user-limits",
+    type=click.Choice(["on", "off"]),
+    default=None,
+    help="off: no per-user limit applies (overrides, groups, default kept).",
+)
 @pass_ctx
 def orgs_set(
     ctx: Context,
@@ -29,6 +37,7 @@ def orgs_set(
     timezone: str | None,
     credit_rate: Decimal | None,
     group_resolution: str | None,
+    user_limits: str | None,
 ) -> None:
     """Create an org or merge settings into it."""
     settings: dict[str, Any] = {}
@@ -38,6 +47,8 @@ def orgs_set(
         settings["credit_rate_usd"] = credit_rate
     if group_resolution is not None:
         settings["group_resolution"] = group_resolution
+    if user_limits is not None:
+        settings["user_limits_enabled"] = user_limits == "on"
     with ctx.client() as c:
         c.upsert_org(org, settings)
     click.echo(f"org {org}")
@@ -70,9 +81,12 @@ def workspaces_set(
 ) -> None:
     """Create a workspace or change its model / billing override; prints the billing
     mode it resolves to."""
-    with ctx.client() as c:
+    with ctx.client() as c, warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always", ReadinessWarning)
         c.upsert_workspace(org, workspace, model, billing_override)
         mode = c.billing_mode(org, workspace)
+    for w in warned:  # e.g. byok without a key for its provider: reserves will be refused
+        click.echo(f"warning: {w.message}", err=True)
     if as_json:
         echo_json(mode)
         return

@@ -16,6 +16,7 @@ The sections:
 5. a streaming call aborted by a meter tick;
 6. an expired reservation and a late commit;
 7. spend per scope and window;
+8. spend without any limit: a per-workspace table of an org that has none;
 
 then the sections it is given: ``costwarden demo`` passes
 :data:`costwarden.demo.SECTIONS` (BYOK, guardrails, the ledger), in that order.
@@ -75,6 +76,12 @@ QUOTES: list[tuple[str, str, str, dict[str, Any]]] = [
     (
         "acme",
         "research",
+        "anthropic/claude-3-5-sonnet",
+        {"input_tokens": 2000, "cache_write_tokens": 18000, "output_tokens": 4000},
+    ),
+    (
+        "acme",
+        "research",
         "openai/o1",
         {"input_tokens": 5000, "output_tokens": 1000, "reasoning_tokens": 8000},
     ),
@@ -84,6 +91,12 @@ QUOTES: list[tuple[str, str, str, dict[str, Any]]] = [
         "voice",
         "openai/gpt-4o-realtime-preview",
         {"audio_seconds": 90.5, "output_tokens": 300},
+    ),
+    (
+        "globex",
+        "voice",
+        "openai/gpt-4o-realtime-preview",
+        {"audio_input_tokens": 6000, "audio_output_tokens": 2000, "output_tokens": 300},
     ),
     ("globex", "designer", "openai/dall-e-3", {"images": 4}),
     ("globex", "designer", "openai/tts-1", {"characters": 12000}),
@@ -95,6 +108,9 @@ UNIT_ABBREV = {
     "cached_input_tokens": "cached",
     "output_tokens": "out",
     "reasoning_tokens": "reasoning",
+    "cache_write_tokens": "cache_w",
+    "audio_input_tokens": "audio_in",
+    "audio_output_tokens": "audio_out",
     "audio_seconds": "audio_s",
     "characters": "chars",
 }
@@ -195,6 +211,8 @@ class DemoSummary:
     expiry_charged_micros: int = 0
     late_charged_micros: int = 0
     closing_held: int = 0  # held in every scope of the closing table: 0
+    #: 8. (workspace, spent_micros, calls) of the org without limits, largest spend first
+    spend_rows: list[tuple[str, int, int]] = field(default_factory=list)
     hooks_run: list[str] = field(default_factory=list)
 
 
@@ -692,6 +710,47 @@ def closing_section(client: Client, run: Run, echo: Echo, summary: DemoSummary) 
     )
 
 
+# -- 8. spend without any limit ---------------------------------------------------------------
+
+#: (workspace, model, usage of each committed call, calls) of the org without limits
+INITECH: list[tuple[str, str, dict[str, int], int]] = [
+    ("helpdesk", "openai/gpt-4o-mini", {"input_tokens": 3000, "output_tokens": 600}, 5),
+    ("search", "openai/gpt-4o", {"input_tokens": 8000, "cached_input_tokens": 4000}, 3),
+    ("notes", "openai/gpt-4o", {"input_tokens": 500, "output_tokens": 100}, 1),
+]
+
+
+def spend_section(client: Client, run: Run, echo: Echo, summary: DemoSummary) -> None:
+    org = run.org("initech")
+    client.upsert_org(org)
+    for ws, model, usage, calls in INITECH:
+        client.upsert_workspace(org, ws, model, "platform_managed")
+        for _ in range(calls):
+            r = client.reserve(org, ws, model, usage)
+            client.commit(r.reservation_id, usage)
+    held = client.reserve(org, "notes", "openai/gpt-4o", {"input_tokens": 1000})
+    rows = client.spend_summary(org, "workspace")
+    summary.spend_rows = [(r.scope_id or "", r.spent_micros, r.calls) for r in rows]
+    echo(
+        _table(
+            [
+                (
+                    r.scope_id,
+                    _usd(r.spent_micros),
+                    r.spent_micros,
+                    _usd(r.held_micros),
+                    r.spent_tokens,
+                    r.calls,
+                    _usd(r.limit_micros),
+                )
+                for r in rows
+            ],
+            ["workspace", "spent", "micros", "held", "tokens", "calls", "limit"],
+        )
+    )
+    client.release(held.reservation_id)
+
+
 # -- the sections after the story --------------------------------------------------------------
 
 
@@ -724,7 +783,8 @@ def run_story(
             "1. Catalogue and quotes",
             "The SAMPLE pricing catalogue (illustrative prices). A quote is exact, rounded up",
             "once, with the billing mode each workspace resolves to (override > model > default).",
-            "Usage: in / cached / out / reasoning = tokens, audio_s = seconds, chars = characters.",
+            "Usage: in / cached / cache_w (cache writes) / out / reasoning / audio_in / audio_out",
+            "= tokens, audio_s = seconds, chars = characters.",
         )
         setup_tenants(client, run)
         quote_table(client, run, echo)
@@ -755,6 +815,13 @@ def run_story(
 
         _heading(echo, "7. Spend per scope and window (budget_status)")
         closing_section(client, run, echo, summary)
+
+        _heading(
+            echo,
+            f"8. Spend without any limit ({run.org('initech')}: spend_summary per workspace)",
+            "Spend, holds and calls this calendar month, whether or not a limit exists.",
+        )
+        spend_section(client, run, echo, summary)
         echo(f"(the story took {time.monotonic() - started:.1f} s)")
         echo("")
     summary.hooks_run = run_sections(dsn, echo, sections)
