@@ -9,7 +9,7 @@
 --   append-only tables     _forbid_mutation (the trigger function), _append_only
 --   settings (hot path)    _setting
 --   call context           _context_user
---   pools                  _pool_ensure, _context_pool_ids, _lock_pools, _pools_unhold
+--   pools                  _pool_ensure, _context_pool_ids, _lock_pools, _pools_hold, _pools_unhold
 --   locks (row locks)      _lock_key, _lock_stripe, _lock_named, _try_lock_named
 --   reservation record     _reservation_id, _reservation_for_update, _reason
 --
@@ -429,10 +429,18 @@ begin
 end
 $$;
 
+-- The three pool helpers below carry SET plan_cache_mode = force_generic_plan,
+-- the only internal helpers with a SET clause: a statement on `pool_id = any
+-- (array)` has custom plans that look cheaper than its generic one (they know
+-- the array's length), so without it PL/pgSQL plans it again on every call
+-- (18-110 us, pg_stat_statements.track_planning); its generic plan is the right
+-- one, an index scan on the primary key (docs/performance.md).
+
 -- Internal: lock pools in the documented order (ascending pool_id).
 create or replace function costwarden._lock_pools(p_pool_ids bigint[])
 returns void
 language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     perform null from (
@@ -444,10 +452,24 @@ begin
 end
 $$;
 
+-- Internal: add a hold to pools whose locks the caller holds (reserve, tick).
+create or replace function costwarden._pools_hold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
+returns void
+language plpgsql
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    update costwarden._pools as p
+    set held_micros = p.held_micros + p_micros, held_tokens = p.held_tokens + p_tokens
+    where p.pool_id = any (p_pool_ids) and (p_micros <> 0 or p_tokens <> 0);
+end
+$$;
+
 -- Internal: move a reservation's hold off its pools (taking their locks in order).
 create or replace function costwarden._pools_unhold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
 returns void
 language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     -- locks the pools in the documented order (ascending pool_id), then updates them: two

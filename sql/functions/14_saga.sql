@@ -157,7 +157,6 @@ returns table (
     expires_at timestamptz, billing_mode text, reasons jsonb
 )
 language plpgsql security definer set search_path = pg_catalog, pg_temp
-set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_call record;                          -- the validated call (_reserve_validate)
@@ -261,9 +260,7 @@ begin
                 reasons = v_reasons || v_admit.reasons, expires_at = null, finished_at = now()
             where r.reservation_id = v_id;
         else
-            update costwarden._pools as p
-            set held_micros = p.held_micros + v_call.quoted_micros, held_tokens = p.held_tokens + v_call.quoted_tokens
-            where p.pool_id = any (v_pool_ids) and (v_call.quoted_micros <> 0 or v_call.quoted_tokens <> 0);
+            perform costwarden._pools_hold(v_pool_ids, v_call.quoted_micros, v_call.quoted_tokens);
             if v_admit.reasons <> '[]' then
                 update costwarden._reservations as r
                 set reasons = v_reasons || v_admit.reasons where r.reservation_id = v_id;
@@ -308,7 +305,6 @@ $$;
 create or replace function costwarden.fn_cost_meter_tick(p_reservation_id uuid, p_usage jsonb)
 returns table (metered_micros bigint, amount_micros bigint, remaining_micros bigint, action text)
 language plpgsql security definer set search_path = pg_catalog, pg_temp
-set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_r costwarden._reservations;
@@ -353,9 +349,7 @@ begin
             end if;
         end loop;
         if v_action = 'continue' then
-            update costwarden._pools as p
-            set held_micros = p.held_micros + v_extra, held_tokens = p.held_tokens + v_extra_tokens
-            where p.pool_id = any (v_r.pool_ids);
+            perform costwarden._pools_hold(v_r.pool_ids, v_extra, v_extra_tokens);
             v_r.amount_micros := v_r.amount_micros + v_extra;
             v_r.tokens := v_r.tokens + v_extra_tokens;
             v_r.reasons := v_r.reasons || v_shadow;
@@ -377,7 +371,6 @@ returns table (
     entry_seq bigint, charged_micros bigint, released_micros bigint, overage_micros bigint, entry_hash text
 )
 language plpgsql security definer set search_path = pg_catalog, pg_temp
-set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_r costwarden._reservations;
@@ -459,7 +452,6 @@ $$;
 create or replace function costwarden.fn_cost_release(p_reservation_id uuid, p_reason text default null)
 returns table (released_micros bigint)
 language plpgsql security definer set search_path = pg_catalog, pg_temp
-set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_r costwarden._reservations;

@@ -87,7 +87,6 @@ returns table (
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
-set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_q jsonb;
@@ -148,7 +147,6 @@ returns table (
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
-set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_ids uuid[];
