@@ -26,7 +26,8 @@
 -- run inside an fn_* caller's pinned search_path, and without the clause the
 -- small SQL ones are inlined and the plpgsql ones skip a GUC save/restore on
 -- every call of the hot path. Trigger functions keep the clause, since they
--- run in whatever session fires them.
+-- run in whatever session fires them. (The pool helpers' plan_cache_mode is
+-- the one exception, explained above _lock_pools.)
 --
 -- lock order: docs/internals.md#lock-order
 
