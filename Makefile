@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PY_SOURCES := python tests/python tools
 
-.PHONY: bootstrap demo test test-sql test-python lint bench soak up down clean
+.PHONY: bootstrap demo test test-sql test-python lint bench bench-full soak-bench soak up down clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -29,9 +29,17 @@ lint: bootstrap
 	$(BIN)/sqlfluff lint sql/ --dialect postgres
 	scripts/plpgsql_check.sh
 
+# Every figure of docs/performance.md; the ledger-size figure with 1 M entries (bench-full:
+# 10 M, about 6 more minutes). soak-bench: backend memory over a 10-minute saga run.
 bench: bootstrap
-	$(BIN)/costwarden bench
+	$(BIN)/costwarden bench --ledger-rows 1000000
 	$(BIN)/costwarden bench proxy
+
+bench-full: bootstrap
+	$(BIN)/costwarden bench --ledger-rows 10000000
+
+soak-bench: bootstrap
+	$(BIN)/costwarden bench soak --minutes 10 --clients 8
 
 # Money correctness under faults, long: the outage test with a 30 s outage, then the
 # saga against its model for SOAK_OPS operations on SOAK_WORKERS connections with the

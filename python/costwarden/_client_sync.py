@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import datetime, timedelta
 from os import PathLike
@@ -326,6 +326,18 @@ class Client(ClientBase):
             return self.unavailable.commit_unreachable(exc, reservation_id, usage, approximate)
         self.unavailable.settled(reservation_id)
         return result
+
+    def reserve_many(self, requests: Sequence[Mapping[str, Any]]) -> list[t.Reservation]:
+        """Reserve N times in one transaction (fn_cost_reserve_many): each request a
+        mapping of reserve's arguments (org_id, workspace_id, model, usage, user_id,
+        key_id, idempotency_key, ttl, metadata); one Reservation per request, in order,
+        denied ones included. An error in any request fails the whole batch."""
+        return self._run(q.cost_reserve_many(requests))
+
+    def commit_many(self, commits: Sequence[Mapping[str, Any]]) -> list[t.CommitResult]:
+        """Commit N reservations in one transaction (fn_cost_commit_many): each a
+        mapping of reservation_id, usage and optionally approximate; results in order."""
+        return self._run(q.cost_commit_many(commits))
 
     def release(self, reservation_id: UUID, reason: str | None = None) -> int:
         if self.unavailable.owns(reservation_id):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -297,6 +297,34 @@ def cost_commit(
         "p_usage => %(usage)s, p_approximate => %(approximate)s)",
         {"rid": reservation_id, "usage": _json(usage), "approximate": approximate},
         _one(t.CommitResult),
+    )
+
+
+def _batch_element(element: Mapping[str, Any]) -> dict[str, Any]:
+    """One element of a batch RPC as JSON values (UUIDs and intervals as text)."""
+    out: dict[str, Any] = {}
+    for key, value in element.items():
+        if isinstance(value, UUID):
+            value = str(value)
+        elif isinstance(value, timedelta):
+            value = f"{value.total_seconds()} seconds"
+        out[key] = value
+    return out
+
+
+def cost_reserve_many(requests: Sequence[Mapping[str, Any]]) -> Call[list[t.Reservation]]:
+    return Call(
+        "select * from costwarden.fn_cost_reserve_many(p_requests => %(requests)s::jsonb)",
+        {"requests": exact_json([_batch_element(r) for r in requests], "p_requests")},
+        _many(t.Reservation),
+    )
+
+
+def cost_commit_many(commits: Sequence[Mapping[str, Any]]) -> Call[list[t.CommitResult]]:
+    return Call(
+        "select * from costwarden.fn_cost_commit_many(p_commits => %(commits)s::jsonb)",
+        {"commits": exact_json([_batch_element(c) for c in commits], "p_commits")},
+        _many(t.CommitResult),
     )
 
 

@@ -146,7 +146,9 @@ class Route:
     bits), ``resolve`` (the reservation's, else the org's), ``receipt`` (the org in a
     refusal receipt), ``actor`` (the caller's org: claims, actor settings or login
     binding), ``org_or_all`` (the org's partition, every partition when p_org_id is
-    null), ``all``, ``any`` (one partition: catalogue reads, equal everywhere).
+    null), ``batch_orgs`` / ``batch_reservations`` (a batch RPC: the one partition of
+    every element's org / reservation; CW004 when the elements span partitions),
+    ``all``, ``any`` (one partition: catalogue reads, equal everywhere).
 
     ``merge`` (several partitions): ``same`` (the answers must be equal), ``severity``
     (circuit states: the most open one), ``sum``, ``bool_or``, ``gather`` (rows
@@ -215,6 +217,10 @@ ROUTES: dict[str, Route] = {
     "fn_cost_commit": _RES,
     "fn_cost_release": _RES,
     "fn_cost_expire_reservations": _JOB,
+    "fn_cost_reserve_many": Route("batch_orgs", why="the partition of every element's org"),
+    "fn_cost_commit_many": Route(
+        "batch_reservations", why="the partition of every element's reservation"
+    ),
     "fn_get_my_cost_reservations": Route("actor", why="the caller's own org"),
     "fn_reservations_list": _gather("created_at desc, reservation_id", "p_limit"),
     # §4 the ledger
@@ -460,6 +466,8 @@ _RUN_ON = {
     "receipt": "costwarden_remote.receipt_hash(p_receipt)",
     "actor": "costwarden_remote.actor_hash(p_px)",
     "org_or_all": "costwarden_remote.org_hash_or_all(p_org_id)",
+    "batch_orgs": "costwarden_remote.batch_hash(p_requests, 'org_id')",
+    "batch_reservations": "costwarden_remote.batch_hash(p_commits, 'reservation_id')",
     "all": "all",
     "any": "any",
 }

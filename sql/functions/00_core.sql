@@ -9,7 +9,7 @@
 --   append-only tables     _forbid_mutation (the trigger function), _append_only
 --   settings (hot path)    _setting
 --   call context           _context_user
---   pools                  _pool_ensure, _context_pool_ids, _lock_pools, _pools_unhold
+--   pools                  _pool_ensure, _context_pool_ids, _lock_pools, _pools_hold, _pools_unhold
 --   locks (row locks)      _lock_key, _lock_stripe, _lock_named, _try_lock_named
 --   reservation record     _reservation_id, _reservation_for_update, _reason
 --
@@ -26,7 +26,8 @@
 -- run inside an fn_* caller's pinned search_path, and without the clause the
 -- small SQL ones are inlined and the plpgsql ones skip a GUC save/restore on
 -- every call of the hot path. Trigger functions keep the clause, since they
--- run in whatever session fires them.
+-- run in whatever session fires them. (The pool helpers' plan_cache_mode is
+-- the one exception, explained above _lock_pools.)
 --
 -- lock order: docs/internals.md#lock-order
 
@@ -172,14 +173,19 @@ end
 $$;
 
 -- Internal, hot path: the value in force (changed value or default). No validation.
+-- PL/pgSQL, not SQL: a SQL function whose body has sub-selects is never inlined, and
+-- PostgreSQL plans such a function's body again on every call (~35 us); PL/pgSQL
+-- caches the plan for the session (docs/performance.md).
 create or replace function costwarden._setting(p_key text)
 returns jsonb
-language sql stable parallel safe
+language plpgsql stable parallel safe
 as $$
-    select coalesce(
+begin
+    return coalesce(
         (select s.value from costwarden._settings as s where s.key = p_key),
         (select d.default_value from costwarden._setting_defs as d where d.key = p_key)
-    )
+    );
+end
 $$;
 
 -- Internal: existence checks raising CW002 with the argument's name.
@@ -320,15 +326,20 @@ create or replace function costwarden._context_pool_ids(
     p_org_id text, p_workspace_id text, p_key_id text default null, p_user_id text default null
 )
 returns bigint[]
-language sql stable
+language plpgsql stable
 as $$
-    select coalesce(array_agg(p.pool_id order by p.pool_id), '{}')
-    from costwarden._pools as p
-    where p.org_id = p_org_id
-      and ((p.kind = 'org' and p.scope_id = '')
-           or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
-           or (p.kind = 'key' and p.scope_id = p_key_id)
-           or (p.kind = 'user' and p.scope_id = p_user_id))
+begin
+    -- PL/pgSQL so that the plan is cached (an aggregate keeps a SQL function from being inlined)
+    return (
+        select coalesce(array_agg(p.pool_id order by p.pool_id), '{}')
+        from costwarden._pools as p
+        where p.org_id = p_org_id
+          and ((p.kind = 'org' and p.scope_id = '')
+               or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
+               or (p.kind = 'key' and p.scope_id = p_key_id)
+               or (p.kind = 'user' and p.scope_id = p_user_id))
+    );
+end
 $$;
 
 -- Internal: the key of a keyed lock (_lock_stripe): a namespace such as
@@ -419,10 +430,18 @@ begin
 end
 $$;
 
+-- The three pool helpers below carry SET plan_cache_mode = force_generic_plan,
+-- the only internal helpers with a SET clause: a statement on `pool_id = any
+-- (array)` has custom plans that look cheaper than its generic one (they know
+-- the array's length), so without it PL/pgSQL plans it again on every call
+-- (18-110 us, pg_stat_statements.track_planning); its generic plan is the right
+-- one, an index scan on the primary key (docs/performance.md).
+
 -- Internal: lock pools in the documented order (ascending pool_id).
 create or replace function costwarden._lock_pools(p_pool_ids bigint[])
 returns void
 language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     perform null from (
@@ -434,22 +453,34 @@ begin
 end
 $$;
 
+-- Internal: add a hold to pools whose locks the caller holds (reserve, tick).
+create or replace function costwarden._pools_hold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
+returns void
+language plpgsql
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    update costwarden._pools as p
+    set held_micros = p.held_micros + p_micros, held_tokens = p.held_tokens + p_tokens
+    where p.pool_id = any (p_pool_ids) and (p_micros <> 0 or p_tokens <> 0);
+end
+$$;
+
 -- Internal: move a reservation's hold off its pools (taking their locks in order).
 create or replace function costwarden._pools_unhold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
 returns void
 language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
 begin
-    -- locks the pools in the documented order (ascending pool_id), then updates them
+    -- locks the pools in the documented order (ascending pool_id), then updates them: two
+    -- statements, so that each has a good generic plan (an index scan on the primary key;
+    -- the one-statement form, a join with a locking sub-select, gets a hash join over the
+    -- whole table)
+    perform costwarden._lock_pools(p_pool_ids);
     update costwarden._pools as p
     set held_micros = p.held_micros - p_micros, held_tokens = p.held_tokens - p_tokens
-    from (
-        select l.pool_id from costwarden._pools as l
-        where l.pool_id = any (p_pool_ids)
-        order by l.pool_id
-        for update
-    ) as locked
-    where p.pool_id = locked.pool_id and (p_micros <> 0 or p_tokens <> 0);
+    where p.pool_id = any (p_pool_ids) and (p_micros <> 0 or p_tokens <> 0);
 end
 $$;
 

@@ -65,9 +65,12 @@ $$;
 -- Internal: the org's time zone for calendar windows.
 create or replace function costwarden._org_tz(p_org_id text)
 returns text
-language sql stable
+language plpgsql stable
 as $$
-    select coalesce((select o.settings ->> 'timezone' from costwarden._orgs as o where o.org_id = p_org_id), 'UTC')
+begin
+    -- PL/pgSQL so that the plan is cached (a sub-select keeps a SQL function from being inlined)
+    return coalesce((select o.settings ->> 'timezone' from costwarden._orgs as o where o.org_id = p_org_id), 'UTC');
+end
 $$;
 
 -- Internal: a user's effective limits, one per (period, metric, window), with

@@ -129,13 +129,16 @@ for each row execute function costwarden._secret_input_base64_set();
 -- Internal (reserve, hot path): does the workspace hold a live key for the provider?
 create or replace function costwarden._byok_usable(p_org_id text, p_workspace_id text, p_provider text)
 returns boolean
-language sql stable
+language plpgsql stable
 as $$
-    select exists (
+begin
+    -- PL/pgSQL so that the plan is cached (EXISTS keeps a SQL function from being inlined)
+    return exists (
         select from costwarden._byok_keys as k
         where k.org_id = p_org_id and k.workspace_id = p_workspace_id
           and k.provider = p_provider and k.revoked_at is null
-    )
+    );
+end
 $$;
 
 -- Internal: pgcrypto options of the KEK layer: AES-256, iterated + salted

@@ -7,12 +7,15 @@
 -- search_path; it is granted to nobody.)
 create or replace function costwarden._workspace_frozen(p_org_id text, p_workspace_id text)
 returns boolean
-language sql stable
+language plpgsql stable
 as $$
-    select exists (
+begin
+    -- PL/pgSQL so that the plan is cached (EXISTS keeps a SQL function from being inlined)
+    return exists (
         select from costwarden._anomalies as a
         where a.org_id = p_org_id and a.workspace_id = p_workspace_id and a.frozen and a.acked_at is null
-    )
+    );
+end
 $$;
 
 -- Per workspace: the spend of the last 60 minutes (the 1-minute buckets

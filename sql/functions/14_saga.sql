@@ -260,9 +260,7 @@ begin
                 reasons = v_reasons || v_admit.reasons, expires_at = null, finished_at = now()
             where r.reservation_id = v_id;
         else
-            update costwarden._pools as p
-            set held_micros = p.held_micros + v_call.quoted_micros, held_tokens = p.held_tokens + v_call.quoted_tokens
-            where p.pool_id = any (v_pool_ids) and (v_call.quoted_micros <> 0 or v_call.quoted_tokens <> 0);
+            perform costwarden._pools_hold(v_pool_ids, v_call.quoted_micros, v_call.quoted_tokens);
             if v_admit.reasons <> '[]' then
                 update costwarden._reservations as r
                 set reasons = v_reasons || v_admit.reasons where r.reservation_id = v_id;
@@ -351,9 +349,7 @@ begin
             end if;
         end loop;
         if v_action = 'continue' then
-            update costwarden._pools as p
-            set held_micros = p.held_micros + v_extra, held_tokens = p.held_tokens + v_extra_tokens
-            where p.pool_id = any (v_r.pool_ids);
+            perform costwarden._pools_hold(v_r.pool_ids, v_extra, v_extra_tokens);
             v_r.amount_micros := v_r.amount_micros + v_extra;
             v_r.tokens := v_r.tokens + v_extra_tokens;
             v_r.reasons := v_r.reasons || v_shadow;

@@ -138,6 +138,44 @@ as $$
     where p_org_id is null
 $$;
 
+-- A batch RPC (fn_cost_reserve_many, fn_cost_commit_many) runs on one partition: the
+-- hash of its elements' orgs (p_key 'org_id') or reservations (p_key
+-- 'reservation_id'), which must all fall on the same partition (CW004 otherwise;
+-- a gateway batches per partition, e.g. per org). A malformed batch goes to the
+-- first element's partition, whose RPC reports it.
+create or replace function costwarden_remote.batch_hash(p_batch jsonb, p_key text)
+returns integer
+language plpgsql
+stable
+as $$
+declare
+    v_mask integer := costwarden_remote.partition_count() - 1;
+    v_hashes integer[];
+begin
+    if pg_catalog.jsonb_typeof(p_batch) is distinct from 'array' then
+        return 0;
+    end if;
+    select pg_catalog.array_agg(case when p_key = 'org_id'
+                                     then costwarden_remote.org_hash(e.value ->> 'org_id')
+                                     else costwarden_remote.reservation_hash((e.value ->> 'reservation_id')::uuid) end
+                                order by e.n)
+    into v_hashes
+    from pg_catalog.jsonb_array_elements(p_batch) with ordinality as e (value, n)
+    where pg_catalog.jsonb_typeof(e.value) = 'object';
+    if v_hashes is null then
+        return 0;
+    end if;
+    if exists (select from pg_catalog.unnest(v_hashes) as h where (h & v_mask) <> (v_hashes[1] & v_mask)) then
+        raise exception using errcode = 'CW004', message = format(
+            '%s: through the proxy, every element of a batch must belong to one partition (batch per org)',
+            case when p_key = 'org_id' then 'p_requests' else 'p_commits' end);
+    end if;
+    return v_hashes[1];
+exception when invalid_text_representation then
+    return 0;
+end
+$$;
+
 -- A refusal receipt names its org in its payload (base64 before the '.').
 create or replace function costwarden_remote.receipt_hash(p_receipt text)
 returns integer

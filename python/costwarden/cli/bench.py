@@ -33,12 +33,21 @@ def _server(ctx: Context) -> tuple[str, Path | None]:
     "--ledger-rows", type=click.IntRange(0), default=10_000_000, help="Ledger size for figure 4."
 )
 @click.option(
+    "--batch", type=click.IntRange(1, 1000), default=16, help="Calls per batch RPC (batch figure)."
+)
+@click.option(
     "--out", type=click.Path(path_type=Path), default=Path(".costwarden/bench-results.json")
 )
 @json_option
 @click.pass_context
 def bench(
-    click_ctx: click.Context, seconds: int, orgs: int, ledger_rows: int, out: Path, as_json: bool
+    click_ctx: click.Context,
+    seconds: int,
+    orgs: int,
+    ledger_rows: int,
+    batch: int,
+    out: Path,
+    as_json: bool,
 ) -> None:
     """pgbench workloads, each beside a baseline measured in the same run.
 
@@ -53,7 +62,13 @@ def bench(
     dsn, bindir = _server(ctx)
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     figures = run_bench(
-        dsn, bindir=bindir, seconds=seconds, orgs=orgs, ledger_rows=ledger_rows, echo=echo
+        dsn,
+        bindir=bindir,
+        seconds=seconds,
+        orgs=orgs,
+        ledger_rows=ledger_rows,
+        batch=batch,
+        echo=echo,
     )
     if _has_server_extra():  # the saga through `costwarden serve`, beside SQL (bench/http.py)
         from ..bench.http import run_http_bench
@@ -65,6 +80,8 @@ def bench(
         "seconds": seconds,
         "orgs": orgs,
         "ledger_rows": ledger_rows,
+        "batch": batch,
+        "load_average": _load_average(),
     }
     save(figures, out, meta)
     if as_json:
@@ -73,6 +90,60 @@ def bench(
     click.echo("")
     click.echo(report(figures))
     click.echo(f"\nsaved {out}")
+
+
+def _load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (the figures' noise)."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
+@bench.command("soak")
+@click.option("--minutes", type=click.FloatRange(0.1), default=10.0, help="Length of the run.")
+@click.option("--clients", type=click.IntRange(1), default=8, help="pgbench clients.")
+@click.option("--orgs", type=click.IntRange(1), default=1000)
+@click.option("--interval", type=click.FloatRange(1), default=10.0, help="Seconds between samples.")
+@json_option
+@pass_ctx
+def bench_soak(
+    ctx: Context, minutes: float, clients: int, orgs: int, interval: float, as_json: bool
+) -> None:
+    """Memory under a long saga run: each backend's VmRSS and RssAnon, sampled from
+    /proc while pgbench runs reserve + commit pairs (the server must be local)."""
+    from ..bench.soak import report, run_soak
+
+    dsn, bindir = _server(ctx)
+    load_before = _load_average()
+    memory, tps = run_soak(
+        dsn,
+        bindir=bindir,
+        minutes=minutes,
+        clients=clients,
+        orgs=orgs,
+        interval=interval,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    result = {
+        "minutes": minutes,
+        "clients": clients,
+        "pairs_per_s": tps,
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
+        "backends": memory,
+    }
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(report(memory))
+    growth = sorted(m.last_anon_kb - m.first_anon_kb for m in memory)
+    if growth:
+        median = growth[len(growth) // 2]
+        click.echo(
+            f"{tps:,.1f} pairs/s; RssAnon growth per backend: median {median:+,} kB,"
+            f" max {growth[-1]:+,} kB over {minutes:g} min"
+        )
 
 
 def _has_server_extra() -> bool:

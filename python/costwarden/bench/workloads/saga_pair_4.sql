@@ -1,0 +1,4 @@
+-- One saga pair with four limits per call (org, workspace, user, key): reserve then commit, on a random org of :orgs.
+\set org random(1, :orgs)
+select reservation_id from costwarden.fn_cost_reserve(p_org_id => 'org' || :org, p_workspace_id => 'ws', p_model => 'bench/model', p_usage => '{"input_tokens": 400, "output_tokens": 200}', p_user_id => 'u', p_key_id => 'k') \gset
+select entry_seq from costwarden.fn_cost_commit(p_reservation_id => (:reservation_id)::uuid, p_usage => '{"input_tokens": 400, "output_tokens": 120}');
