@@ -3,7 +3,9 @@
 A catalogue has one ``[[model]]`` table per model (``model``,
 ``platform_servable``) and one ``[[model.price]]`` per pricing snapshot:
 ``effective_from`` (RFC 3339) and usage units with decimal-string prices in
-USD per unit. Loading is idempotent: a snapshot already present with the same
+USD per unit. A model may give ``max_output_tokens``, the most output tokens one
+call can produce (the provider adapters size a reservation with it when a
+request sets no ``max_tokens``: docs/integrations.md). Loading is idempotent: a snapshot already present with the same
 prices is skipped; one present with other prices is an error, because
 snapshots are immutable (add a new effective date instead).
 """
@@ -36,6 +38,7 @@ class CatalogueModel:
     model: str
     platform_servable: bool
     snapshots: tuple[PriceSnapshot, ...]
+    max_output_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,13 @@ def parse_catalogue(text: str, source: str = "<catalogue>") -> Catalogue:
             if not prices:
                 raise CatalogueError(f"{pwhere}: no prices")
             snapshots.append(PriceSnapshot(effective, prices))
+        cap = entry.get("max_output_tokens")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise CatalogueError(f"{where}: max_output_tokens must be a positive integer")
         models.append(
-            CatalogueModel(name, bool(entry.get("platform_servable", False)), tuple(snapshots))
+            CatalogueModel(
+                name, bool(entry.get("platform_servable", False)), tuple(snapshots), cap
+            )
         )
     if not models:
         raise CatalogueError(f"{source}: no [[model]] entries")
