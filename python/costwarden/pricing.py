@@ -3,11 +3,13 @@
 A catalogue has one ``[[model]]`` table per model (``model``,
 ``platform_servable``) and one ``[[model.price]]`` per pricing snapshot:
 ``effective_from`` (RFC 3339) and usage units with decimal-string prices in
-USD per unit. A model may give ``max_output_tokens``, the most output tokens one
-call can produce (the provider adapters size a reservation with it when a
-request sets no ``max_tokens``: docs/integrations.md). Loading is idempotent: a snapshot already present with the same
+USD per unit. Loading is idempotent: a snapshot already present with the same
 prices is skipped; one present with other prices is an error, because
 snapshots are immutable (add a new effective date instead).
+
+A model may give ``max_output_tokens``, the most output tokens one call can
+produce: the provider adapters size a reservation with it when a request sets
+no ``max_tokens`` (docs/integrations.md).
 """
 
 from __future__ import annotations
@@ -117,9 +119,7 @@ def parse_catalogue(text: str, source: str = "<catalogue>") -> Catalogue:
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise CatalogueError(f"{where}: max_output_tokens must be a positive integer")
         models.append(
-            CatalogueModel(
-                name, bool(entry.get("platform_servable", False)), tuple(snapshots), cap
-            )
+            CatalogueModel(name, bool(entry.get("platform_servable", False)), tuple(snapshots), cap)
         )
     if not models:
         raise CatalogueError(f"{source}: no [[model]] entries")

@@ -141,8 +141,12 @@ audio_output_tokens = "0.00008"
 
 def setup_costwarden(client: Any, budget_micros: int | None = 10_000_000) -> None:
     """The sample catalogue (+ the audio model), one org and workspace, a daily budget."""
-    from costwarden.pricing import load_catalogue, parse_catalogue, read_catalogue
-    from costwarden.pricing import sample_catalogue_path
+    from costwarden.pricing import (
+        load_catalogue,
+        parse_catalogue,
+        read_catalogue,
+        sample_catalogue_path,
+    )
 
     load_catalogue(client, read_catalogue(sample_catalogue_path()))
     load_catalogue(client, parse_catalogue(AUDIO_CATALOGUE, "audio"))
@@ -159,9 +163,7 @@ def limits() -> Any:
 
     sample = read_catalogue(sample_catalogue_path())
     audio = parse_catalogue(AUDIO_CATALOGUE, "audio")
-    return Limits(
-        {**Limits.from_catalogue(sample).models, **Limits.from_catalogue(audio).models}
-    )
+    return Limits({**Limits.from_catalogue(sample).models, **Limits.from_catalogue(audio).models})
 
 
 def ledger(conn: Any) -> list[dict[str, Any]]:

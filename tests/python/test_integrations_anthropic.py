@@ -76,29 +76,49 @@ def stream_events(
     start: dict[str, Any], texts: list[str], final: dict[str, Any] | None
 ) -> list[tuple[str | None, Any]]:
     events: list[tuple[str | None, Any]] = [
-        ("message_start", {"type": "message_start",
-                           "message": message(start) | {"content": [], "stop_reason": None}}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {"type": "text", "text": ""}}),
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": message(start) | {"content": [], "stop_reason": None},
+            },
+        ),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
     ]
     events += [
-        ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                 "delta": {"type": "text_delta", "text": t}})
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
+        )
         for t in texts
     ]
     events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
     if final is not None:
-        events.append(("message_delta", {"type": "message_delta",
-                                         "delta": {"stop_reason": "end_turn",
-                                                   "stop_sequence": None},
-                                         "usage": final}))
+        events.append(
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": final,
+                },
+            )
+        )
         events.append(("message_stop", {"type": "message_stop"}))
     return events
 
 
 MESSAGES = [{"role": "user", "content": "Dis bonjour."}]
-SYSTEM = [{"type": "text", "text": "Long shared context " * 50,
-           "cache_control": {"type": "ephemeral"}}]
+SYSTEM = [
+    {"type": "text", "text": "Long shared context " * 50, "cache_control": {"type": "ephemeral"}}
+]
 
 
 MAPPING_ROWS = [
@@ -166,14 +186,23 @@ def test_tool_use_and_images(
     g = guard(sdk, client, org_id=ORG, workspace_id=WS, limits=limits(), image_tokens=1600)
     tools = [{"name": "lookup", "description": "Look up", "input_schema": {"type": "object"}}]
     content = [
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                     "data": "iVBOR" * 50_000}},
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR" * 50_000},
+        },
         {"type": "text", "text": "What is it?"},
     ]
-    fake.add(Reply(body=message(usage(1700, 30), [
-        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "cat"}}])))
-    msg = g.messages.create(model=MODEL, tools=tools, max_tokens=64,
-                            messages=[{"role": "user", "content": content}])
+    fake.add(
+        Reply(
+            body=message(
+                usage(1700, 30),
+                [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "cat"}}],
+            )
+        )
+    )
+    msg = g.messages.create(
+        model=MODEL, tools=tools, max_tokens=64, messages=[{"role": "user", "content": content}]
+    )
     assert msg.content[0].type == "tool_use"
     ((_, held, _),) = reservation_states(client)
     # the image data (250 kB) is not sized as text: the hold is the 1,600-token allowance
@@ -189,8 +218,9 @@ def test_denied_before_any_request(
     g = guard(sdk, client, org_id=ORG, workspace_id=WS, limits=limits())
     with pytest.raises(BudgetExceeded):
         g.messages.create(model=MODEL, messages=MESSAGES, max_tokens=100)
-    with pytest.raises(BudgetExceeded), g.messages.stream(
-        model=MODEL, messages=MESSAGES, max_tokens=100
+    with (
+        pytest.raises(BudgetExceeded),
+        g.messages.stream(model=MODEL, messages=MESSAGES, max_tokens=100),
     ):
         pass
     assert fake.requests == []
@@ -199,8 +229,9 @@ def test_denied_before_any_request(
 def test_sdk_error_releases_and_reraises(
     guarded: Any, fake: FakeProvider, client: costwarden.Client, admin_conn: Conn
 ) -> None:
-    fake.add(Reply(status=500, body={"type": "error",
-                                     "error": {"type": "api_error", "message": "boom"}}))
+    fake.add(
+        Reply(status=500, body={"type": "error", "error": {"type": "api_error", "message": "boom"}})
+    )
     with pytest.raises(anthropic.InternalServerError):
         guarded.messages.create(model=MODEL, messages=MESSAGES, max_tokens=100)
     assert [s for s, _, _ in reservation_states(client)] == ["released"]
@@ -212,10 +243,12 @@ def test_stream_true_commits_message_start_and_delta_usage(
 ) -> None:
     start = usage(12, 1, read=1800, write=600)
     fake.add(sse(stream_events(start, ["Bon", "jour"], {"output_tokens": 9})))
-    events = list(guarded.messages.create(
-        model=MODEL, system=SYSTEM, messages=MESSAGES, max_tokens=100, stream=True
-    ))
-    assert [e.type for e in events][0] == "message_start"
+    events = list(
+        guarded.messages.create(
+            model=MODEL, system=SYSTEM, messages=MESSAGES, max_tokens=100, stream=True
+        )
+    )
+    assert events[0].type == "message_start"
     (entry,) = ledger(admin_conn)
     assert entry["usage"] == {
         "input_tokens": 12,
@@ -265,9 +298,10 @@ def test_abort_closes_the_stream_and_commits_partial_usage(
     client.set_budget(ORG, "workspace", WS, "day", spent + hold + 20)
     fake.add(sse(stream_events(usage(10, 1), ["twelve bytes"] * 200, {"output_tokens": 600})))
     got = []
-    with pytest.raises(StreamAborted), g.messages.stream(
-        model=MODEL, messages=MESSAGES, max_tokens=4
-    ) as stream:
+    with (
+        pytest.raises(StreamAborted),
+        g.messages.stream(model=MODEL, messages=MESSAGES, max_tokens=4) as stream,
+    ):
         for text in stream.text_stream:
             got.append(text)
     assert 0 < len(got) < 50

@@ -7,28 +7,28 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
 
-import asyncio  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from typing import Any  # noqa: E402
+import asyncio
+from collections.abc import Iterator
+from typing import Any
 
-import litellm  # noqa: E402
-import psycopg  # noqa: E402
-import pytest  # noqa: E402
-from litellm import Router  # noqa: E402
-from litellm.proxy._types import UserAPIKeyAuth  # noqa: E402
-from litellm.types.utils import Usage  # noqa: E402
+import litellm
+import psycopg
+import pytest
+from litellm import Router
+from litellm.proxy._types import UserAPIKeyAuth
+from litellm.types.utils import Usage
 
-import costwarden  # noqa: E402
-from costwarden import BudgetExceeded  # noqa: E402
-from costwarden.integrations import Limits, ModelLimits  # noqa: E402
-from costwarden.integrations.litellm import (  # noqa: E402
+import costwarden
+from costwarden import BudgetExceeded
+from costwarden.integrations import Limits, ModelLimits
+from costwarden.integrations.litellm import (
     CallContext,
     CostwardenHook,
     VirtualKeyRule,
     usage_from_litellm,
 )
-from costwarden.pricing import load_catalogue, parse_catalogue  # noqa: E402
-from fake_provider import ORG, WS, ledger, reservation_states  # noqa: E402
+from costwarden.pricing import load_catalogue, parse_catalogue
+from fake_provider import ORG, WS, ledger, reservation_states
 
 Conn = psycopg.Connection[Any]
 
@@ -111,8 +111,9 @@ def test_128_concurrent_router_calls_against_a_budget_that_fits_4(
         async with costwarden.AsyncClient(dsn, pool_size=8) as acw:
             hook = CostwardenHook(acw, limits=LIMITS)
             litellm.callbacks = [hook]
-            router = Router(model_list=[{"model_name": "m", "litellm_params": PARAMS}],
-                            num_retries=0)
+            router = Router(
+                model_list=[{"model_name": "m", "litellm_params": PARAMS}], num_retries=0
+            )
             results = await storm(router, CALLS)
             for _ in range(50):  # commits are background tasks: wait until all landed
                 if not hook._held:
@@ -131,8 +132,12 @@ def test_128_concurrent_router_calls_against_a_budget_that_fits_4(
 
     async def litellm_budget() -> list[str]:
         router = Router(
-            model_list=[{"model_name": "m", "litellm_params": {
-                **PARAMS, "max_budget": 1.0, "budget_duration": "1d"}}],
+            model_list=[
+                {
+                    "model_name": "m",
+                    "litellm_params": {**PARAMS, "max_budget": 1.0, "budget_duration": "1d"},
+                }
+            ],
             num_retries=0,
         )
         return await storm(router, CALLS)
@@ -150,8 +155,10 @@ def test_128_concurrent_router_calls_against_a_budget_that_fits_4(
     assert admitted == 4 and results.count("refused") == CALLS - 4
     assert left == 0 and over == 0 and st.spent == BUDGET and st.held == 0
     assert len(entries) == 4
-    assert all(e["usage"] == {"output_tokens": 20, "input_tokens": e["usage"]["input_tokens"]}
-               for e in entries)
+    assert all(
+        e["usage"] == {"output_tokens": 20, "input_tokens": e["usage"]["input_tokens"]}
+        for e in entries
+    )
     states = [s for s, _, _ in reservation_states(client)]
     assert states.count("committed") == 4 and states.count("denied") == CALLS - 4
     assert own_admitted > 4  # LiteLLM's own budget lets the concurrent calls through
@@ -164,11 +171,14 @@ def test_failure_event_releases(dsn: str, client: costwarden.Client, admin_conn:
         async with costwarden.AsyncClient(dsn) as acw:
             hook = CostwardenHook(acw, limits=LIMITS)
             litellm.callbacks = [hook]
-            router = Router(model_list=[{"model_name": "m", "litellm_params": PARAMS}],
-                            num_retries=0)
+            router = Router(
+                model_list=[{"model_name": "m", "litellm_params": PARAMS}], num_retries=0
+            )
             with pytest.raises(Exception, match="boom"):
                 await router.acompletion(
-                    model="m", messages=MESSAGES, max_tokens=20,
+                    model="m",
+                    messages=MESSAGES,
+                    max_tokens=20,
                     mock_response=Exception("boom"),
                     metadata={"org_id": ORG, "workspace_id": WS},
                 )
@@ -190,8 +200,12 @@ def test_sync_client_and_missing_context(client: costwarden.Client) -> None:
     router = Router(model_list=[{"model_name": "m", "litellm_params": PARAMS}], num_retries=0)
 
     async def main() -> None:
-        await router.acompletion(model="m", messages=MESSAGES, max_tokens=20,
-                                 metadata={"org_id": ORG, "workspace_id": WS, "key_id": "k1"})
+        await router.acompletion(
+            model="m",
+            messages=MESSAGES,
+            max_tokens=20,
+            metadata={"org_id": ORG, "workspace_id": WS, "key_id": "k1"},
+        )
         with pytest.raises(ValueError, match="org_id and workspace_id"):
             await router.acompletion(model="m", messages=MESSAGES, max_tokens=20)
         for _ in range(50):
@@ -208,12 +222,14 @@ def test_proxy_pre_call_hook_maps_the_virtual_key(client: costwarden.Client) -> 
     setup(client, budget=300_000)
     client.upsert_user(ORG, "alice")
     client.upsert_key(ORG, "team-key", workspace_id=WS, user_id="alice")
-    hook = CostwardenHook(
-        client, limits=LIMITS, key_rule=VirtualKeyRule(default_org=ORG)
-    )
+    hook = CostwardenHook(client, limits=LIMITS, key_rule=VirtualKeyRule(default_org=ORG))
     auth = UserAPIKeyAuth(token="hashed", key_alias="team-key", team_id=WS, user_id="alice")
-    data = {"model": "openai/cw-test-model", "messages": MESSAGES, "max_tokens": 20,
-            "litellm_call_id": "call-1"}
+    data = {
+        "model": "openai/cw-test-model",
+        "messages": MESSAGES,
+        "max_tokens": 20,
+        "litellm_call_id": "call-1",
+    }
 
     async def main() -> None:
         out = await hook.async_pre_call_hook(auth, None, dict(data), "acompletion")
@@ -239,9 +255,13 @@ def test_virtual_key_rule_and_context() -> None:
 
 
 def test_usage_from_litellm_usage_objects() -> None:
-    u = Usage(prompt_tokens=2500, completion_tokens=40, total_tokens=2540,
-              prompt_tokens_details={"cached_tokens": 1800},
-              cache_creation_input_tokens=600)
+    u = Usage(
+        prompt_tokens=2500,
+        completion_tokens=40,
+        total_tokens=2540,
+        prompt_tokens_details={"cached_tokens": 1800},
+        cache_creation_input_tokens=600,
+    )
     assert usage_from_litellm(u) == {
         "input_tokens": 100,
         "cached_input_tokens": 1800,

@@ -357,9 +357,7 @@ def test_images_get_their_token_allowance(
     assert ledger(admin_conn)[0]["usage"] == {"input_tokens": 1460, "output_tokens": 9}
 
 
-def test_reasoning_tokens_are_split_out(
-    guarded: Any, fake: FakeProvider, admin_conn: Conn
-) -> None:
+def test_reasoning_tokens_are_split_out(guarded: Any, fake: FakeProvider, admin_conn: Conn) -> None:
     fake.add(Reply(body=completion(usage(50, 900, reasoning=768))))
     guarded.chat.completions.create(model="o1", messages=MESSAGES, max_completion_tokens=2000)
     (entry,) = ledger(admin_conn)
@@ -374,9 +372,20 @@ def test_audio_tokens_are_split_out(guarded: Any, fake: FakeProvider, admin_conn
         model="gpt-4o-audio-preview",
         modalities=["text", "audio"],
         audio={"voice": "alloy", "format": "wav"},
-        messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {
-            "data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAEAfAAABAAgAZGF0YQAAAAA=",
-            "format": "wav"}}]}],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "input_audio",
+                        "input_audio": {
+                            "data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAEAfAAABAAgAZGF0YQAAAAA=",
+                            "format": "wav",
+                        },
+                    }
+                ],
+            }
+        ],
         max_completion_tokens=400,
     )
     (entry,) = ledger(admin_conn)
@@ -398,7 +407,10 @@ def test_stream_asks_for_usage_and_commits_the_final_chunk(
 ) -> None:
     fake.add(text_stream(["Hel", "lo", "!"], usage(2000, 3, cached=1024)))
     stream = guarded.chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, max_tokens=32, stream=True,
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        max_tokens=32,
+        stream=True,
         stream_options={"include_obfuscation": False},
     )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
@@ -419,9 +431,23 @@ def test_streamed_tool_call_is_metered_and_committed(
     g = guard(sdk, client, org_id=ORG, workspace_id=WS, limits=limits(), meter_every=2)
     args = ['{"ci', 'ty":', '"Par', 'is"}']
     events: list[tuple[str | None, Any]] = [
-        (None, chunk({"role": "assistant", "content": None, "tool_calls": [{
-            "index": 0, "id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": ""}}]}))
+        (
+            None,
+            chunk(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""},
+                        }
+                    ],
+                }
+            ),
+        )
     ]
     events += [
         (None, chunk({"tool_calls": [{"index": 0, "function": {"arguments": a}}]})) for a in args
@@ -429,7 +455,10 @@ def test_streamed_tool_call_is_metered_and_committed(
     events += [(None, chunk({}, "tool_calls")), (None, usage_chunk(usage(90, 15)))]
     fake.add(sse(events, done_marker=True))
     with g.chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, max_tokens=64, stream=True,
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        max_tokens=64,
+        stream=True,
         tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
     ) as stream:
         pieces = [
@@ -568,20 +597,42 @@ def test_responses_stream_commits_the_completed_event(
 ) -> None:
     created = response_body(RESP_USAGE) | {"status": "in_progress", "output": [], "usage": None}
     events: list[tuple[str | None, Any]] = [
-        ("response.created", {"type": "response.created", "response": created,
-                              "sequence_number": 0}),
+        (
+            "response.created",
+            {"type": "response.created", "response": created, "sequence_number": 0},
+        ),
     ]
     for i, piece in enumerate(["Hi", " there"]):
-        events.append(("response.output_text.delta", {
-            "type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0,
-            "content_index": 0, "delta": piece, "logprobs": [], "sequence_number": i + 1}))
-    events.append(("response.completed", {"type": "response.completed",
-                                          "response": response_body(RESP_USAGE),
-                                          "sequence_number": 3}))
+        events.append(
+            (
+                "response.output_text.delta",
+                {
+                    "type": "response.output_text.delta",
+                    "item_id": "msg_1",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": piece,
+                    "logprobs": [],
+                    "sequence_number": i + 1,
+                },
+            )
+        )
+    events.append(
+        (
+            "response.completed",
+            {
+                "type": "response.completed",
+                "response": response_body(RESP_USAGE),
+                "sequence_number": 3,
+            },
+        )
+    )
     fake.add(sse(events))
     stream = guarded.responses.create(
-        model="gpt-4o-mini", input=[{"role": "user", "content": "Hello"}],
-        max_output_tokens=100, stream=True,
+        model="gpt-4o-mini",
+        input=[{"role": "user", "content": "Hello"}],
+        max_output_tokens=100,
+        stream=True,
     )
     kinds = [e.type for e in stream]
     assert kinds[-1] == "response.completed" and kinds.count("response.output_text.delta") == 2

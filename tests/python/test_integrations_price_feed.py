@@ -44,7 +44,11 @@ FEED = {
         "cache_read_input_token_cost": 3e-07,
         "cache_creation_input_token_cost": 3.75e-06,
     },
-    "img-x": {"litellm_provider": "openai", "mode": "image_generation", "output_cost_per_image": 0.04},
+    "img-x": {
+        "litellm_provider": "openai",
+        "mode": "image_generation",
+        "output_cost_per_image": 0.04,
+    },
     "embed-x": {"litellm_provider": "openai", "mode": "embedding", "input_cost_per_token": 1e-08},
 }
 
@@ -73,7 +77,8 @@ def test_prices_are_exact_decimals_from_the_json_text() -> None:
         "cache_write_tokens": Decimal("0.00000011"),  # OpenAI: writes at the input price
         "reasoning_tokens": Decimal("0.00000044"),  # billed as output
     }
-    assert Decimal(1.1e-07) != Decimal("0.00000011")  # what a float would have given
+    float_price = 1.1e-07
+    assert Decimal(float_price) != Decimal("0.00000011")  # what a float would have given
     assert by["anthropic/claude-x"].snapshots[0].prices["cache_write_tokens"] == Decimal(
         "0.00000375"
     )
@@ -97,10 +102,32 @@ def test_the_shipped_litellm_price_list_maps() -> None:
     [
         ("{not json", "not JSON"),
         ("[]", "not a JSON object"),
-        (text({"m": {"litellm_provider": "p", "mode": "chat", "input_cost_per_token": "x",
-                     "output_cost_per_token": 1}}), "not a number"),
-        (text({"m": {"litellm_provider": "p", "mode": "chat", "input_cost_per_token": -1,
-                     "output_cost_per_token": 1}}), "not a price"),
+        (
+            text(
+                {
+                    "m": {
+                        "litellm_provider": "p",
+                        "mode": "chat",
+                        "input_cost_per_token": "x",
+                        "output_cost_per_token": 1,
+                    }
+                }
+            ),
+            "not a number",
+        ),
+        (
+            text(
+                {
+                    "m": {
+                        "litellm_provider": "p",
+                        "mode": "chat",
+                        "input_cost_per_token": -1,
+                        "output_cost_per_token": 1,
+                    }
+                }
+            ),
+            "not a price",
+        ),
         (text({"e": {"litellm_provider": "p", "mode": "embedding"}}), "no priced models"),
     ],
 )
@@ -116,8 +143,10 @@ def test_dry_run_diff_then_apply_then_nothing_to_do(
     plan = import_prices(dsn, text=text(FEED), effective_from=T0)  # dry run
     assert snapshots(admin_conn) == before and plan.applied is None
     diff = plan.diff()
-    assert "+ openai/gpt-x: cache_write_tokens=0.00000011, cached_input_tokens=0.0000000275, " \
+    assert (
+        "+ openai/gpt-x: cache_write_tokens=0.00000011, cached_input_tokens=0.0000000275, "
         "input_tokens=0.00000011, output_tokens=0.00000044, reasoning_tokens=0.00000044" in diff
+    )
     assert diff[-1] == "3 new, 0 changed, 0 unchanged"
 
     done = import_prices(dsn, text=text(FEED), effective_from=T0, apply=True)
@@ -149,12 +178,17 @@ def test_an_error_while_applying_changes_nothing(
     client.upsert_model("openai/z-model")
     client.set_pricing("openai/z-model", {"input_tokens": Decimal("1"), "output_tokens": 1}, T0)
     feed = json.loads(text(FEED))
-    feed["z-model"] = {"litellm_provider": "openai", "mode": "chat",
-                       "input_cost_per_token": 2, "output_cost_per_token": 2}
+    feed["z-model"] = {
+        "litellm_provider": "openai",
+        "mode": "chat",
+        "input_cost_per_token": 2,
+        "output_cost_per_token": 2,
+    }
     before = snapshots(admin_conn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        plan = plan_import(costwarden.Client(conn), catalogue_from_litellm(
-            json.dumps(feed), effective_from=T0))
+        plan = plan_import(
+            costwarden.Client(conn), catalogue_from_litellm(json.dumps(feed), effective_from=T0)
+        )
         assert plan.count("new") == 3 and plan.count("changed") == 1
         with pytest.raises(CatalogueError, match="immutable"):
             apply_import(conn, plan)

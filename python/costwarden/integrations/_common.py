@@ -14,10 +14,7 @@ def field(obj: Any, name: str) -> Any:
     """``obj.name`` or ``obj[name]``; None when absent (SDK objects and dicts alike)."""
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
-        value = obj.get(name)
-    else:
-        value = getattr(obj, name, None)
+    value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
     if type(value).__name__ in _NOT_GIVEN:
         return None
     return value

@@ -175,9 +175,7 @@ class AsyncSession(_SessionBase):
         self.reservation = await self.cfg.cw.reserve(*args, **kwargs)
 
     async def tick(self) -> bool:
-        res: t.MeterResult = await self.cfg.cw.meter(
-            self.reservation_id, self.tracker.tick_usage()
-        )
+        res: t.MeterResult = await self.cfg.cw.meter(self.reservation_id, self.tracker.tick_usage())
         return res.action == "abort"
 
     async def commit(self, usage: Mapping[str, int], approximate: bool) -> t.CommitResult:

@@ -4,7 +4,10 @@
 UTF-8 encoded and every token stands for one or more whole bytes of it (BPE
 merges only ever join two adjacent units into one, starting from single
 bytes; a merge never produces a token of zero bytes). So the tokens of a text
-number at most its UTF-8 bytes. The request's content is bounded by the
+number at most its UTF-8 bytes. A tokenizer that first normalizes the text
+(NFKC, as Claude's published tokenizer does) may lengthen it ("¼" becomes
+"1⁄4"), so the bound is the larger of the raw and the NFKC-normalized byte
+lengths. The request's content is bounded by the
 UTF-8 bytes of its JSON form (every text the model reads is a JSON string in
 it, and escaping only adds bytes), and the tokens the provider adds around it
 (role markers, message separators, the tool-use preamble) are covered by
@@ -28,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -103,6 +107,14 @@ def utf8_len(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
+def bound_bytes(text: str) -> int:
+    """UTF-8 bytes of ``text``, or of its NFKC form when that is longer."""
+    raw = utf8_len(text)
+    if text.isascii():  # NFKC leaves ASCII as it is
+        return raw
+    return max(raw, utf8_len(unicodedata.normalize("NFKC", text)))
+
+
 def _strip_images(value: Any, counter: list[int]) -> Any:
     """A JSON-able copy of ``value`` with image parts replaced by a marker (counted)."""
     if isinstance(value, Mapping):
@@ -123,7 +135,7 @@ def json_bytes(value: Any) -> tuple[int, int]:
     counter = [0]
     stripped = _strip_images(value, counter)
     text = json.dumps(stripped, ensure_ascii=False, default=str, separators=(",", ":"))
-    return utf8_len(text), counter[0]
+    return bound_bytes(text), counter[0]
 
 
 @dataclass(frozen=True)

@@ -133,9 +133,7 @@ class _StreamManager:
         session = self._session
         session.reserve()
         request = getattr(self._manager, _API_REQUEST)
-        setattr(
-            self._manager, _API_REQUEST, lambda: MeteredStream(request(), session, _observe)
-        )
+        setattr(self._manager, _API_REQUEST, lambda: MeteredStream(request(), session, _observe))
         try:
             return self._manager.__enter__()
         except BaseException:

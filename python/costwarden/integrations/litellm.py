@@ -104,7 +104,7 @@ class _Held:
     plan: Plan
 
 
-class CostwardenHook(CustomLogger):  # type: ignore[misc]
+class CostwardenHook(CustomLogger):
     """Reserve before a LiteLLM call, commit on success, release on failure.
 
     ``cw_client``: ``costwarden.AsyncClient`` (or ``Client``: its calls then

@@ -139,7 +139,10 @@ def catalogue_from_litellm(
         if model_id in models:  # two names for one id: keep the first, as sorted
             continue
         models[model_id] = CatalogueModel(
-            model_id, False, (PriceSnapshot(when, prices),), max_out if mode in TOKEN_MODES else None
+            model_id,
+            False,
+            (PriceSnapshot(when, prices),),
+            max_out if mode in TOKEN_MODES else None,
         )
     if not models:
         raise PriceFeedError("no priced models in the price list (check --provider)")
