@@ -140,3 +140,14 @@ def test_the_sample_catalogue_gives_every_token_model_a_cap() -> None:
     limits = Limits.from_file()
     token_models = [m for m, lim in limits.models.items() if "output_tokens" in lim.prices]
     assert token_models and all(limits.get(m).max_output_tokens for m in token_models)
+
+
+def test_catalogue_max_output_tokens_is_validated() -> None:
+    from costwarden.pricing import CatalogueError, parse_catalogue
+
+    head = "[[model]]\nmodel = 'x/y'\nmax_output_tokens = {}\n"
+    price = "[[model.price]]\neffective_from = '2024-01-01T00:00:00Z'\ninput_tokens = '1'\n"
+    assert parse_catalogue(head.format(64) + price).models[0].max_output_tokens == 64
+    for bad in ("0", "-1", "'64'", "true", "1.5"):
+        with pytest.raises(CatalogueError, match="max_output_tokens"):
+            parse_catalogue(head.format(bad) + price)
