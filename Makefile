@@ -3,7 +3,7 @@
 
 SHELL := /bin/bash
 BIN := .venv/bin
-PY_SOURCES := python tests/python bench
+PY_SOURCES := python tests/python tools
 
 .PHONY: bootstrap demo test test-sql test-python lint bench up down clean
 
@@ -27,9 +27,11 @@ lint: bootstrap
 	$(BIN)/ruff format --check $(PY_SOURCES)
 	$(BIN)/mypy
 	$(BIN)/sqlfluff lint sql/ --dialect postgres
+	scripts/plpgsql_check.sh
 
 bench: bootstrap
 	$(BIN)/costwarden bench
+	$(BIN)/costwarden bench proxy
 
 up: bootstrap
 	$(BIN)/costwarden up

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Idempotent setup that every Makefile target runs first:
-#   1. the Debian packages for PostgreSQL 15, pg_cron, pgTAP and pg_prove;
+#   1. the Debian packages for PostgreSQL 15, pg_cron, pgTAP, plpgsql_check, PL/Proxy,
+#      pg_prove and PgBouncer (the pooler tests start one);
 #   2. .venv with costwarden installed in editable mode, with its [dev] extras.
 # Quiet when there is nothing to do; a failing step prints its full output.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PACKAGES=(postgresql-15 postgresql-15-cron postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl)
+PACKAGES=(postgresql-15 postgresql-15-cron postgresql-15-pgtap postgresql-15-plpgsql-check
+    postgresql-15-plproxy libtap-parser-sourcehandler-pgtap-perl pgbouncer)
 VENV=.venv
 STAMP=$VENV/.stamp
 
@@ -40,7 +42,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
     fi
     command -v make >/dev/null 2>&1 || missing+=(make)
 else
-    say "not a Debian system: make sure PostgreSQL 15 with pg_cron, pgTAP and pg_prove are installed"
+    say "not a Debian system: make sure PostgreSQL 15 with pg_cron, pgTAP, plpgsql_check and pg_prove are installed"
 fi
 
 if ((${#missing[@]})); then

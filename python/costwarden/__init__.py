@@ -1,4 +1,12 @@
-"""costwarden: the financial control plane for AI provider calls, inside PostgreSQL."""
+"""costwarden: the financial control plane for AI provider calls, inside PostgreSQL.
+
+``import costwarden`` loads the library only (client, errors, types); the command
+line (costwarden.cli), the demo (costwarden.demo) and the bench (costwarden.bench)
+are loaded by the ``costwarden`` command when it needs them.
+"""
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 from .client import AsyncClient, Client, ReservationHandle
 from .errors import (
@@ -11,6 +19,7 @@ from .errors import (
     InvalidArgument,
     InvalidState,
     NotFound,
+    ReadinessWarning,
     UnpricedModel,
 )
 
@@ -26,7 +35,13 @@ __all__ = [
     "InvalidArgument",
     "InvalidState",
     "NotFound",
+    "ReadinessWarning",
     "ReservationHandle",
     "UnpricedModel",
 ]
-__version__ = "0.1.0"
+
+try:
+    #: The installed distribution's version: pyproject.toml is its one source.
+    __version__ = _version("costwarden")
+except PackageNotFoundError:  # pragma: no cover - imported from a source tree, not installed
+    __version__ = "0+unknown"

@@ -8,6 +8,7 @@ re-implements a rule the SQL enforces.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -201,7 +202,8 @@ def workspace_billing_mode(org_id: str, workspace_id: str) -> Call[t.BillingMode
 def setting_set(key: str, value: Any) -> Call[None]:
     return Call(
         "select costwarden.fn_setting_set(p_key => %(key)s, p_value => %(value)s)",
-        {"key": key, "value": _json(value, "p_value")},
+        # None is JSON null (a nullable setting's "no bound"), never SQL NULL
+        {"key": key, "value": Jsonb(None) if value is None else _json(value, "p_value")},
         _none,
     )
 
@@ -458,8 +460,18 @@ def byok_key_resolve(
     )
 
 
-#: The unlogged input channel (sql/0008): one row (name, value) per staged value.
-STAGE_SECRETS = "copy costwarden.secret_input (name, value) from stdin"
+#: The unlogged input channel (sql/functions/10_byok_keys.sql): one line
+#: ``name:base64(value)`` per staged value (stage_line), which no value can make COPY
+#: reject -- a rejected COPY line would be quoted in the server log.
+STAGE_SECRETS = "copy costwarden.secret_input_base64 (line) from stdin"
+
+
+def stage_line(name: str, value: str) -> str:
+    """One line of STAGE_SECRETS: ASCII only, no tab, no backslash."""
+    encoded = base64.b64encode(value.encode("utf-8", "surrogatepass")).decode("ascii")
+    return f"{name}:{encoded}"
+
+
 #: How a refused resolve's CW005 hint starts: the rest is a signed receipt.
 REFUSAL_RECEIPT_PREFIX = "costwarden-refusal-receipt:"
 
@@ -553,6 +565,14 @@ def provider_report(provider: str, ok: bool, error: str | None) -> Call[str]:
         "p_error => %(error)s) as state",
         {"provider": provider, "ok": ok, "error": error},
         lambda rows: str(_scalar(rows)),
+    )
+
+
+def alert_get(alert_id: int) -> Call[t.Alert]:
+    return Call(
+        "select * from costwarden.fn_alert_get(p_alert_id => %(alert_id)s)",
+        {"alert_id": alert_id},
+        _one(t.Alert),
     )
 
 
@@ -652,4 +672,66 @@ def shadow_report(
         "p_to => coalesce(%(to)s::timestamptz, now()))",
         {"org_id": org_id, "from_": from_, "to": to},
         _many(t.ShadowReportRow),
+    )
+
+
+# -- §11 spend visibility, §6 outlier reports, workspace readiness --------------------
+
+
+def spend_summary(
+    org_id: str,
+    scope_kind: str,
+    scope_id: str | None,
+    period: str,
+    window: str,
+    at: datetime | None,
+) -> Call[list[t.SpendSummary]]:
+    return Call(
+        "select * from costwarden.fn_spend_summary(p_org_id => %(org_id)s, "
+        "p_scope_kind => %(scope_kind)s, p_scope_id => %(scope_id)s, p_period => %(period)s, "
+        "p_window => %(window)s, p_at => coalesce(%(at)s::timestamptz, now()))",
+        {
+            "org_id": org_id,
+            "scope_kind": scope_kind,
+            "scope_id": scope_id,
+            "period": period,
+            "window": window,
+            "at": at,
+        },
+        _many(t.SpendSummary),
+    )
+
+
+def budget_list(org_id: str, scope_kind: str | None) -> Call[list[t.BudgetLimit]]:
+    return Call(
+        "select * from costwarden.fn_budget_list(p_org_id => %(org_id)s, "
+        "p_scope_kind => %(scope_kind)s)",
+        {"org_id": org_id, "scope_kind": scope_kind},
+        _many(t.BudgetLimit),
+    )
+
+
+def spend_reports_quarantined(org_id: str) -> Call[list[t.QuarantinedSpendReport]]:
+    return Call(
+        "select * from costwarden.fn_spend_reports_quarantined(p_org_id => %(org_id)s)",
+        {"org_id": org_id},
+        _many(t.QuarantinedSpendReport),
+    )
+
+
+def spend_report_resolve(report_id: int, accept: bool) -> Call[int]:
+    return Call(
+        "select costwarden.fn_spend_report_resolve(p_report_id => %(report_id)s::bigint, "
+        "p_accept => %(accept)s) as booked",
+        {"report_id": report_id, "accept": accept},
+        lambda rows: int(_scalar(rows)),
+    )
+
+
+def workspace_readiness(org_id: str, workspace_id: str) -> Call[list[t.ReadinessProblem]]:
+    return Call(
+        "select * from costwarden.fn_workspace_readiness(p_org_id => %(org_id)s, "
+        "p_workspace_id => %(workspace_id)s)",
+        {"org_id": org_id, "workspace_id": workspace_id},
+        _many(t.ReadinessProblem),
     )

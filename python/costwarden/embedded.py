@@ -25,7 +25,6 @@ ALTER SYSTEM (postgresql.auto.conf is read after postgresql.conf).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -37,7 +36,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +48,6 @@ __all__ = [
     "EmbeddedCluster",
     "EmbeddedError",
     "default_data_dir",
-    "main",
     "pg_bindir",
     "resolve_dsn",
 ]
@@ -651,74 +648,7 @@ class EmbeddedCluster:
 
 # -- python -m costwarden.embedded ----------------------------------------------------------
 
+if __name__ == "__main__":  # the commands are click commands: costwarden.cli.embedded
+    import runpy
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m costwarden.embedded up|down|status|dsn|port|log|bindir --data-dir DIR`."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="data directory (default: $COSTWARDEN_DATA_DIR or ./.costwarden/pgdata)",
-    )
-    parser = argparse.ArgumentParser(
-        prog="python -m costwarden.embedded",
-        description="Manage an embedded local PostgreSQL cluster.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", parents=[common], help="create if needed, start, print the DSN")
-    up.add_argument(
-        "--fast",
-        action="store_true",
-        help="fsync, synchronous_commit and full_page_writes off (test clusters)",
-    )
-    up.add_argument("--port", type=int, default=None, help="TCP port (default: pick a free one)")
-    commands.add_parser("down", parents=[common], help="stop the cluster")
-    commands.add_parser(
-        "status", parents=[common], help="print running/stopped/absent; exit 0/3/4 accordingly"
-    )
-    dsn = commands.add_parser("dsn", parents=[common], help="print the DSN")
-    dsn.add_argument("--dbname", default="postgres")
-    commands.add_parser("port", parents=[common], help="print the TCP port")
-    commands.add_parser("log", parents=[common], help="print the path of the current server log")
-    commands.add_parser("bindir", parents=[common], help="print the PostgreSQL binary directory")
-    args = parser.parse_args(argv)
-
-    data_dir: Path = args.data_dir if args.data_dir is not None else default_data_dir()
-    cluster = EmbeddedCluster(
-        data_dir, getattr(args, "port", None), fast=bool(getattr(args, "fast", False))
-    )
-    try:
-        if args.command == "up":
-            print(cluster.start())
-        elif args.command == "down":
-            cluster.stop()
-        elif args.command == "status":
-            if not cluster.is_initialized():
-                print("absent")
-                return 4
-            if not cluster.is_running():
-                print("stopped")
-                return 3
-            print(f"running {cluster.dsn}")
-        elif args.command == "dsn":
-            print(cluster.dsn_for(args.dbname))
-        elif args.command == "port":
-            if cluster.port is None:
-                raise EmbeddedError(f"the cluster at {cluster.data_dir} has never been started")
-            print(cluster.port)
-        elif args.command == "log":
-            path = cluster.log_file()
-            if path is None:
-                raise EmbeddedError(f"no server log under {cluster.data_dir}")
-            print(path)
-        elif args.command == "bindir":
-            print(cluster.bindir)
-    except EmbeddedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("costwarden.cli.embedded", run_name="__main__", alter_sys=True)

@@ -66,6 +66,19 @@ class DatabaseUnavailable(CostwardenError):
     """The database cannot be reached (and the client's policy is 'closed')."""
 
 
+#: SQLSTATE of the server warning behind ReadinessWarning.
+READINESS_WARNING_SQLSTATE = "01CW0"
+
+
+class ReadinessWarning(CostwardenError, UserWarning):
+    """A change left a workspace unable to reserve (SQLSTATE ``01CW0``, a server
+    WARNING): e.g. switched to byok with no key for its provider. Issued with
+    ``warnings.warn`` -- never raised: the call succeeded. fn_workspace_readiness /
+    ``Client.workspace_readiness`` lists the problems."""
+
+    sqlstate = READINESS_WARNING_SQLSTATE
+
+
 class BudgetExceeded(CostwardenError):
     """A reservation was refused (status 'denied'); ``reasons`` says why."""
 
@@ -94,6 +107,29 @@ SQLSTATE_EXCEPTIONS: dict[str, type[CostwardenError]] = {
 }
 
 
+#: SQLSTATEs of an OperationalError that mean "the server is not there" rather than
+#: "the call was wrong": connection exceptions (class 08) and admin / crash shutdown
+#: or a server still starting (57P01..57P03).
+UNAVAILABLE_SQLSTATES = ("57P01", "57P02", "57P03")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Does this error mean the database cannot be reached?
+
+    The one classifier of "database unavailable": :func:`translate` turns exactly
+    these errors into :class:`DatabaseUnavailable`, and the clients'
+    ``on_unavailable`` policy (costwarden.spool) spools exactly on them. True for a
+    :class:`DatabaseUnavailable` itself and for a ``psycopg.OperationalError`` with no
+    SQLSTATE (refused connection, timeout, psycopg_pool.PoolTimeout), a class 08
+    SQLSTATE or one of :data:`UNAVAILABLE_SQLSTATES`."""
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith("08") or state in UNAVAILABLE_SQLSTATES
+    return False
+
+
 def translate(exc: psycopg.Error) -> Exception:
     """The costwarden exception for a database error, or the error itself."""
     state = exc.sqlstate
@@ -102,9 +138,7 @@ def translate(exc: psycopg.Error) -> Exception:
         err = SQLSTATE_EXCEPTIONS[state](diag.message_primary or str(exc), hint=diag.message_hint)
         err.__cause__ = exc
         return err
-    if isinstance(exc, psycopg.OperationalError) and (
-        state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
-    ):
+    if is_unavailable(exc):
         unavailable = DatabaseUnavailable(str(exc))
         unavailable.__cause__ = exc
         return unavailable

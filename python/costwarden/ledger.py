@@ -3,7 +3,7 @@ recomputes every hash in Python.
 
 Nothing here trusts the SQL implementation of the chain. Each entry's canonical
 payload is rebuilt from the raw row by the encoders below, which follow
-docs/ledger.md ("Canonical payload") and not sql/0007_ledger.sql, and hashed with
+docs/ledger.md ("Canonical payload") and not sql/functions/07_ledger.sql, and hashed with
 hashlib: ``entry_hash = sha256(prev_hash || payload)``, ``prev_hash`` of seq 1 = 32
 zero bytes. Rows come from ``fn_ledger_export`` (read in one REPEATABLE READ
 snapshot, together with the heads) or from a JSON Lines export file.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,9 @@ from typing import Any, TextIO
 from uuid import UUID
 
 from . import types as t
+from ._text import table
 from .client import Client
+from .errors import CostwardenError
 
 PAYLOAD_HEADER = "costwarden-ledger-v1"
 DIGEST_FORMAT = "costwarden-ledger-digest-v1"
@@ -63,14 +64,13 @@ FIELDS: tuple[tuple[str, str], ...] = (
 EXPORT_FIELDS: tuple[str, ...] = (*(name for name, _ in FIELDS), "prev_hash", "entry_hash")
 
 Progress = Callable[[int, int | None], None]
-Echo = Callable[[str], None]
 
 
-class LedgerFormatError(ValueError):
+class LedgerFormatError(CostwardenError, ValueError):
     """A raw row (or export line) that cannot be read or canonicalised."""
 
 
-class DigestError(ValueError):
+class DigestError(CostwardenError, ValueError):
     """A digest file that is malformed, or that belongs to another database."""
 
 
@@ -384,14 +384,26 @@ def iter_rows(
 
 
 def export(
-    client: Client, out: TextIO, org_id: str | None = None, *, page_size: int = 10000
+    client: Client,
+    out: TextIO,
+    org_id: str | None = None,
+    *,
+    page_size: int = 10000,
+    progress: Progress | None = None,
+    progress_every: int = 50_000,
 ) -> int:
-    """Write every raw row as JSON Lines (one consistent snapshot); returns the count."""
+    """Write every raw row as JSON Lines (one consistent snapshot); returns the count.
+    ``progress(done, total)`` is called every ``progress_every`` rows and at the end."""
     n = 0
     with client.ledger_snapshot() as snap:
+        total = sum(h.seq for h in snap.ledger_digest(org_id)) if progress is not None else None
         for raw in iter_rows(snap, org_id, page_size):
             out.write(dumps_row(raw) + "\n")
             n += 1
+            if progress is not None and n % progress_every == 0:
+                progress(n, total)
+    if progress is not None:
+        progress(n, total)
     return n
 
 
@@ -803,8 +815,6 @@ def verify_export_file(
 
 def format_report(report: VerifyReport) -> str:
     """The per-org table and a one-line verdict."""
-    from .cli import table
-
     rows = [
         (c.org_id, c.entries, "ok" if c.ok else "FAILED", c.first_bad_seq, c.detail or "")
         for c in report.chains
@@ -824,82 +834,3 @@ def format_report(report: VerifyReport) -> str:
     )
     lines.append(f"{verdict} (every hash recomputed in Python from {where} in {took})")
     return "\n".join(lines)
-
-
-# -- demo ---------------------------------------------------------------------------------------
-
-
-def demo_section(client_or_dsn: Client | str, echo: Echo = print) -> bool:
-    """`costwarden demo`: verify every chain (in SQL and in Python), save a digest, then
-    show that a tampered copy of an export is caught. The database is not modified.
-    Returns True when the real ledger verified and the tampered copy was caught."""
-    client = Client(client_or_dsn) if isinstance(client_or_dsn, str) else client_or_dsn
-    try:
-        return _demo(client, echo)
-    finally:
-        if isinstance(client_or_dsn, str):
-            client.close()
-
-
-def _demo(client: Client, echo: Echo) -> bool:
-    from .cli import table
-
-    echo("== the ledger: one sha256 chain per org ==")
-    in_sql = client.ledger_verify()
-    if not in_sql:
-        echo("The ledger is empty: nothing to verify yet.")
-        return True
-    with tempfile.TemporaryDirectory(prefix="costwarden-ledger-demo-") as tmp:
-        digest = take_digest(client)
-        digest_path = Path(tmp) / "digest.json"
-        write_digest(digest, digest_path)
-        digest = read_digest(digest_path)
-        in_python = {c.org_id: c for c in verify_database(client, digests=[digest]).chains}
-        echo(
-            table(
-                [
-                    (
-                        v.org_id,
-                        v.entries,
-                        "ok" if v.ok else f"FAILED at seq {v.first_bad_seq}",
-                        "ok"
-                        if in_python[v.org_id].ok
-                        else f"FAILED at seq {in_python[v.org_id].first_bad_seq}",
-                    )
-                    for v in in_sql
-                    if v.org_id in in_python
-                ],
-                ["org", "entries", "fn_ledger_verify (SQL)", "Python verifier"],
-            )
-        )
-        intact = all(v.ok for v in in_sql) and all(c.ok for c in in_python.values())
-        echo(
-            f"Saved a digest of {len(digest.heads)} chain head(s) outside the database "
-            "(a temporary file here; keep yours somewhere a database superuser cannot reach)."
-        )
-
-        export_path = Path(tmp) / "ledger.jsonl"
-        with export_path.open("w", encoding="utf-8") as f:
-            n = export(client, f)
-        lines = export_path.read_text(encoding="utf-8").splitlines()
-        rows = [loads_row(line) for line in lines]
-        victim = next((i for i, r in enumerate(rows) if r["entry_type"] == "charge"), 0)
-        row = rows[victim]
-        old = row["amount_micros"]
-        row["amount_micros"] = old + 1_000_000 if old >= 0 else old - 1_000_000
-        lines[victim] = dumps_row(row)
-        tampered = Path(tmp) / "ledger-tampered.jsonl"
-        tampered.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        echo(
-            f"Exported {n} entries to JSON Lines, then changed a copy: org {row['org_id']!r}, "
-            f"seq {row['seq']}, amount_micros {old} -> {row['amount_micros']}."
-        )
-        report = verify_export_file(tampered, digests=[digest])
-        caught = [c for c in report.chains if not c.ok]
-        for c in caught:
-            echo(f"  caught: org {c.org_id!r}, first bad seq {c.first_bad_seq}: {c.detail}")
-        if not caught:
-            echo("  NOT caught: the verifier accepted the tampered copy")
-        echo("(`costwarden ledger digest --out FILE` and `costwarden ledger verify --digest FILE`")
-        echo(" do the same on your data; nothing in the database was changed.)")
-        return intact and bool(caught)

@@ -1,14 +1,38 @@
-"""The migration runner: applies the ordered SQL files under sql/.
+"""The migration runner: applies costwarden's SQL under sql/ (docs/internals.md, "The runner").
 
-Each file runs in its own transaction together with its bookkeeping row in
-``costwarden._migrations`` (version, name, sha256 checksum). The whole run
-holds a session advisory lock, so two migrators started at once serialise: the
-second one finds everything applied and does nothing. The bookkeeping row is
-inserted first, so even without the lock a racing migrator fails on the
-primary key before it runs any DDL, and treats that as "already applied".
+The tree has two parts:
 
-An applied migration whose file changed since is refused (MigrationError):
-migrations are history, a change needs a new file.
+* ``sql/migrations/NNNN_name.sql`` -- history: tables, types, sequences, indexes,
+  constraints and data. Each is applied once, in version order, and recorded in
+  ``costwarden._migrations`` with its sha256 checksum. An applied migration whose file
+  changed since is refused (MigrationError, nothing changed): a change needs a new file.
+* ``sql/functions/NN_concern.sql`` -- source: functions, views, triggers and their
+  grants, all ``CREATE OR REPLACE``. Their checksums are recorded in
+  ``costwarden._repeatables``; whenever a migration is applied or any function file
+  differs from what was recorded, every function file is applied again, in file-name
+  order, and the routines, views and triggers of schema costwarden that none of them
+  (re)created are dropped.
+
+A run is one transaction: the bookkeeping tables, the lock, every pending migration,
+the function files, the drops and the PUBLIC lockdown commit together or not at all.
+Two migrators serialise on ``LOCK TABLE costwarden._migrations`` (a lock only the
+owner of that private table can take, held to commit, which works through a pooler in
+transaction mode): the second one waits, then finds nothing to do.
+
+Installs made before the split (sql/0001-0010 in one directory) are recognised by
+the exact checksums of those ten files (LEGACY_CHECKSUMS) and upgraded in one run.
+
+Ownership (SPEC §12): before anything else a run refuses a schema ``costwarden`` that
+costwarden did not create (SchemaNotOwned), creates the NOLOGIN role
+``costwarden_owner`` and, at its end, makes that role the owner of the schema and of
+every object in it (the members of extensions excepted), whoever ran the migration:
+SECURITY DEFINER functions run as costwarden_owner, never as a superuser. A fresh
+install and an upgraded one end the same.
+
+pgcrypto (SPEC §12) is used where it is installed: when the extension already lives in
+another schema (Supabase's ``extensions``, ``public``), the run creates in schema
+costwarden thin wrappers with the names costwarden's SQL calls, each calling the
+extension's function schema-qualified (PGCRYPTO_FUNCTIONS).
 """
 
 from __future__ import annotations
@@ -24,29 +48,131 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-# pg_advisory_lock key for the whole run: the first 8 bytes of sha256("costwarden.migrate").
-MIGRATION_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"costwarden.migrate").digest()[:8], "big", signed=True
-)
+from .errors import CostwardenError
 
-_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+MIGRATIONS_DIR = "migrations"
+FUNCTIONS_DIR = "functions"
+
+_MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_FUNCTION_RE = re.compile(r"^(\d{2})_([a-z0-9_]+)\.sql$")
+
+#: The ten files of the layout before sql/ was split into migrations and functions
+#: (version: (name, sha256 of the file as released)). An install whose _migrations rows
+#: carry exactly these checksums has the tables, data and grants of the baseline
+#: migrations 0001-0010 of the same names; the runner adopts those rows (records the
+#: baseline checksums) and re-applies the function files. The files themselves are kept
+#: in tests/fixtures/legacy_sql/ for the upgrade test.
+LEGACY_CHECKSUMS: dict[int, tuple[str, str]] = {
+    1: ("schema_roles", "b87bdecf83ee4f222324257797a7c18ab5e041b5515daf0909d44a6310c1e26d"),
+    2: ("audit", "83d6b4a23c5184f99a1418a43af512b5e1b8acf71b05cff7897a0d1b3fdc2247"),
+    3: ("settings", "8dfe348b737dca1b83fcc92d54e64abebc19bdbca83e1807765b8202abad03a7"),
+    4: (
+        "tenancy_catalogue",
+        "78c0371b9d29f9da3b677205e8b40fb0b4b212f035363efab964ff44d27f0e66",
+    ),
+    5: ("pricing_quote", "df0494b27ece95e16e94da0e6c286c07d3b1892cdf6d5f93c9b96c10a8c3c0a1"),
+    6: ("budgets", "d662112a7987a52d1a18179daf7a15030d0aaf0dc9629595ad79fe1fcfbcf810"),
+    7: ("ledger", "5affd3867cbb7382aedbae39fbd8fceb247a8e8a38f74cc5b5fde607b257f497"),
+    8: ("byok", "590ddfc29e65b4ed48661a77475005da729a90f10ad75abd622acc153e9dc11f"),
+    9: ("guardrails", "71f636df72ee23bf457cb4d61ae301d030275f252ca4cbb8a26551567d9a7545"),
+    10: ("saga", "3cf00aa406710f32c8e4ae8e7fd843e19cf4da14461afead2b8a8daccbd286c9"),
+}
 
 BOOKKEEPING = """
-create schema if not exists costwarden;
+create schema if not exists costwarden authorization costwarden_owner;
 create table if not exists costwarden._migrations (
     version integer primary key,
     name text not null,
     checksum text not null,
     applied_at timestamptz not null default now()
 );
-comment on table costwarden._migrations is
-    'Applied costwarden migrations (one row per sql/NNNN_name.sql file, sha256 checksum).';
+create table if not exists costwarden._repeatables (
+    name text primary key,
+    checksum text not null,
+    applied_at timestamptz not null default now()
+);
 """
 
-#: Run after every migration, in its transaction. Per-schema default
-#: privileges cannot take away the global default EXECUTE of PUBLIC on new
-#: functions, so it is revoked explicitly: callers get EXECUTE only through
-#: the grants to costwarden_admin / _service / _tenant in the migrations.
+#: Serialises migrators until commit. EXCLUSIVE conflicts with itself and with every
+#: write, not with plain reads (status() keeps working). LOCK TABLE in this mode needs
+#: UPDATE, DELETE or TRUNCATE on the table: only its owner (and superusers) can take it.
+LOCK = "lock table costwarden._migrations in exclusive mode"
+
+BOOKKEEPING_COMMENTS = """
+comment on table costwarden._migrations is
+    'Applied costwarden migrations (sql/migrations/NNNN_name.sql, sha256 checksum).';
+comment on table costwarden._repeatables is
+    'costwarden function files (sql/functions/NN_concern.sql) as last applied, sha256 checksum.';
+"""
+
+#: Before the function files are applied again: the costwarden roles lose every
+#: privilege on costwarden's own routines and views, so that what they hold afterwards
+#: is exactly what the files grant (a grant removed from a file is gone). Grants to
+#: other roles, and the members of extensions (pgcrypto), are left alone.
+RESET_GRANTS = """
+do $reset$
+declare
+    v_roles constant text := 'costwarden_admin, costwarden_service, costwarden_tenant';
+    v record;
+begin
+    for v in
+        select format('revoke all on %s %s from %s',
+                      case p.prokind when 'p' then 'procedure' else 'function' end,
+                      p.oid::regprocedure, v_roles) as stmt
+        from pg_catalog.pg_proc as p
+        where p.pronamespace = 'costwarden'::regnamespace and p.proacl is not null
+          and p.prokind in ('f', 'p')
+          and not exists (select from pg_catalog.pg_depend as d
+                          where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid
+                            and d.deptype = 'e')
+        union all
+        select format('revoke all on table %s from %s', c.oid::regclass, v_roles)
+        from pg_catalog.pg_class as c
+        where c.relnamespace = 'costwarden'::regnamespace and c.relkind in ('v', 'm')
+          and c.relacl is not null
+    loop
+        execute v.stmt;
+    end loop;
+end
+$reset$;
+"""
+
+#: The routines, views and triggers of schema costwarden with the ctid of the catalog
+#: row that CREATE OR REPLACE rewrites (pg_proc, the view's _RETURN rule, pg_trigger).
+#: Taken just before the function files run and again after: every UPDATE writes a new
+#: row version at a new ctid, and no space freed inside the running transaction is
+#: reused, so an object whose row kept its ctid was not (re)created by any file: the
+#: source no longer defines it. (xmin cannot tell: the grant reset already rewrote the
+#: rows in this transaction.) Extension members and internal (constraint) triggers are
+#: not costwarden's source.
+SOURCE_OBJECTS = """
+select 'trigger' as kind, format('%I on %s', t.tgname, t.tgrelid::regclass) as name, t.ctid::text
+from pg_catalog.pg_trigger as t
+join pg_catalog.pg_class as c on c.oid = t.tgrelid
+where c.relnamespace = 'costwarden'::regnamespace and not t.tgisinternal
+union all
+select case c.relkind when 'm' then 'materialized view' else 'view' end,
+       c.oid::regclass::text, r.ctid::text
+from pg_catalog.pg_class as c
+join pg_catalog.pg_rewrite as r on r.ev_class = c.oid and r.rulename = '_RETURN'
+where c.relnamespace = 'costwarden'::regnamespace and c.relkind in ('v', 'm')
+union all
+select case p.prokind when 'p' then 'procedure' when 'a' then 'aggregate' else 'function' end,
+       p.oid::regprocedure::text, p.ctid::text
+from pg_catalog.pg_proc as p
+where p.pronamespace = 'costwarden'::regnamespace
+  and not exists (select from pg_catalog.pg_depend as d
+                  where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid
+                    and d.deptype = 'e')
+"""
+
+#: Drop order: triggers before the functions they execute, views before functions.
+_DROP_ORDER = ("trigger", "materialized view", "view", "procedure", "aggregate", "function")
+
+#: Run at the end of every run, in its transaction. Per-schema default privileges
+#: cannot take away the global default EXECUTE of PUBLIC on new functions, so it is
+#: revoked explicitly: callers get EXECUTE only through the grants to
+#: costwarden_admin / _service / _tenant in the function files.
 LOCKDOWN = """
 revoke all on all functions in schema costwarden from public;
 revoke all on all tables in schema costwarden from public;
@@ -61,14 +187,147 @@ CRON_JOBS: tuple[tuple[str, str, str], ...] = (
     ("costwarden-maintenance", "17 * * * *", "fn_maintenance"),
 )
 
+#: How often a run is retried when its first statements raced another migrator that
+#: was creating the schema or the bookkeeping tables at the same moment.
+_BOOKKEEPING_ATTEMPTS = 5
+_CREATE_RACES = (
+    psycopg.errors.UniqueViolation,
+    psycopg.errors.DuplicateSchema,
+    psycopg.errors.DuplicateTable,
+    psycopg.errors.DuplicateObject,
+)
 
-class MigrationError(Exception):
-    """A migration cannot be applied (edited file, missing directory, ...)."""
+
+class MigrationError(CostwardenError):
+    """A migration cannot be applied (edited file, missing directory, failing SQL, ...)."""
+
+
+class SchemaNotOwned(MigrationError):
+    """Schema costwarden exists but was not created by costwarden: nothing is installed."""
+
+
+#: The role that owns every costwarden object (SPEC §12).
+OWNER = "costwarden_owner"
+
+#: Is schema costwarden ours? Its owner; whether that owner is costwarden_owner, a
+#: superuser or the migrating role itself (a pre-§12 install made by it); whether
+#: costwarden's bookkeeping table is in it; the other roles that own something in it.
+SCHEMA_CHECK = """
+select n.nspowner::regrole::text as owner,
+       r.rolname in ('costwarden_owner', current_user) or r.rolsuper as trusted_owner,
+       exists (select from pg_catalog.pg_class as c
+               where c.relnamespace = n.oid and c.relname = '_migrations' and c.relkind = 'r')
+           as has_bookkeeping,
+       (select string_agg(distinct o.rolname, ', ')
+        from pg_catalog.pg_class as c
+        join pg_catalog.pg_roles as o on o.oid = c.relowner
+        where c.relnamespace = n.oid and c.relowner <> n.nspowner
+          and o.rolname <> 'costwarden_owner' and not o.rolsuper) as foreign_owners
+from pg_catalog.pg_namespace as n
+join pg_catalog.pg_roles as r on r.oid = n.nspowner
+where n.nspname = 'costwarden'
+"""
+
+#: The owner role: created when missing; refused when it could log in or is a superuser.
+OWNER_ROLE = """
+do $owner$
+declare
+    v_role record;
+begin
+    select * into v_role from pg_catalog.pg_roles where rolname = 'costwarden_owner';
+    if not found then
+        create role costwarden_owner nologin;
+        comment on role costwarden_owner is
+            'costwarden: owns every object of schema costwarden; '
+            'SECURITY DEFINER functions run as it';
+    elsif v_role.rolcanlogin or v_role.rolsuper then
+        raise exception using errcode = '42501', message =
+            'role costwarden_owner exists but can log in or is a superuser: '
+            'costwarden needs it NOLOGIN and not superuser';
+    end if;
+    if not (select rolsuper from pg_catalog.pg_roles where rolname = current_user)
+       and not pg_catalog.pg_has_role(current_user, 'costwarden_owner', 'USAGE') then
+        -- a non-superuser migrator (a managed database's owner with CREATEROLE) hands
+        -- its objects over to costwarden_owner and keeps managing them as a member
+        execute format('grant costwarden_owner to %I', current_user);
+    end if;
+end
+$owner$;
+"""
+
+#: Every object of schema costwarden not owned by costwarden_owner, as the ALTER that
+#: hands it over (extension members stay with their extension; a table's indexes,
+#: its identity sequences and row type follow the table).
+SCHEMA_OWNERSHIP = """
+select n.nspowner <> 'costwarden_owner'::regrole
+from pg_catalog.pg_namespace as n where n.nspname = 'costwarden'
+"""
+
+OWNERSHIP = """
+select format('alter %s %s owner to costwarden_owner',
+              case c.relkind when 'S' then 'sequence' when 'v' then 'view'
+                             when 'm' then 'materialized view' else 'table' end,
+              c.oid::regclass)
+from pg_catalog.pg_class as c
+where c.relnamespace = 'costwarden'::regnamespace and c.relkind in ('r', 'p', 'v', 'm', 'S')
+  and c.relowner <> 'costwarden_owner'::regrole
+  and not exists (select from pg_catalog.pg_depend as d
+                  where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid
+                    and d.deptype in ('e', 'a', 'i'))
+union all
+select format('alter %s %s owner to costwarden_owner',
+              case p.prokind when 'p' then 'procedure' when 'a' then 'aggregate'
+                             else 'function' end,
+              p.oid::regprocedure)
+from pg_catalog.pg_proc as p
+where p.pronamespace = 'costwarden'::regnamespace and p.proowner <> 'costwarden_owner'::regrole
+  and not exists (select from pg_catalog.pg_depend as d
+                  where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid
+                    and d.deptype = 'e')
+union all
+select format('alter type %s owner to costwarden_owner', t.oid::regtype)
+from pg_catalog.pg_type as t
+where t.typnamespace = 'costwarden'::regnamespace and t.typowner <> 'costwarden_owner'::regrole
+  and t.typtype in ('c', 'd', 'e', 'r', 'm') and t.typelem = 0
+  and (t.typrelid = 0
+       or (select c.relkind from pg_catalog.pg_class as c where c.oid = t.typrelid) = 'c')
+  and not exists (select from pg_catalog.pg_depend as d
+                  where d.classid = 'pg_catalog.pg_type'::regclass and d.objid = t.oid
+                    and d.deptype = 'e')
+"""
+
+#: The pgcrypto functions costwarden's SQL calls as ``costwarden.<name>``:
+#: (name, argument types, result, volatility).
+PGCRYPTO_FUNCTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("gen_random_bytes", "integer", "bytea", "volatile"),
+    ("hmac", "bytea, bytea, text", "bytea", "immutable"),
+    ("pgp_sym_encrypt", "text, text, text", "bytea", "volatile"),
+    ("pgp_sym_encrypt_bytea", "bytea, text, text", "bytea", "volatile"),
+    ("pgp_sym_decrypt", "bytea, text", "text", "immutable"),
+    ("pgp_sym_decrypt_bytea", "bytea, text", "bytea", "immutable"),
+)
 
 
 @dataclass(frozen=True)
 class Migration:
     version: int
+    name: str
+    path: Path
+    checksum: str
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class FunctionFile:
+    """One file of sql/functions/: re-applied as a whole, in file-name order."""
+
+    order: int
     name: str
     path: Path
     checksum: str
@@ -103,10 +362,15 @@ class MigrationStatus:
     pending: tuple[Migration, ...]
     changed: tuple[Migration, ...]
     cron: CronStatus
+    #: function files that differ from what was last applied, are new, or were removed
+    #: (by file name); the next migrate applies them all again
+    functions_outdated: tuple[str, ...] = ()
+    #: applied with the layout before the split; the next migrate upgrades it
+    legacy: bool = False
 
     @property
     def up_to_date(self) -> bool:
-        return not self.pending and not self.changed
+        return not self.pending and not self.changed and not self.functions_outdated
 
 
 def default_sql_dir() -> Path:
@@ -114,32 +378,62 @@ def default_sql_dir() -> Path:
     here = Path(__file__).resolve()
     for parent in here.parents:
         candidate = parent / "sql"
-        if (candidate / "0001_schema_roles.sql").is_file():
+        if (candidate / MIGRATIONS_DIR / "0001_schema_roles.sql").is_file():
             return candidate
     packaged = Path(str(resources.files("costwarden") / "sql"))
-    if packaged.is_dir():
+    if (packaged / MIGRATIONS_DIR).is_dir():
         return packaged
     raise MigrationError("cannot find the costwarden sql/ directory")
 
 
+def _checksum(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def load_migrations(sql_dir: Path | None = None) -> list[Migration]:
-    directory = sql_dir or default_sql_dir()
+    """The migrations of ``sql_dir/migrations`` (default: default_sql_dir()), in order."""
+    directory = (sql_dir or default_sql_dir()) / MIGRATIONS_DIR
+    if not directory.is_dir():
+        raise MigrationError(f"{directory}: no migrations directory")
     found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
-        match = _FILE_RE.match(path.name)
+        match = _MIGRATION_RE.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
-        checksum = hashlib.sha256(path.read_bytes()).hexdigest()
-        found.append(Migration(int(match.group(1)), match.group(2), path, checksum))
+        found.append(Migration(int(match.group(1)), match.group(2), path, _checksum(path)))
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a version number")
     return found
 
 
-def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, AppliedMigration]:
-    exists = conn.execute("select to_regclass('costwarden._migrations') is not null").fetchone()
-    if not exists or not exists[0]:
+def load_functions(sql_dir: Path | None = None) -> list[FunctionFile]:
+    """The function files of ``sql_dir/functions``, in the order they are applied."""
+    directory = (sql_dir or default_sql_dir()) / FUNCTIONS_DIR
+    if not directory.is_dir():
+        return []
+    found: list[FunctionFile] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _FUNCTION_RE.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: function files are named NN_concern.sql")
+        found.append(FunctionFile(int(match.group(1)), match.group(2), path, _checksum(path)))
+    orders = [f.order for f in found]
+    if len(set(orders)) != len(orders):
+        raise MigrationError("two function files share an order number")
+    return found
+
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+def _exists(conn: Conn, relation: str) -> bool:
+    row = conn.execute("select to_regclass(%s) is not null", (relation,)).fetchone()
+    return bool(row and row[0])
+
+
+def _applied(conn: Conn) -> dict[int, AppliedMigration]:
+    if not _exists(conn, "costwarden._migrations"):
         return {}
     rows = conn.execute(
         "select version, name, checksum, applied_at from costwarden._migrations order by version"
@@ -151,15 +445,32 @@ def _applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, AppliedM
     return out
 
 
-def _check_changed(migrations: list[Migration], applied: dict[int, AppliedMigration]) -> None:
+def _recorded_functions(conn: Conn) -> dict[str, str]:
+    if not _exists(conn, "costwarden._repeatables"):
+        return {}
+    rows = conn.execute("select name, checksum from costwarden._repeatables").fetchall()
+    return {str(name): str(checksum) for name, checksum in rows}
+
+
+def _is_legacy(m: Migration, done: AppliedMigration) -> bool:
+    """An applied row of the layout before the split, for the baseline file ``m``."""
+    known = LEGACY_CHECKSUMS.get(m.version)
+    return known is not None and known == (done.name, done.checksum) and m.name == done.name
+
+
+def _changed(migrations: list[Migration], applied: dict[int, AppliedMigration]) -> list[Migration]:
+    out = []
     for m in migrations:
         done = applied.get(m.version)
-        if done is not None and done.checksum != m.checksum:
-            raise MigrationError(
-                f"migration {m.filename} was applied with checksum {done.checksum[:12]}… "
-                f"but the file now has {m.checksum[:12]}…: applied migrations must not be "
-                "edited; put the change in a new migration file"
-            )
+        if done is not None and done.checksum != m.checksum and not _is_legacy(m, done):
+            out.append(m)
+    return out
+
+
+def _outdated(functions: list[FunctionFile], recorded: dict[str, str]) -> tuple[str, ...]:
+    current = {f.filename: f.checksum for f in functions}
+    names = sorted(set(current) | set(recorded))
+    return tuple(n for n in names if current.get(n) != recorded.get(n))
 
 
 def migrate(
@@ -169,52 +480,264 @@ def migrate(
     schedule: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[Migration]:
-    """Apply pending migrations; returns the ones this call applied."""
+    """Apply pending migrations and changed function files, in one transaction.
+
+    Returns the migrations this call applied. ``progress`` hears, after the commit, one
+    line per applied migration, and otherwise what else the run did (adopted legacy
+    rows, function files applied again, objects dropped).
+    """
     migrations = load_migrations(sql_dir)
+    functions = load_functions(sql_dir)
     say = progress or (lambda _msg: None)
-    applied_now: list[Migration] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+    for attempt in range(_BOOKKEEPING_ATTEMPTS):
         try:
-            with conn.transaction():
-                conn.execute("set local client_min_messages = warning")
-                conn.execute(BOOKKEEPING)
-            applied = _applied(conn)
-            _check_changed(migrations, applied)
-            for m in migrations:
-                if m.version in applied:
-                    continue
-                try:
-                    with conn.transaction():
-                        conn.execute("set local client_min_messages = warning")
-                        conn.execute(
-                            "insert into costwarden._migrations (version, name, checksum) "
-                            "values (%s, %s, %s)",
-                            (m.version, m.name, m.checksum),
-                        )
-                        conn.execute(m.sql().encode())
-                        conn.execute(LOCKDOWN)
-                except psycopg.errors.UniqueViolation:
-                    # Another migrator applied it between our read and our insert.
-                    say(f"{m.filename}: applied concurrently by another migrator")
-                    continue
-                except psycopg.Error as exc:
-                    raise MigrationError(f"{m.filename}: {exc}") from exc
-                applied_now.append(m)
-                say(f"applied {m.filename}")
-        finally:
-            conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            # no server-side prepared statements: they would outlive the transaction on a
+            # pooled (PgBouncer transaction mode) server connection
+            with (
+                psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn,
+                conn.transaction(),
+            ):
+                applied_now, said = _run(conn, migrations, functions)
+            break
+        except _BookkeepingRace:
+            if attempt == _BOOKKEEPING_ATTEMPTS - 1:
+                raise MigrationError(
+                    "could not create costwarden's bookkeeping tables: another migrator "
+                    "kept racing this one"
+                ) from None
+    for line in said:
+        say(line)
     if schedule:
         schedule_jobs(dsn)
     return applied_now
 
 
-def _cron_database(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
-    """cron.database_name when pg_cron is loaded (its GUC exists only then).
+class _BookkeepingRace(MigrationError):
+    """Another migrator created the schema or a bookkeeping table at the same time."""
 
-    Readable by any role, unlike shared_preload_libraries.
+
+def _run(
+    conn: Conn, migrations: list[Migration], functions: list[FunctionFile]
+) -> tuple[list[Migration], list[str]]:
+    """One run, inside the caller's transaction (see the module docstring)."""
+    said: list[str] = []
+    conn.execute("set local client_min_messages = warning")
+    _check_schema(conn)
+    try:
+        conn.execute(OWNER_ROLE)
+        conn.execute(BOOKKEEPING)
+    except _CREATE_RACES as exc:
+        raise _BookkeepingRace("another migrator created the bookkeeping at the same time") from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise MigrationError(str(exc)) from exc
+    conn.execute(LOCK)
+    _pgcrypto_wrappers(conn)
+    conn.execute(BOOKKEEPING_COMMENTS)
+    applied = _applied(conn)
+
+    changed = _changed(migrations, applied)
+    if changed:
+        m = changed[0]
+        raise MigrationError(
+            f"migration {m.filename} was applied with checksum "
+            f"{applied[m.version].checksum[:12]}… but the file now has {m.checksum[:12]}…: "
+            "applied migrations must not be edited; put the change in a new migration file"
+        )
+    adopted = [m for m in migrations if m.version in applied and _is_legacy(m, applied[m.version])]
+    for m in adopted:
+        conn.execute(
+            "update costwarden._migrations set checksum = %s where version = %s",
+            (m.checksum, m.version),
+        )
+        said.append(f"adopted {m.filename} (installed by the layout before the split)")
+
+    applied_now: list[Migration] = []
+    for m in migrations:
+        if m.version in applied:
+            continue
+        conn.execute(
+            "insert into costwarden._migrations (version, name, checksum) values (%s, %s, %s)",
+            (m.version, m.name, m.checksum),
+        )
+        try:
+            conn.execute(m.sql().encode())
+        except psycopg.Error as exc:
+            raise MigrationError(f"{m.filename}: {exc}") from exc
+        applied_now.append(m)
+        said.append(f"applied {m.filename}")
+
+    outdated = _outdated(functions, _recorded_functions(conn))
+    if applied_now or adopted or outdated:
+        dropped = _apply_functions(conn, functions)
+        if not applied_now:
+            said.append(f"applied the {len(functions)} function files again")
+        said.extend(f"dropped {kind} {name} (no longer in sql/functions)" for kind, name in dropped)
+    _hand_over(conn)
+    conn.execute(LOCKDOWN)
+    _grant_pgcrypto(conn)
+    return applied_now, said
+
+
+def _check_schema(conn: Conn) -> None:
+    """SchemaNotOwned unless schema costwarden is absent or costwarden's own."""
+    row = conn.execute(SCHEMA_CHECK).fetchone()
+    if row is None:
+        return
+    owner, trusted_owner, has_bookkeeping, foreign_owners = row
+    problems = []
+    if not trusted_owner:
+        problems.append(f"it is owned by {owner}")
+    if not has_bookkeeping:
+        problems.append("it holds no costwarden._migrations")
+    if foreign_owners:
+        problems.append(f"objects in it are owned by {foreign_owners}")
+    if problems:
+        raise SchemaNotOwned(
+            "schema costwarden exists but was not created by costwarden ("
+            + "; ".join(problems)
+            + "): refusing to install into it, nothing was changed. Its owner could replace "
+            "costwarden's functions. Drop or rename that schema, or migrate as its owner "
+            "if it is an earlier costwarden install (docs/operations.md#migrations)."
+        )
+
+
+def _pgcrypto_schema(conn: Conn) -> str | None:
+    row = conn.execute(
+        "select n.nspname from pg_catalog.pg_extension as e "
+        "join pg_catalog.pg_namespace as n on n.oid = e.extnamespace where e.extname = 'pgcrypto'"
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _pgcrypto_wrappers(conn: Conn) -> None:
+    """When pgcrypto lives outside schema costwarden, (re)create costwarden.<name>
+    wrappers that call it schema-qualified (PGCRYPTO_FUNCTIONS)."""
+    schema = _pgcrypto_schema(conn)
+    if schema is None or schema == "costwarden":
+        return
+    for name, args, result, volatility in PGCRYPTO_FUNCTIONS:
+        params = ", ".join(f"${i + 1}" for i in range(len(args.split(","))))
+        conn.execute(
+            sql.SQL(
+                "create or replace function costwarden.{name}({args}) returns {result} "
+                "language sql {volatility} strict parallel safe "
+                "set search_path = pg_catalog, pg_temp "
+                "as {body}"
+            ).format(
+                name=sql.Identifier(name),
+                args=sql.SQL(args),
+                result=sql.SQL(result),
+                volatility=sql.SQL(volatility),
+                body=sql.Literal(
+                    f"select {sql.Identifier(schema).as_string(conn)}.{name}({params})"
+                ),
+            )
+        )
+        conn.execute(
+            sql.SQL("comment on function costwarden.{}({}) is {}").format(
+                sql.Identifier(name),
+                sql.SQL(args),
+                sql.Literal(f"costwarden: pgcrypto's {name} of schema {schema}"),
+            )
+        )
+
+
+def _grant_pgcrypto(conn: Conn) -> None:
+    """costwarden_owner may use pgcrypto where it is (the lockdown revoked PUBLIC's
+    EXECUTE on the extension's functions when they live in schema costwarden)."""
+    schema = _pgcrypto_schema(conn)
+    if schema is None:
+        return
+    names = [name for name, *_ in PGCRYPTO_FUNCTIONS]
+    rows = conn.execute(
+        "select p.oid::regprocedure::text from pg_catalog.pg_proc as p "
+        "join pg_catalog.pg_depend as d on d.classid = 'pg_catalog.pg_proc'::regclass "
+        "  and d.objid = p.oid and d.deptype = 'e' "
+        "join pg_catalog.pg_extension as e on e.oid = d.refobjid and e.extname = 'pgcrypto' "
+        "where p.proname = any(%s) "
+        "  and not pg_catalog.has_function_privilege('costwarden_owner', p.oid, 'EXECUTE') "
+        "order by 1",
+        (names,),
+    ).fetchall()
+    try:
+        if not conn.execute(
+            "select pg_catalog.has_schema_privilege('costwarden_owner', %s, 'USAGE')", (schema,)
+        ).fetchone()[0]:  # type: ignore[index]
+            conn.execute(
+                sql.SQL("grant usage on schema {} to costwarden_owner").format(
+                    sql.Identifier(schema)
+                )
+            )
+        for (signature,) in rows:
+            conn.execute(f"grant execute on function {signature} to costwarden_owner".encode())
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise MigrationError(
+            f"pgcrypto is installed in schema {schema}, and costwarden_owner may not use it: "
+            f"{exc}. Grant USAGE on that schema and EXECUTE on pgcrypto's functions to "
+            "costwarden_owner (docs/operations.md#managed-postgresql)"
+        ) from exc
+
+
+def _hand_over(conn: Conn) -> None:
+    """Make costwarden_owner the owner of the schema and everything in it."""
+    row = conn.execute(SCHEMA_OWNERSHIP).fetchone()
+    if row and row[0]:
+        try:
+            with conn.transaction():
+                conn.execute("alter schema costwarden owner to costwarden_owner")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise MigrationError(
+                f"cannot make costwarden_owner the owner of schema costwarden: {exc}. "
+                "Run this migration once as a superuser, or grant CREATE on the database "
+                "to costwarden_owner (docs/operations.md#managed-postgresql)"
+            ) from exc
+    for (stmt,) in conn.execute(OWNERSHIP).fetchall():
+        conn.execute(str(stmt).encode())
+
+
+def _apply_functions(conn: Conn, functions: list[FunctionFile]) -> list[tuple[str, str]]:
+    """Apply every function file in order, then drop what none of them (re)created.
+
+    Returns the (kind, name) of the dropped objects.
     """
-    row = conn.execute("select current_setting('cron.database_name', true)").fetchone()
+    conn.execute(RESET_GRANTS)
+    before = {(k, n): x for k, n, x in conn.execute(SOURCE_OBJECTS).fetchall()}
+    for f in functions:
+        try:
+            conn.execute(f.sql().encode())
+        except psycopg.Error as exc:
+            raise MigrationError(f"{FUNCTIONS_DIR}/{f.filename}: {exc}") from exc
+    _pgcrypto_wrappers(conn)
+    after = {(k, n): x for k, n, x in conn.execute(SOURCE_OBJECTS).fetchall()}
+    stale = [key for key, ctid in after.items() if before.get(key) == ctid]
+    stale.sort(key=lambda kn: (_DROP_ORDER.index(str(kn[0])), str(kn[1])))
+    dropped: list[tuple[str, str]] = []
+    for kind, name in stale:
+        try:
+            conn.execute(f"drop {kind} {name}".encode())
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"{kind} {name} is no longer defined in sql/functions but cannot be dropped: {exc}"
+            ) from exc
+        dropped.append((str(kind), str(name)))
+    conn.execute("delete from costwarden._repeatables")
+    for f in functions:
+        conn.execute(
+            "insert into costwarden._repeatables (name, checksum) values (%s, %s)",
+            (f.filename, f.checksum),
+        )
+    return dropped
+
+
+def _cron_database(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+    """cron.database_name when pg_cron is loaded (its GUC exists only then) and this
+    role may read it (None otherwise)."""
+    try:
+        row = conn.execute("select current_setting('cron.database_name', true)").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        # pg_cron keeps the setting from non-superusers (a managed database's owner):
+        # no jobs can be scheduled from here; `costwarden worker` runs them
+        return None
     if not row or not row[0]:
         return None
     return str(row[0])
@@ -232,7 +755,7 @@ def schedule_jobs(dsn: str) -> CronStatus:
     cron.schedule_in_database. Without pg_cron nothing is scheduled and
     `costwarden worker` runs the same jobs.
     """
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         cron_db = _cron_database(conn)
         row = conn.execute("select current_database()").fetchone()
         here = str(row[0]) if row else ""
@@ -256,7 +779,7 @@ def schedule_jobs(dsn: str) -> CronStatus:
 
 def unschedule_jobs(dsn: str) -> int:
     """Remove this database's costwarden jobs from pg_cron; returns how many."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         cron_db = _cron_database(conn)
         row = conn.execute("select current_database()").fetchone()
         here = str(row[0]) if row else ""
@@ -302,7 +825,7 @@ def _has_cron_extension(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
 
 
 def cron_status(dsn: str) -> CronStatus:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         cron_db = _cron_database(conn)
         row = conn.execute("select current_database()").fetchone()
         here = str(row[0]) if row else ""
@@ -320,11 +843,17 @@ def cron_status(dsn: str) -> CronStatus:
 
 
 def status(dsn: str, *, sql_dir: Path | None = None) -> MigrationStatus:
+    """What migrate would do: pending and edited migrations, outdated function files."""
     migrations = load_migrations(sql_dir)
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    functions = load_functions(sql_dir)
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         applied = _applied(conn)
-    changed = tuple(
-        m for m in migrations if m.version in applied and applied[m.version].checksum != m.checksum
+        recorded = _recorded_functions(conn)
+    by_version = {m.version: m for m in migrations}
+    legacy = any(
+        _is_legacy(by_version[v], a) and a.checksum != by_version[v].checksum
+        for v, a in applied.items()
+        if v in by_version
     )
     pending = tuple(m for m in migrations if m.version not in applied)
     version = max(applied) if applied else None
@@ -332,13 +861,15 @@ def status(dsn: str, *, sql_dir: Path | None = None) -> MigrationStatus:
         version=version,
         applied=tuple(applied[v] for v in sorted(applied)),
         pending=pending,
-        changed=changed,
+        changed=tuple(_changed(migrations, applied)),
         cron=cron_status(dsn),
+        functions_outdated=_outdated(functions, recorded),
+        legacy=legacy,
     )
 
 
 def drop_schema(dsn: str) -> None:
     """Remove costwarden from a database (its jobs, then the schema)."""
     unschedule_jobs(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         conn.execute(sql.SQL("drop schema if exists costwarden cascade"))

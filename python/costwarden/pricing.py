@@ -3,9 +3,10 @@
 A catalogue has one ``[[model]]`` table per model (``model``,
 ``platform_servable``) and one ``[[model.price]]`` per pricing snapshot:
 ``effective_from`` (RFC 3339) and usage units with decimal-string prices in
-USD per unit. Loading is idempotent: a snapshot already present with the same
-prices is skipped; one present with other prices is an error, because
-snapshots are immutable (add a new effective date instead).
+USD per unit. Loading is idempotent, by a rule that lives in SQL
+(fn_pricing_set): the same snapshot again (model, effective_from and prices
+equal as numbers) is already loaded and writes nothing; one with other prices is
+CW004, because snapshots are immutable (add a new effective date instead).
 
 A model may give ``max_output_tokens``, the most output tokens one call can
 produce: the provider adapters size a reservation with it when a request sets
@@ -23,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from .client import Client
+from .errors import CostwardenError, InvalidArgument
 
 
-class CatalogueError(ValueError):
-    """A catalogue file is malformed."""
+class CatalogueError(CostwardenError):
+    """A catalogue file is malformed, or conflicts with the snapshots already loaded."""
 
 
 @dataclass(frozen=True)
@@ -131,21 +133,20 @@ def read_catalogue(path: Path) -> Catalogue:
 
 
 def load_catalogue(client: Client, catalogue: Catalogue) -> LoadReport:
+    """Load every model and snapshot; a snapshot already loaded is counted as present."""
     added = present = 0
     for m in catalogue.models:
         client.upsert_model(m.model, m.platform_servable)
-        existing = {s.effective_from: s.prices for s in client.pricing_history(m.model)}
+        known = {s.pricing_snapshot_id for s in client.pricing_history(m.model)}
         for snap in m.snapshots:
-            have = existing.get(snap.effective_from)
-            if have is not None:
-                if {k: Decimal(str(v)) for k, v in have.items()} != snap.prices:
-                    raise CatalogueError(
-                        f"{m.model}: a different snapshot effective from "
-                        f"{snap.effective_from.isoformat()} is already loaded; snapshots are "
-                        "immutable, give the new prices a new effective_from"
-                    )
+            try:
+                snapshot_id = client.set_pricing(m.model, snap.prices, snap.effective_from)
+            except InvalidArgument as exc:
+                raise CatalogueError(
+                    f"{m.model}: {exc.message}; give the new prices a new effective_from"
+                ) from exc
+            if snapshot_id in known:
                 present += 1
-                continue
-            client.set_pricing(m.model, snap.prices, snap.effective_from)
-            added += 1
+            else:
+                added += 1
     return LoadReport(len(catalogue.models), added, present)

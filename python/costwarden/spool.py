@@ -1,7 +1,8 @@
-"""The client's ``on_unavailable`` policy (SPEC §7) and its durable local spool.
+"""The clients' ``on_unavailable`` policy (SPEC §7) and its durable local spool.
 
-``Client(dsn, on_unavailable='closed')`` (the default): when the database cannot be
-reached, every call raises :class:`~costwarden.errors.DatabaseUnavailable`.
+``Client(dsn, on_unavailable='closed')`` (the default; ``AsyncClient`` alike): when the
+database cannot be reached (:func:`costwarden.errors.is_unavailable`), every call
+raises :class:`~costwarden.errors.DatabaseUnavailable`.
 
 ``Client(dsn, on_unavailable='open', spool_dir=...)``: the call proceeds unenforced.
 
@@ -32,14 +33,19 @@ The spool is a directory (one per process or shared; appends and replays lock it
     records that replay could not book (unknown workspace, unpriced model, ...),
     with the error, for an operator: nothing is dropped silently.
 
-Replay (:meth:`Spool.replay`, ``Client.replay_spool()``, ``costwarden spend-report
-replay``, and automatically after the first successful call once the database is
-back) prices each ``usage`` record with ``fn_cost_quote`` (the pricing in force at
-replay time) and books it with ``fn_spend_report_cumulative(org, workspace,
-<source>, <new cumulative>)``. The new cumulative counter is written to
-``state.json`` *before* it is sent, so a replay interrupted at any point re-sends
-the same counter and the database books a delta of 0: nothing is lost and nothing
-is double-booked.
+Replay (:meth:`Spool.replay`, ``Client.replay_spool()``, ``await
+AsyncClient.replay_spool()``, ``costwarden spend-report replay``, and automatically
+after the first successful call once the database is back) prices each ``usage``
+record with ``fn_cost_quote`` (the pricing in force at replay time) and books it with
+``fn_spend_report_cumulative(org, workspace, <source>, <new cumulative>)``. The new
+cumulative counter is written to ``state.json`` *before* it is sent, so a replay
+interrupted at any point re-sends the same counter and the database books a delta
+of 0: nothing is lost and nothing is double-booked.
+
+The replay is written once, without I/O to the database (:meth:`Spool.replay_steps`
+yields the statements to run), so the sync and the async client drive the same code.
+Its lock is a file lock taken without blocking: while another process replays, the
+replay waits in short steps (an async client's event loop keeps running).
 """
 
 from __future__ import annotations
@@ -52,40 +58,36 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
-
-import psycopg
 
 from . import _sql as q
 from . import types as t
-from .errors import CostwardenError, DatabaseUnavailable
+from .errors import CostwardenError, DatabaseUnavailable, InvalidState, is_unavailable
 
-R = TypeVar("R")
 Runner = Callable[[q.Call[Any]], Any]
 
 log = logging.getLogger("costwarden.spool")
 
 POLICIES = ("closed", "open")
 
-#: SQLSTATEs that mean "the server is not there" rather than "the call was wrong":
-#: connection exceptions (class 08) and shutdown / startup (57P01..57P03).
-_UNAVAILABLE_STATES = ("57P01", "57P02", "57P03")
+
+@dataclass(frozen=True)
+class Wait:
+    """A replay step: another process holds the spool's replay lock; wait, then go on."""
+
+    seconds: float
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """Does this error mean the database cannot be reached?"""
-    if isinstance(exc, DatabaseUnavailable):
-        return True
-    if isinstance(exc, psycopg.OperationalError):
-        state = exc.sqlstate
-        return state is None or state.startswith("08") or state in _UNAVAILABLE_STATES
-    return False
+#: What a replay asks of its driver: run a statement (send back its result, or throw
+#: its error in) or wait a moment.
+Step = q.Call[Any] | Wait
+ReplaySteps = Generator[Step, Any, "ReplayReport"]
 
 
 def _unavailable(exc: BaseException) -> DatabaseUnavailable:
@@ -128,6 +130,36 @@ def _flock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def drive(steps: ReplaySteps, run: Runner, sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Run a replay's steps synchronously: each statement through ``run`` (its result
+    sent back, its error thrown in), each :class:`Wait` through ``sleep``."""
+    try:
+        step = next(steps)
+        while True:
+            if isinstance(step, Wait):
+                sleep(step.seconds)
+                step = steps.send(None)
+                continue
+            try:
+                result = run(step)
+            except Exception as exc:
+                step = steps.throw(exc)
+            else:
+                step = steps.send(result)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        steps.close()
 
 
 @dataclass(frozen=True)
@@ -252,12 +284,23 @@ class Spool:
         """Book every spooled record; stops quietly when the database goes away again.
 
         ``run`` executes one :class:`~costwarden._sql.Call` (``Client._run``)."""
+        report: ReplayReport = drive(self.replay_steps(), run)
+        return report
+
+    def replay_steps(self) -> ReplaySteps:
+        """The replay written once, free of I/O to the database: a generator that
+        yields each statement to run (and :class:`Wait` while another process
+        replays) and returns the :class:`ReplayReport`. :meth:`replay` and the sync
+        client drive it with blocking calls, the AsyncClient with awaits."""
         replayed = booked = rejected = 0
-        with _flock(self._replay_lock):
+        fd = os.open(self._replay_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while not _try_flock(fd):
+                yield Wait(0.05)
             state = self.state()
             try:
                 if state["pending"]:
-                    booked += self._send_report(run, state)
+                    booked += yield from self._send_report(state)
                     replayed += 1
                 for end, line in self._records(state["offset"]):
                     try:
@@ -267,7 +310,7 @@ class Spool:
                         rejected += 1
                         continue
                     try:
-                        booked += self._replay_one(run, state, end, record)
+                        booked += yield from self._replay_one(state, end, record)
                         replayed += 1
                     except (CostwardenError, KeyError, TypeError, ValueError) as exc:
                         if is_unavailable(exc):
@@ -279,17 +322,17 @@ class Spool:
                 if not is_unavailable(exc):
                     raise
                 log.info("spool replay paused: the database is unavailable (%s)", exc)
+        finally:
+            os.close(fd)  # closing releases the lock
         return ReplayReport(replayed, booked, rejected, self.pending())
 
     def _replay_one(
-        self, run: Runner, state: dict[str, Any], end: int, record: dict[str, Any]
-    ) -> int:
+        self, state: dict[str, Any], end: int, record: dict[str, Any]
+    ) -> Generator[Step, Any, int]:
         kind = record["kind"]
         if kind == "usage":
-            quote: t.Quote = run(
-                q.cost_quote(
-                    record["org_id"], record["workspace_id"], record["model"], record["usage"]
-                )
+            quote: t.Quote = yield q.cost_quote(
+                record["org_id"], record["workspace_id"], record["model"], record["usage"]
             )
             key = f"{record['org_id']}\x1f{record['workspace_id']}"
             cumulative = int(state["cumulative"].get(key, 0)) + quote.amount_micros
@@ -302,25 +345,23 @@ class Spool:
                 "id": record.get("id"),
             }
             self._save_state(state)
-            return self._send_report(run, state)
+            return (yield from self._send_report(state))
         if kind == "commit":
-            run(
-                q.cost_commit(
-                    UUID(record["reservation_id"]), record["usage"], bool(record["approximate"])
-                )
+            yield q.cost_commit(
+                UUID(record["reservation_id"]), record["usage"], bool(record["approximate"])
             )
         elif kind == "release":
-            run(q.cost_release(UUID(record["reservation_id"]), record.get("reason")))
+            yield q.cost_release(UUID(record["reservation_id"]), record.get("reason"))
         else:
             raise ValueError(f"unknown spool record kind {kind!r}")
         state["offset"] = end
         self._save_state(state)
         return 0
 
-    def _send_report(self, run: Runner, state: dict[str, Any]) -> int:
+    def _send_report(self, state: dict[str, Any]) -> Generator[Step, Any, int]:
         p = state["pending"]
-        delta: int = run(
-            q.spend_report_cumulative(p["org_id"], p["workspace_id"], self.source, p["cumulative"])
+        delta: int = yield q.spend_report_cumulative(
+            p["org_id"], p["workspace_id"], self.source, p["cumulative"]
         )
         state["cumulative"][f"{p['org_id']}\x1f{p['workspace_id']}"] = p["cumulative"]
         state["offset"] = p["offset"]
@@ -359,9 +400,10 @@ class _LocalCall:
 
 
 class UnavailablePolicy:
-    """What a :class:`~costwarden.client.Client` does when the database cannot be
-    reached: ``'closed'`` raises DatabaseUnavailable, ``'open'`` proceeds unenforced and
-    spools (see the module docstring).
+    """What a client does when the database cannot be reached: ``'closed'`` raises
+    DatabaseUnavailable, ``'open'`` proceeds unenforced and spools (see the module
+    docstring). It holds the decisions and the local state, never a connection:
+    the sync and the async client ask it the same questions around their own I/O.
 
     After a failure the database is not tried again for ``retry_after`` seconds
     (calls go straight to the spool); ``replay_every`` seconds at most between
@@ -371,7 +413,6 @@ class UnavailablePolicy:
         self,
         mode: str,
         spool_dir: str | os.PathLike[str] | None,
-        run: Runner,
         *,
         retry_after: float = 5.0,
         replay_every: float = 30.0,
@@ -382,7 +423,6 @@ class UnavailablePolicy:
             raise ValueError("on_unavailable='open' needs a spool_dir")
         self.mode = mode
         self.spool = Spool(spool_dir) if spool_dir is not None else None
-        self._run = run
         self._retry_after = retry_after
         self._replay_every = replay_every
         self._lock = threading.Lock()
@@ -394,42 +434,41 @@ class UnavailablePolicy:
     def is_open(self) -> bool:
         return self.mode == "open"
 
-    # -- the guard around database calls -------------------------------------------------
+    # -- around database calls ---------------------------------------------------------
 
-    def guard(self, attempt: Callable[[], R], fallback: Callable[[DatabaseUnavailable], R]) -> R:
-        """``attempt()``; when the database cannot be reached, ``fallback(error)``
-        (which raises under 'closed')."""
+    def check(self) -> None:
+        """Before a guarded call: under 'open', raise DatabaseUnavailable at once while
+        the database failed less than ``retry_after`` seconds ago (the call goes
+        straight to the spool)."""
         if self.is_open and time.monotonic() < self._down_until:
-            return fallback(DatabaseUnavailable("database unavailable (retrying shortly)"))
-        try:
-            result = attempt()
-        except Exception as exc:
-            if not is_unavailable(exc):
-                raise
-            self._down_until = time.monotonic() + self._retry_after
-            return fallback(_unavailable(exc))
-        self._down_until = 0.0
-        self._maybe_replay()
-        return result
+            raise DatabaseUnavailable("database unavailable (retrying shortly)")
 
-    def _maybe_replay(self) -> None:
+    def failed(self, exc: BaseException) -> DatabaseUnavailable | None:
+        """After a guarded call raised ``exc``: the DatabaseUnavailable to hand to the
+        fallback when ``exc`` means the database cannot be reached, else None (the
+        error is the caller's to see)."""
+        if not is_unavailable(exc):
+            return None
+        self._down_until = time.monotonic() + self._retry_after
+        return _unavailable(exc)
+
+    def succeeded(self) -> bool:
+        """After a guarded call succeeded: is an automatic replay of the spool due?"""
+        self._down_until = 0.0
         if self.spool is None or time.monotonic() < self._next_replay:
-            return
+            return False
         self._next_replay = time.monotonic() + self._replay_every
-        if not self.spool.has_pending():
-            return
-        try:
-            report = self.replay()
-        except Exception:  # never fail the caller's call because of a replay
-            log.exception("automatic spool replay failed")
-            return
-        if report.remaining:
+        return self.spool.has_pending()
+
+    def replayed(self, report: ReplayReport | None) -> None:
+        """After an automatic replay (None: it failed): when records remain, try
+        again after ``retry_after`` rather than ``replay_every``."""
+        if report is not None and report.remaining:
             self._next_replay = time.monotonic() + self._retry_after
 
-    def replay(self) -> ReplayReport:
-        if self.spool is None:
-            return ReplayReport(0, 0, 0, 0)
-        return self.spool.replay(self._run)
+    def replay_steps(self) -> ReplaySteps | None:
+        """The steps of a replay of the spool (None without a spool)."""
+        return self.spool.replay_steps() if self.spool is not None else None
 
     # -- calls that proceed unenforced ---------------------------------------------------
 
@@ -467,8 +506,6 @@ class UnavailablePolicy:
         with self._lock:
             call = self._local[reservation_id]
             if call.done:
-                from .errors import InvalidState
-
                 raise InvalidState(f"spooled reservation {reservation_id} is already finished")
             return call
 

@@ -25,6 +25,8 @@ REASON_CODES = frozenset(
         "unpriced_model",
     }
 )
+#: fn_anomalies_list kinds (SPEC §6): the hourly spend rate, or an outlier spend report.
+ANOMALY_KINDS = frozenset({"spend_rate", "spend_report_outlier"})
 
 
 class Row:
@@ -244,6 +246,18 @@ class CircuitStatus(Row):
 
 
 @dataclass(frozen=True)
+class Alert(Row):
+    """The alert behind a costwarden_alerts notification (fn_alert_get)."""
+
+    alert_id: int
+    at: datetime
+    kind: str  # 'budget' | 'circuit' | 'anomaly' (docs/alerts.md)
+    level: str
+    org_id: str | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class CircuitEvent(Row):
     event_id: int
     provider: str
@@ -279,13 +293,14 @@ class Anomaly(Row):
     window_start: datetime
     window_end: datetime
     spent_micros: int
-    mean_micros: Decimal
-    stddev_micros: Decimal
+    mean_micros: Decimal | None  # null for a spend_report_outlier
+    stddev_micros: Decimal | None
     threshold_micros: Decimal
     frozen: bool
     detected_at: datetime
     acked_at: datetime | None
     acked_by: str | None
+    kind: str  # one of ANOMALY_KINDS
 
 
 @dataclass(frozen=True)
@@ -453,3 +468,64 @@ class ResolveAttempt(Row):
     provider: str | None
     fingerprint: str | None
     recorded_via: str | None  # 'inline' | 'receipt'
+
+
+# -- §11 spend visibility, §6 outlier reports, workspace readiness ------------------
+
+
+@dataclass(frozen=True)
+class SpendSummary(Row):
+    """One scope's spend in a window (fn_spend_summary). Money in micro-USD; the
+    ``limit_*`` / ``remaining_*`` fields are None when no enforced limit exists."""
+
+    scope_kind: str
+    scope_id: str | None
+    period: str
+    window_kind: str
+    window_start: datetime
+    window_end: datetime
+    spent_micros: int
+    held_micros: int
+    spent_tokens: int
+    held_tokens: int
+    calls: int
+    denied: int
+    limit_micros: int | None
+    limit_tokens: int | None
+    remaining_micros: int | None
+    remaining_tokens: int | None
+
+
+@dataclass(frozen=True)
+class BudgetLimit(Row):
+    """One configured limit of an org (fn_budget_list)."""
+
+    scope_kind: str
+    scope_id: str | None
+    period: str
+    metric: str
+    window_kind: str
+    limit_value: int
+    mode: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class QuarantinedSpendReport(Row):
+    """A cumulative spend report over spend_report_max_delta_micros, undecided."""
+
+    report_id: int
+    org_id: str
+    workspace_id: str
+    source: str
+    delta_micros: int
+    reported_at: datetime
+
+
+@dataclass(frozen=True)
+class ReadinessProblem(Row):
+    """What would refuse every reserve of a workspace (fn_workspace_readiness);
+    ``problem`` is the reason code the reserve records."""
+
+    problem: str
+    detail: str

@@ -2,7 +2,7 @@
 
 The same functions pg_cron would call (see migrate.CRON_JOBS): expiry every
 minute, anomaly detection every five minutes, housekeeping every hour. Each
-job is safe to run concurrently with itself (SKIP LOCKED / advisory locks),
+job is safe to run concurrently with itself (SKIP LOCKED / row locks),
 so a worker beside pg_cron does no harm. Correctness never waits for the
 timer: an expired hold that is not yet swept can only refuse early.
 """
@@ -69,7 +69,9 @@ def run_forever(
             except (CostwardenError, psycopg.Error) as exc:
                 echo(f"{job.name}: failed: {exc}")
                 continue
-            if n:
+            if n < 0:  # the job could not run (e.g. another anomaly run holds its lock)
+                echo(f"{job.name}: did not run (another run is in progress)")
+            elif n:
                 echo(f"{job.name}: {n}")
         done += 1
         if iterations is None or done < iterations:

@@ -174,6 +174,22 @@ def run_as_fixture() -> Callable[..., list[tuple[Any, ...]]]:
 
 @pytest.fixture
 def seeded(client: costwarden.Client) -> Seeded:
+    return seed(client)
+
+
+@pytest.fixture
+def seeded_factory() -> Callable[[str], Seeded]:
+    """``seeded_factory(dsn)``: what ``seeded`` creates, in another database."""
+
+    def make(dsn: str) -> Seeded:
+        with costwarden.Client(dsn) as c:
+            return seed(c)
+
+    return make
+
+
+def seed(client: costwarden.Client) -> Seeded:
+    """The catalogue and tenancy of ``seeded``, created through ``client``."""
     prices = {
         "openai/gpt-4o": {
             "input_tokens": Decimal("0.0000025"),

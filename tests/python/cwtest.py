@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,3 +150,36 @@ def table_snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, .
         ).fetchall()
         out[name] = rows
     return out
+
+
+# -- notifications, read up to a marker -----
+
+
+def notifications_until_marker(
+    listener: psycopg.Connection[Any],
+    sender: psycopg.Connection[Any],
+    channel: str,
+    *,
+    timeout: float = 60.0,
+) -> list[psycopg.Notify]:
+    """Every notification on ``channel`` that ``listener`` (LISTENing on it) receives
+    before a marker that ``sender`` sends now, on that channel, in a transaction of its own.
+
+    PostgreSQL delivers notifications in the order their transactions committed, so the
+    result holds exactly what was committed before the call, whatever the machine's load:
+    an empty list is a definite "nothing was sent". ``sender`` may be the session that did
+    the work (its transaction must have ended) or any other session. ``timeout`` only
+    bounds the wait for the marker; reaching it fails the test.
+    """
+    assert sender.info.transaction_status == psycopg.pq.TransactionStatus.IDLE, (
+        "the sender's transaction must have ended before the marker is sent"
+    )
+    marker = f"cwtest-marker:{uuid.uuid4()}"
+    with sender.transaction():
+        sender.execute("select pg_notify(%s, %s)", (channel, marker))
+    received: list[psycopg.Notify] = []
+    for note in listener.notifies(timeout=timeout):
+        if note.channel == channel and note.payload == marker:
+            return received
+        received.append(note)
+    raise AssertionError(f"the marker on {channel} did not arrive within {timeout} s")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 import costwarden
-from cwtest import Seeded
+from cwtest import Seeded, notifications_until_marker
 
 Conn = psycopg.Connection[Any]
 CHANNEL = "costwarden_alerts"
@@ -36,18 +37,41 @@ BUDGET_KEYS = {
 }
 
 
+@dataclass(frozen=True)
+class Listener:
+    """A session LISTENing on the alerts channel, and one that sends the end markers."""
+
+    conn: Conn
+    sender: Conn
+
+
 @pytest.fixture
-def listener(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+def listener(dsn: str) -> Iterator[Listener]:
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        psycopg.connect(dsn, autocommit=True) as sender,
+    ):
         conn.execute(f"listen {CHANNEL}")
-        yield conn
+        yield Listener(conn, sender)
 
 
-def drain(conn: Conn, wait: float = 0.3) -> list[dict[str, Any]]:
-    out = []
-    for note in conn.notifies(timeout=wait):
+def drain(listener: Listener, sender: Conn | None = None) -> list[dict[str, Any]]:
+    """The alerts committed so far and not yet read: those heard before a marker sent now
+    (by ``sender``, the session that did the work, or else the listener's own sender).
+    The marker orders them; no time window is involved. A notification carries only the
+    alert's kind, id and level (SPEC §12); the alert is read with fn_alert_get."""
+    notes = []
+    for note in notifications_until_marker(listener.conn, sender or listener.sender, CHANNEL):
         assert note.channel == CHANNEL
-        out.append(json.loads(note.payload))
+        notes.append(json.loads(note.payload))
+    out = []
+    for announced in notes:
+        assert set(announced) == {"kind", "alert_id", "level"}, announced
+        row = listener.conn.execute(
+            "select kind, level, payload from costwarden.fn_alert_get(%s)", (announced["alert_id"],)
+        ).fetchone()
+        assert row is not None and (row[0], row[1]) == (announced["kind"], announced["level"])
+        out.append(row[2])
     return out
 
 
@@ -68,7 +92,7 @@ def reserve(client: costwarden.Client, s: Seeded, micros: int) -> costwarden.typ
 
 
 def test_reserve_crossing_80_and_100_percent_once_per_window(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     client.set_budget("acme", "workspace", seeded.ws_platform, "day", 10_000)
     drain(listener)
@@ -101,7 +125,7 @@ def test_reserve_crossing_80_and_100_percent_once_per_window(
 
 
 def test_a_refused_request_alerts_on_the_level_already_reached(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     reserve(client, seeded, 8_500)  # no limit yet: nothing to announce
     client.set_budget("acme", "org", None, "hour", 10_000)
@@ -113,7 +137,7 @@ def test_a_refused_request_alerts_on_the_level_already_reached(
 
 
 def test_shadow_limits_alert_on_the_level_the_call_reaches(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     client.set_budget("acme", "workspace", seeded.ws_platform, "day", 1_000, mode="shadow")
     r = reserve(client, seeded, 5_000)
@@ -125,7 +149,7 @@ def test_shadow_limits_alert_on_the_level_the_call_reaches(
 
 
 def test_commit_overage_crossing_alerts(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     client.set_budget("acme", "workspace", seeded.ws_platform, "week", 10_000)
     r = reserve(client, seeded, 5_000)
@@ -138,7 +162,7 @@ def test_commit_overage_crossing_alerts(
 
 
 def test_spend_report_crossing_alerts(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     client.set_budget("acme", "org", None, "month", 10_000, window="calendar")
     client.report_spend("acme", seeded.ws_platform, "edge", 8_500)
@@ -153,7 +177,7 @@ def test_spend_report_crossing_alerts(
 
 
 def test_circuit_and_anomaly_events_are_announced(
-    client: costwarden.Client, seeded: Seeded, listener: Conn
+    client: costwarden.Client, seeded: Seeded, listener: Listener
 ) -> None:
     client.set_setting("circuit_failure_threshold", 1)
     client.report_provider("openai", False, "timeout")
@@ -178,7 +202,7 @@ def test_circuit_and_anomaly_events_are_announced(
 
 
 def test_an_alert_is_sent_only_when_the_transaction_commits(
-    seeded: Seeded, listener: Conn, dsn: str, client: costwarden.Client
+    seeded: Seeded, listener: Listener, dsn: str, client: costwarden.Client
 ) -> None:
     client.set_budget("acme", "workspace", seeded.ws_platform, "day", 1_000)
     with psycopg.connect(dsn) as conn:
@@ -187,7 +211,15 @@ def test_an_alert_is_sent_only_when_the_transaction_commits(
             (seeded.ws_platform, seeded.platform_model, '{"output_tokens": 90}'),
         )
         conn.rollback()
-    assert drain(listener) == []
+        # the marker comes from the session whose transaction was rolled back
+        assert drain(listener, conn) == []
+        # the same call, committed, does cross 80%: the rollback is what kept it quiet
+        conn.execute(
+            "select * from costwarden.fn_cost_reserve('acme', %s, %s, %s::jsonb)",
+            (seeded.ws_platform, seeded.platform_model, '{"output_tokens": 90}'),
+        )
+        conn.commit()
+        assert brief(drain(listener, conn)) == [("workspace", 80, 900, False)]
 
 
 def test_costwarden_watch_prints_alerts_live(
@@ -228,3 +260,24 @@ def test_watch_with_a_timeout_and_a_kind_filter(
     assert result.exit_code == 0, result.output
     assert time.monotonic() - start < 10
     assert result.stdout == ""
+
+
+def test_client_reads_the_alert_a_notification_announces(
+    client: costwarden.Client, seeded: Seeded, listener: Listener
+) -> None:
+    client.set_budget("acme", "workspace", seeded.ws_platform, "day", 10_000)
+    drain(listener)
+    reserve(client, seeded, 8_000)
+    [note] = notifications_until_marker(listener.conn, listener.sender, CHANNEL)
+    announced = json.loads(note.payload)
+    alert = client.alert(announced["alert_id"])
+    assert (alert.alert_id, alert.kind, alert.level) == (
+        announced["alert_id"],
+        announced["kind"],
+        announced["level"],
+    )
+    assert alert.org_id == "acme"
+    assert alert.payload["threshold_percent"] == 80
+    assert alert.payload["scope_id"] == seeded.ws_platform
+    with pytest.raises(costwarden.NotFound):
+        client.alert(announced["alert_id"] + 1_000_000)

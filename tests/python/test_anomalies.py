@@ -126,9 +126,11 @@ def test_a_running_detection_makes_a_second_one_return_at_once(
 ) -> None:
     client.report_spend("acme", seeded.ws_platform, "batch", 2_000_000)
     with psycopg.connect(dsn) as other:
-        key = "hashtextextended('costwarden.fn_detect_spend_anomalies', 0)"
-        other.execute(f"select pg_advisory_xact_lock({key})")
-        assert client.detect_spend_anomalies() == 0
+        # what a running detection holds: the row lock of its _locks row
+        other.execute(
+            "select from costwarden._locks where lock_name = 'detect_spend_anomalies' for update"
+        )
+        assert client.detect_spend_anomalies() == -1  # did not run, and says so
     assert client.detect_spend_anomalies() == 1
 
 

@@ -50,9 +50,23 @@ SAMPLES: dict[str, tuple[str, str]] = {
         "select * from costwarden.fn_byok_kek_rotate()",
     ),
     "fn_circuit_reset": ("", "select costwarden.fn_circuit_reset('openai')"),
+    "fn_tenant_login_bind": (
+        "",
+        "select costwarden.fn_tenant_login_bind(session_user::text, 'acme', 'alice')",
+    ),
+    "fn_tenant_login_unbind": (
+        "select costwarden.fn_tenant_login_bind(session_user::text, 'acme', 'alice')",
+        "select costwarden.fn_tenant_login_unbind(session_user::text)",
+    ),
     "fn_spend_source_set": (
         "",
         "select costwarden.fn_spend_source_set('acme', 'ws-platform', 'gw', 'key-1')",
+    ),
+    "fn_spend_report_resolve": (
+        "select costwarden.fn_setting_set('spend_report_max_delta_micros', '10');"
+        "select costwarden.fn_spend_report_cumulative('acme', 'ws-platform', 'o', 5000)",
+        "select costwarden.fn_spend_report_resolve(q.report_id, true)"
+        " from costwarden.fn_spend_reports_quarantined('acme') as q",
     ),
     "fn_anomaly_ack": (
         "select costwarden.fn_spend_report_cumulative('acme', 'ws-platform', 'b', 5000000);"

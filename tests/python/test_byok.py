@@ -739,7 +739,9 @@ def test_rotate_kek_on_an_empty_store(kek_client: costwarden.Client) -> None:
 def test_secret_input_channel(admin_conn: psycopg.Connection[Any]) -> None:
     with admin_conn.transaction():
         admin_conn.execute("set local role costwarden_service")
-        with admin_conn.cursor().copy(costwarden._sql.STAGE_SECRETS) as copy:
+        with admin_conn.cursor().copy(
+            "copy costwarden.secret_input (name, value) from stdin"
+        ) as copy:
             copy.write_row(("kek", KEK))
             copy.write_row(("secret", "tab\there"))
             copy.write_row(("unknown", "ignored"))
@@ -755,6 +757,28 @@ def test_secret_input_channel(admin_conn: psycopg.Connection[Any]) -> None:
         ("",),
         (None,),
     ]
+
+
+def test_framed_secret_input_channel(admin_conn: psycopg.Connection[Any]) -> None:
+    """The client's channel: one line name:base64(value); any value, even one with a
+    tab or a backslash, goes through exactly; a line that does not decode (bad base64,
+    a NUL) sets nothing and raises nothing."""
+    with admin_conn.transaction():
+        admin_conn.execute("set local role costwarden_service")
+        with admin_conn.cursor().copy(costwarden._sql.STAGE_SECRETS) as copy:
+            copy.write_row((costwarden._sql.stage_line("kek", KEK),))
+            copy.write_row((costwarden._sql.stage_line("secret", "tab\there \\N"),))
+            copy.write_row((costwarden._sql.stage_line("kek_new", "nul\x00byte"),))
+            copy.write_row(("unknown:" + "aWdub3JlZA==",))
+            copy.write_row(("kek_new:not base64!",))
+        got = admin_conn.execute(
+            "select current_setting('costwarden.kek'), current_setting('costwarden.byok_secret'), "
+            "current_setting('costwarden.kek_new', true)"
+        ).fetchone()
+        assert got == (KEK, "tab\there \\N", None)
+    assert admin_conn.execute("select count(*) from costwarden.secret_input_base64").fetchone() == (
+        0,
+    )
 
 
 # -- roles and function properties ------------------------------------------------------------
@@ -876,20 +900,3 @@ def test_async_client(dsn: str, seeded: Seeded) -> None:
             assert await c.revoke_key(seeded.org, seeded.ws_vendor, "anthropic") is True
 
     asyncio.run(main())
-
-
-def test_demo_section(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from costwarden.byok import demo_section
-
-    monkeypatch.setenv("COSTWARDEN_KEK", KEK)
-    lines: list[str] = []
-    demo_section(dsn, lines.append)
-    demo_section(dsn, lines.append)  # a rerun works too
-    out = "\n".join(lines)
-    assert "initech/chat      openai/gpt-4o-mini           platform_managed  model" in out
-    assert "initech/research  anthropic/claude-3-5-sonnet  byok              model" in out
-    assert "denied: byok_credential_missing" in out
-    assert "Forbidden [CW005]: key-write guard rule A" in out
-    assert out.count("is held: resolve -> anthropic key sk-…") == 2
-    assert out.count("after commit: Forbidden [CW005]: BYOK resolve refused") == 2
-    assert "sk-ant-demo-" not in out and KEK not in out

@@ -14,7 +14,7 @@ from costwarden.cli import main
 
 Conn = psycopg.Connection[Any]
 SAMPLE_MODELS = 11
-SAMPLE_SNAPSHOTS = 12
+SAMPLE_SNAPSHOTS = 18
 
 
 def cli(dsn: str, *args: str) -> Result:
@@ -42,12 +42,15 @@ def test_migrate_and_status(dsn: str) -> None:
 
 def test_status_of_an_empty_database_lists_pending(fresh_database: Any) -> None:
     dsn = fresh_database()
-    out = ok(dsn, "status")
+    result = cli(dsn, "status")
+    assert result.exit_code == 1  # not up to date: a deploy gate fails
+    out = result.stdout
     assert "schema version: not installed" in out
     assert "migrations pending" in out
     assert out.count("pending  ") == len(m.load_migrations())
     out = ok(dsn, "migrate", "--no-schedule")
     assert out.splitlines() == [f"applied {x.filename}" for x in m.load_migrations()]
+    assert "state: up to date" in ok(dsn, "status")
 
 
 def test_pricing_load_sample_is_idempotent(dsn: str, admin_conn: Conn) -> None:
@@ -177,3 +180,27 @@ def test_pricing_load_is_all_or_nothing(dsn: str, admin_conn: Conn, tmp_path: Pa
         "select model from costwarden._models where model like 'zz/%'"
     ).fetchall()
     assert rows == []  # the first model was not left behind without its catalogue
+
+
+def test_status_names_an_outdated_function_file(
+    fresh_database: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A function file edited after the last migrate makes status fail the deploy gate
+    and name the file; migrate applies it and status is green again."""
+    import shutil
+
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(m.default_sql_dir(), sql_dir)
+    monkeypatch.setattr(m, "default_sql_dir", lambda: sql_dir)
+    dsn = fresh_database()
+    ok(dsn, "migrate", "--no-schedule")
+    edited = sorted((sql_dir / "functions").glob("*.sql"))[-1]
+    edited.write_text(edited.read_text() + "\n-- edited\n")
+    result = cli(dsn, "status")
+    assert result.exit_code == 1
+    assert f"outdated {edited.name}" in result.stdout
+    data = json.loads(cli(dsn, "status", "--json").stdout)
+    assert data["up_to_date"] is False
+    assert data["functions_outdated"] == [edited.name]
+    ok(dsn, "migrate", "--no-schedule")
+    assert "state: up to date" in ok(dsn, "status")

@@ -1,14 +1,25 @@
 """`costwarden demo` (costwarden.demo): it runs twice on one database and tells the same
-story both times; its optional sections run in order and are skipped when missing."""
+story both times; the sections after the story (BYOK, guardrails, the ledger) run in
+their declared order, and each of them works (and reruns) on its own."""
 
 from __future__ import annotations
 
-import sys
-import types
+from typing import Any
 
+import psycopg
 import pytest
 
+import costwarden
 from costwarden import demo
+from costwarden.demo import byok as byok_demo
+from costwarden.demo import guardrails as guardrails_demo
+from costwarden.demo import ledger as ledger_demo
+from costwarden.demo import story
+from cwtest import Seeded, table_snapshot
+from ledger_helpers import build_chains
+
+Conn = psycopg.Connection[Any]
+KEK = "byok-test-kek-0123456789abcdefghijklmnop"
 
 SECTIONS = [
     "== 1. Catalogue and quotes ==",
@@ -18,6 +29,7 @@ SECTIONS = [
     "== 5. A streaming call aborted by a meter tick ==",
     "== 6. An expired reservation, then a late commit ==",
     "== 7. Spend per scope and window (budget_status) ==",
+    "== 8. Spend without any limit",
 ]
 
 
@@ -59,6 +71,12 @@ def _check(summary: demo.DemoSummary, lines: list[str], run: int) -> None:
     assert summary.late_charged_micros == 3000  # 300 more output tokens
     # 7. nothing is left held
     assert summary.closing_held == 0
+    # 8. an org without limits: its spend per workspace, largest first (sample prices)
+    assert summary.spend_rows == [
+        ("search", 3 * (8000 * 2500 + 4000 * 1250) // 1000, 3),  # gpt-4o, cached input
+        ("helpdesk", 5 * (3000 * 150 + 600 * 600) // 1000, 5),  # gpt-4o-mini
+        ("notes", (500 * 2500 + 100 * 10000) // 1000, 2),  # one held call counts as a call
+    ]
     assert summary.hooks_run == []
 
 
@@ -81,23 +99,22 @@ def test_demo_runs_twice_with_the_same_story(dsn: str) -> None:
     assert quotes(lines1) == quotes(lines2)
 
 
-def test_hooks_run_in_order_and_missing_ones_are_skipped(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_sections_run_in_their_declared_order(dsn: str) -> None:
     calls: list[tuple[str, str]] = []
 
-    def section(name: str) -> types.ModuleType:
-        module = types.ModuleType(f"costwarden.{name}")
-        module.demo_section = lambda dsn, echo: calls.append((name, dsn))  # type: ignore[attr-defined]
-        return module
+    def section(name: str) -> story.Section:
+        return lambda dsn, echo: calls.append((name, dsn))
 
-    monkeypatch.setitem(sys.modules, "costwarden.byok", section("byok"))
-    monkeypatch.setitem(sys.modules, "costwarden.guardrails", types.ModuleType("x"))  # no function
-    monkeypatch.setitem(sys.modules, "costwarden.ledger", section("ledger"))
-    ran = demo.run_hooks("dsn", print, (*demo.HOOKS, "no_such_module"))
-    assert ran == ["byok", "ledger"]
-    assert calls == [("byok", "dsn"), ("ledger", "dsn")]
-    assert demo.HOOKS == ("byok", "guardrails", "ledger")
+    told = story.run_sections(dsn, print, [("byok", section("byok")), ("x", section("x"))])
+    assert told == ["byok", "x"]
+    assert calls == [("byok", dsn), ("x", dsn)]
+    # the demo's own list, registered explicitly: the ledger comes last
+    assert [name for name, _ in demo.SECTIONS] == ["byok", "guardrails", "ledger"]
+    assert [fn for _, fn in demo.SECTIONS] == [
+        byok_demo.demo_section,
+        guardrails_demo.demo_section,
+        ledger_demo.demo_section,
+    ]
 
 
 def test_demo_command_creates_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,3 +143,61 @@ def test_demo_command_creates_the_embedded_server(monkeypatch: pytest.MonkeyPatc
     finally:
         EmbeddedCluster(data_dir).stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- the BYOK section ---------------------------------------------------------------------
+
+
+def test_byok_section(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COSTWARDEN_KEK", KEK)
+    lines: list[str] = []
+    byok_demo.demo_section(dsn, lines.append)
+    byok_demo.demo_section(dsn, lines.append)  # a rerun works too
+    out = "\n".join(lines)
+    assert "initech/chat      openai/gpt-4o-mini           platform_managed  model" in out
+    assert "initech/research  anthropic/claude-3-5-sonnet  byok              model" in out
+    assert "denied: byok_credential_missing" in out
+    assert "Forbidden [CW005]: key-write guard rule A" in out
+    assert out.count("is held: resolve -> anthropic key sk-…") == 2
+    assert out.count("after commit: Forbidden [CW005]: BYOK resolve refused") == 2
+    assert "sk-ant-demo-" not in out and KEK not in out
+
+
+# -- the guardrails section ---------------------------------------------------------------
+
+
+def test_guardrails_section(dsn: str, client: costwarden.Client) -> None:
+    lines: list[str] = []
+    guardrails_demo.demo_section(dsn, lines.append)
+    text = "\n".join(lines)
+    assert "circuit after the third failure: open" in text
+    assert "first reserve after cooldown   : held" in text
+    assert "the probe succeeds -> circuit  : closed" in text
+    assert "reserve in the frozen workspace: denied: anomaly_freeze" in text
+    assert "DEMO ONLY" in text
+    assert "would refuse" in text
+    # the settings it changed are back to their defaults
+    assert client.get_setting("anomaly_freeze") is False
+    assert client.get_setting("circuit_failure_threshold") == 5
+    # and it runs again on the same database
+    lines.clear()
+    guardrails_demo.demo_section(dsn, lines.append)
+    assert "reserve in the frozen workspace: denied: anomaly_freeze" in "\n".join(lines)
+
+
+# -- the ledger section -------------------------------------------------------------------
+
+
+def test_ledger_section_verifies_and_catches_a_tampered_copy(
+    client: costwarden.Client, seeded: Seeded, admin_conn: Conn
+) -> None:
+    out: list[str] = []
+    assert ledger_demo.demo_section(client, out.append) is True  # empty ledger: nothing to show
+    assert "empty" in out[-1]
+    build_chains(client, seeded)
+    before = table_snapshot(admin_conn)
+    out.clear()
+    assert ledger_demo.demo_section(client, out.append) is True
+    text = "\n".join(out)
+    assert "caught: org 'acme', first bad seq 1" in text
+    assert table_snapshot(admin_conn) == before  # the demo changes nothing

@@ -182,30 +182,6 @@ def test_spend_report_commands(dsn: str, seeded: Seeded) -> None:
     assert result.exit_code != 0 and "InvalidArgument [CW004]" in result.output
 
 
-# -- the demo ---------------------------------------------------------------------------------
-
-
-def test_demo_section(dsn: str, client: costwarden.Client) -> None:
-    from costwarden.guardrails import demo_section
-
-    lines: list[str] = []
-    demo_section(dsn, lines.append)
-    text = "\n".join(lines)
-    assert "circuit after the third failure: open" in text
-    assert "first reserve after cooldown   : held" in text
-    assert "the probe succeeds -> circuit  : closed" in text
-    assert "reserve in the frozen workspace: denied: anomaly_freeze" in text
-    assert "DEMO ONLY" in text
-    assert "would refuse" in text
-    # the settings it changed are back to their defaults
-    assert client.get_setting("anomaly_freeze") is False
-    assert client.get_setting("circuit_failure_threshold") == 5
-    # and it runs again on the same database
-    lines.clear()
-    demo_section(dsn, lines.append)
-    assert "reserve in the frozen workspace: denied: anomaly_freeze" in "\n".join(lines)
-
-
 # -- guardrail settings of the wrong type --------------------------------------------------
 
 

@@ -451,18 +451,3 @@ def test_export_line_round_trip(client: costwarden.Client, seeded: Seeded) -> No
     assert '"audio_seconds":12.50' in line  # numbers are written exactly as stored
     assert ledger.loads_row(line) == raw
     assert ledger.compute_hash(ZERO, raw).hex() == entry.entry_hash
-
-
-def test_demo_section_verifies_and_catches_a_tampered_copy(
-    client: costwarden.Client, seeded: Seeded, admin_conn: Conn
-) -> None:
-    out: list[str] = []
-    assert ledger.demo_section(client, out.append) is True  # empty ledger: nothing to show
-    assert "empty" in out[-1]
-    build_chains(client, seeded)
-    before = table_snapshot(admin_conn)
-    out.clear()
-    assert ledger.demo_section(client, out.append) is True
-    text = "\n".join(out)
-    assert "caught: org 'acme', first bad seq 1" in text
-    assert table_snapshot(admin_conn) == before  # the demo changes nothing

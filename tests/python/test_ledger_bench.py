@@ -1,4 +1,4 @@
-"""bench/ledger_bench.py runs end to end (tiny sizes). Slow and CPU-hungry: skipped
+"""`costwarden bench ledger` runs end to end (tiny sizes). Slow and CPU-hungry: skipped
 unless COSTWARDEN_SLOW_TESTS=1. The figures in docs/ledger.md come from a full run."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from cwtest import PgServer
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "ledger_bench.py"
+COSTWARDEN = Path(sys.executable).parent / "costwarden"
 
 
 @pytest.mark.skipif(
@@ -20,8 +20,9 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "ledger_bench.py"
 )
 def test_ledger_bench_runs(pg_server: PgServer) -> None:
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--dsn", pg_server.dsn("postgres"), "--entries", "3000",
-         "--commits", "40", "--seconds", "1", "--orgs", "20", "--clients", "2"],
+        [str(COSTWARDEN), "--dsn", pg_server.dsn("postgres"), "bench", "ledger",
+         "--entries", "3000", "--commits", "40", "--seconds", "1", "--orgs", "20",
+         "--clients", "2"],
         capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from costwarden import migrate as m
 from cwtest import PgServer
@@ -21,14 +22,17 @@ Conn = psycopg.Connection[Any]
 
 
 def copy_sql(target: Path, count: int | None = None) -> Path:
-    """A snapshot of the first ``count`` migration files (all by default) in ``target``.
+    """A snapshot of the first ``count`` migrations (all by default) in ``target``, with
+    the function files when all migrations are copied (they need every table).
 
     Tests migrate from snapshots, so that a file edited while the suite runs cannot make
     two databases of one test differ.
     """
-    target.mkdir(parents=True, exist_ok=True)
+    (target / m.MIGRATIONS_DIR).mkdir(parents=True, exist_ok=True)
     for mig in m.load_migrations()[:count]:
-        shutil.copy(mig.path, target / mig.filename)
+        shutil.copy(mig.path, target / m.MIGRATIONS_DIR / mig.filename)
+    if count is None:
+        shutil.copytree(m.default_sql_dir() / m.FUNCTIONS_DIR, target / m.FUNCTIONS_DIR)
     return target
 
 
@@ -104,7 +108,7 @@ def test_an_edited_applied_migration_is_refused(
     sql_dir = copy_sql(tmp_path / "sql")
     third = m.load_migrations(sql_dir)[2]
     m.migrate(dsn, schedule=False, sql_dir=sql_dir)
-    edited = sql_dir / third.filename
+    edited = sql_dir / m.MIGRATIONS_DIR / third.filename
     edited.write_text(edited.read_text() + "\n-- an innocent-looking edit\n")
     objects = schema_objects(dsn)
     with pytest.raises(m.MigrationError, match=re.escape(third.filename)):
@@ -113,7 +117,8 @@ def test_an_edited_applied_migration_is_refused(
     assert [c.filename for c in st.changed] == [third.filename]
     assert not st.up_to_date
     # even with a new migration pending, nothing is applied while a file is edited
-    (sql_dir / "9999_later.sql").write_text("create table costwarden._later (x int);\n")
+    later = sql_dir / m.MIGRATIONS_DIR / "9999_later.sql"
+    later.write_text("create table costwarden._later (x int);\n")
     with pytest.raises(m.MigrationError, match=re.escape(third.filename)):
         m.migrate(dsn, schedule=False, sql_dir=sql_dir)
     assert schema_objects(dsn) == objects
@@ -124,7 +129,8 @@ def test_a_failing_migration_is_rolled_back(
 ) -> None:
     dsn = fresh_database()
     sql_dir = copy_sql(tmp_path / "sql")
-    (sql_dir / "9999_broken.sql").write_text(
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    (sql_dir / m.MIGRATIONS_DIR / "9999_broken.sql").write_text(
         "create table costwarden._half (x int);\nselect 1 / 0;\n"
     )
     with pytest.raises(m.MigrationError, match=re.escape("9999_broken.sql")):
@@ -136,9 +142,26 @@ def test_a_failing_migration_is_rolled_back(
         assert conn.execute("select to_regclass('costwarden._half')").fetchone() == (None,)
 
 
+def test_a_run_is_one_transaction(fresh_database: Callable[[], str], tmp_path: Path) -> None:
+    """A failing migration takes the whole run back: on a fresh database not even the
+    schema or the bookkeeping tables remain."""
+    dsn = fresh_database()
+    sql_dir = copy_sql(tmp_path / "sql")
+    (sql_dir / m.MIGRATIONS_DIR / "9999_broken.sql").write_text(
+        "create table costwarden._half (x int);\nselect 1 / 0;\n"
+    )
+    with pytest.raises(m.MigrationError, match=re.escape("9999_broken.sql")):
+        m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    st = m.status(dsn, sql_dir=sql_dir)
+    assert st.version is None and st.applied == ()
+    assert len(st.pending) == len(m.load_migrations(sql_dir))
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("select to_regnamespace('costwarden')").fetchone() == (None,)
+
+
 def test_badly_named_migration_files_are_refused(tmp_path: Path) -> None:
     sql_dir = copy_sql(tmp_path / "sql", 1)
-    (sql_dir / "2_no_padding.sql").write_text("select 1;\n")
+    (sql_dir / m.MIGRATIONS_DIR / "2_no_padding.sql").write_text("select 1;\n")
     with pytest.raises(m.MigrationError, match=re.escape("2_no_padding.sql")):
         m.load_migrations(sql_dir)
 
@@ -226,9 +249,11 @@ def test_upgrade_path_builds_the_same_schema_as_a_fresh_install(
     stepwise = fresh_database()
     for step in range(1, count + 1):
         step_dir = tmp_path / f"step{step}"
-        step_dir.mkdir()
+        (step_dir / m.MIGRATIONS_DIR).mkdir(parents=True)
         for mig in m.load_migrations(full)[:step]:
-            shutil.copy(mig.path, step_dir / mig.filename)
+            shutil.copy(mig.path, step_dir / m.MIGRATIONS_DIR / mig.filename)
+        if step == count:  # the function files need every table
+            shutil.copytree(full / m.FUNCTIONS_DIR, step_dir / m.FUNCTIONS_DIR)
         applied = m.migrate(stepwise, schedule=False, sql_dir=step_dir)
         assert len(applied) == 1
     dumped = _dump(pg_server, one_run)
@@ -303,3 +328,182 @@ def test_pg_cron_jobs_in_other_databases(fresh_database: Callable[[], str]) -> N
     for target in (first, second):
         assert m.cron_status(target).jobs == ()
         assert m.unschedule_jobs(target) == 0
+
+
+def _function_names(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "select oid::regprocedure::text from pg_proc "
+            "where pronamespace = 'costwarden'::regnamespace"
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def test_an_edited_function_file_is_applied_again(
+    fresh_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """Function files are source: an edit is applied by the next run (no new migration),
+    and what the source no longer defines -- a function, a trigger, a view, a grant -- is
+    gone after it."""
+    dsn = fresh_database()
+    sql_dir = copy_sql(tmp_path / "sql")
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    settings = sql_dir / m.FUNCTIONS_DIR / "02_settings.sql"
+    original = settings.read_text()
+
+    settings.write_text(
+        original + "\ncreate or replace function costwarden._probe() returns integer\n"
+        "language sql immutable as $$ select 42 $$;\n"
+    )
+    st = m.status(dsn, sql_dir=sql_dir)
+    assert st.functions_outdated == ("02_settings.sql",) and not st.up_to_date
+    assert st.pending == () and st.changed == ()
+    said: list[str] = []
+    assert m.migrate(dsn, schedule=False, sql_dir=sql_dir, progress=said.append) == []
+    assert said == [f"applied the {len(m.load_functions(sql_dir))} function files again"]
+    assert "costwarden._probe()" in _function_names(dsn)
+    assert m.status(dsn, sql_dir=sql_dir).up_to_date
+    with psycopg.connect(dsn) as conn:
+        # PUBLIC executes nothing, a new function included
+        row = conn.execute(
+            "select has_function_privilege('public', 'costwarden._probe()', 'execute')"
+        ).fetchone()
+        assert row == (False,)
+
+    # removed from the source: the function, a trigger, a grant
+    audit = sql_dir / m.FUNCTIONS_DIR / "01_audit.sql"
+    audit_text = audit.read_text()
+    triggers = (
+        "select costwarden._append_only("
+        "'costwarden._audit_log', '_audit_log_no_update_delete', 'update or delete');\n"
+    )
+    assert triggers in audit_text
+    audit.write_text(audit_text.replace(triggers, ""))
+    grant = "grant execute on function costwarden.fn_settings_list() to costwarden_admin;\n"
+    assert grant in original
+    settings.write_text(original.replace(grant, ""))
+    said.clear()
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir, progress=said.append)
+    assert "dropped function costwarden._probe() (no longer in sql/functions)" in said
+    for name in ("_audit_log_no_update_delete", "_audit_log_no_truncate"):
+        line = f"dropped trigger {name} on costwarden._audit_log (no longer in sql/functions)"
+        assert line in said
+    assert "costwarden._probe()" not in _function_names(dsn)
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "select has_function_privilege('costwarden_admin', "
+            "'costwarden.fn_settings_list()', 'execute'), "
+            "has_function_privilege('costwarden_admin', "
+            "'costwarden.fn_setting_set(text, jsonb)', 'execute'), "
+            "exists (select from pg_trigger where tgrelid = 'costwarden._audit_log'::regclass)"
+        ).fetchone()
+        assert row == (False, True, False)
+
+    # back to the original source: everything as a fresh install has it
+    settings.write_text(original)
+    audit.write_text(audit_text)
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    reference = fresh_database()
+    m.migrate(reference, schedule=False, sql_dir=sql_dir)
+    assert schema_objects(dsn) == schema_objects(reference)
+
+
+def test_a_removed_function_file_is_dropped_with_its_objects(
+    fresh_database: Callable[[], str], tmp_path: Path
+) -> None:
+    dsn = fresh_database()
+    sql_dir = copy_sql(tmp_path / "sql")
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    (sql_dir / m.FUNCTIONS_DIR / "15_shadow_report.sql").unlink()
+    assert m.status(dsn, sql_dir=sql_dir).functions_outdated == ("15_shadow_report.sql",)
+    said: list[str] = []
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir, progress=said.append)
+    assert [s for s in said if s.startswith("dropped ")] == [
+        "dropped function costwarden.fn_shadow_report(text,timestamp with time zone,"
+        "timestamp with time zone) (no longer in sql/functions)"
+    ]
+    assert not any(f.startswith("costwarden.fn_shadow_report(") for f in _function_names(dsn))
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("select name from costwarden._repeatables order by 1").fetchall()
+    assert [r[0] for r in rows] == [f.filename for f in m.load_functions(sql_dir)]
+
+
+def test_a_failing_function_file_changes_nothing(
+    fresh_database: Callable[[], str], tmp_path: Path
+) -> None:
+    dsn = fresh_database()
+    sql_dir = copy_sql(tmp_path / "sql")
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    objects = schema_objects(dsn)
+    (sql_dir / m.FUNCTIONS_DIR / "99_broken.sql").write_text(
+        "create or replace function costwarden._half() returns int language sql as 'select 1';\n"
+        "select 1 / 0;\n"
+    )
+    (sql_dir / m.MIGRATIONS_DIR / "9999_later.sql").write_text(
+        "create table costwarden._later (x int);\n"
+    )
+    with pytest.raises(m.MigrationError, match=re.escape("functions/99_broken.sql")):
+        m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    assert schema_objects(dsn) == objects
+    st = m.status(dsn, sql_dir=sql_dir)
+    assert [p.filename for p in st.pending] == ["9999_later.sql"]
+    assert st.functions_outdated == ("99_broken.sql",)
+
+
+def test_a_source_object_still_in_use_is_not_dropped(
+    fresh_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """The drop never cascades: a function the source no longer defines but a table
+    still uses is refused, and nothing changes."""
+    dsn = fresh_database()
+    sql_dir = copy_sql(tmp_path / "sql")
+    extra = sql_dir / m.FUNCTIONS_DIR / "99_extra.sql"
+    extra.write_text(
+        "create or replace function costwarden._seven() returns integer\n"
+        "language sql immutable as $$ select 7 $$;\n"
+    )
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    (sql_dir / m.MIGRATIONS_DIR / "9999_uses.sql").write_text(
+        "create table costwarden._uses (x int default costwarden._seven());\n"
+    )
+    m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    objects = schema_objects(dsn)
+    extra.unlink()
+    with pytest.raises(m.MigrationError, match=re.escape("costwarden._seven()")):
+        m.migrate(dsn, schedule=False, sql_dir=sql_dir)
+    assert schema_objects(dsn) == objects
+
+
+def test_only_the_owner_can_take_the_migration_lock(dsn: str) -> None:
+    """The runner's lock is LOCK TABLE on a private table: a role that is not its owner
+    cannot take it (nor hold migrations up), unlike a session advisory lock."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("create role cw_plain_lock_test login")
+        try:
+            conn.execute("grant costwarden_admin to cw_plain_lock_test")
+            for role in ("cw_plain_lock_test", "costwarden_admin", "costwarden_service"):
+                with conn.transaction():
+                    conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
+                    with (
+                        pytest.raises(psycopg.errors.InsufficientPrivilege),
+                        conn.transaction(),
+                    ):
+                        conn.execute(m.LOCK)
+        finally:
+            conn.execute("drop role cw_plain_lock_test")
+
+
+def test_a_function_file_refers_only_to_files_before_it() -> None:
+    """The declared order of sql/functions/ is a dependency order: a function a file
+    calls is defined in that file or in one before it."""
+    files = m.load_functions()
+    defined: dict[str, int] = {}
+    for index, f in enumerate(files):
+        for name in re.findall(r"create or replace function costwarden\.(\w+)\(", f.sql()):
+            assert name not in defined, f"{name} is defined twice"
+            defined[name] = index
+    assert len(defined) > 100
+    for index, f in enumerate(files):
+        for name in set(re.findall(r"costwarden\.(\w+)\(", f.sql())):
+            if name in defined:  # (pgcrypto's functions live in the schema too)
+                assert defined[name] <= index, f"{f.filename} calls {name}, defined later"

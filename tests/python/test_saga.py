@@ -399,8 +399,12 @@ def test_bad_input_writes_nothing(
 
 def test_unpriced_policy(client: costwarden.Client, seeded: Seeded) -> None:
     client.upsert_workspace(seeded.org, "ws-x", model=seeded.unpriced_model)
-    with pytest.raises(costwarden.UnpricedModel):
+    # 'reject': a recorded denial (reason unpriced_model); CW006 is the quote's only
+    with pytest.raises(costwarden.BudgetExceeded) as denied:
         client.reserve(seeded.org, "ws-x", seeded.unpriced_model, USAGE)
+    assert [(x.code, x.enforced) for x in denied.value.reasons] == [("unpriced_model", True)]
+    with pytest.raises(costwarden.UnpricedModel):
+        client.quote(seeded.org, "ws-x", seeded.unpriced_model, USAGE)
     client.set_setting("unpriced_policy", "free")
     r = client.reserve(seeded.org, "ws-x", seeded.unpriced_model, USAGE)
     assert r.status == "held" and r.amount_micros == 0

@@ -17,7 +17,7 @@ from cwtest import ROLES, expect_sqlstate, run_as
 Conn = psycopg.Connection[Any]
 
 #: SPEC §9: the tenant role runs these and nothing else.
-TENANT_RPCS = frozenset({"fn_get_my_cost_reservations", "fn_budget_status"})
+TENANT_RPCS = frozenset({"fn_get_my_cost_reservations", "fn_budget_status", "fn_spend_summary"})
 
 #: SPEC §1, §2, §4, §5, §6: admin functions the service and tenant roles must not run.
 ADMIN_ONLY = frozenset(
@@ -38,6 +38,8 @@ ADMIN_ONLY = frozenset(
         "fn_ledger_adjust",
         "fn_anomaly_ack",
         "fn_reservations_list",
+        "fn_spend_reports_quarantined",
+        "fn_spend_report_resolve",
     }
 )
 
@@ -58,9 +60,10 @@ SAGA_WRITES = frozenset(
 
 #: Write-only views of the API: callers may INSERT (COPY ... FROM STDIN) into them and do
 #: nothing else. costwarden.secret_input is the unlogged input channel for BYOK secrets and
-#: the KEK (sql/0008); the tenant role has no use for it.
+#: the KEK (sql/functions/10_byok_keys.sql); the tenant role has no use for it.
 WRITE_ONLY_VIEWS: dict[str, frozenset[str]] = {
     "secret_input": frozenset({"costwarden_admin", "costwarden_service"}),
+    "secret_input_base64": frozenset({"costwarden_admin", "costwarden_service"}),
 }
 
 PINNED = "search_path=pg_catalog, pg_temp"

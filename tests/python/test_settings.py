@@ -40,7 +40,7 @@ WRONG: dict[str, list[str]] = {
 
 def _defs(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     cur = conn.execute(
-        "select key, value_type, default_value, allowed, min_value "
+        "select key, value_type, default_value, allowed, min_value, nullable "
         "from costwarden._setting_defs order by key"
     )
     cols = [d.name for d in cur.description or ()]
@@ -126,6 +126,8 @@ def test_wrong_types_are_cw004_and_write_nothing(admin_conn: psycopg.Connection[
     before = table_snapshot(admin_conn)
     for d in _defs(admin_conn):
         for bad in WRONG[d["value_type"]]:
+            if bad == "null" and d["nullable"]:
+                continue  # JSON null is this setting's "no bound" (test_nullable_setting)
             expect_sqlstate(
                 admin_conn,
                 "CW004",
@@ -222,3 +224,12 @@ def test_failed_set_is_not_audited(client: costwarden.Client) -> None:
 def test_client_sets_a_decimal_setting_exactly(client: costwarden.Client) -> None:
     client.set_setting("credit_rate_usd", Decimal("0.0125"))
     assert client.get_setting("credit_rate_usd") == Decimal("0.0125")
+
+
+def test_nullable_setting(client: costwarden.Client) -> None:
+    """spend_report_max_delta_micros: JSON null means no bound; SQL NULL is still CW004."""
+    assert client.get_setting("spend_report_max_delta_micros") == 100_000_000
+    client.set_setting("spend_report_max_delta_micros", None)
+    assert client.get_setting("spend_report_max_delta_micros") is None
+    client.set_setting("spend_report_max_delta_micros", 5)
+    assert client.get_setting("spend_report_max_delta_micros") == 5

@@ -187,11 +187,11 @@ def own_server() -> Iterator[Any]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_stop_the_server_mid_way_then_replay(own_server: Any, tmp_path: Path) -> None:
-    admin_dsn = own_server.dsn
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+def spooltest_database(server: Any) -> str:
+    """A migrated database on ``server`` with acme/ws priced on openai/gpt-4o."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
         conn.execute("create database spooltest")
-    dsn = own_server.dsn_for("spooltest")
+    dsn: str = server.dsn_for("spooltest")
     cw_migrate.migrate(dsn, schedule=False)
     with costwarden.Client(dsn) as admin:
         admin.upsert_model("openai/gpt-4o", platform_servable=True)
@@ -201,7 +201,11 @@ def test_stop_the_server_mid_way_then_replay(own_server: Any, tmp_path: Path) ->
         )
         admin.upsert_org("acme")
         admin.upsert_workspace("acme", "ws", model="openai/gpt-4o")
+    return dsn
 
+
+def test_stop_the_server_mid_way_then_replay(own_server: Any, tmp_path: Path) -> None:
+    dsn = spooltest_database(own_server)
     spool_dir = tmp_path / "spool"
     app = costwarden.Client(dsn, on_unavailable="open", spool_dir=spool_dir, timeout=2)
     try:

@@ -42,8 +42,9 @@ select is_empty(
 );
 
 -- No table, view or sequence is granted to a caller role (or PUBLIC). The one
--- exception is write-only: admin and service may INSERT (COPY) into the view
--- secret_input, the unlogged input channel for BYOK secrets and the KEK.
+-- exception is write-only: admin and service may INSERT (COPY) into the views
+-- secret_input and secret_input_base64, the unlogged input channels for BYOK
+-- secrets and the KEK.
 select is_empty(
     $$ select r.rolname, c.relname from pg_class c
        cross join (values ('costwarden_admin'), ('costwarden_service'),
@@ -55,9 +56,9 @@ select is_empty(
               or has_any_column_privilege(r.rolname, c.oid, 'select, update, references')
               or ((has_table_privilege(r.rolname, c.oid, 'insert')
                    or has_any_column_privilege(r.rolname, c.oid, 'insert'))
-                  and not (c.relkind = 'v' and c.relname = 'secret_input'
+                  and not (c.relkind = 'v' and c.relname in ('secret_input', 'secret_input_base64')
                            and r.rolname in ('costwarden_admin', 'costwarden_service')))) $$,
-    'no costwarden table or view is granted to a role (secret_input: INSERT only)'
+    'no costwarden table or view is granted to a role (secret_input, secret_input_base64: INSERT only)'
 );
 select is_empty(
     $$ select r.rolname, c.relname from pg_class c
@@ -83,8 +84,8 @@ select is_empty(
     $$ select p.oid::regprocedure from pg_proc p
        where p.pronamespace = 'costwarden'::regnamespace
          and has_function_privilege('costwarden_tenant', p.oid, 'execute')
-         and p.proname not in ('fn_get_my_cost_reservations', 'fn_budget_status') $$,
-    'costwarden_tenant executes only fn_get_my_cost_reservations and fn_budget_status'
+         and p.proname not in ('fn_get_my_cost_reservations', 'fn_budget_status', 'fn_spend_summary') $$,
+    'costwarden_tenant executes only fn_get_my_cost_reservations, fn_budget_status and fn_spend_summary'
 );
 
 -- The service role runs no admin function.
@@ -96,7 +97,8 @@ select is_empty(
                            'fn_user_upsert', 'fn_key_upsert', 'fn_model_upsert',
                            'fn_pricing_set', 'fn_budget_set', 'fn_setting_set',
                            'fn_settings_list', 'fn_audit_list', 'fn_byok_key_put',
-                           'fn_byok_key_revoke', 'fn_ledger_adjust', 'fn_anomaly_ack') $$,
+                           'fn_byok_key_revoke', 'fn_ledger_adjust', 'fn_anomaly_ack',
+                           'fn_spend_reports_quarantined', 'fn_spend_report_resolve') $$,
     'costwarden_service executes no admin function'
 );
 
@@ -110,12 +112,14 @@ select is_empty(
 );
 
 -- The roles: NOLOGIN, USAGE on the schema, admin is a member of service.
+-- (SPEC §12 adds two more NOLOGIN roles: the owner and the authenticator.)
 select is(
     (select array_agg(format('%s login=%s super=%s', rolname, rolcanlogin, rolsuper) order by rolname)
      from pg_roles where rolname like 'costwarden\_%'),
-    array['costwarden_admin login=f super=f', 'costwarden_service login=f super=f',
+    array['costwarden_admin login=f super=f', 'costwarden_authenticator login=f super=f',
+          'costwarden_owner login=f super=f', 'costwarden_service login=f super=f',
           'costwarden_tenant login=f super=f'],
-    'three NOLOGIN, non-superuser caller roles'
+    'three NOLOGIN, non-superuser caller roles, the NOLOGIN owner and authenticator'
 );
 select ok(
     has_schema_privilege('costwarden_admin', 'costwarden', 'usage')

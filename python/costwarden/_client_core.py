@@ -1,0 +1,94 @@
+"""What the sync and the async client share beyond their SQL (:mod:`costwarden._sql`):
+the actor and KEK they send, how rows decode, the pool defaults. No I/O here."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from . import _sql as q
+from .errors import READINESS_WARNING_SQLSTATE, ReadinessWarning
+
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
+def exact_loads(data: str | bytes) -> Any:
+    """JSON numbers with a fraction load as Decimal: prices and usage stay exact."""
+    return _DECODER.decode(data.decode() if isinstance(data, bytes) else data)
+
+
+class ServerWarnings:
+    """Collects the costwarden warnings a call's server sends (a WARNING with SQLSTATE
+    01CW0: a workspace left unable to reserve) and re-issues each, once the call
+    succeeded, as a Python :class:`~costwarden.errors.ReadinessWarning`."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
+        if diag.sqlstate == READINESS_WARNING_SQLSTATE and diag.message_primary:
+            self.messages.append(diag.message_primary)
+
+    @contextmanager
+    def listening(
+        self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+    ) -> Iterator[None]:
+        conn.add_notice_handler(self)
+        try:
+            yield
+        finally:
+            conn.remove_notice_handler(self)
+
+    def emit(self) -> None:
+        for message in self.messages:
+            warnings.warn(ReadinessWarning(message), stacklevel=4)
+
+
+def default_timeout(on_unavailable: str) -> float:
+    """Seconds to wait for a pooled connection: short when failing open."""
+    return 5.0 if on_unavailable == "open" else 30.0
+
+
+class ClientBase:
+    """The caller's identity and KEK, set per transaction by both clients."""
+
+    def __init__(
+        self,
+        *,
+        actor_org: str | None = None,
+        actor_user: str | None = None,
+        kek: str | None = None,
+    ) -> None:
+        self.actor_org = actor_org
+        self.actor_user = actor_user
+        self.kek = kek if kek is not None else os.environ.get("COSTWARDEN_KEK") or None
+
+    @property
+    def _needs_context(self) -> bool:
+        return bool(self.actor_org or self.actor_user)
+
+    @property
+    def _context(self) -> dict[str, Any]:
+        # §5: the KEK is not part of the context: _staged sends it, unlogged, only
+        # with the calls that need it.
+        return {"actor_org": self.actor_org, "actor_user": self.actor_user}
+
+    def _staged(self, call: q.Call[Any]) -> dict[str, str]:
+        """§5: the values to send through COPY costwarden.secret_input before ``call``."""
+        staged = dict(call.staged)
+        if call.needs_kek and self.kek:
+            staged["kek"] = self.kek
+        return staged
+
+    def _needs_transaction(self, call: q.Call[Any]) -> bool:
+        """One call is one statement: on an autocommit connection it is its own
+        transaction (no BEGIN/COMMIT round trips), unless context (actor, staged
+        values) must be set for it first."""
+        return self._needs_context or bool(self._staged(call))

@@ -1,0 +1,157 @@
+"""`costwarden bench spend`: fn_spend_summary for one org with 1,000 workspaces, with
+a small and a large ledger (issue: the answer must not grow with the ledger).
+
+Each size gets its own scratch database. The org, its workspaces, users and keys are
+created through the RPCs; the history is written set-based and backdated over the
+last 30 days, as the saga would have left it: ``entries`` ledger entries (charges,
+spread over the workspaces), the spend buckets they add up to (the month's 12-hour
+resolution and the day's 20-minute one), and a fixed number of reservations in the
+window (their count is held constant: ``calls`` are counted from the reservations, not
+the ledger, see docs/budgets.md "Spend without a limit"). The hash chain of these rows
+is not valid (nothing here verifies it). Then each query is timed ``repeat`` times
+on a warm cache and the median is reported, with the ratio large / small.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from ..migrate import migrate
+from .common import scratch_database, server_facts
+
+#: The queries timed (name, SQL): the per-workspace listing, one workspace, the org.
+_SUMMARY = "select * from costwarden.fn_spend_summary"
+QUERIES: tuple[tuple[str, str], ...] = (
+    ("listing of 1,000 workspaces", f"{_SUMMARY}('bench', 'workspace')"),
+    ("one workspace", f"{_SUMMARY}('bench', 'workspace', 'ws-7')"),
+    ("the org", f"{_SUMMARY}('bench')"),
+    ("one workspace, rolling day", f"{_SUMMARY}('bench', 'workspace', 'ws-7', 'day', 'rolling')"),
+)
+
+SETUP = """
+select costwarden.fn_model_upsert('bench/model', true);
+select costwarden.fn_pricing_set('bench/model', '{"input_tokens": 0.000001}', '2024-01-01');
+select costwarden.fn_org_upsert('bench');
+select costwarden.fn_workspace_upsert('bench', 'ws-' || i, 'bench/model')
+from generate_series(1, %(workspaces)s) as i;
+select costwarden.fn_user_upsert('bench', 'u-' || i) from generate_series(1, 50) as i;
+select costwarden.fn_key_upsert('bench', 'k-' || i, 'ws-' || i, 'u-' || (i %% 50 + 1))
+from generate_series(1, 200) as i;
+"""
+
+#: entries backdated over 30 days: entry i at now() - i * (30 days / entries), workspace i % n
+HISTORY = """
+insert into costwarden._ledger (
+    org_id, seq, entry_type, workspace_id, model, billing_mode, usage,
+    tokens, amount_micros, pricing_snapshot_id, created_at, prev_hash, entry_hash
+)
+select 'bench', i, 'charge', 'ws-' || (i %% %(workspaces)s + 1), 'bench/model', 'platform_managed',
+       jsonb_build_object('input_tokens', 100), 100, 100, 1,
+       now() - i * (interval '30 days' / %(entries)s),
+       sha256(int8send(i - 1)), sha256(int8send(i))
+from generate_series(1, %(entries)s) as i;
+update costwarden._ledger_heads set last_seq = %(entries)s where org_id = 'bench';
+insert into costwarden._spend_buckets (pool_id, res, bucket_start, micros, tokens)
+select p.pool_id, r.res,
+       date_bin(make_interval(secs => r.res), l.created_at, timestamptz '2000-01-01 00:00:00+00'),
+       sum(l.amount_micros), sum(l.tokens)
+from costwarden._ledger as l
+join costwarden._pools as p
+  on p.org_id = l.org_id and p.kind = 'workspace' and p.scope_id = l.workspace_id
+cross join (values (1200), (43200)) as r (res)
+where l.org_id = 'bench'
+group by 1, 2, 3;
+insert into costwarden._spend_buckets (pool_id, res, bucket_start, micros, tokens)
+select p.pool_id, b.res, b.bucket_start, sum(b.micros), sum(b.tokens)
+from costwarden._spend_buckets as b
+join costwarden._pools as p on p.org_id = 'bench' and p.kind = 'org'
+group by 1, 2, 3;
+insert into costwarden._reservations (
+    reservation_id, org_id, workspace_id, model, provider, status, usage,
+    quoted_micros, quoted_tokens, amount_micros, tokens,
+    request_fingerprint, ttl, created_at, finished_at
+)
+select costwarden._reservation_id('bench'), 'bench', 'ws-' || (i %% %(workspaces)s + 1),
+       'bench/model',
+       'bench', case when i %% 10 = 0 then 'denied' else 'committed' end, '{}', 100, 100, 0, 0,
+       md5(i::text), interval '5 minutes', now() - i * (interval '30 days' / %(calls)s), now()
+from generate_series(1, %(calls)s) as i;
+vacuum analyze;
+"""
+
+
+@dataclass(frozen=True)
+class SpendBench:
+    workspaces: int
+    small: int
+    large: int
+    calls: int
+    #: query -> (median ms with the small ledger, median ms with the large one)
+    timings: dict[str, tuple[float, float]]
+    server: str
+
+    def markdown(self) -> str:
+        lines = [
+            f"fn_spend_summary, 1 org, {self.workspaces:,} workspaces, "
+            f"{self.calls:,} reservations; {self.server}",
+            "",
+            f"| query | {self.small:,} entries (ms) | {self.large:,} entries (ms) | ratio |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, (a, b) in self.timings.items():
+            lines.append(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+        return "\n".join(lines)
+
+
+def _build(dsn: str, workspaces: int, entries: int, calls: int) -> None:
+    migrate(dsn, schedule=False)
+    params = {"workspaces": workspaces, "entries": entries, "calls": calls}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("set client_min_messages = error")
+        for statement in (SETUP + HISTORY).split(";\n"):
+            if statement.strip():
+                conn.execute(statement, params)
+
+
+def _time(dsn: str, repeat: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name, query in QUERIES:
+            for _ in range(3):  # warm the cache and the plan
+                conn.execute(query).fetchall()
+            samples = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                conn.execute(query).fetchall()
+                samples.append((time.perf_counter() - t0) * 1000)
+            out[name] = statistics.median(samples)
+    return out
+
+
+def run_spend_bench(
+    admin_dsn: str,
+    *,
+    workspaces: int = 1000,
+    small: int = 10_000,
+    large: int = 10_000_000,
+    calls: int = 10_000,
+    repeat: int = 50,
+    keep: bool = False,
+    echo: Callable[[str], None] = print,
+) -> SpendBench:
+    """Time fn_spend_summary with ``small`` and then ``large`` ledger entries."""
+    results: dict[int, dict[str, float]] = {}
+    for entries in (small, large):
+        with scratch_database(admin_dsn, f"costwarden_spend_bench_{entries}", keep=keep) as dsn:
+            echo(f"building {workspaces} workspaces, {entries:,} ledger entries ...")
+            t0 = time.monotonic()
+            _build(dsn, workspaces, entries, calls)
+            echo(f"  built in {time.monotonic() - t0:.0f} s; timing ...")
+            results[entries] = _time(dsn, repeat)
+    timings = {name: (results[small][name], results[large][name]) for name, _ in QUERIES}
+    return SpendBench(workspaces, small, large, calls, timings, server_facts(admin_dsn))

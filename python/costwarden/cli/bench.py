@@ -1,0 +1,174 @@
+"""`costwarden bench` (the saga's figures) and `costwarden bench ledger` (the ledger's).
+
+The harness (costwarden.bench) is imported only when a bench runs."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import click
+
+from ._common import Context, echo_json, json_option, pass_ctx
+
+#: The dedicated embedded server of the benches when no --dsn is given.
+BENCH_DATA_DIR = Path(".costwarden/bench-pg/pgdata")
+
+
+def _server(ctx: Context) -> tuple[str, Path | None]:
+    """(admin DSN, PostgreSQL bin directory or None) of the server to bench on."""
+    if ctx.has_dsn():
+        return ctx.dsn(), None
+    from ..embedded import EmbeddedCluster
+
+    cluster = EmbeddedCluster(BENCH_DATA_DIR.resolve())
+    return cluster.start(), cluster.bindir
+
+
+@click.group(invoke_without_command=True)
+@click.option("--seconds", type=click.IntRange(1), default=15, help="Duration of each pgbench run.")
+@click.option("--orgs", type=click.IntRange(1), default=1000)
+@click.option(
+    "--ledger-rows", type=click.IntRange(0), default=10_000_000, help="Ledger size for figure 4."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path(".costwarden/bench-results.json")
+)
+@json_option
+@click.pass_context
+def bench(
+    click_ctx: click.Context, seconds: int, orgs: int, ledger_rows: int, out: Path, as_json: bool
+) -> None:
+    """pgbench workloads, each beside a baseline measured in the same run.
+
+    Without --dsn a dedicated embedded server is used (.costwarden/bench-pg).
+    `costwarden bench ledger` measures the ledger instead."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    from ..bench.saga import report, run_bench, save
+
+    ctx = click_ctx.find_object(Context)
+    assert ctx is not None
+    dsn, bindir = _server(ctx)
+    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    figures = run_bench(
+        dsn, bindir=bindir, seconds=seconds, orgs=orgs, ledger_rows=ledger_rows, echo=echo
+    )
+    meta = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": platform.node(),
+        "seconds": seconds,
+        "orgs": orgs,
+        "ledger_rows": ledger_rows,
+    }
+    save(figures, out, meta)
+    if as_json:
+        echo_json({"meta": meta, "figures": figures})
+        return
+    click.echo("")
+    click.echo(report(figures))
+    click.echo(f"\nsaved {out}")
+
+
+@bench.command("ledger")
+@click.option("--entries", type=click.IntRange(1), default=1_000_000, help="Chain length (3).")
+@click.option("--commits", type=click.IntRange(1), default=2000, help="Commits timed (1).")
+@click.option("--clients", type=click.IntRange(1), default=8, help="pgbench clients (2).")
+@click.option("--seconds", type=click.IntRange(1), default=10, help="pgbench seconds (2).")
+@click.option("--orgs", type=click.IntRange(1), default=1000, help="Orgs appends spread over.")
+@click.option("--keep", is_flag=True, help="Keep the scratch database costwarden_ledger_bench.")
+@json_option
+@pass_ctx
+def bench_ledger(
+    ctx: Context,
+    entries: int,
+    commits: int,
+    clients: int,
+    seconds: int,
+    orgs: int,
+    keep: bool,
+    as_json: bool,
+) -> None:
+    """The ledger's costs: commit latency with and without the chain, append
+    throughput, verification speed (Markdown tables, as in docs/ledger.md).
+
+    Runs in a scratch database; the server's role must be allowed to CREATE DATABASE."""
+    from ..bench.ledger import markdown, run_ledger_bench
+
+    dsn, bindir = _server(ctx)
+    result = run_ledger_bench(
+        dsn,
+        bindir=bindir,
+        entries=entries,
+        commits=commits,
+        clients=clients,
+        seconds=seconds,
+        orgs=orgs,
+        keep=keep,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(markdown(result))
+
+
+@bench.command("proxy")
+@click.option("--seconds", type=click.IntRange(1), default=10, help="Duration of each run.")
+@click.option("--orgs", type=click.IntRange(1), default=200)
+@json_option
+def bench_proxy(seconds: int, orgs: int, as_json: bool) -> None:
+    """The PL/Proxy hop: latency per saga pair at 1 client and pairs/s at 8 clients,
+    through a proxy over two local servers beside one node direct (docs/scale-out.md).
+
+    On a 2-core machine this measures the proxy's overhead, not a speed-up."""
+    from ..bench.proxy import markdown, run_proxy_bench
+
+    figures = run_proxy_bench(
+        seconds=seconds, orgs=orgs, echo=lambda line: click.echo(line, err=True)
+    )
+    if as_json:
+        echo_json(figures)
+    else:
+        click.echo(markdown(figures))
+
+
+@bench.command("spend")
+@click.option("--workspaces", type=click.IntRange(1), default=1000)
+@click.option("--small", type=click.IntRange(1), default=10_000, help="Ledger entries, small.")
+@click.option("--large", type=click.IntRange(1), default=10_000_000, help="Ledger entries, large.")
+@click.option("--calls", type=click.IntRange(1), default=10_000, help="Reservations in the window.")
+@click.option("--repeat", type=click.IntRange(1), default=50, help="Timed calls per query.")
+@click.option("--keep", is_flag=True, help="Keep the scratch databases.")
+@json_option
+@pass_ctx
+def bench_spend(
+    ctx: Context,
+    workspaces: int,
+    small: int,
+    large: int,
+    calls: int,
+    repeat: int,
+    keep: bool,
+    as_json: bool,
+) -> None:
+    """fn_spend_summary with 1,000 workspaces: the same answer time with a small and a
+    large ledger (median ms and the ratio). Scratch databases; needs CREATE DATABASE."""
+    from ..bench.spend import run_spend_bench
+
+    dsn, _bindir = _server(ctx)
+    result = run_spend_bench(
+        dsn,
+        workspaces=workspaces,
+        small=small,
+        large=large,
+        calls=calls,
+        repeat=repeat,
+        keep=keep,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(result.markdown())

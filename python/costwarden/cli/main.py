@@ -1,0 +1,90 @@
+"""The ``costwarden`` command: the root group and the explicit list of its commands.
+
+Without ``--dsn`` / ``COSTWARDEN_DSN`` every command uses the embedded local
+PostgreSQL that ``costwarden up`` created (starting it when it is stopped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import (
+    bench,
+    cluster,
+    demo,
+    guardrails,
+    keys,
+    ledger,
+    pricing,
+    saga,
+    server,
+    settings,
+    spend,
+    tenancy,
+)
+from ._common import Context, CostwardenGroup
+
+
+@click.group(cls=CostwardenGroup)
+@click.option(
+    "--dsn", envvar="COSTWARDEN_DSN", help="PostgreSQL DSN (default: the embedded server)."
+)
+@click.option(
+    "--data-dir",
+    envvar="COSTWARDEN_DATA_DIR",
+    type=click.Path(path_type=Path),
+    help="Embedded server data directory (default: ./.costwarden/pgdata).",
+)
+@click.version_option(package_name="costwarden")
+@click.pass_context
+def main(ctx: click.Context, dsn: str | None, data_dir: Path | None) -> None:
+    """costwarden: budgets, saga and ledger for AI provider calls, inside PostgreSQL.
+
+    Exit codes: 0 success, 1 error (including `status` with migrations pending),
+    2 usage error. Commands that print data take --json.
+    """
+    ctx.obj = Context(dsn, data_dir)
+
+
+#: Every command of ``costwarden``, by module, in the order of ``costwarden --help``'s
+#: sections (click lists them alphabetically).
+COMMANDS: tuple[click.Command, ...] = (
+    # server and schema
+    server.up,
+    server.down,
+    server.migrate,
+    server.status,
+    settings.settings,
+    pricing.pricing,
+    demo.demo,
+    bench.bench,
+    cluster.cluster,
+    # tenants
+    tenancy.orgs,
+    tenancy.workspaces,
+    tenancy.users,
+    tenancy.apikeys,
+    tenancy.models,
+    # budgets and the saga
+    saga.budgets,
+    saga.reservations,
+    saga.quote,
+    saga.expire,
+    saga.worker,
+    spend.spend,
+    # ledger and BYOK
+    ledger.ledger,
+    keys.keys,
+    # guardrails
+    guardrails.circuits,
+    guardrails.anomalies,
+    guardrails.shadow_report,
+    guardrails.watch,
+    guardrails.audit,
+    guardrails.spend_report,
+)
+
+for _command in COMMANDS:
+    main.add_command(_command)

@@ -1,0 +1,28 @@
+"""The story `make demo` (`costwarden demo`) tells, on a live database, through the
+public client API only. Not part of the library: ``import costwarden`` never loads it.
+
+- :mod:`.story`: quotes, layered budgets, concurrent agents, shadow mode, a streaming
+  call aborted by a meter tick, an expired reservation, spend per scope (sections 1-7);
+- :mod:`.byok`, :mod:`.guardrails`, :mod:`.ledger`: the sections told after it, in the
+  order of :data:`SECTIONS`.
+"""
+
+from __future__ import annotations
+
+from . import byok, guardrails, ledger
+from .story import MAX_CALLS, DemoSummary, Echo, Section, run_story
+
+__all__ = ["MAX_CALLS", "SECTIONS", "DemoSummary", "run_demo"]
+
+#: The sections told after the story, in order: the ledger comes last, so that its
+#: verification covers every entry the demo booked.
+SECTIONS: tuple[tuple[str, Section], ...] = (
+    ("byok", byok.demo_section),
+    ("guardrails", guardrails.demo_section),
+    ("ledger", ledger.demo_section),
+)
+
+
+def run_demo(dsn: str, echo: Echo = print, *, hooks: bool = True) -> DemoSummary:
+    """The whole demo; ``hooks=False`` tells the story (sections 1-7) only."""
+    return run_story(dsn, echo, sections=SECTIONS if hooks else ())

@@ -1,0 +1,498 @@
+-- Core: the pieces several concerns use. Every other file in sql/functions/
+-- may call what this file defines; this file calls nothing defined later.
+--
+--   errors and arguments   _raise, _require_text, _require_limit, _require_org, _optional_org,
+--                          _require_workspace, _require_model, _require_provider
+--   who is calling         _actor, _caller_is_privileged
+--   audit                  _audit (the writer; the listing is 01_audit.sql)
+--   alerts                 _alert_emit (the writer; fn_alert_get is 09_alerts.sql)
+--   append-only tables     _forbid_mutation (the trigger function), _append_only
+--   settings (hot path)    _setting
+--   call context           _context_user
+--   pools                  _pool_ensure, _context_pool_ids, _lock_pools, _pools_unhold
+--   locks (row locks)      _lock_key, _lock_stripe, _lock_named, _try_lock_named
+--   reservation record     _reservation_id, _reservation_for_update, _reason
+--
+-- PUBLIC executes nothing here: per-schema default privileges cannot revoke
+-- the global default EXECUTE on new functions, so the migration runner ends
+-- its transaction with
+--   revoke all on all functions / tables / sequences in schema costwarden from public
+-- and each file grants EXECUTE per role explicitly.
+--
+-- Convention: every fn_* function is SECURITY DEFINER with
+--   set search_path = pg_catalog, pg_temp
+-- and schema-qualified bodies. Internal helpers (named _*) are SECURITY
+-- INVOKER, executable by nobody but the owner, and carry no SET clause: they
+-- run inside an fn_* caller's pinned search_path, and without the clause the
+-- small SQL ones are inlined and the plpgsql ones skip a GUC save/restore on
+-- every call of the hot path. Trigger functions keep the clause, since they
+-- run in whatever session fires them.
+--
+-- lock order: docs/internals.md#lock-order
+
+-- Internal: raise a costwarden error. p_code is one of CW001..CW007 (SPEC §8).
+create or replace function costwarden._raise(p_code text, p_message text, p_hint text default null)
+returns void
+language plpgsql volatile
+as $$
+begin
+    if p_hint is null then
+        raise exception using errcode = p_code, message = p_message;
+    end if;
+    raise exception using errcode = p_code, message = p_message, hint = p_hint;
+end
+$$;
+
+-- Internal: a required text argument, trimmed of nothing, non-empty.
+create or replace function costwarden._require_text(p_value text, p_arg text, p_max integer default 200)
+returns text
+language plpgsql immutable
+as $$
+begin
+    if p_value is null then
+        perform costwarden._raise('CW004', format('%s is required', p_arg));
+    end if;
+    if p_value = '' or p_value <> btrim(p_value) then
+        perform costwarden._raise('CW004', format('%s must be a non-empty identifier without surrounding blanks', p_arg));
+    end if;
+    if length(p_value) > p_max then
+        perform costwarden._raise('CW004', format('%s is longer than %s characters', p_arg, p_max));
+    end if;
+    return p_value;
+end
+$$;
+
+-- Internal: a page or batch size argument p_arg, 1 to p_max (CW004 otherwise).
+create or replace function costwarden._require_limit(
+    p_limit integer, p_max integer default 100000, p_arg text default 'p_limit'
+)
+returns integer
+language plpgsql stable
+as $$
+begin
+    if p_limit is null or p_limit < 1 or p_limit > p_max then
+        perform costwarden._raise('CW004', format('%s must be between 1 and %s', p_arg, p_max));
+    end if;
+    return p_limit;
+end
+$$;
+
+-- Internal: blocks UPDATE / DELETE / TRUNCATE on append-only tables (CW001):
+-- the audit log, pricing snapshots, the ledger and its heads, BYOK keys and
+-- their resolve trail, circuit events.
+create or replace function costwarden._forbid_mutation()
+returns trigger
+language plpgsql set search_path = pg_catalog, pg_temp
+as $$
+begin
+    -- raised here, not through _raise: a role granted the table may not execute _raise
+    raise exception using
+        errcode = 'CW001',
+        message = format('%s.%s is append-only: %s is not allowed', tg_table_schema, tg_table_name, lower(tg_op));
+end
+$$;
+
+-- Internal: make a table append-only. Two triggers that raise CW001 through
+-- _forbid_mutation: p_row_trigger before p_events (update or delete, or
+-- delete alone) for each row, and <table>_no_truncate before truncate. The
+-- function files that own the tables call it.
+create or replace function costwarden._append_only(p_table regclass, p_row_trigger text, p_events text)
+returns void
+language plpgsql
+as $$
+begin
+    -- the events are chosen from two literals, never interpolated
+    if p_events = 'update or delete' then
+        execute format('create or replace trigger %I before update or delete on %s '
+                       'for each row execute function costwarden._forbid_mutation()', p_row_trigger, p_table);
+    elsif p_events = 'delete' then
+        execute format('create or replace trigger %I before delete on %s '
+                       'for each row execute function costwarden._forbid_mutation()', p_row_trigger, p_table);
+    else
+        raise exception 'costwarden._append_only: p_events must be ''update or delete'' or ''delete''';
+    end if;
+    execute format('create or replace trigger %I before truncate on %s '
+                   'for each statement execute function costwarden._forbid_mutation()',
+                   (select c.relname from pg_catalog.pg_class as c where c.oid = p_table) || '_no_truncate',
+                   p_table);
+end
+$$;
+
+-- The actor of a call (SPEC §9, §12). When the session user is a member of
+-- costwarden_authenticator (an HTTP layer such as PostgREST or costwarden serve
+-- that logs in and then SET ROLEs; superusers count as members):
+-- request.jwt.claims (org_id, sub) when set, else costwarden.actor_org /
+-- costwarden.actor_user. Any other session -- or a trusted one that names no
+-- actor -- gets the login binding of its session user (fn_tenant_login_bind).
+-- Settings made by an untrusted session are ignored. Both may be null.
+create or replace function costwarden._actor(out org_id text, out user_id text)
+language plpgsql stable
+as $$
+declare
+    v_claims text;
+    v_json jsonb;
+begin
+    if pg_has_role(session_user, 'costwarden_authenticator', 'MEMBER') then
+        v_claims := nullif(current_setting('request.jwt.claims', true), '');
+        if v_claims is not null then
+            begin
+                v_json := v_claims::jsonb;
+            exception when others then
+                perform costwarden._raise('CW005', 'request.jwt.claims is not valid JSON');
+            end;
+            org_id := nullif(v_json ->> 'org_id', '');
+            user_id := nullif(v_json ->> 'sub', '');
+        end if;
+        org_id := coalesce(org_id, nullif(current_setting('costwarden.actor_org', true), ''));
+        user_id := coalesce(user_id, nullif(current_setting('costwarden.actor_user', true), ''));
+        if org_id is not null or user_id is not null then
+            return;
+        end if;
+    end if;
+    select b.org_id, b.user_id into org_id, user_id
+    from costwarden._tenant_logins as b
+    where b.login = session_user;
+end
+$$;
+
+-- Internal: record one admin change.
+create or replace function costwarden._audit(
+    p_action text, p_org_id text, p_target jsonb, p_before jsonb, p_after jsonb
+)
+returns void
+language plpgsql
+as $$
+declare
+    v_actor record;
+begin
+    select * into v_actor from costwarden._actor();
+    insert into costwarden._audit_log (db_role, actor_org, actor_user, action, org_id, target, before, after)
+    values (session_user, v_actor.org_id, v_actor.user_id, p_action, p_org_id, p_target, p_before, p_after);
+end
+$$;
+
+-- Internal, hot path: the value in force (changed value or default). No validation.
+create or replace function costwarden._setting(p_key text)
+returns jsonb
+language sql stable parallel safe
+as $$
+    select coalesce(
+        (select s.value from costwarden._settings as s where s.key = p_key),
+        (select d.default_value from costwarden._setting_defs as d where d.key = p_key)
+    )
+$$;
+
+-- Internal: existence checks raising CW002 with the argument's name.
+create or replace function costwarden._require_org(p_org_id text)
+returns text
+language plpgsql stable
+as $$
+begin
+    if p_org_id is null or p_org_id = '' then
+        perform costwarden._raise('CW004', 'p_org_id is required');
+    end if;
+    if not exists (select from costwarden._orgs where org_id = p_org_id) then
+        perform costwarden._raise('CW002', format('p_org_id: unknown org %L', p_org_id));
+    end if;
+    return p_org_id;
+end
+$$;
+
+-- Internal: an optional org filter of a listing: null (every org) or a known org.
+create or replace function costwarden._optional_org(p_org_id text)
+returns text
+language plpgsql stable
+as $$
+begin
+    if p_org_id is not null then
+        perform costwarden._require_org(p_org_id);
+    end if;
+    return p_org_id;
+end
+$$;
+
+create or replace function costwarden._require_workspace(p_org_id text, p_workspace_id text)
+returns costwarden._workspaces
+language plpgsql stable
+as $$
+declare
+    v_ws costwarden._workspaces;
+begin
+    perform costwarden._require_org(p_org_id);
+    if p_workspace_id is null or p_workspace_id = '' then
+        perform costwarden._raise('CW004', 'p_workspace_id is required');
+    end if;
+    select * into v_ws from costwarden._workspaces where org_id = p_org_id and workspace_id = p_workspace_id;
+    if not found then
+        perform costwarden._raise('CW002', format('p_workspace_id: unknown workspace %L in org %L', p_workspace_id, p_org_id));
+    end if;
+    return v_ws;
+end
+$$;
+
+create or replace function costwarden._require_model(p_model text, p_arg text default 'p_model')
+returns costwarden._models
+language plpgsql stable
+as $$
+declare
+    v_model costwarden._models;
+begin
+    if p_model is null or p_model = '' then
+        perform costwarden._raise('CW004', format('%s is required', p_arg));
+    end if;
+    select * into v_model from costwarden._models where model = p_model;
+    if not found then
+        perform costwarden._raise('CW002', format('%s: unknown model %L', p_arg, p_model));
+    end if;
+    return v_model;
+end
+$$;
+
+-- Internal: p_provider must name a provider of the catalogue (some model of
+-- it): CW004 when missing, empty or longer than 100 characters, CW002 when
+-- unknown, worded by p_unknown (a format with one %L, the provider) so that
+-- each family of RPCs keeps its documented message.
+create or replace function costwarden._require_provider(
+    p_provider text,
+    p_unknown text default 'p_provider: unknown provider %L (no model of it in the catalogue)'
+)
+returns text
+language plpgsql stable
+as $$
+begin
+    perform costwarden._require_text(p_provider, 'p_provider', 100);
+    if not exists (select from costwarden._models as m where m.provider = p_provider) then
+        perform costwarden._raise('CW002', format(p_unknown, p_provider));
+    end if;
+    return p_provider;
+end
+$$;
+
+-- Internal: check the user and key of a call context (SPEC §2) and return
+-- the effective user: the given one, else the key's owner. An unknown user or
+-- key is CW002; a key of another workspace or another user is CW004.
+create or replace function costwarden._context_user(
+    p_org_id text, p_workspace_id text, p_user_id text, p_key_id text
+)
+returns text
+language plpgsql stable
+as $$
+declare
+    v_key costwarden._keys;
+begin
+    if p_user_id is not null
+       and not exists (select from costwarden._users as u where u.org_id = p_org_id and u.user_id = p_user_id) then
+        perform costwarden._raise('CW002', format('p_user_id: unknown user %L in org %L', p_user_id, p_org_id));
+    end if;
+    if p_key_id is null then
+        return p_user_id;
+    end if;
+    select * into v_key from costwarden._keys as k where k.org_id = p_org_id and k.key_id = p_key_id;
+    if not found then
+        perform costwarden._raise('CW002', format('p_key_id: unknown key %L in org %L', p_key_id, p_org_id));
+    end if;
+    if v_key.workspace_id is not null and v_key.workspace_id <> p_workspace_id then
+        perform costwarden._raise('CW004', format('p_key_id: key %L belongs to workspace %L',
+                                                  p_key_id, v_key.workspace_id));
+    end if;
+    if v_key.user_id is not null and p_user_id is not null and v_key.user_id <> p_user_id then
+        perform costwarden._raise('CW004', format('p_key_id: key %L belongs to another user', p_key_id));
+    end if;
+    return coalesce(p_user_id, v_key.user_id);
+end
+$$;
+
+-- Internal: ensure a pool row exists (idempotent).
+create or replace function costwarden._pool_ensure(p_org_id text, p_kind text, p_scope_id text)
+returns void
+language sql
+as $$
+    insert into costwarden._pools (org_id, kind, scope_id)
+    values (p_org_id, p_kind, coalesce(p_scope_id, ''))
+    on conflict (org_id, kind, scope_id) do nothing
+$$;
+
+-- Internal: the pools a call's spend counts against, ascending: the org's, the
+-- workspace's, and the key's and the user's when given (reserve, spend
+-- reports, ledger adjustments). Pool ids never change: reading them needs no
+-- lock; callers lock them with _lock_pools.
+create or replace function costwarden._context_pool_ids(
+    p_org_id text, p_workspace_id text, p_key_id text default null, p_user_id text default null
+)
+returns bigint[]
+language sql stable
+as $$
+    select coalesce(array_agg(p.pool_id order by p.pool_id), '{}')
+    from costwarden._pools as p
+    where p.org_id = p_org_id
+      and ((p.kind = 'org' and p.scope_id = '')
+           or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
+           or (p.kind = 'key' and p.scope_id = p_key_id)
+           or (p.kind = 'user' and p.scope_id = p_user_id))
+$$;
+
+-- Internal: the key of a keyed lock (_lock_stripe): a namespace such as
+-- 'costwarden.byok' and the parts that name what is locked, joined with
+-- chr(1) (a null part counts as empty) and hashed to 64 bits. (No advisory
+-- lock: any role can take one, SPEC §12.)
+-- lock order: docs/internals.md#lock-order
+create or replace function costwarden._lock_key(variadic p_parts text[])
+returns bigint
+language sql immutable parallel safe
+as $$
+    select hashtextextended(array_to_string(p_parts, chr(1), ''), 0)
+$$;
+
+-- Internal: is the caller (after SET ROLE, else the login role) a service or
+-- admin caller, as opposed to a tenant-only one?
+create or replace function costwarden._caller_is_privileged()
+returns boolean
+language sql stable
+as $$
+    select pg_has_role(
+        case when current_setting('role') = 'none' then session_user else current_setting('role') end,
+        'costwarden_service', 'MEMBER')
+$$;
+
+-- Internal: a named lock (a row of the private table _locks; no other role
+-- can lock it): exclusive (FOR UPDATE) or shared (FOR SHARE), held to the end
+-- of the transaction.
+create or replace function costwarden._lock_named(p_name text, p_shared boolean default false)
+returns void
+language plpgsql
+as $$
+begin
+    if p_shared then
+        perform from costwarden._locks as l where l.lock_name = p_name for share;
+    else
+        perform from costwarden._locks as l where l.lock_name = p_name for update;
+    end if;
+    if not found then
+        raise exception 'costwarden: no lock named %', p_name;
+    end if;
+end
+$$;
+
+-- Internal: take the named lock exclusively if nobody holds it; false at once otherwise.
+create or replace function costwarden._try_lock_named(p_name text)
+returns boolean
+language plpgsql
+as $$
+begin
+    perform from costwarden._locks as l where l.lock_name = p_name for update skip locked;
+    return found;
+end
+$$;
+
+-- Internal: the exclusive lock of one key (_lock_key), held to the end of the
+-- transaction: the row lock of its stripe of the private table _lock_stripes
+-- (the key mod 4096), which no other role can take.
+create or replace function costwarden._lock_stripe(p_key bigint)
+returns void
+language plpgsql
+as $$
+begin
+    perform from costwarden._lock_stripes as s
+    where s.stripe = (p_key & 4095)::integer
+    for update;
+end
+$$;
+
+-- Internal: record an alert (budget, anomaly, circuit) and announce it on
+-- channel costwarden_alerts. Any role can LISTEN, so the notification carries
+-- only {"kind", "alert_id", "level"} (SPEC §12); fn_alert_get (09_alerts.sql)
+-- reads the alert.
+create or replace function costwarden._alert_emit(p_kind text, p_level text, p_org_id text, p_payload jsonb)
+returns bigint
+language plpgsql
+volatile
+as $$
+declare
+    v_id bigint;
+begin
+    insert into costwarden._alert_events (kind, level, org_id, payload)
+    values (p_kind, p_level, p_org_id, p_payload)
+    returning alert_id into v_id;
+    perform pg_notify('costwarden_alerts',
+        jsonb_build_object('kind', p_kind, 'alert_id', v_id, 'level', p_level)::text);
+    return v_id;
+end
+$$;
+
+-- Internal: lock pools in the documented order (ascending pool_id).
+create or replace function costwarden._lock_pools(p_pool_ids bigint[])
+returns void
+language plpgsql
+as $$
+begin
+    perform null from (
+            select p.pool_id from costwarden._pools as p
+            where p.pool_id = any (p_pool_ids)
+            order by p.pool_id
+            for update
+        ) as locked;
+end
+$$;
+
+-- Internal: move a reservation's hold off its pools (taking their locks in order).
+create or replace function costwarden._pools_unhold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
+returns void
+language plpgsql
+as $$
+begin
+    -- locks the pools in the documented order (ascending pool_id), then updates them
+    update costwarden._pools as p
+    set held_micros = p.held_micros - p_micros, held_tokens = p.held_tokens - p_tokens
+    from (
+        select l.pool_id from costwarden._pools as l
+        where l.pool_id = any (p_pool_ids)
+        order by l.pool_id
+        for update
+    ) as locked
+    where p.pool_id = locked.pool_id and (p_micros <> 0 or p_tokens <> 0);
+end
+$$;
+
+-- Internal: a reservation id whose first 32 bits are hashtext(org_id).
+create or replace function costwarden._reservation_id(p_org_id text)
+returns uuid
+language sql volatile
+as $$
+    select overlay(gen_random_uuid()::text placing lpad(to_hex(hashtext(p_org_id)), 8, '0') from 1 for 8)::uuid
+$$;
+
+-- Internal: the reservation row, locked; CW002 when unknown.
+create or replace function costwarden._reservation_for_update(p_reservation_id uuid)
+returns costwarden._reservations
+language plpgsql
+as $$
+declare
+    v_r costwarden._reservations;
+begin
+    if p_reservation_id is null then
+        perform costwarden._raise('CW004', 'p_reservation_id is required');
+    end if;
+    select * into v_r from costwarden._reservations as r where r.reservation_id = p_reservation_id for update;
+    if not found then
+        perform costwarden._raise('CW002', format('p_reservation_id: unknown reservation %s', p_reservation_id));
+    end if;
+    return v_r;
+end
+$$;
+
+-- Internal: one element of a reservation's reasons (SPEC §3): all eleven keys.
+create or replace function costwarden._reason(
+    p_code text, p_scope_kind text default null, p_scope_id text default null,
+    p_period text default null, p_metric text default null, p_window text default null,
+    p_limit bigint default null, p_spent bigint default null, p_held bigint default null,
+    p_requested bigint default null, p_enforced boolean default true
+)
+returns jsonb
+language sql immutable parallel safe
+as $$
+    select jsonb_build_object(
+        'code', p_code, 'scope_kind', p_scope_kind, 'scope_id', p_scope_id, 'period', p_period,
+        'metric', p_metric, 'window', p_window, 'limit', p_limit, 'spent', p_spent,
+        'held', p_held, 'requested', p_requested, 'enforced', p_enforced
+    )
+$$;

@@ -1,0 +1,620 @@
+-- The spend saga (SPEC §3): reserve -> meter -> commit | release, with
+-- expiry, and the reservation listings. The quote is in 05_pricing.sql.
+--
+-- lock order: docs/internals.md#lock-order
+
+-- Internal: book a charge of a reservation: spend buckets + one ledger entry.
+create or replace function costwarden._book_charge(
+    p_r costwarden._reservations, p_usage jsonb, p_micros bigint, p_tokens bigint,
+    p_approximate boolean, p_late boolean,
+    out seq bigint, out entry_hash bytea
+)
+language plpgsql
+as $$
+begin
+    perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now());
+    if p_micros > p_r.amount_micros or p_tokens > p_r.tokens then
+        -- spend grew past the hold (overage, late commit): it may cross an alert threshold (09_alerts.sql)
+        perform costwarden._spend_alerts(p_r.org_id, p_r.workspace_id, p_r.key_id, p_r.user_id);
+    end if;
+    select a.seq, a.entry_hash into seq, entry_hash
+    from costwarden._ledger_append(
+        p_org_id => p_r.org_id, p_entry_type => 'charge', p_amount_micros => p_micros,
+        p_reservation_id => p_r.reservation_id, p_workspace_id => p_r.workspace_id,
+        p_user_id => p_r.user_id, p_key_id => p_r.key_id, p_model => p_r.model,
+        p_billing_mode => p_r.billing_mode, p_usage => p_usage, p_tokens => p_tokens,
+        p_pricing_snapshot_id => p_r.pricing_snapshot_id, p_approximate => p_approximate,
+        p_late => p_late
+    ) as a;
+end
+$$;
+
+-- Internal (reserve, step 1): check every argument of a reservation, in the
+-- order SPEC §8 reports them, and price its usage at the snapshot in force.
+-- Nothing is written. fingerprint: md5 of the arguments as given (p_ttl, not
+-- the resolved default: a retry after a change of default_ttl is still the
+-- same request); ws: the workspace row.
+create or replace function costwarden._reserve_validate(
+    p_org_id text, p_workspace_id text, p_model text, p_usage jsonb, p_user_id text, p_key_id text,
+    p_ttl interval, p_metadata jsonb,
+    out ws costwarden._workspaces, out provider text, out user_id text, out ttl interval,
+    out fingerprint text, out quoted_micros bigint, out quoted_tokens bigint, out snapshot_id bigint,
+    out unpriced_units text[]
+)
+language plpgsql stable
+as $$
+-- the workspace row is one of the OUT values (read once, used by reserve's
+-- billing mode): plpgsql_check's extra warning about a composite OUT value
+-- among others is reviewed in docs/internals.md
+-- @plpgsql_check_options: extra_warnings = off
+begin
+    select * into ws from costwarden._workspaces as w
+    where w.org_id = p_org_id and w.workspace_id = p_workspace_id;
+    if not found then
+        perform costwarden._require_workspace(p_org_id, p_workspace_id);  -- raises the precise error
+    end if;
+    select m.provider into provider from costwarden._models as m where m.model = p_model;
+    if not found then
+        perform costwarden._require_model(p_model);
+    end if;
+    user_id := costwarden._context_user(p_org_id, p_workspace_id, p_user_id, p_key_id);
+    ttl := coalesce(p_ttl, (costwarden._setting('default_ttl') #>> '{}')::interval);
+    if ttl <= interval '0' or ttl > interval '7 days' then
+        perform costwarden._raise('CW004', 'p_ttl must be positive and at most 7 days');
+    end if;
+    if p_metadata is null or jsonb_typeof(p_metadata) <> 'object' then
+        perform costwarden._raise('CW004', 'p_metadata must be a JSON object');
+    end if;
+    select q.amount_micros, q.tokens, q.snapshot_id, q.unpriced_units   -- validates the usage
+    into quoted_micros, quoted_tokens, snapshot_id, unpriced_units
+    from costwarden._quote_price(p_model, p_usage) as q;
+    fingerprint := md5(jsonb_build_array(p_workspace_id, p_model, p_usage, p_user_id, p_key_id,
+                                         p_ttl::text, p_metadata)::text);
+end
+$$;
+
+-- Internal (reserve, step 2): idempotency. The reservation made earlier with
+-- p_idempotency_key in the org, or a row of nulls when there is none. Takes a
+-- keyed lock on (org, key) first (a _lock_stripes row), so that a concurrent repeat
+-- waits for the first call's decision (lock order: docs/internals.md#lock-order).
+-- CW007 when the earlier reservation was made with other arguments.
+create or replace function costwarden._reserve_repeat(
+    p_org_id text, p_idempotency_key text, p_fingerprint text
+)
+returns costwarden._reservations
+language plpgsql
+as $$
+declare
+    v_prev costwarden._reservations;
+begin
+    perform costwarden._require_text(p_idempotency_key, 'p_idempotency_key', 255);
+    perform costwarden._lock_stripe(costwarden._lock_key('costwarden.reserve', p_org_id, p_idempotency_key));
+    select * into v_prev from costwarden._reservations as r
+    where r.org_id = p_org_id and r.idempotency_key = p_idempotency_key;
+    if found and v_prev.request_fingerprint <> p_fingerprint then
+        perform costwarden._raise('CW007', format(
+            'p_idempotency_key: %L was used for a reservation with other arguments', p_idempotency_key));
+    end if;
+    return v_prev;
+end
+$$;
+
+-- Internal (reserve, step 6): admission. Locks the pools (ascending pool_id,
+-- held until commit: lock order: docs/internals.md#lock-order) and checks
+-- every applicable limit for the request: reasons has one element per limit
+-- it would break (enforced unless the limit is shadow or billing_enforce is
+-- false), refused is true when an enforced one refuses it, alerts lists the
+-- limits it brings to >= 80% (09_alerts.sql; announced once decided).
+create or replace function costwarden._reserve_admit(
+    p_org_id text, p_workspace_id text, p_key_id text, p_user_id text, p_pool_ids bigint[],
+    p_micros bigint, p_tokens bigint,
+    out reasons jsonb, out refused boolean, out alerts jsonb
+)
+language plpgsql
+as $$
+declare
+    v_enforce boolean := (costwarden._setting('billing_enforce'))::boolean;
+    v_enforced boolean;
+    v_c record;
+begin
+    reasons := '[]'::jsonb;
+    refused := false;
+    alerts := '[]'::jsonb;
+    perform costwarden._lock_pools(p_pool_ids);
+    for v_c in
+        select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, p_micros, p_tokens)
+    loop
+        if v_c.fails then
+            v_enforced := v_enforce and v_c.mode = 'enforce';
+            reasons := reasons || costwarden._limit_reason(
+                v_c.metric, v_c.scope_kind, v_c.scope_id, v_c.period, v_c.window_kind,
+                v_c.limit_value, v_c.spent, v_c.held, v_c.requested, v_enforced);
+            refused := refused or v_enforced;
+        end if;
+        if v_c.limit_value > 0
+           and (v_c.spent::numeric + v_c.held + v_c.requested) * 5 >= v_c.limit_value::numeric * 4 then
+            alerts := alerts || jsonb_build_array(jsonb_build_array(v_c.scope_kind, v_c.scope_id,
+                v_c.period, v_c.metric, v_c.window_kind, v_c.limit_value, v_c.spent + v_c.held,
+                v_c.spent + v_c.held + v_c.requested));
+        end if;
+    end loop;
+end
+$$;
+
+create or replace function costwarden.fn_cost_reserve(
+    p_org_id text,
+    p_workspace_id text,
+    p_model text,
+    p_usage jsonb,
+    p_user_id text default null,
+    p_key_id text default null,
+    p_idempotency_key text default null,
+    p_ttl interval default null,
+    p_metadata jsonb default '{}'
+)
+returns table (
+    reservation_id uuid, status text, amount_micros bigint, tokens bigint,
+    expires_at timestamptz, billing_mode text, reasons jsonb
+)
+language plpgsql security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_call record;                          -- the validated call (_reserve_validate)
+    v_prev costwarden._reservations;
+    v_admit record;                         -- the admission decision (_reserve_admit)
+    v_unpriced boolean;
+    v_mode text;
+    v_reasons jsonb := '[]'::jsonb;
+    v_refused boolean := false;
+    v_pool_ids bigint[] := '{}'::bigint[];
+    v_id uuid;
+    v_expires timestamptz;
+begin
+    -- 1. validate (nothing is written before every argument is checked)
+    select * into v_call from costwarden._reserve_validate(
+        p_org_id, p_workspace_id, p_model, p_usage, p_user_id, p_key_id, p_ttl, p_metadata);
+
+    -- 2. idempotency: a repeat returns the first call's row
+    if p_idempotency_key is not null then
+        v_prev := costwarden._reserve_repeat(p_org_id, p_idempotency_key, v_call.fingerprint);
+        if v_prev.reservation_id is not null then
+            return query select v_prev.reservation_id,
+                case when v_prev.status = 'denied' then 'denied' else 'held' end,
+                v_prev.quoted_micros, v_prev.quoted_tokens,
+                case when v_prev.status = 'denied' then null else v_prev.created_at + v_prev.ttl end,
+                v_prev.billing_mode, v_prev.reasons;
+            return;
+        end if;
+    end if;
+
+    -- 3. the quote's snapshot is fixed for the reservation's life; unpriced policy
+    --    (incomplete price: unpriced_policy 'free' holds it at the partial price and
+    --    says so; 'reject' records a denial, never CW006, which only the quote raises)
+    v_unpriced := v_call.snapshot_id is null or cardinality(v_call.unpriced_units) > 0;
+    v_mode := (costwarden._billing_mode(v_call.ws)).billing_mode;
+    if v_unpriced then
+        v_refused := costwarden._setting('unpriced_policy') <> '"free"';
+        v_reasons := v_reasons || costwarden._reason('unpriced_model', 'workspace', p_workspace_id,
+                                                     p_requested => v_call.quoted_micros, p_enforced => v_refused);
+    end if;
+
+    -- 4. refusals that no shadow mode lifts
+    if v_mode = 'disabled' then
+        v_reasons := v_reasons || costwarden._reason('billing_disabled', 'workspace', p_workspace_id,
+                                                     p_requested => v_call.quoted_micros);
+        v_refused := true;
+    elsif v_mode = 'byok' and not costwarden._byok_usable(p_org_id, p_workspace_id, v_call.provider) then
+        v_reasons := v_reasons || costwarden._reason('byok_credential_missing', 'workspace', p_workspace_id,
+                                                     p_requested => v_call.quoted_micros);
+        v_refused := true;
+    end if;
+    if costwarden._workspace_frozen(p_org_id, p_workspace_id) then
+        v_reasons := v_reasons || costwarden._reason('anomaly_freeze', 'workspace', p_workspace_id,
+                                                     p_requested => v_call.quoted_micros);
+        v_refused := true;
+    end if;
+
+    -- 5. record the reservation first, so that the admission lock below is held
+    --    as briefly as possible
+    if not v_refused then
+        v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id, p_key_id, v_call.user_id);
+        v_expires := now() + v_call.ttl;
+    end if;
+    v_id := costwarden._reservation_id(p_org_id);
+    insert into costwarden._reservations (
+        reservation_id, org_id, workspace_id, user_id, key_id, model, provider, status, billing_mode,
+        pricing_snapshot_id, usage, quoted_micros, quoted_tokens, amount_micros, tokens, pool_ids,
+        reasons, idempotency_key, request_fingerprint, ttl, metadata, expires_at, finished_at
+    ) values (
+        v_id, p_org_id, p_workspace_id, v_call.user_id, p_key_id, p_model, v_call.provider,
+        case when v_refused then 'denied' else 'held' end, v_mode,
+        v_call.snapshot_id, p_usage, v_call.quoted_micros, v_call.quoted_tokens,
+        case when v_refused then 0 else v_call.quoted_micros end,
+        case when v_refused then 0 else v_call.quoted_tokens end,
+        v_pool_ids, v_reasons, p_idempotency_key, v_call.fingerprint, v_call.ttl, p_metadata, v_expires,
+        case when v_refused then now() end
+    );
+
+    if not v_refused then
+        -- 6. every applicable limit, under the pools' locks
+        select * into v_admit from costwarden._reserve_admit(
+            p_org_id, p_workspace_id, p_key_id, v_call.user_id, v_pool_ids,
+            v_call.quoted_micros, v_call.quoted_tokens);
+        v_refused := v_admit.refused;
+
+        -- 7. the provider's circuit, last: a half-open probe is only spent on a call that goes ahead
+        if not v_refused and not costwarden._circuit_admit(v_call.provider) then
+            v_admit.reasons := v_admit.reasons || costwarden._reason(
+                'circuit_open', 'provider', v_call.provider, p_requested => v_call.quoted_micros);
+            v_refused := true;
+        end if;
+        if v_admit.alerts <> '[]' then
+            perform costwarden._budget_alerts(p_org_id, v_admit.alerts, v_refused);
+        end if;
+
+        -- 8. hold, or turn the record into a denial
+        if v_refused then
+            v_expires := null;
+            update costwarden._reservations as r
+            set status = 'denied', amount_micros = 0, tokens = 0, pool_ids = '{}',
+                reasons = v_reasons || v_admit.reasons, expires_at = null, finished_at = now()
+            where r.reservation_id = v_id;
+        else
+            update costwarden._pools as p
+            set held_micros = p.held_micros + v_call.quoted_micros, held_tokens = p.held_tokens + v_call.quoted_tokens
+            where p.pool_id = any (v_pool_ids) and (v_call.quoted_micros <> 0 or v_call.quoted_tokens <> 0);
+            if v_admit.reasons <> '[]' then
+                update costwarden._reservations as r
+                set reasons = v_reasons || v_admit.reasons where r.reservation_id = v_id;
+            end if;
+        end if;
+        v_reasons := v_reasons || v_admit.reasons;
+    end if;
+    return query select v_id, case when v_refused then 'denied' else 'held' end,
+        v_call.quoted_micros, v_call.quoted_tokens, v_expires, v_mode, v_reasons;
+end
+$$;
+
+-- Internal: the per-unit difference p_usage - p_less (units that differ only).
+create or replace function costwarden._usage_minus(p_usage jsonb, p_less jsonb)
+returns jsonb
+language sql immutable
+as $$
+    select coalesce(jsonb_object_agg(u.key, (u.value::text)::numeric - coalesce((p_less ->> u.key)::numeric, 0)), '{}')
+    from jsonb_each(p_usage) as u
+    where (u.value::text)::numeric <> coalesce((p_less ->> u.key)::numeric, 0)
+$$;
+
+-- Internal: CW004 unless every unit of p_usage is >= the same unit of p_floor.
+create or replace function costwarden._usage_not_below(p_usage jsonb, p_floor jsonb, p_message text)
+returns void
+language plpgsql stable
+as $$
+declare
+    v_unit text;
+begin
+    select f.key into v_unit
+    from jsonb_each(coalesce(p_floor, '{}')) as f
+    where coalesce((p_usage ->> f.key)::numeric, 0) < (f.value::text)::numeric
+    order by f.key
+    limit 1;
+    if v_unit is not null then
+        perform costwarden._raise('CW004', format('p_usage.%s: %s', v_unit, p_message));
+    end if;
+end
+$$;
+
+create or replace function costwarden.fn_cost_meter_tick(p_reservation_id uuid, p_usage jsonb)
+returns table (metered_micros bigint, amount_micros bigint, remaining_micros bigint, action text)
+language plpgsql security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_r costwarden._reservations;
+    v_tokens bigint;
+    v_cost bigint;
+    v_extra bigint;
+    v_extra_tokens bigint;
+    v_action text := 'continue';
+    v_enforce boolean;
+    v_c record;
+    v_shadow jsonb := '[]'::jsonb;
+begin
+    v_r := costwarden._reservation_for_update(p_reservation_id);
+    if v_r.status <> 'held' then
+        perform costwarden._raise('CW003', format('reservation %s is %s, not held: it cannot be metered',
+                                                  p_reservation_id, v_r.status));
+    end if;
+    if v_r.expires_at < now() then
+        perform costwarden._raise('CW003', format('reservation %s expired at %s', p_reservation_id, v_r.expires_at));
+    end if;
+    select p.tokens, p.amount_micros into v_tokens, v_cost
+    from costwarden._reservation_price(v_r.pricing_snapshot_id, p_usage) as p;
+    perform costwarden._usage_not_below(p_usage, v_r.metered_usage,
+        'usage is cumulative and must not go backwards');
+    v_extra := greatest(v_cost - v_r.amount_micros, 0);
+    v_extra_tokens := greatest(v_tokens - v_r.tokens, 0);
+    if v_extra > 0 or v_extra_tokens > 0 then
+        -- try to extend the hold by the shortfall under every applicable limit
+        perform costwarden._lock_pools(v_r.pool_ids);
+        v_enforce := (costwarden._setting('billing_enforce'))::boolean;
+        for v_c in
+            select * from costwarden._check_limits(v_r.org_id, v_r.workspace_id, v_r.key_id, v_r.user_id,
+                                                   v_extra, v_extra_tokens)
+            where fails
+        loop
+            if v_enforce and v_c.mode = 'enforce' then
+                v_action := 'abort';
+            else
+                v_shadow := v_shadow || costwarden._limit_reason(
+                    v_c.metric, v_c.scope_kind, v_c.scope_id, v_c.period, v_c.window_kind,
+                    v_c.limit_value, v_c.spent, v_c.held, v_c.requested, false);
+            end if;
+        end loop;
+        if v_action = 'continue' then
+            update costwarden._pools as p
+            set held_micros = p.held_micros + v_extra, held_tokens = p.held_tokens + v_extra_tokens
+            where p.pool_id = any (v_r.pool_ids);
+            v_r.amount_micros := v_r.amount_micros + v_extra;
+            v_r.tokens := v_r.tokens + v_extra_tokens;
+            v_r.reasons := v_r.reasons || v_shadow;
+        end if;
+    end if;
+    update costwarden._reservations as r
+    set metered_usage = p_usage, metered_micros = v_cost, metered_tokens = v_tokens,
+        amount_micros = v_r.amount_micros, tokens = v_r.tokens, reasons = v_r.reasons,
+        expires_at = greatest(r.expires_at, now() + r.ttl)
+    where r.reservation_id = v_r.reservation_id;
+    return query select v_cost, v_r.amount_micros, greatest(v_r.amount_micros - v_cost, 0), v_action;
+end
+$$;
+
+create or replace function costwarden.fn_cost_commit(
+    p_reservation_id uuid, p_usage jsonb, p_approximate boolean default false
+)
+returns table (
+    entry_seq bigint, charged_micros bigint, released_micros bigint, overage_micros bigint, entry_hash text
+)
+language plpgsql security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_r costwarden._reservations;
+    v_tokens bigint;
+    v_cost bigint;
+    v_charge bigint;
+    v_charge_tokens bigint;
+    v_released bigint;
+    v_overage bigint;
+    v_late boolean;
+    v_entry record;
+    v_result jsonb;
+begin
+    if p_usage is null or jsonb_typeof(p_usage) <> 'object' then
+        perform costwarden._raise('CW004', 'p_usage must be a JSON object of usage units');
+    end if;
+    if p_approximate is null then
+        perform costwarden._raise('CW004', 'p_approximate must be true or false');
+    end if;
+    v_r := costwarden._reservation_for_update(p_reservation_id);
+    if v_r.commit_usage is not null then
+        if v_r.commit_usage = p_usage and v_r.commit_approximate = p_approximate then
+            return query select (v_r.commit_result ->> 'entry_seq')::bigint,
+                (v_r.commit_result ->> 'charged_micros')::bigint,
+                (v_r.commit_result ->> 'released_micros')::bigint,
+                (v_r.commit_result ->> 'overage_micros')::bigint,
+                v_r.commit_result ->> 'entry_hash';
+            return;
+        end if;
+        perform costwarden._raise('CW007', format(
+            'p_usage: reservation %s was already committed with other usage', p_reservation_id));
+    end if;
+    if v_r.status not in ('held', 'expired') then
+        perform costwarden._raise('CW003', format('reservation %s is %s: it cannot be committed',
+                                                  p_reservation_id, v_r.status));
+    end if;
+    select p.tokens, p.amount_micros into v_tokens, v_cost
+    from costwarden._reservation_price(v_r.pricing_snapshot_id, p_usage) as p;
+    if v_r.status = 'held' then
+        perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
+        v_charge := v_cost;
+        v_charge_tokens := v_tokens;
+        v_released := greatest(v_r.amount_micros - v_cost, 0);
+        v_overage := greatest(v_cost - v_r.amount_micros, 0);
+        v_late := now() > v_r.expires_at;
+    else
+        -- a late commit: the hold is gone; expiry may have charged metered usage
+        if v_r.charged_micros > 0 or v_r.charged_tokens > 0 then
+            perform costwarden._usage_not_below(p_usage, v_r.metered_usage,
+                'the actual usage is below the metered usage that expiry already charged');
+        end if;
+        perform costwarden._lock_pools(v_r.pool_ids);
+        v_charge := greatest(v_cost - v_r.charged_micros, 0);
+        v_charge_tokens := greatest(v_tokens - v_r.charged_tokens, 0);
+        v_released := 0;
+        v_overage := v_charge;
+        v_late := true;
+    end if;
+    -- a remainder entry records the usage beyond what expiry already charged
+    select * into v_entry from costwarden._book_charge(
+        v_r,
+        case when v_r.status = 'expired' and v_r.metered_usage is not null and v_r.charged_micros + v_r.charged_tokens > 0
+             then costwarden._usage_minus(p_usage, v_r.metered_usage) else p_usage end,
+        v_charge, v_charge_tokens, p_approximate, v_late);
+    v_result := jsonb_build_object('entry_seq', v_entry.seq, 'charged_micros', v_charge,
+        'released_micros', v_released, 'overage_micros', v_overage,
+        'entry_hash', encode(v_entry.entry_hash, 'hex'));
+    update costwarden._reservations as r
+    set status = 'committed', charged_micros = r.charged_micros + v_charge,
+        charged_tokens = r.charged_tokens + v_charge_tokens,
+        amount_micros = 0, tokens = 0,
+        commit_usage = p_usage, commit_approximate = p_approximate, commit_result = v_result,
+        finished_at = now()
+    where r.reservation_id = v_r.reservation_id;
+    return query select v_entry.seq, v_charge, v_released, v_overage, encode(v_entry.entry_hash, 'hex');
+end
+$$;
+
+create or replace function costwarden.fn_cost_release(p_reservation_id uuid, p_reason text default null)
+returns table (released_micros bigint)
+language plpgsql security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_r costwarden._reservations;
+    v_charge bigint := 0;
+begin
+    if p_reason is not null and length(p_reason) > 1000 then
+        perform costwarden._raise('CW004', 'p_reason is longer than 1000 characters');
+    end if;
+    v_r := costwarden._reservation_for_update(p_reservation_id);
+    if v_r.status in ('released', 'expired') then
+        return query select 0::bigint;
+        return;
+    end if;
+    if v_r.status <> 'held' then
+        perform costwarden._raise('CW003', format('reservation %s is %s: it cannot be released',
+                                                  p_reservation_id, v_r.status));
+    end if;
+    perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
+    if v_r.metered_usage is not null and (v_r.metered_micros > 0 or v_r.metered_tokens > 0) then
+        -- the call ran: what the meter ticks recorded is charged, approximately
+        perform costwarden._book_charge(v_r, v_r.metered_usage, v_r.metered_micros, v_r.metered_tokens,
+                                        true, false);
+        v_charge := v_r.metered_micros;
+    end if;
+    update costwarden._reservations as r
+    set status = 'released', release_reason = p_reason, charged_micros = v_charge,
+        charged_tokens = case when v_charge > 0 or v_r.metered_tokens > 0 then v_r.metered_tokens else 0 end,
+        amount_micros = 0, tokens = 0, finished_at = now()
+    where r.reservation_id = v_r.reservation_id;
+    return query select greatest(v_r.amount_micros - v_charge, 0);
+end
+$$;
+
+create or replace function costwarden.fn_cost_expire_reservations(p_batch integer default 1000)
+returns integer
+language plpgsql security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_ids uuid[];
+    v_r costwarden._reservations;
+    v_commit boolean := costwarden._setting('expire_action') = '"commit_metered"';
+    v_n integer := 0;
+    v_charged boolean;
+begin
+    perform costwarden._require_limit(p_batch, 100000, 'p_batch');
+    -- overlapping runs skip each other's rows: nothing is processed twice
+    select coalesce(array_agg(x.reservation_id), '{}') into v_ids
+    from (
+        select r.reservation_id from costwarden._reservations as r
+        where r.status = 'held' and r.expires_at < now()
+        order by r.expires_at
+        limit p_batch
+        for update skip locked
+    ) as x;
+    if cardinality(v_ids) = 0 then
+        return 0;
+    end if;
+    perform costwarden._lock_pools(array(
+        select distinct unnest(r.pool_ids) from costwarden._reservations as r
+        where r.reservation_id = any (v_ids)
+    ));
+    for v_r in
+        select * from costwarden._reservations as r
+        where r.reservation_id = any (v_ids)
+        order by r.org_id, r.expires_at
+    loop
+        perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
+        v_charged := v_commit and v_r.metered_usage is not null
+                     and (v_r.metered_micros > 0 or v_r.metered_tokens > 0);
+        if v_charged then
+            perform costwarden._book_charge(v_r, v_r.metered_usage, v_r.metered_micros, v_r.metered_tokens,
+                                            true, false);
+        end if;
+        update costwarden._reservations as r
+        set status = 'expired', amount_micros = 0, tokens = 0, finished_at = now(),
+            charged_micros = case when v_charged then v_r.metered_micros else 0 end,
+            charged_tokens = case when v_charged then v_r.metered_tokens else 0 end
+        where r.reservation_id = v_r.reservation_id;
+        v_n := v_n + 1;
+    end loop;
+    return v_n;
+end
+$$;
+
+-- Internal: reservations newest first, filtered (both listings below).
+-- Checks p_status and p_limit (up to p_max).
+create or replace function costwarden._reservations_page(
+    p_org_id text, p_user_id text, p_status text, p_limit integer, p_max integer
+)
+returns table (
+    reservation_id uuid, org_id text, workspace_id text, user_id text, key_id text, model text,
+    status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
+    created_at timestamptz, expires_at timestamptz, reasons jsonb
+)
+language plpgsql stable
+as $$
+begin
+    if p_status is not null and p_status not in ('held', 'denied', 'committed', 'released', 'expired') then
+        perform costwarden._raise('CW004', 'p_status must be held, denied, committed, released or expired');
+    end if;
+    perform costwarden._require_limit(p_limit, p_max);
+    return query
+    select r.reservation_id, r.org_id, r.workspace_id, r.user_id, r.key_id, r.model, r.status,
+           r.quoted_micros, r.metered_micros, r.charged_micros, r.created_at, r.expires_at, r.reasons
+    from costwarden._reservations as r
+    where (p_org_id is null or r.org_id = p_org_id)
+      and (p_user_id is null or r.user_id = p_user_id)
+      and (p_status is null or r.status = p_status)
+    order by r.created_at desc, r.reservation_id
+    limit p_limit;
+end
+$$;
+
+create or replace function costwarden.fn_get_my_cost_reservations(p_status text default null, p_limit integer default 100)
+returns table (
+    reservation_id uuid, org_id text, workspace_id text, user_id text, key_id text, model text,
+    status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
+    created_at timestamptz, expires_at timestamptz, reasons jsonb
+)
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_actor record;
+begin
+    select * into v_actor from costwarden._actor();
+    if v_actor.org_id is null then
+        perform costwarden._raise('CW005', 'no actor: a costwarden_authenticator session sets request.jwt.claims or costwarden.actor_org / actor_user; another login needs a binding (fn_tenant_login_bind)');
+    end if;
+    if v_actor.user_id is null and not costwarden._caller_is_privileged() then
+        perform costwarden._raise('CW005', 'a tenant actor needs a user (JWT sub or costwarden.actor_user)');
+    end if;
+    return query select * from costwarden._reservations_page(v_actor.org_id, v_actor.user_id, p_status, p_limit, 10000);
+end
+$$;
+
+-- All reservations of an org (or all orgs), newest first (admin).
+create or replace function costwarden.fn_reservations_list(
+    p_org_id text default null, p_status text default null, p_limit integer default 100
+)
+returns table (
+    reservation_id uuid, org_id text, workspace_id text, user_id text, key_id text, model text,
+    status text, amount_micros bigint, metered_micros bigint, charged_micros bigint,
+    created_at timestamptz, expires_at timestamptz, reasons jsonb
+)
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform costwarden._optional_org(p_org_id);
+    return query select * from costwarden._reservations_page(p_org_id, null, p_status, p_limit, 100000);
+end
+$$;
+
+grant execute on function
+    costwarden.fn_cost_reserve(text, text, text, jsonb, text, text, text, interval, jsonb),
+    costwarden.fn_cost_meter_tick(uuid, jsonb),
+    costwarden.fn_cost_commit(uuid, jsonb, boolean),
+    costwarden.fn_cost_release(uuid, text),
+    costwarden.fn_cost_expire_reservations(integer)
+to costwarden_service;
+grant execute on function costwarden.fn_get_my_cost_reservations(text, integer)
+to costwarden_service, costwarden_tenant;
+grant execute on function costwarden.fn_reservations_list(text, text, integer) to costwarden_admin;

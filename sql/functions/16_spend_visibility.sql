@@ -1,0 +1,389 @@
+-- Spend visibility and limit listings (SPEC §11), the decision on quarantined
+-- spend reports (SPEC §6 "Outlier reports"), and workspace readiness: what
+-- would make every reserve of a workspace refuse (docs/budgets.md,
+-- docs/guardrails.md, docs/byok.md).
+
+-- Internal: the end of the window of a period at p_at. Rolling windows end at
+-- p_at; calendar windows at the start of the next hour / day / week / month in
+-- the org's time zone.
+create or replace function costwarden._window_end(p_period text, p_window text, p_tz text, p_at timestamptz)
+returns timestamptz
+language sql stable parallel safe
+as $$
+    select case
+        when p_window = 'rolling' then p_at
+        else (date_trunc(p_period, p_at at time zone p_tz) + ('1 ' || p_period)::interval) at time zone p_tz
+    end
+$$;
+
+-- Spend, holds, calls and the enforced limits of one scope, or of every scope
+-- of a kind, in the window of (p_period, p_window) at p_at.
+--   spent: the bucketed counters the limit check reads (06_budgets.sql), at
+--          most ~85 rows per scope whatever the size of the ledger, bounded
+--          above by the window's end;
+--   held:  the scope's live holds (now);
+--   calls / denied: the reservations created in the window, counted from the
+--          reservations through an index per scope kind (0011), never the ledger.
+create or replace function costwarden.fn_spend_summary(
+    p_org_id text,
+    p_scope_kind text default 'org',
+    p_scope_id text default null,
+    p_period text default 'month',
+    p_window text default 'calendar',
+    p_at timestamptz default now()
+)
+returns table (
+    scope_kind text, scope_id text, period text, window_kind text,
+    window_start timestamptz, window_end timestamptz,
+    spent_micros bigint, held_micros bigint, spent_tokens bigint, held_tokens bigint,
+    calls bigint, denied bigint,
+    limit_micros bigint, limit_tokens bigint,
+    remaining_micros bigint, remaining_tokens bigint
+)
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_scope_id text;
+    v_tz text;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_res integer;
+    v_rolling boolean;
+    v_calls bigint;
+    v_denied bigint;
+begin
+    -- 1. validate (read-only: nothing to undo on error)
+    if p_scope_kind is null or p_scope_kind not in ('org', 'workspace', 'user', 'key') then
+        perform costwarden._raise('CW004', 'p_scope_kind must be org, workspace, user or key');
+    end if;
+    if p_scope_kind = 'org' then
+        if p_scope_id is not null then
+            perform costwarden._raise('CW004', 'p_scope_id must be null for scope kind org');
+        end if;
+        v_scope_id := '';
+    elsif p_scope_id is not null then
+        v_scope_id := costwarden._require_text(p_scope_id, 'p_scope_id');
+    end if;
+    if p_period is null or p_period not in ('hour', 'day', 'week', 'month') then
+        perform costwarden._raise('CW004', 'p_period must be hour, day, week or month');
+    end if;
+    if p_window is null or p_window not in ('rolling', 'calendar') then
+        perform costwarden._raise('CW004', 'p_window must be rolling or calendar');
+    end if;
+    if p_at is null or not isfinite(p_at) then
+        perform costwarden._raise('CW004', 'p_at must be a finite timestamp');
+    end if;
+
+    -- 2. who may read it: the tenant guard first (a tenant learns nothing about
+    --    other orgs); a tenant reads its own user scope and the keys it owns, no
+    --    org, workspace or listing of other users' scopes (SPEC §11)
+    perform costwarden._tenant_guard(p_org_id, p_scope_kind, v_scope_id);
+    if p_scope_kind in ('org', 'workspace') and not costwarden._caller_is_privileged() then
+        perform costwarden._raise('CW005', format(
+            'p_scope_kind: a tenant may read only its own user scope and its own keys, not %s', p_scope_kind));
+    end if;
+    perform costwarden._require_org(p_org_id);
+    if p_scope_kind <> 'org' and v_scope_id is not null and not exists (
+        select from costwarden._pools as p
+        where p.org_id = p_org_id and p.kind = p_scope_kind and p.scope_id = v_scope_id
+    ) then
+        perform costwarden._raise('CW002', format('p_scope_id: unknown %s %L in org %L', p_scope_kind, v_scope_id, p_org_id));
+    end if;
+
+    v_tz := costwarden._org_tz(p_org_id);
+    v_start := costwarden._window_start(p_period, p_window, v_tz, p_at);
+    v_end := costwarden._window_end(p_period, p_window, v_tz, p_at);
+    v_res := costwarden._period_bucket(p_period);
+    v_rolling := p_window = 'rolling';
+
+    -- 3. calls of one scope: one index range (rolling: (start, p_at]; calendar: [start, end))
+    if v_scope_id is not null then
+        select count(*), count(*) filter (where r.status = 'denied') into v_calls, v_denied
+        from costwarden._reservations as r
+        where r.org_id = p_org_id
+          and (p_scope_kind = 'org'
+               or (p_scope_kind = 'workspace' and r.workspace_id = v_scope_id)
+               or (p_scope_kind = 'user' and r.user_id = v_scope_id)
+               or (p_scope_kind = 'key' and r.key_id = v_scope_id))
+          and r.created_at >= v_start and r.created_at <= v_end
+          and (not v_rolling or r.created_at > v_start)
+          and (v_rolling or r.created_at < v_end);
+    end if;
+
+    return query
+    with scopes as (
+        select p.pool_id, p.scope_id, p.held_micros, p.held_tokens
+        from costwarden._pools as p
+        where p.org_id = p_org_id and p.kind = p_scope_kind
+          and (v_scope_id is null or p.scope_id = v_scope_id)
+    ),
+    listed_calls as (
+        -- the listing: every reservation of the org in the window, once, by scope
+        select case p_scope_kind when 'workspace' then r.workspace_id when 'user' then r.user_id
+                                 else r.key_id end as scope_id,
+               count(*) as calls, count(*) filter (where r.status = 'denied') as denied
+        from costwarden._reservations as r
+        where v_scope_id is null
+          and r.org_id = p_org_id
+          and r.created_at >= v_start and r.created_at <= v_end
+          and (not v_rolling or r.created_at > v_start)
+          and (v_rolling or r.created_at < v_end)
+        group by 1
+    ),
+    figures as (
+        select s.scope_id, s.held_micros, s.held_tokens, sp.micros, sp.tokens, lim.lim_micros, lim.lim_tokens,
+               coalesce(case when v_scope_id is null then lc.calls else v_calls end, 0) as n_calls,
+               coalesce(case when v_scope_id is null then lc.denied else v_denied end, 0) as n_denied
+        from scopes as s
+        cross join lateral (
+            select coalesce(sum(b.micros), 0)::bigint as micros, coalesce(sum(b.tokens), 0)::bigint as tokens
+            from costwarden._spend_buckets as b
+            where b.pool_id = s.pool_id
+              and b.res = v_res
+              and b.bucket_start > v_start - make_interval(secs => v_res)
+              and b.bucket_start <= v_end
+              and (v_rolling or b.bucket_start < v_end)
+        ) as sp
+        cross join lateral (
+            select max(l.limit_value) filter (where l.metric = 'cost') as lim_micros,
+                   max(l.limit_value) filter (where l.metric = 'tokens') as lim_tokens
+            from (
+                select b.metric, b.limit_value
+                from costwarden._budgets as b
+                where p_scope_kind <> 'user'
+                  and b.org_id = p_org_id and b.scope_kind = p_scope_kind and b.scope_id = s.scope_id
+                  and b.period = p_period and b.window_kind = p_window and b.mode = 'enforce'
+                union all
+                select e.metric, e.limit_value
+                from costwarden._user_effective_limits(p_org_id, s.scope_id) as e
+                where p_scope_kind = 'user'
+                  and e.period = p_period and e.window_kind = p_window and e.mode = 'enforce'
+            ) as l
+        ) as lim
+        left join listed_calls as lc on lc.scope_id = s.scope_id
+    )
+    select p_scope_kind, nullif(r.scope_id, ''), p_period, p_window, v_start, v_end,
+           r.micros, r.held_micros, r.tokens, r.held_tokens, r.n_calls, r.n_denied,
+           r.lim_micros, r.lim_tokens,
+           case when r.lim_micros is not null then greatest(r.lim_micros - r.micros - r.held_micros, 0) end,
+           case when r.lim_tokens is not null then greatest(r.lim_tokens - r.tokens - r.held_tokens, 0) end
+    from figures as r
+    where v_scope_id is not null
+       or r.micros <> 0 or r.tokens <> 0 or r.held_micros <> 0 or r.held_tokens <> 0
+       or r.lim_micros is not null or r.lim_tokens is not null
+    order by r.micros desc, r.scope_id;
+end
+$$;
+
+-- Every limit configured in the org: pools, per-user overrides, group limits
+-- and the user default (admin, service).
+create or replace function costwarden.fn_budget_list(p_org_id text, p_scope_kind text default null)
+returns table (
+    scope_kind text, scope_id text, period text, metric text, window_kind text,
+    limit_value bigint, mode text, updated_at timestamptz
+)
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_kinds constant text[] := array['org', 'workspace', 'key', 'user', 'group', 'user_default'];
+begin
+    if p_scope_kind is not null and not p_scope_kind = any (v_kinds) then
+        perform costwarden._raise('CW004', 'p_scope_kind must be null, org, workspace, key, user, group or user_default');
+    end if;
+    perform costwarden._tenant_guard(p_org_id);
+    perform costwarden._require_org(p_org_id);
+    return query
+    select b.scope_kind, nullif(b.scope_id, ''), b.period, b.metric, b.window_kind, b.limit_value, b.mode,
+           b.updated_at
+    from costwarden._budgets as b
+    where b.org_id = p_org_id and (p_scope_kind is null or b.scope_kind = p_scope_kind)
+    order by array_position(v_kinds, b.scope_kind), b.scope_id,
+             array_position(array['hour', 'day', 'week', 'month'], b.period), b.metric, b.window_kind;
+end
+$$;
+
+-- The quarantined spend reports of an org that no admin has decided yet.
+create or replace function costwarden.fn_spend_reports_quarantined(p_org_id text)
+returns table (
+    report_id bigint, org_id text, workspace_id text, source text, delta_micros bigint,
+    reported_at timestamptz
+)
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform costwarden._require_org(p_org_id);
+    return query
+    select q.report_id, q.org_id, q.workspace_id, q.source, q.delta_micros, q.reported_at
+    from costwarden._spend_report_quarantine as q
+    where q.org_id = p_org_id and q.accepted is null
+    order by q.report_id;
+end
+$$;
+
+-- Decide a quarantined report, once: accept books its delta now (a spend_report
+-- ledger entry, counted in the windows from now on); reject books nothing.
+-- Either way its outlier anomaly is acknowledged (a freeze it caused is lifted).
+-- Returns the micros booked. Audited.
+-- lock order: the source row, the report row, pools, ledger head.
+create or replace function costwarden.fn_spend_report_resolve(p_report_id bigint, p_accept boolean)
+returns bigint
+language plpgsql security definer set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_q costwarden._spend_report_quarantine;
+    v_s costwarden._spend_sources;
+    v_by text;
+    v_seq bigint;
+    v_booked bigint := 0;
+begin
+    if p_report_id is null then
+        perform costwarden._raise('CW004', 'p_report_id is required');
+    end if;
+    if p_accept is null then
+        perform costwarden._raise('CW004', 'p_accept must be true (book the delta) or false (book nothing)');
+    end if;
+    select * into v_q from costwarden._spend_report_quarantine as q where q.report_id = p_report_id;
+    if not found then
+        perform costwarden._raise('CW002', format('p_report_id: unknown quarantined spend report %s', p_report_id));
+    end if;
+    select * into v_s from costwarden._spend_sources as s
+    where s.org_id = v_q.org_id and s.workspace_id = v_q.workspace_id and s.source = v_q.source
+    for update;
+    select * into v_q from costwarden._spend_report_quarantine as q where q.report_id = p_report_id for update;
+    if v_q.accepted is not null then
+        perform costwarden._raise('CW003', format('p_report_id: spend report %s was already %s at %s',
+            p_report_id, case when v_q.accepted then 'accepted' else 'rejected' end, v_q.decided_at));
+    end if;
+    v_by := coalesce((select a.user_id from costwarden._actor() as a), session_user::text);
+    if p_accept then
+        v_seq := costwarden._spend_report_book(v_s, v_q.delta_micros);
+        v_booked := v_q.delta_micros;
+        update costwarden._spend_sources as s
+        set booked_micros = s.booked_micros + v_booked
+        where s.org_id = v_q.org_id and s.workspace_id = v_q.workspace_id and s.source = v_q.source;
+    end if;
+    update costwarden._spend_report_quarantine as q
+    set accepted = p_accept, decided_at = now(), decided_by = v_by, booked_micros = v_booked, ledger_seq = v_seq
+    where q.report_id = p_report_id;
+    update costwarden._anomalies as a
+    set acked_at = now(), acked_by = v_by
+    where a.anomaly_id = v_q.anomaly_id and a.acked_at is null;
+    perform costwarden._audit(
+        'spend_report_resolve', v_q.org_id,
+        jsonb_build_object('report_id', p_report_id, 'workspace_id', v_q.workspace_id, 'source', v_q.source,
+                           'delta_micros', v_q.delta_micros),
+        jsonb_build_object('accepted', null),
+        jsonb_build_object('accepted', p_accept, 'booked_micros', v_booked, 'ledger_seq', v_seq,
+                           'anomaly_id', v_q.anomaly_id)
+    );
+    return v_booked;
+end
+$$;
+
+-- Internal: what would refuse every reserve of a workspace, as (problem,
+-- detail); problem is the reason code the reserve would record. No row: ready.
+create or replace function costwarden._workspace_readiness(p_ws costwarden._workspaces)
+returns table (problem text, detail text)
+language plpgsql stable
+as $$
+declare
+    v_mode record;
+    v_provider text;
+begin
+    v_mode := costwarden._billing_mode(p_ws);
+    select m.provider into v_provider from costwarden._models as m where m.model = p_ws.model;
+    if v_mode.billing_mode = 'disabled' then
+        problem := 'billing_disabled';
+        detail := format('workspace %s/%s: billing mode is disabled (%s): every reserve is refused',
+                         p_ws.org_id, p_ws.workspace_id, v_mode.source);
+        return next;
+    elsif v_mode.billing_mode = 'byok' and v_provider is not null
+          and not costwarden._byok_usable(p_ws.org_id, p_ws.workspace_id, v_provider) then
+        problem := 'byok_credential_missing';
+        detail := format('workspace %s/%s bills byok (%s) but has no %s key: every reserve is refused '
+                         '(byok_credential_missing) until one is stored with fn_byok_key_put',
+                         p_ws.org_id, p_ws.workspace_id, v_mode.source, v_provider);
+        return next;
+    elsif v_mode.billing_mode = 'byok' and v_provider is null and not exists (
+        select from costwarden._byok_keys as k
+        where k.org_id = p_ws.org_id and k.workspace_id = p_ws.workspace_id and k.revoked_at is null
+    ) then
+        problem := 'byok_credential_missing';
+        detail := format('workspace %s/%s bills byok (%s) and has no model and no key: every reserve is refused '
+                         '(byok_credential_missing) until a key for the model''s provider is stored',
+                         p_ws.org_id, p_ws.workspace_id, v_mode.source);
+        return next;
+    end if;
+    if p_ws.model is not null and costwarden._setting('unpriced_policy') = '"reject"' and not exists (
+        select from costwarden._pricing_snapshots as ps where ps.model = p_ws.model and ps.effective_from <= now()
+    ) then
+        problem := 'unpriced_model';
+        detail := format('workspace %s/%s: model %s has no pricing snapshot in force: reserves are denied '
+                         '(unpriced_model) until fn_pricing_set loads one', p_ws.org_id, p_ws.workspace_id, p_ws.model);
+        return next;
+    end if;
+    if costwarden._workspace_frozen(p_ws.org_id, p_ws.workspace_id) then
+        problem := 'anomaly_freeze';
+        detail := format('workspace %s/%s is frozen by an unacknowledged anomaly (fn_anomaly_ack lifts it)',
+                         p_ws.org_id, p_ws.workspace_id);
+        return next;
+    end if;
+end
+$$;
+
+-- The companion check of fn_workspace_upsert / fn_workspace_billing_mode: what
+-- would refuse every reserve of the workspace (admin, service).
+create or replace function costwarden.fn_workspace_readiness(p_org_id text, p_workspace_id text)
+returns table (problem text, detail text)
+language plpgsql stable security definer set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return query
+    select r.problem, r.detail
+    from costwarden._workspace_readiness(costwarden._require_workspace(p_org_id, p_workspace_id)) as r;
+end
+$$;
+
+-- A workspace whose model or billing override changes (fn_workspace_upsert,
+-- fn_workspace_seed_model) into byok without a key for its provider is
+-- reported at once: a WARNING with SQLSTATE 01CW0 that psql prints and the
+-- Python client turns into a costwarden.ReadinessWarning (the CLI prints it).
+-- Reserve still refuses (byok_credential_missing): the warning changes nothing.
+create or replace function costwarden._workspaces_byok_warning()
+returns trigger
+language plpgsql
+as $$
+declare
+    v_r record;
+begin
+    if tg_op = 'UPDATE' and old.model is not distinct from new.model
+       and old.billing_override is not distinct from new.billing_override then
+        return null;
+    end if;
+    for v_r in
+        select r.detail from costwarden._workspace_readiness(new) as r where r.problem = 'byok_credential_missing'
+    loop
+        raise warning '%', v_r.detail using
+            errcode = '01CW0',
+            hint = 'store a key (costwarden keys put) or choose another billing mode; '
+                   'fn_workspace_readiness lists what refuses reserves';
+    end loop;
+    return null;
+end
+$$;
+
+create or replace trigger _workspaces_byok_warning
+after insert or update of model, billing_override on costwarden._workspaces
+for each row execute function costwarden._workspaces_byok_warning();
+
+grant execute on function
+    costwarden.fn_spend_summary(text, text, text, text, text, timestamptz)
+to costwarden_admin, costwarden_service, costwarden_tenant;
+grant execute on function
+    costwarden.fn_budget_list(text, text),
+    costwarden.fn_workspace_readiness(text, text)
+to costwarden_admin, costwarden_service;
+grant execute on function
+    costwarden.fn_spend_reports_quarantined(text),
+    costwarden.fn_spend_report_resolve(bigint, boolean)
+to costwarden_admin;

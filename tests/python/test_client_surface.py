@@ -1,0 +1,180 @@
+"""One client surface: Client is generated from AsyncClient (costwarden/aio.py by
+tools/async_to_sync.py), so both expose the same public methods with the same
+signatures, and every method runs a statement of costwarden/_sql.py."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import re
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import costwarden
+from costwarden import _sql, aio, spool
+from costwarden import client as client_module
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: The async spelling of a name in an annotation -> its sync twin (kept here apart
+#: from the generator's table on purpose: the test states the contract itself).
+ASYNC_TO_SYNC = {
+    "AsyncClient": "Client",
+    "AsyncReservationHandle": "ReservationHandle",
+    "AsyncConnectionPool": "ConnectionPool",
+    "AsyncConnection": "Connection",
+    "AsyncIterator": "Iterator",
+}
+
+PAIRS = [
+    (costwarden.Client, costwarden.AsyncClient),
+    (costwarden.ReservationHandle, client_module.AsyncReservationHandle),
+]
+
+#: Public AsyncClient methods that run no statement of their own, and why.
+NO_STATEMENT = {
+    "close": "closes the pool",
+    "reservation": "composes reserve / meter / commit / release",
+    "replay_spool": "runs the statements the spool's replay yields (costwarden.spool)",
+}
+
+
+def public_methods(cls: type) -> dict[str, Callable[..., Any]]:
+    return {
+        name: fn
+        for name, fn in inspect.getmembers(cls, inspect.isfunction)
+        if not name.startswith("_") or name in ("__init__", "__enter__", "__aenter__")
+    }
+
+
+def to_sync(annotation: Any) -> Any:
+    if not isinstance(annotation, str):
+        return annotation
+    for old, new in ASYNC_TO_SYNC.items():
+        annotation = re.sub(rf"\b{old}\b", new, annotation)
+    return annotation
+
+
+def load_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "async_to_sync", ROOT / "tools" / "async_to_sync.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_sync_client_is_up_to_date() -> None:
+    tool = load_tool()
+    generated = tool.generate((ROOT / "python" / "costwarden" / "aio.py").read_text())
+    committed = (ROOT / "python" / "costwarden" / "_client_sync.py").read_text()
+    assert generated == committed, "run: .venv/bin/python tools/async_to_sync.py"
+    assert "async " not in generated and "await " not in generated
+
+
+def test_the_generator_refuses_what_it_cannot_translate() -> None:
+    tool = load_tool()
+    with pytest.raises(SystemExit, match=r"asyncio\.gather"):
+        tool.generate("import asyncio\n\nasync def f():\n    await asyncio.gather()\n")
+
+
+@pytest.mark.parametrize(("sync_cls", "async_cls"), PAIRS, ids=lambda c: c.__name__)
+def test_same_public_methods(sync_cls: type, async_cls: type) -> None:
+    sync = set(public_methods(sync_cls)) - {"__enter__"}
+    asyn = set(public_methods(async_cls)) - {"__aenter__"}
+    assert sync == asyn
+    assert len(sync) >= (40 if sync_cls is costwarden.Client else 5)
+
+
+@pytest.mark.parametrize(("sync_cls", "async_cls"), PAIRS, ids=lambda c: c.__name__)
+def test_identical_signatures(sync_cls: type, async_cls: type) -> None:
+    sync_methods, async_methods = public_methods(sync_cls), public_methods(async_cls)
+    for name, sync_fn in sync_methods.items():
+        if name == "__enter__":
+            continue
+        async_fn = async_methods[name]
+        s, a = inspect.signature(sync_fn), inspect.signature(async_fn)
+        assert [p.name for p in s.parameters.values()] == [p.name for p in a.parameters.values()], (
+            name
+        )
+        for sp, ap in zip(s.parameters.values(), a.parameters.values(), strict=True):
+            assert sp.kind == ap.kind, (name, sp.name)
+            assert sp.default == ap.default, (name, sp.name)
+            assert sp.annotation == to_sync(ap.annotation), (name, sp.name)
+        assert s.return_annotation == to_sync(a.return_annotation), name
+        assert inspect.getdoc(sync_fn) is not None or inspect.getdoc(async_fn) is None, name
+
+
+@pytest.mark.parametrize(("sync_cls", "async_cls"), PAIRS, ids=lambda c: c.__name__)
+def test_sync_returns_t_async_awaitable_t(sync_cls: type, async_cls: type) -> None:
+    for name, async_fn in public_methods(async_cls).items():
+        sync_fn = getattr(sync_cls, "__enter__" if name == "__aenter__" else name)
+        wrapped = getattr(async_fn, "__wrapped__", None)
+        if wrapped is not None:  # a context manager: ``with`` and ``async with``
+            assert inspect.isasyncgenfunction(wrapped), name
+            assert inspect.isgeneratorfunction(sync_fn.__wrapped__), name
+        elif name == "__init__":
+            continue
+        else:
+            assert inspect.iscoroutinefunction(async_fn), name
+            assert not inspect.iscoroutinefunction(sync_fn), name
+            assert not inspect.isgeneratorfunction(sync_fn), name
+
+
+def statements_of(module: ModuleType, cls_name: str) -> dict[str, set[str]]:
+    """method name -> the names of _sql (``q.<name>``) its body refers to."""
+    tree = ast.parse(inspect.getsource(module))
+    (cls,) = (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name)
+    found: dict[str, set[str]] = {}
+    for fn in cls.body:
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) and not fn.name.startswith("_"):
+            found[fn.name] = {
+                n.attr
+                for n in ast.walk(fn)
+                if isinstance(n, ast.Attribute)
+                and isinstance(n.value, ast.Name)
+                and n.value.id == "q"
+            }
+    return found
+
+
+def test_every_method_maps_to_a_statement_in_sql() -> None:
+    methods = statements_of(aio, "AsyncClient")
+    assert set(methods) == set(public_methods(costwarden.AsyncClient)) - {"__init__", "__aenter__"}
+    for name, used in methods.items():
+        if name in NO_STATEMENT:
+            continue
+        statements = []
+        for builder in used:
+            target = getattr(_sql, builder)  # AttributeError: not in _sql.py
+            if isinstance(target, str):  # a statement of its own (SET_CONTEXT, ...)
+                statements.append(builder)
+            elif inspect.signature(target).return_annotation.startswith("Call["):
+                statements.append(builder)  # a Call: one statement with its parameters
+        assert statements, f"AsyncClient.{name} runs no statement of costwarden._sql"
+    # the spool's replay (replay_spool) runs statements of _sql.py as well
+    spool_tree = ast.parse(inspect.getsource(spool))
+    replayed = {
+        n.attr
+        for n in ast.walk(spool_tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "q"
+    }
+    assert {"cost_quote", "spend_report_cumulative", "cost_commit", "cost_release"} <= replayed
+
+
+def test_one_classifier_of_unavailable() -> None:
+    """errors.is_unavailable is the only one: the spool and the clients use it."""
+    from costwarden import errors
+
+    assert spool.is_unavailable is errors.is_unavailable  # imported, not re-written
+    for path in (ROOT / "python" / "costwarden").glob("*.py"):
+        text = path.read_text()
+        if path.name != "errors.py":
+            assert "def is_unavailable" not in text, path.name
+            assert '"57P01"' not in text, path.name

@@ -1,0 +1,97 @@
+"""Managed PostgreSQL (SPEC §12, docs/operations.md#managed-postgresql): the migration run
+by a database owner that is not a superuser but has CREATEROLE (what Supabase, Amazon RDS
+and Cloud SQL hand out), with pgcrypto pre-installed in a schema `extensions` and
+without pg_cron (the jobs then run in `costwarden worker`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+import costwarden
+from costwarden import migrate as cw_migrate
+from costwarden import worker
+from cwtest import PgServer, Seeded
+
+KEK = "managed-kek-0123456789abcdefghijklmnopqr"
+SECRET = "sk-ant-api03-managed-0123456789"
+
+
+@pytest.fixture
+def managed(pg_server: PgServer) -> Iterator[str]:
+    """A database owned by a CREATEROLE, non-superuser login; pgcrypto in `extensions`
+    (installed by the platform, as on Supabase). Yields that login's DSN."""
+    suffix = uuid.uuid4().hex[:8]
+    owner, db = f"cw_dbowner_{suffix}", f"cw_managed_{suffix}"
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create role {} login createrole nosuperuser").format(sql.Identifier(owner))
+        )
+        conn.execute(
+            sql.SQL("create database {} owner {}").format(sql.Identifier(db), sql.Identifier(owner))
+        )
+    with psycopg.connect(pg_server.dsn(db), autocommit=True) as conn:
+        conn.execute("create schema extensions")
+        conn.execute("create extension pgcrypto with schema extensions")
+        conn.execute("grant usage on schema extensions to public")
+    try:
+        yield make_conninfo(pg_server.dsn(db), user=owner)
+    finally:
+        with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(db)))
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(owner)))
+
+
+def test_a_non_superuser_database_owner_migrates_and_runs_everything(
+    managed: str, seeded_factory: Callable[[str], Seeded]
+) -> None:
+    with psycopg.connect(managed) as conn:
+        assert conn.execute(
+            "select rolsuper, rolcreaterole from pg_roles where rolname = current_user"
+        ).fetchone() == (False, True)
+    applied = cw_migrate.migrate(managed, schedule=False)
+    assert applied and cw_migrate.status(managed).up_to_date
+
+    with psycopg.connect(managed, autocommit=True) as conn:
+        owners = conn.execute(
+            "select distinct pg_get_userbyid(relowner) from pg_class "
+            "where relnamespace = 'costwarden'::regnamespace"
+        ).fetchall()
+        assert owners == [("costwarden_owner",)]
+        assert conn.execute(
+            "select count(*) from pg_proc where pronamespace = 'costwarden'::regnamespace "
+            "and prosecdef and proowner <> 'costwarden_owner'::regrole"
+        ).fetchone() == (0,)
+        # pgcrypto stays where the platform put it
+        assert conn.execute(
+            "select extnamespace::regnamespace::text from pg_extension where extname = 'pgcrypto'"
+        ).fetchone() == ("extensions",)
+        # the database owner grants itself the admin role, as an operator would
+        conn.execute("select current_user").fetchone()
+        conn.execute(sql.SQL("grant costwarden_admin to {}").format(sql.Identifier(conn.info.user)))
+
+    s = seeded_factory(managed)
+    with costwarden.Client(managed, kek=KEK) as c:
+        c.put_key("acme", s.ws_vendor, "anthropic", SECRET)
+        r = c.reserve("acme", s.ws_vendor, s.vendor_model, {"input_tokens": 1000})
+        assert c.resolve_key(r.reservation_id).secret == SECRET
+        c.commit(r.reservation_id, {"input_tokens": 900})
+        # no pg_cron here: the worker runs the same jobs
+        done = worker.run_once(c)
+        assert set(done) == {"costwarden-expire", "costwarden-anomalies", "costwarden-maintenance"}
+        assert done["costwarden-anomalies"] >= 0
+        assert c.ledger_verify("acme")[0].ok
+
+    # a second run, by the same login, has nothing to do
+    assert cw_migrate.migrate(managed, schedule=False) == []
+
+
+def test_without_pg_cron_status_says_so(managed: str) -> None:
+    cw_migrate.migrate(managed, schedule=False)
+    st = cw_migrate.status(managed)
+    assert st.cron.jobs == ()
