@@ -39,6 +39,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from ..errors import CostwardenError
 from ..pricing import Catalogue, read_catalogue, sample_catalogue_path
 
 #: Tokens a provider adds per message (role and separator special tokens).
@@ -60,7 +61,7 @@ OUTPUT_UNITS = ("output_tokens", "reasoning_tokens", "audio_output_tokens")
 IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
 
 
-class SizingError(ValueError):
+class SizingError(CostwardenError, ValueError):
     """A request cannot be sized: it gives no output cap and the catalogue has none."""
 
 

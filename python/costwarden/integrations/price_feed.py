@@ -37,6 +37,7 @@ from typing import Any
 import psycopg
 
 from ..client import Client
+from ..errors import CostwardenError
 from ..pricing import Catalogue, CatalogueModel, LoadReport, PriceSnapshot, load_catalogue
 
 __all__ = [
@@ -66,7 +67,7 @@ UNIT_KEYS = {
 MAX_PRICE = Decimal(1_000_000)  # fn_pricing_set refuses more USD per unit
 
 
-class PriceFeedError(ValueError):
+class PriceFeedError(CostwardenError, ValueError):
     """The price list cannot be read or mapped; nothing was changed."""
 
 
