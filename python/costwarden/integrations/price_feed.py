@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -240,14 +240,19 @@ def import_prices(
     providers: Iterable[str] | None = None,
     effective_from: datetime | None = None,
     text: str | None = None,
+    preview: Callable[[PriceImport], None] | None = None,
 ) -> PriceImport:
     """``costwarden pricing import --from litellm [--provider P ...] [--apply]``.
 
-    Always diffs first (the returned :class:`PriceImport`'s ``diff()``); writes
-    only with ``apply=True``, all or nothing."""
+    Always diffs first (the returned :class:`PriceImport`'s ``diff()``; ``preview``,
+    when given, is called with the diff before anything is written); writes only
+    with ``apply=True``, exactly the diff shown, all or nothing. ``text``: a price
+    list in LiteLLM's JSON format (default: the one shipped in the package)."""
     if source != "litellm":
         raise PriceFeedError(f"unknown price feed {source!r} (known: litellm)")
     catalogue = catalogue_from_litellm(text, providers=providers, effective_from=effective_from)
     with psycopg.connect(dsn, autocommit=True) as conn:
         plan = plan_import(Client(conn), catalogue)
+        if preview is not None:
+            preview(plan)
         return apply_import(conn, plan) if apply else plan
