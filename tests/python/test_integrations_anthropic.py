@@ -13,21 +13,18 @@ import pytest
 from anthropic.types import Message, MessageDeltaUsage, Usage
 
 import costwarden
-from costwarden import BudgetExceeded
-from costwarden.integrations import StreamAborted
-from costwarden.integrations.anthropic import guard, usage_from_anthropic
-from fake_provider import (
+from adapter_helpers import (
     ORG,
     WS,
-    FakeProvider,
-    Reply,
-    fake_provider,
     ledger,
     limits,
     reservation_states,
     setup_costwarden,
-    sse,
 )
+from costwarden import BudgetExceeded
+from costwarden.integrations import StreamAborted
+from costwarden.integrations.anthropic import guard, usage_from_anthropic
+from costwarden.integrations.testing import FakeProvider, Reply, fake_provider, sse
 
 Conn = psycopg.Connection[Any]
 MODEL = "claude-3-5-sonnet"

@@ -19,6 +19,7 @@ from litellm.proxy._types import UserAPIKeyAuth
 from litellm.types.utils import Usage
 
 import costwarden
+from adapter_helpers import ORG, WS, ledger, reservation_states
 from costwarden import BudgetExceeded
 from costwarden.integrations import Limits, ModelLimits
 from costwarden.integrations.litellm import (
@@ -28,7 +29,6 @@ from costwarden.integrations.litellm import (
     usage_from_litellm,
 )
 from costwarden.pricing import load_catalogue, parse_catalogue
-from fake_provider import ORG, WS, ledger, reservation_states
 
 Conn = psycopg.Connection[Any]
 

@@ -17,22 +17,24 @@ from openai.types.responses import ResponseUsage
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 import costwarden
-from costwarden import BudgetExceeded
-from costwarden.integrations import SizingError, StreamAborted
-from costwarden.integrations._sizing import MESSAGE_OVERHEAD, REQUEST_OVERHEAD, json_bytes
-from costwarden.integrations.openai import guard, usage_from_openai
-from fake_provider import (
+from adapter_helpers import (
     ORG,
     WS,
-    FakeProvider,
-    Reply,
-    fake_provider,
     ledger,
     limits,
     reservation_states,
     setup_costwarden,
-    sse,
 )
+from costwarden import BudgetExceeded
+from costwarden.integrations import SizingError, StreamAborted
+from costwarden.integrations._sizing import MESSAGE_OVERHEAD, REQUEST_OVERHEAD, json_bytes
+from costwarden.integrations.openai import guard, usage_from_openai
+from costwarden.integrations.testing import FakeProvider, Reply, fake_provider, sse
+from costwarden.integrations.testing import chat_chunk as chunk
+from costwarden.integrations.testing import chat_completion as completion
+from costwarden.integrations.testing import chat_text_stream as text_stream
+from costwarden.integrations.testing import chat_usage_chunk as usage_chunk
+from costwarden.integrations.testing import openai_usage as usage
 
 Conn = psycopg.Connection[Any]
 
@@ -52,78 +54,6 @@ def sdk(fake: FakeProvider) -> openai.OpenAI:
 def guarded(sdk: openai.OpenAI, client: costwarden.Client) -> Any:
     setup_costwarden(client)
     return guard(sdk, client, org_id=ORG, workspace_id=WS, user_id=None, limits=limits())
-
-
-def usage(
-    prompt: int,
-    completion: int,
-    *,
-    cached: int = 0,
-    reasoning: int = 0,
-    audio_in: int = 0,
-    audio_out: int = 0,
-) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": audio_in},
-        "completion_tokens_details": {
-            "reasoning_tokens": reasoning,
-            "audio_tokens": audio_out,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
-    }
-
-
-def completion(u: dict[str, Any], message: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1733000000,
-        "model": "gpt-4o-mini-2024-07-18",
-        "system_fingerprint": "fp_1",
-        "choices": [
-            {
-                "index": 0,
-                "message": message or {"role": "assistant", "content": "Hello!", "refusal": None},
-                "logprobs": None,
-                "finish_reason": "tool_calls" if message and "tool_calls" in message else "stop",
-            }
-        ],
-        "usage": u,
-    }
-
-
-def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1733000000,
-        "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-
-
-def usage_chunk(u: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1733000000,
-        "model": "gpt-4o-mini-2024-07-18",
-        "choices": [],
-        "usage": u,
-    }
-
-
-def text_stream(words: list[str], u: dict[str, Any] | None) -> Reply:
-    events: list[tuple[str | None, Any]] = [(None, chunk({"role": "assistant", "content": ""}))]
-    events += [(None, chunk({"content": w})) for w in words]
-    events.append((None, chunk({}, "stop")))
-    if u is not None:
-        events.append((None, usage_chunk(u)))
-    return sse(events, done_marker=True)
 
 
 MESSAGES = [
@@ -684,3 +614,14 @@ def test_everything_else_passes_through(guarded: Any, sdk: openai.OpenAI) -> Non
     assert guarded.chat.completions.with_raw_response is not None
     other = guarded.with_options(timeout=5)
     assert other.costwarden is guarded.costwarden and other.timeout == 5
+
+
+def test_the_fake_provider_example_in_the_docs_runs() -> None:
+    """docs/integrations.md: the example of costwarden.integrations.testing, as written."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "integrations.md").read_text(encoding="utf-8")
+    after = doc.split("Your own tests of guarded calls can use it the same way:", 1)[1]
+    code = after.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "fake_provider()" in code
+    exec(compile(code, "docs/integrations.md", "exec"), {})
