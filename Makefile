@@ -32,6 +32,7 @@ lint: bootstrap
 bench: bootstrap
 	$(BIN)/costwarden bench
 	$(BIN)/costwarden bench proxy
+	$(BIN)/costwarden bench adapters
 
 up: bootstrap
 	$(BIN)/costwarden up
