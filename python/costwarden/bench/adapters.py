@@ -127,8 +127,9 @@ class AdapterFigures:
                 *parts,
                 "",
                 f"Added per call: {self.added_median_ms:.2f} ms median ({verdict} the "
-                f"{GOAL_MS:g} ms goal), of which the adapter's own work is "
-                f"{self.adapter_alone_ms:.2f} ms and the rest the reserve + commit pair.",
+                f"{GOAL_MS:g} ms goal). The adapter's own work (guarded through the instant "
+                f"client − bare, medians): {self.adapter_alone_ms:.2f} ms; the rest is the "
+                "reserve + commit pair.",
                 f"Load average before {_load(self.load_before)}, after {_load(self.load_after)} "
                 f"({os.cpu_count()} CPUs). {self.server}.",
             ]
