@@ -5,7 +5,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 PY_SOURCES := python tests/python tools
 
-.PHONY: bootstrap demo test test-sql test-python lint bench up down clean
+.PHONY: bootstrap demo test test-sql test-python lint bench soak up down clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -33,6 +33,19 @@ bench: bootstrap
 	$(BIN)/costwarden bench
 	$(BIN)/costwarden bench proxy
 	$(BIN)/costwarden bench adapters
+
+# Money correctness under faults, long: the outage test with a 30 s outage, then the
+# saga against its model for SOAK_OPS operations on SOAK_WORKERS connections with the
+# server killed (SIGKILL) every SOAK_KILL_EVERY seconds on average
+# (tests/python/soak.py; e.g. `make soak SOAK_OPS=50000`).
+SOAK_OPS ?= 1000000
+SOAK_WORKERS ?= 4
+SOAK_KILL_EVERY ?= 20
+SOAK_CHECK_EVERY ?= 1
+soak: bootstrap
+	COSTWARDEN_OUTAGE_SECONDS=30 $(BIN)/pytest tests/python/test_outage.py -q -p no:logging
+	$(BIN)/python tests/python/soak.py --ops $(SOAK_OPS) --workers $(SOAK_WORKERS) \
+		--kill-every $(SOAK_KILL_EVERY) --check-every $(SOAK_CHECK_EVERY)
 
 up: bootstrap
 	$(BIN)/costwarden up

@@ -20,6 +20,8 @@ from .errors import (
     InvalidState,
     NotFound,
     ReadinessWarning,
+    SpoolFull,
+    StatementTimeout,
     UnpricedModel,
 )
 
@@ -37,6 +39,8 @@ __all__ = [
     "NotFound",
     "ReadinessWarning",
     "ReservationHandle",
+    "SpoolFull",
+    "StatementTimeout",
     "UnpricedModel",
 ]
 

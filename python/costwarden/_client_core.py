@@ -4,9 +4,10 @@ the actor and KEK they send, how rows decode, the pool defaults. No I/O here."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
@@ -52,8 +53,36 @@ class ServerWarnings:
 
 
 def default_timeout(on_unavailable: str) -> float:
-    """Seconds to wait for a pooled connection: short when failing open."""
-    return 5.0 if on_unavailable == "open" else 30.0
+    """Seconds to wait for a pooled connection: a call on a database that is gone
+    raises DatabaseUnavailable (or goes to the spool) within this."""
+    return 5.0
+
+
+def connection_kwargs(
+    connect_timeout: float,
+    statement_timeout: float | None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of a client's own connections: the caller's
+    ``connect_kwargs``, then autocommit, libpq's ``connect_timeout`` (whole seconds, at
+    least 2, as libpq counts them; the caller's wins) and the ``statement_timeout`` of
+    every statement, set at connection start (no round trip; added to the caller's
+    ``options``)."""
+    kwargs: dict[str, Any] = {
+        "connect_timeout": max(2, math.ceil(connect_timeout)),
+        **(extra or {}),
+        "autocommit": True,
+    }
+    if statement_timeout is not None:
+        options = f"-c statement_timeout={_millis(statement_timeout)}"
+        kwargs["options"] = f"{kwargs['options']} {options}" if kwargs.get("options") else options
+    return kwargs
+
+
+def _millis(seconds: float) -> int:
+    if seconds <= 0:
+        raise ValueError(f"statement_timeout must be positive seconds, got {seconds!r}")
+    return max(1, round(seconds * 1000))
 
 
 class ClientBase:
@@ -65,7 +94,15 @@ class ClientBase:
         actor_org: str | None = None,
         actor_user: str | None = None,
         kek: str | None = None,
+        statement_timeout: float | None = None,
+        owns_connections: bool = False,
     ) -> None:
+        self.statement_timeout = statement_timeout
+        # on connections the client did not open, the timeout is set per call
+        self._sets_timeout = statement_timeout is not None and not owns_connections
+        self._timeout_setting = {
+            "ms": str(_millis(statement_timeout)) if statement_timeout is not None else ""
+        }
         self.actor_org = actor_org
         self.actor_user = actor_user
         self.kek = kek if kek is not None else os.environ.get("COSTWARDEN_KEK") or None
@@ -91,4 +128,4 @@ class ClientBase:
         """One call is one statement: on an autocommit connection it is its own
         transaction (no BEGIN/COMMIT round trips), unless context (actor, staged
         values) must be set for it first."""
-        return self._needs_context or bool(self._staged(call))
+        return self._needs_context or self._sets_timeout or bool(self._staged(call))

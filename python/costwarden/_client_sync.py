@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext, supp
 from datetime import datetime, timedelta
 from os import PathLike
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 from psycopg.rows import dict_row
@@ -25,9 +25,15 @@ from psycopg_pool import ConnectionPool
 
 from . import _sql as q
 from . import types as t
-from ._client_core import ClientBase, ServerWarnings, default_timeout, exact_loads
+from ._client_core import (
+    ClientBase,
+    ServerWarnings,
+    connection_kwargs,
+    default_timeout,
+    exact_loads,
+)
 from .errors import BudgetExceeded, CostwardenError, DatabaseUnavailable, Forbidden, wrap_errors
-from .spool import ReplayReport, UnavailablePolicy, Wait
+from .spool import DEFAULT_MAX_BYTES, ReplayReport, UnavailablePolicy, Wait, resolve_policy
 
 R = TypeVar("R")
 log = logging.getLogger("costwarden.client")
@@ -37,12 +43,15 @@ class Client(ClientBase):
     """Synchronous client. ``dsn_or_pool``: a DSN, a pool (ConnectionPool) or
     one connection (Connection; its transaction then holds every call).
 
-    ``on_unavailable``: ``'closed'`` (the default) or ``'open'`` with a ``spool_dir``
-    (SPEC §7, costwarden.spool). ``timeout``: seconds to wait for a pooled connection
-    (default 30, or 5 under ``'open'``). ``connect_kwargs``: passed to every
-    connection of the pool the client opens for a DSN, e.g. ``application_name`` or
-    ``prepare_threshold=None`` (no server-side prepared statements: needed behind
-    PgBouncer in transaction mode before 1.21, docs/python.md#poolers)."""
+    ``on_unavailable``: ``'closed'`` (the default, with a warning when not given) or
+    ``'open'`` with a ``spool_dir`` (SPEC §7, costwarden.spool; ``spool_max_bytes``
+    bounds it). ``timeout``: seconds to wait for a pooled connection (5);
+    ``connect_timeout``: seconds to open one (5); ``statement_timeout``: seconds
+    each call may run (None: the server's setting). ``connect_kwargs``: passed to
+    every connection of the pool the client opens for a DSN, e.g.
+    ``application_name`` or ``prepare_threshold=None`` (no server-side prepared
+    statements: needed behind PgBouncer in transaction mode before 1.21,
+    docs/python.md#poolers)."""
 
     def __init__(
         self,
@@ -52,17 +61,27 @@ class Client(ClientBase):
         actor_user: str | None = None,
         kek: str | None = None,
         pool_size: int = 4,
-        on_unavailable: str = "closed",
+        on_unavailable: str | None = None,
         spool_dir: str | PathLike[str] | None = None,
         timeout: float | None = None,
+        connect_timeout: float = 5.0,
+        statement_timeout: float | None = None,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
         connect_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(actor_org=actor_org, actor_user=actor_user, kek=kek)
+        on_unavailable = resolve_policy(on_unavailable)
+        super().__init__(
+            actor_org=actor_org,
+            actor_user=actor_user,
+            kek=kek,
+            statement_timeout=statement_timeout,
+            owns_connections=isinstance(dsn_or_pool, str),
+        )
         self._owned_pool: ConnectionPool | None = None
         self._opened = False
         self._conn: psycopg.Connection[Any] | None = None
         self._conn_lock = threading.Lock()
-        self.unavailable = UnavailablePolicy(on_unavailable, spool_dir)
+        self.unavailable = UnavailablePolicy(on_unavailable, spool_dir, max_bytes=spool_max_bytes)
         self._pool: ConnectionPool | None
         if isinstance(dsn_or_pool, str):
             self._owned_pool = ConnectionPool(
@@ -71,7 +90,7 @@ class Client(ClientBase):
                 max_size=pool_size,
                 open=False,
                 name="costwarden",
-                kwargs={**(connect_kwargs or {}), "autocommit": True},
+                kwargs=connection_kwargs(connect_timeout, statement_timeout, connect_kwargs),
                 timeout=timeout if timeout is not None else default_timeout(on_unavailable),
             )
             self._pool = self._owned_pool
@@ -123,6 +142,8 @@ class Client(ClientBase):
             set_json_loads(exact_loads, cur)
             if self._needs_context:
                 cur.execute(q.SET_CONTEXT, self._context)
+            if self._sets_timeout:
+                cur.execute(q.SET_STATEMENT_TIMEOUT, self._timeout_setting)
             self._stage(cur, call)
             cur.execute(call.sql, call.params)
             rows = cur.fetchall() if cur.description else []
@@ -144,7 +165,7 @@ class Client(ClientBase):
         if self.unavailable.succeeded():
             report: ReplayReport | None = None
             try:
-                report = self.replay_spool()
+                report = self.replay_spool(wait=False)
             except Exception:
                 log.exception("automatic spool replay failed")
             self.unavailable.replayed(report)
@@ -288,9 +309,11 @@ class Client(ClientBase):
         if self.unavailable.owns(reservation_id):
             return self.unavailable.meter(reservation_id, usage)
         try:
-            return self._guarded(q.cost_meter_tick(reservation_id, usage))
+            tick = self._guarded(q.cost_meter_tick(reservation_id, usage))
         except DatabaseUnavailable as exc:
             return self.unavailable.meter_unreachable(exc, reservation_id, usage)
+        self.unavailable.settled(reservation_id)
+        return tick
 
     def commit(
         self, reservation_id: UUID, usage: Mapping[str, Any], *, approximate: bool = False
@@ -298,17 +321,30 @@ class Client(ClientBase):
         if self.unavailable.owns(reservation_id):
             return self.unavailable.commit(reservation_id, usage, approximate)
         try:
-            return self._guarded(q.cost_commit(reservation_id, usage, approximate))
+            result = self._guarded(q.cost_commit(reservation_id, usage, approximate))
         except DatabaseUnavailable as exc:
             return self.unavailable.commit_unreachable(exc, reservation_id, usage, approximate)
+        self.unavailable.settled(reservation_id)
+        return result
 
     def release(self, reservation_id: UUID, reason: str | None = None) -> int:
         if self.unavailable.owns(reservation_id):
             return self.unavailable.release(reservation_id, reason)
+        metered = self.unavailable.offline_metered(reservation_id)
         try:
-            return self._guarded(q.cost_release(reservation_id, reason))
+            if metered is None:
+                released = self._guarded(q.cost_release(reservation_id, reason))
+            else:
+                done = self._guarded(
+                    q.replay_reservation(
+                        uuid4(), "release", reservation_id, metered, True, reason, None
+                    )
+                )
+                released = done.released_micros
         except DatabaseUnavailable as exc:
             return self.unavailable.release_unreachable(exc, reservation_id, reason)
+        self.unavailable.settled(reservation_id)
+        return released
 
     def expire(self, batch: int = 1000) -> int:
         return self._run(q.cost_expire(batch))
@@ -391,9 +427,10 @@ class Client(ClientBase):
     ) -> list[t.ShadowReportRow]:
         return self._run(q.shadow_report(org_id, from_, to))
 
-    def replay_spool(self) -> ReplayReport:
-        """Book what the on_unavailable='open' spool holds (see costwarden.spool)."""
-        steps = self.unavailable.replay_steps()
+    def replay_spool(self, *, wait: bool = True) -> ReplayReport:
+        """Book what the on_unavailable='open' spool holds (see costwarden.spool);
+        ``wait=False``: return at once when another process is replaying it."""
+        steps = self.unavailable.replay_steps(wait=wait)
         if steps is None:
             return ReplayReport(0, 0, 0, 0)
         try:
@@ -414,6 +451,16 @@ class Client(ClientBase):
             return report
         finally:
             steps.close()
+
+    def reconcile(self, org_id: str | None = None) -> list[t.ReconcileDrift]:
+        """fn_reconcile: every pool's held and spent recomputed from the reservations
+        and the ledger; one row per drift found (none: the books balance)."""
+        return self._run(q.reconcile(org_id))
+
+    def reconcile_repair(self, org_id: str, pool_id: int, reason: str) -> list[t.ReconcileDrift]:
+        """fn_reconcile_repair (admin; audited): apply the correction fn_reconcile
+        reports for one pool; returns the drift corrected."""
+        return self._run(q.reconcile_repair(org_id, pool_id, reason))
 
     def ledger_verify(self, org_id: str | None = None) -> list[t.LedgerVerification]:
         """fn_ledger_verify: every org's chain (or one org's), checked inside the database."""
@@ -461,7 +508,13 @@ class Client(ClientBase):
         with wrap_errors(), self._connection() as conn:
             if not outer:
                 conn.execute(q.LEDGER_SNAPSHOT)
-            yield Client(conn, actor_org=self.actor_org, actor_user=self.actor_user, kek=self.kek)
+            yield Client(
+                conn,
+                actor_org=self.actor_org,
+                actor_user=self.actor_user,
+                kek=self.kek,
+                on_unavailable="closed",
+            )
 
     def _stage(self, cur: psycopg.Cursor[Any], call: q.Call[Any]) -> None:
         """Send the KEK / secrets of ``call`` as COPY data: never logged by the server."""

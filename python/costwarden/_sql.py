@@ -77,6 +77,9 @@ SET_CONTEXT = (
     "set_config('costwarden.actor_user', coalesce(%(actor_user)s, ''), true)"
 )
 
+#: a client's statement_timeout on a connection it did not open: for one transaction
+SET_STATEMENT_TIMEOUT = "select set_config('statement_timeout', %(ms)s, true)"
+
 # -- §1 tenancy and catalogue -------------------------------------------------
 
 
@@ -672,6 +675,89 @@ def shadow_report(
         "p_to => coalesce(%(to)s::timestamptz, now()))",
         {"org_id": org_id, "from_": from_, "to": to},
         _many(t.ShadowReportRow),
+    )
+
+
+# -- money correctness under faults (sql/functions/18_reconcile.sql) ------------
+
+
+def reconcile(org_id: str | None) -> Call[list[t.ReconcileDrift]]:
+    return Call(
+        "select * from costwarden.fn_reconcile(p_org_id => %(org_id)s)",
+        {"org_id": org_id},
+        _many(t.ReconcileDrift),
+    )
+
+
+def reconcile_repair(org_id: str, pool_id: int, reason: str) -> Call[list[t.ReconcileDrift]]:
+    return Call(
+        "select * from costwarden.fn_reconcile_repair(p_org_id => %(org_id)s, "
+        "p_pool_id => %(pool_id)s, p_reason => %(reason)s)",
+        {"org_id": org_id, "pool_id": pool_id, "reason": reason},
+        _many(t.ReconcileDrift),
+    )
+
+
+def replay_reservation(
+    operation_id: UUID,
+    kind: str,
+    reservation_id: UUID,
+    usage: Mapping[str, Any] | None,
+    approximate: bool,
+    reason: str | None,
+    called_at: datetime | str | None,
+) -> Call[t.ReplayedOperation]:
+    return Call(
+        "select * from costwarden.fn_replay_reservation(p_operation_id => %(op)s, "
+        "p_kind => %(kind)s, p_reservation_id => %(rid)s, p_usage => %(usage)s, "
+        "p_approximate => %(approximate)s, p_reason => %(reason)s, "
+        "p_called_at => %(called_at)s::timestamptz)",
+        {
+            "op": operation_id,
+            "kind": kind,
+            "rid": reservation_id,
+            "usage": _json(usage),
+            "approximate": approximate,
+            "reason": reason,
+            "called_at": called_at,
+        },
+        _one(t.ReplayedOperation),
+    )
+
+
+def replay_usage(
+    operation_id: UUID,
+    org_id: str,
+    workspace_id: str,
+    model: str,
+    usage: Mapping[str, Any],
+    called_at: datetime | str,
+    source: str,
+    user_id: str | None,
+    key_id: str | None,
+    approximate: bool,
+    final: bool,
+) -> Call[t.ReplayedUsage]:
+    return Call(
+        "select * from costwarden.fn_replay_usage(p_operation_id => %(op)s, "
+        "p_org_id => %(org_id)s, p_workspace_id => %(workspace_id)s, p_model => %(model)s, "
+        "p_usage => %(usage)s, p_called_at => %(called_at)s::timestamptz, "
+        "p_source => %(source)s, p_user_id => %(user_id)s, p_key_id => %(key_id)s, "
+        "p_approximate => %(approximate)s, p_final => %(final)s)",
+        {
+            "op": operation_id,
+            "org_id": org_id,
+            "workspace_id": workspace_id,
+            "model": model,
+            "usage": _json(usage),
+            "called_at": called_at,
+            "source": source,
+            "user_id": user_id,
+            "key_id": key_id,
+            "approximate": approximate,
+            "final": final,
+        },
+        _one(t.ReplayedUsage),
     )
 
 

@@ -27,8 +27,13 @@ log, docs/byok.md).
 ``on_unavailable`` (SPEC §7, :mod:`costwarden.spool`): ``'closed'`` raises
 DatabaseUnavailable when the database cannot be reached; ``'open'`` lets the call
 proceed unenforced and spools it durably to ``spool_dir`` (local file writes, done
-synchronously: each is a short append and fsync), to be replayed once the database
-is back.
+synchronously: each is a short append and fsync), to be replayed as soon as the
+database answers again. No policy given: 'closed', with a warning.
+
+Timeouts: ``connect_timeout`` (a new connection, 5 s), ``timeout`` (waiting for a
+pooled connection, 5 s) and ``statement_timeout`` (each call, the server's default
+when None): a call never hangs on a database that is gone or on a lock held
+elsewhere (StatementTimeout).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from datetime import datetime, timedelta
 from os import PathLike
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 from psycopg.rows import dict_row
@@ -49,9 +54,15 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import _sql as q
 from . import types as t
-from ._client_core import ClientBase, ServerWarnings, default_timeout, exact_loads
+from ._client_core import (
+    ClientBase,
+    ServerWarnings,
+    connection_kwargs,
+    default_timeout,
+    exact_loads,
+)
 from .errors import BudgetExceeded, CostwardenError, DatabaseUnavailable, Forbidden, wrap_errors
-from .spool import ReplayReport, UnavailablePolicy, Wait
+from .spool import DEFAULT_MAX_BYTES, ReplayReport, UnavailablePolicy, Wait, resolve_policy
 
 R = TypeVar("R")
 
@@ -62,12 +73,15 @@ class AsyncClient(ClientBase):
     """Asynchronous client. ``dsn_or_pool``: a DSN, a pool (AsyncConnectionPool) or
     one connection (AsyncConnection; its transaction then holds every call).
 
-    ``on_unavailable``: ``'closed'`` (the default) or ``'open'`` with a ``spool_dir``
-    (SPEC §7, costwarden.spool). ``timeout``: seconds to wait for a pooled connection
-    (default 30, or 5 under ``'open'``). ``connect_kwargs``: passed to every
-    connection of the pool the client opens for a DSN, e.g. ``application_name`` or
-    ``prepare_threshold=None`` (no server-side prepared statements: needed behind
-    PgBouncer in transaction mode before 1.21, docs/python.md#poolers)."""
+    ``on_unavailable``: ``'closed'`` (the default, with a warning when not given) or
+    ``'open'`` with a ``spool_dir`` (SPEC §7, costwarden.spool; ``spool_max_bytes``
+    bounds it). ``timeout``: seconds to wait for a pooled connection (5);
+    ``connect_timeout``: seconds to open one (5); ``statement_timeout``: seconds
+    each call may run (None: the server's setting). ``connect_kwargs``: passed to
+    every connection of the pool the client opens for a DSN, e.g.
+    ``application_name`` or ``prepare_threshold=None`` (no server-side prepared
+    statements: needed behind PgBouncer in transaction mode before 1.21,
+    docs/python.md#poolers)."""
 
     def __init__(
         self,
@@ -77,18 +91,28 @@ class AsyncClient(ClientBase):
         actor_user: str | None = None,
         kek: str | None = None,
         pool_size: int = 4,
-        on_unavailable: str = "closed",
+        on_unavailable: str | None = None,
         spool_dir: str | PathLike[str] | None = None,
         timeout: float | None = None,
+        connect_timeout: float = 5.0,
+        statement_timeout: float | None = None,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
         connect_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(actor_org=actor_org, actor_user=actor_user, kek=kek)
+        on_unavailable = resolve_policy(on_unavailable)
+        super().__init__(
+            actor_org=actor_org,
+            actor_user=actor_user,
+            kek=kek,
+            statement_timeout=statement_timeout,
+            owns_connections=isinstance(dsn_or_pool, str),
+        )
         self._owned_pool: AsyncConnectionPool | None = None
         self._opened = False
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._conn_lock = asyncio.Lock()
         # SPEC §7: 'closed' raises DatabaseUnavailable; 'open' proceeds and spools (spool.py)
-        self.unavailable = UnavailablePolicy(on_unavailable, spool_dir)
+        self.unavailable = UnavailablePolicy(on_unavailable, spool_dir, max_bytes=spool_max_bytes)
         self._pool: AsyncConnectionPool | None
         if isinstance(dsn_or_pool, str):
             # opened on first use (an async pool needs a running event loop)
@@ -98,7 +122,7 @@ class AsyncClient(ClientBase):
                 max_size=pool_size,
                 open=False,
                 name="costwarden",
-                kwargs={**(connect_kwargs or {}), "autocommit": True},
+                kwargs=connection_kwargs(connect_timeout, statement_timeout, connect_kwargs),
                 timeout=timeout if timeout is not None else default_timeout(on_unavailable),
             )
             self._pool = self._owned_pool
@@ -150,6 +174,8 @@ class AsyncClient(ClientBase):
                         set_json_loads(exact_loads, cur)
                         if self._needs_context:
                             await cur.execute(q.SET_CONTEXT, self._context)
+                        if self._sets_timeout:
+                            await cur.execute(q.SET_STATEMENT_TIMEOUT, self._timeout_setting)
                         await self._stage(cur, call)
                         await cur.execute(call.sql, call.params)
                         rows = await cur.fetchall() if cur.description else []
@@ -169,9 +195,10 @@ class AsyncClient(ClientBase):
                 raise
             raise unavailable from exc
         if self.unavailable.succeeded():
+            # the database answers again: replay now (never waiting for another replayer)
             report: ReplayReport | None = None
             try:
-                report = await self.replay_spool()
+                report = await self.replay_spool(wait=False)
             except Exception:  # never fail the caller's call because of a replay
                 log.exception("automatic spool replay failed")
             self.unavailable.replayed(report)
@@ -323,9 +350,11 @@ class AsyncClient(ClientBase):
         if self.unavailable.owns(reservation_id):
             return self.unavailable.meter(reservation_id, usage)
         try:
-            return await self._guarded(q.cost_meter_tick(reservation_id, usage))
+            tick = await self._guarded(q.cost_meter_tick(reservation_id, usage))
         except DatabaseUnavailable as exc:
             return self.unavailable.meter_unreachable(exc, reservation_id, usage)
+        self.unavailable.settled(reservation_id)
+        return tick
 
     async def commit(
         self, reservation_id: UUID, usage: Mapping[str, Any], *, approximate: bool = False
@@ -333,17 +362,31 @@ class AsyncClient(ClientBase):
         if self.unavailable.owns(reservation_id):
             return self.unavailable.commit(reservation_id, usage, approximate)
         try:
-            return await self._guarded(q.cost_commit(reservation_id, usage, approximate))
+            result = await self._guarded(q.cost_commit(reservation_id, usage, approximate))
         except DatabaseUnavailable as exc:
             return self.unavailable.commit_unreachable(exc, reservation_id, usage, approximate)
+        self.unavailable.settled(reservation_id)
+        return result
 
     async def release(self, reservation_id: UUID, reason: str | None = None) -> int:
         if self.unavailable.owns(reservation_id):
             return self.unavailable.release(reservation_id, reason)
+        metered = self.unavailable.offline_metered(reservation_id)
         try:
-            return await self._guarded(q.cost_release(reservation_id, reason))
+            if metered is None:
+                released = await self._guarded(q.cost_release(reservation_id, reason))
+            else:
+                # ticks the database did not see: the release charges their usage
+                done = await self._guarded(
+                    q.replay_reservation(
+                        uuid4(), "release", reservation_id, metered, True, reason, None
+                    )
+                )
+                released = done.released_micros
         except DatabaseUnavailable as exc:
             return self.unavailable.release_unreachable(exc, reservation_id, reason)
+        self.unavailable.settled(reservation_id)
+        return released
 
     async def expire(self, batch: int = 1000) -> int:
         return await self._run(q.cost_expire(batch))
@@ -429,9 +472,10 @@ class AsyncClient(ClientBase):
     ) -> list[t.ShadowReportRow]:
         return await self._run(q.shadow_report(org_id, from_, to))
 
-    async def replay_spool(self) -> ReplayReport:
-        """Book what the on_unavailable='open' spool holds (see costwarden.spool)."""
-        steps = self.unavailable.replay_steps()
+    async def replay_spool(self, *, wait: bool = True) -> ReplayReport:
+        """Book what the on_unavailable='open' spool holds (see costwarden.spool);
+        ``wait=False``: return at once when another process is replaying it."""
+        steps = self.unavailable.replay_steps(wait=wait)
         if steps is None:
             return ReplayReport(0, 0, 0, 0)
         try:
@@ -452,6 +496,19 @@ class AsyncClient(ClientBase):
             return report
         finally:
             steps.close()
+
+    # -- reconciliation (sql/functions/18_reconcile.sql)
+    async def reconcile(self, org_id: str | None = None) -> list[t.ReconcileDrift]:
+        """fn_reconcile: every pool's held and spent recomputed from the reservations
+        and the ledger; one row per drift found (none: the books balance)."""
+        return await self._run(q.reconcile(org_id))
+
+    async def reconcile_repair(
+        self, org_id: str, pool_id: int, reason: str
+    ) -> list[t.ReconcileDrift]:
+        """fn_reconcile_repair (admin; audited): apply the correction fn_reconcile
+        reports for one pool; returns the drift corrected."""
+        return await self._run(q.reconcile_repair(org_id, pool_id, reason))
 
     # -- §4 ledger
     async def ledger_verify(self, org_id: str | None = None) -> list[t.LedgerVerification]:
@@ -501,7 +558,11 @@ class AsyncClient(ClientBase):
                 if not outer:  # else the caller's transaction decides
                     await conn.execute(q.LEDGER_SNAPSHOT)
                 yield AsyncClient(
-                    conn, actor_org=self.actor_org, actor_user=self.actor_user, kek=self.kek
+                    conn,
+                    actor_org=self.actor_org,
+                    actor_user=self.actor_user,
+                    kek=self.kek,
+                    on_unavailable="closed",
                 )
 
     # -- §5 BYOK

@@ -250,6 +250,11 @@ ROUTES: dict[str, Route] = {
     "fn_shadow_report": _ORG,
     "fn_audit_list": _gather("at desc, audit_id desc", "p_limit"),
     "fn_alert_get": Route("all", "found", why="alert ids are unique in the cluster"),
+    # money correctness under faults (18_reconcile.sql)
+    "fn_reconcile": _gather("org_id, pool_id, measure, period, window_kind, metric"),
+    "fn_reconcile_repair": _ORG,
+    "fn_replay_reservation": _RES,
+    "fn_replay_usage": _ORG,
     # §12 identity
     "fn_tenant_login_bind": Route("org", why="the org's partition; other bindings removed"),
     "fn_tenant_login_unbind": Route("all", "bool_or", why="the binding may live anywhere"),

@@ -11,7 +11,10 @@ here re-implements the server. The layout next to the data directory is::
 
 Only loopback is listened on and `trust` authentication is limited to local and loopback
 connections: this is a developer's cluster, not a production server. Every local account can
-connect to it over TCP as the superuser `postgres`.
+connect to it over TCP as the superuser `postgres`. The one exception, first in pg_hba.conf:
+the audit link's logins (members of `costwarden_auditor`) must give their password on
+loopback (`scram-sha-256`), as dblink requires of a connection opened by a role that is not a
+superuser (docs/byok.md#the-audit-link).
 
 PostgreSQL refuses to run as root. When the effective uid is 0 every server binary runs as
 the `postgres` system user, the directories created here are chowned to it, and each path
@@ -57,6 +60,13 @@ log = logging.getLogger(__name__)
 DEFAULT_PG_BINDIR = Path("/usr/lib/postgresql/15/bin")
 STATE_FILE_NAME = "costwarden.json"
 SUPERUSER = "postgres"
+
+#: pg_hba.conf's first lines: the audit link's logins give a password on loopback.
+_HBA_AUDITOR = (
+    "# costwarden: the audit link's logins must give their password (docs/byok.md)",
+    "host all +costwarden_auditor 127.0.0.1/32 scram-sha-256",
+    "host all +costwarden_auditor ::1/128 scram-sha-256",
+)
 
 _BLOCK_BEGIN = "# >>> costwarden: managed by costwarden.embedded, edits between markers are lost"
 _BLOCK_END = "# <<< costwarden"
@@ -509,6 +519,17 @@ class EmbeddedCluster:
         except OSError:
             return {}
 
+    def _ensure_hba(self) -> None:
+        """Put the audit link's password rules (_HBA_AUDITOR) before every other line of
+        pg_hba.conf, once; read at the next start."""
+        hba = self.data_dir / "pg_hba.conf"
+        text = hba.read_text()
+        if _HBA_AUDITOR[0] in text:
+            return
+        # Rewritten in place, so the file keeps its owner and mode.
+        with hba.open("w") as fh:
+            fh.write("\n".join(_HBA_AUDITOR) + "\n\n" + text)
+
     def _write_block(self, block: Mapping[str, str]) -> None:
         outside, _ = self._split_conf()
         while outside and not outside[-1].strip():
@@ -585,6 +606,7 @@ class EmbeddedCluster:
                 self._port = running or self.port
                 self._write_state()
                 return self.dsn
+            self._ensure_hba()
             self._make_dir(self._startup_log.parent, 0o700)
             attempts = 1 if self._explicit_port is not None else 3
             for attempt in range(attempts):
@@ -631,14 +653,15 @@ class EmbeddedCluster:
                     return candidate
         return _free_port()
 
-    def stop(self) -> None:
-        """Stop the cluster (fast shutdown); a no-op when it is not running."""
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the cluster (``pg_ctl -m``: fast shutdown by default, ``immediate`` to
+        drop every connection at once, as a crash would); a no-op when it is not running."""
         if not self.is_initialized():
             return
         with self._locked():
             if not self.is_running():
                 return
-            result = self._pg_ctl("stop", "-w", "-s", "-m", "fast", "-t", "60", timeout=90)
+            result = self._pg_ctl("stop", "-w", "-s", "-m", mode, "-t", "60", timeout=90)
             if result.returncode != 0 and self.is_running():
                 raise EmbeddedError(
                     f"PostgreSQL in {self.data_dir} did not stop:\n"

@@ -66,6 +66,22 @@ class DatabaseUnavailable(CostwardenError):
     """The database cannot be reached (and the client's policy is 'closed')."""
 
 
+class SpoolFull(DatabaseUnavailable):
+    """Under on_unavailable='open': the database cannot be reached and the spool holds
+    ``max_bytes`` of records not yet replayed, so the call cannot proceed unenforced."""
+
+
+class StatementTimeout(CostwardenError):
+    """The call ran longer than the client's ``statement_timeout`` (or the server's
+    ``statement_timeout`` / ``lock_timeout``): typically it waited for a lock another
+    transaction holds. Nothing it did was kept; the database answered, so this is not
+    :class:`DatabaseUnavailable` and a fail-open client does not spool it."""
+
+
+#: SQLSTATEs of a statement cancelled by a timeout: query_canceled, lock_not_available.
+TIMEOUT_SQLSTATES = ("57014", "55P03")
+
+
 #: SQLSTATE of the server warning behind ReadinessWarning.
 READINESS_WARNING_SQLSTATE = "01CW0"
 
@@ -138,6 +154,14 @@ def translate(exc: psycopg.Error) -> Exception:
         err = SQLSTATE_EXCEPTIONS[state](diag.message_primary or str(exc), hint=diag.message_hint)
         err.__cause__ = exc
         return err
+    if state in TIMEOUT_SQLSTATES:
+        timeout = StatementTimeout(
+            f"the call timed out: {exc.diag.message_primary or exc}",
+            hint="statement_timeout / lock_timeout: it may have waited for a lock held by "
+            "another transaction",
+        )
+        timeout.__cause__ = exc
+        return timeout
     if is_unavailable(exc):
         unavailable = DatabaseUnavailable(str(exc))
         unavailable.__cause__ = exc

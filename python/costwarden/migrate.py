@@ -33,6 +33,11 @@ pgcrypto (SPEC §12) is used where it is installed: when the extension already l
 another schema (Supabase's ``extensions``, ``public``), the run creates in schema
 costwarden thin wrappers with the names costwarden's SQL calls, each calling the
 extension's function schema-qualified (PGCRYPTO_FUNCTIONS).
+
+dblink (contrib) carries the audit link that records refused BYOK resolves
+(audit_link.py): created in schema costwarden when absent and the run may create it,
+used where it is otherwise (a ``costwarden.dblink_exec`` wrapper, DBLINK_FUNCTIONS).
+Without it a run still succeeds and says so; refusals then leave numbered gaps.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from . import audit_link
 from .errors import CostwardenError
 
 MIGRATIONS_DIR = "migrations"
@@ -112,7 +118,8 @@ comment on table costwarden._repeatables is
 RESET_GRANTS = """
 do $reset$
 declare
-    v_roles constant text := 'costwarden_admin, costwarden_service, costwarden_tenant';
+    v_roles constant text :=
+        'costwarden_admin, costwarden_service, costwarden_tenant, costwarden_auditor';
     v record;
 begin
     for v in
@@ -185,6 +192,8 @@ CRON_JOBS: tuple[tuple[str, str, str], ...] = (
     ("costwarden-expire", "* * * * *", "fn_cost_expire_reservations"),
     ("costwarden-anomalies", "*/5 * * * *", "fn_detect_spend_anomalies"),
     ("costwarden-maintenance", "17 * * * *", "fn_maintenance"),
+    # counters against the reservations and the ledger; drift is recorded and logged
+    ("costwarden-reconcile", "41 3 * * *", "fn_reconcile"),
 )
 
 #: How often a run is retried when its first statements raced another migrator that
@@ -305,6 +314,11 @@ PGCRYPTO_FUNCTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("pgp_sym_encrypt_bytea", "bytea, text, text", "bytea", "volatile"),
     ("pgp_sym_decrypt", "bytea, text", "text", "immutable"),
     ("pgp_sym_decrypt_bytea", "bytea, text", "bytea", "immutable"),
+)
+
+#: dblink's function the audit link calls as ``costwarden.dblink_exec``.
+DBLINK_FUNCTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("dblink_exec", "text, text", "text", "volatile"),
 )
 
 
@@ -531,6 +545,7 @@ def _run(
     except psycopg.errors.InsufficientPrivilege as exc:
         raise MigrationError(str(exc)) from exc
     conn.execute(LOCK)
+    said.extend(_create_dblink(conn))
     _pgcrypto_wrappers(conn)
     conn.execute(BOOKKEEPING_COMMENTS)
     applied = _applied(conn)
@@ -572,9 +587,10 @@ def _run(
         if not applied_now:
             said.append(f"applied the {len(functions)} function files again")
         said.extend(f"dropped {kind} {name} (no longer in sql/functions)" for kind, name in dropped)
+    audit_link.ensure(conn)
     _hand_over(conn)
     conn.execute(LOCKDOWN)
-    _grant_pgcrypto(conn)
+    said.extend(_grant_pgcrypto(conn))
     return applied_now, said
 
 
@@ -601,26 +617,59 @@ def _check_schema(conn: Conn) -> None:
         )
 
 
-def _pgcrypto_schema(conn: Conn) -> str | None:
+def _pgcrypto_schema(conn: Conn, extension: str = "pgcrypto") -> str | None:
     row = conn.execute(
         "select n.nspname from pg_catalog.pg_extension as e "
-        "join pg_catalog.pg_namespace as n on n.oid = e.extnamespace where e.extname = 'pgcrypto'"
+        "join pg_catalog.pg_namespace as n on n.oid = e.extnamespace where e.extname = %s",
+        (extension,),
     ).fetchone()
     return str(row[0]) if row else None
 
 
+def _create_dblink(conn: Conn) -> list[str]:
+    """Create dblink in schema costwarden when it is absent, available and this role
+    may (a superuser; dblink is not a trusted extension). PUBLIC's EXECUTE on its
+    functions is revoked with the lockdown: only costwarden_owner may use it."""
+    if _pgcrypto_schema(conn, "dblink") is not None:
+        return []
+    row = conn.execute(
+        "select exists (select from pg_catalog.pg_available_extensions where name = 'dblink')"
+    ).fetchone()
+    if row and row[0]:
+        try:
+            with conn.transaction():
+                conn.execute("create extension dblink with schema costwarden")
+            return []
+        except psycopg.errors.InsufficientPrivilege:
+            pass
+    return [
+        "dblink is not installed (and this role may not create it): refused BYOK resolves "
+        "are recorded only by the callers' receipts (docs/operations.md#the-audit-link)"
+    ]
+
+
 def _pgcrypto_wrappers(conn: Conn) -> None:
-    """When pgcrypto lives outside schema costwarden, (re)create costwarden.<name>
-    wrappers that call it schema-qualified (PGCRYPTO_FUNCTIONS)."""
-    schema = _pgcrypto_schema(conn)
+    """When pgcrypto (dblink) lives outside schema costwarden, (re)create costwarden.<name>
+    wrappers that call it schema-qualified (PGCRYPTO_FUNCTIONS, DBLINK_FUNCTIONS)."""
+    _wrappers(conn, "pgcrypto", PGCRYPTO_FUNCTIONS, "parallel safe")
+    _wrappers(conn, "dblink", DBLINK_FUNCTIONS, "parallel unsafe")
+
+
+def _wrappers(
+    conn: Conn,
+    extension: str,
+    functions: tuple[tuple[str, str, str, str], ...],
+    parallel: str,
+) -> None:
+    schema = _pgcrypto_schema(conn, extension)
     if schema is None or schema == "costwarden":
         return
-    for name, args, result, volatility in PGCRYPTO_FUNCTIONS:
+    for name, args, result, volatility in functions:
         params = ", ".join(f"${i + 1}" for i in range(len(args.split(","))))
         conn.execute(
             sql.SQL(
                 "create or replace function costwarden.{name}({args}) returns {result} "
-                "language sql {volatility} strict parallel safe "
+                "language sql {volatility} strict {parallel} "
                 "set search_path = pg_catalog, pg_temp "
                 "as {body}"
             ).format(
@@ -628,6 +677,7 @@ def _pgcrypto_wrappers(conn: Conn) -> None:
                 args=sql.SQL(args),
                 result=sql.SQL(result),
                 volatility=sql.SQL(volatility),
+                parallel=sql.SQL(parallel),
                 body=sql.Literal(
                     f"select {sql.Identifier(schema).as_string(conn)}.{name}({params})"
                 ),
@@ -637,27 +687,40 @@ def _pgcrypto_wrappers(conn: Conn) -> None:
             sql.SQL("comment on function costwarden.{}({}) is {}").format(
                 sql.Identifier(name),
                 sql.SQL(args),
-                sql.Literal(f"costwarden: pgcrypto's {name} of schema {schema}"),
+                sql.Literal(f"costwarden: {extension}'s {name} of schema {schema}"),
             )
         )
 
 
-def _grant_pgcrypto(conn: Conn) -> None:
-    """costwarden_owner may use pgcrypto where it is (the lockdown revoked PUBLIC's
-    EXECUTE on the extension's functions when they live in schema costwarden)."""
-    schema = _pgcrypto_schema(conn)
+def _grant_pgcrypto(conn: Conn) -> list[str]:
+    """costwarden_owner may use pgcrypto and dblink where they are (the lockdown revoked
+    PUBLIC's EXECUTE on the extensions' functions when they live in schema costwarden).
+    A dblink costwarden_owner may not use only costs the audit link: said, not raised."""
+    _grant_extension(conn, "pgcrypto", PGCRYPTO_FUNCTIONS)
+    try:
+        with conn.transaction():
+            _grant_extension(conn, "dblink", DBLINK_FUNCTIONS)
+    except MigrationError as exc:
+        return [f"{exc}; until then refused BYOK resolves are recorded only by receipts"]
+    return []
+
+
+def _grant_extension(
+    conn: Conn, extension: str, functions: tuple[tuple[str, str, str, str], ...]
+) -> None:
+    schema = _pgcrypto_schema(conn, extension)
     if schema is None:
         return
-    names = [name for name, *_ in PGCRYPTO_FUNCTIONS]
+    names = [name for name, *_ in functions]
     rows = conn.execute(
         "select p.oid::regprocedure::text from pg_catalog.pg_proc as p "
         "join pg_catalog.pg_depend as d on d.classid = 'pg_catalog.pg_proc'::regclass "
         "  and d.objid = p.oid and d.deptype = 'e' "
-        "join pg_catalog.pg_extension as e on e.oid = d.refobjid and e.extname = 'pgcrypto' "
+        "join pg_catalog.pg_extension as e on e.oid = d.refobjid and e.extname = %s "
         "where p.proname = any(%s) "
         "  and not pg_catalog.has_function_privilege('costwarden_owner', p.oid, 'EXECUTE') "
         "order by 1",
-        (names,),
+        (extension, names),
     ).fetchall()
     try:
         if not conn.execute(
@@ -672,8 +735,8 @@ def _grant_pgcrypto(conn: Conn) -> None:
             conn.execute(f"grant execute on function {signature} to costwarden_owner".encode())
     except psycopg.errors.InsufficientPrivilege as exc:
         raise MigrationError(
-            f"pgcrypto is installed in schema {schema}, and costwarden_owner may not use it: "
-            f"{exc}. Grant USAGE on that schema and EXECUTE on pgcrypto's functions to "
+            f"{extension} is installed in schema {schema}, and costwarden_owner may not use "
+            f"it: {exc}. Grant USAGE on that schema and EXECUTE on {extension}'s functions to "
             "costwarden_owner (docs/operations.md#managed-postgresql)"
         ) from exc
 

@@ -470,6 +470,50 @@ class ResolveAttempt(Row):
     recorded_via: str | None  # 'inline' | 'receipt'
 
 
+# -- money correctness under faults (sql/functions/18_reconcile.sql)
+
+
+@dataclass(frozen=True)
+class ReconcileDrift(Row):
+    """One finding of fn_reconcile / fn_reconcile_repair: a pool's counter that the
+    reservations (``measure='held'``) or the ledger (``'spent'``, per period and
+    window: ``rolling``, ``calendar`` or the whole ``horizon`` kept) do not match."""
+
+    org_id: str
+    pool_id: int
+    pool_kind: str  # 'org' | 'workspace' | 'key' | 'user'
+    scope_id: str
+    measure: str  # 'held' | 'spent'
+    period: str | None  # spent: 'hour' | 'day' | 'week' | 'month'
+    window_kind: str | None  # spent: 'rolling' | 'calendar' | 'horizon'
+    metric: str  # 'cost' (micro-USD) | 'tokens'
+    counter: int  # what the counters say
+    recomputed: int  # what the reservations / the ledger say
+    drift: int  # counter - recomputed
+
+
+@dataclass(frozen=True)
+class ReplayedOperation(Row):
+    """fn_replay_reservation: a spooled commit, release or meter tick of a
+    reservation the database holds, replayed (``applied`` false: already replayed)."""
+
+    applied: bool
+    booked_micros: int
+    released_micros: int
+    status: str | None
+
+
+@dataclass(frozen=True)
+class ReplayedUsage(Row):
+    """fn_replay_usage: the usage of a call made without the database, booked
+    (only what it costs beyond what the call already booked)."""
+
+    applied: bool
+    booked_micros: int
+    booked_tokens: int
+    pricing_snapshot_id: int | None
+
+
 # -- §11 spend visibility, §6 outlier reports, workspace readiness ------------------
 
 

@@ -1,7 +1,9 @@
 """`costwarden worker`: runs costwarden's scheduled jobs where pg_cron is absent.
 
 The same functions pg_cron would call (see migrate.CRON_JOBS): expiry every
-minute, anomaly detection every five minutes, housekeeping every hour. Each
+minute, anomaly detection every five minutes, housekeeping every hour, the
+reconciliation of the counters against the ledger every day (it reports the
+number of drift findings; `costwarden books check` shows them). Each
 job is safe to run concurrently with itself (SKIP LOCKED / row locks),
 so a worker beside pg_cron does no harm. Correctness never waits for the
 timer: an expired hold that is not yet swept can only refuse early.
@@ -9,6 +11,7 @@ timer: an expired hold that is not yet swept can only refuse early.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +22,8 @@ from .client import Client
 from .errors import CostwardenError
 
 Echo = Callable[[str], None]
+
+log = logging.getLogger("costwarden.worker")
 
 
 @dataclass
@@ -34,11 +39,31 @@ def _anomalies(client: Client) -> int:
     return int(detect()) if detect is not None else 0
 
 
+def _reconcile(client: Client) -> int:
+    drift = client.reconcile()
+    for d in drift:
+        log.warning(
+            "reconcile: org %s pool %s (%s %s) %s %s %s %s: counter %s, recomputed %s",
+            d.org_id,
+            d.pool_id,
+            d.pool_kind,
+            d.scope_id,
+            d.measure,
+            d.period or "-",
+            d.window_kind or "-",
+            d.metric,
+            d.counter,
+            d.recomputed,
+        )
+    return len(drift)
+
+
 def default_jobs() -> list[Job]:
     return [
         Job("costwarden-expire", 60, lambda c: c.expire()),
         Job("costwarden-anomalies", 300, _anomalies),
         Job("costwarden-maintenance", 3600, lambda c: c.maintenance()),
+        Job("costwarden-reconcile", 86400, _reconcile),
     ]
 
 

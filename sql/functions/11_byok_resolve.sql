@@ -60,6 +60,110 @@ begin
 end
 $$;
 
+-- Internal: the payload of a signed refusal receipt (with or without the
+-- 'costwarden-refusal-receipt: ' prefix of the CW005 hint); CW004 when it is
+-- not a refusal receipt this database issued.
+create or replace function costwarden._byok_receipt_payload(p_receipt text)
+returns jsonb
+language plpgsql stable
+as $$
+declare
+    v_receipt text := p_receipt;
+    v_text text;
+    v_payload jsonb;
+begin
+    if v_receipt is null then
+        perform costwarden._raise('CW004', 'p_receipt is required');
+    end if;
+    v_receipt := regexp_replace(btrim(v_receipt), '^costwarden-refusal-receipt:\s*', '');
+    if length(v_receipt) > 8000 or v_receipt !~ '^[A-Za-z0-9+/=]+\.[0-9a-f]{64}$' then
+        perform costwarden._raise('CW004', 'p_receipt is not a costwarden refusal receipt');
+    end if;
+    begin
+        v_text := convert_from(decode(split_part(v_receipt, '.', 1), 'base64'), 'UTF8');
+        v_payload := v_text::jsonb;
+    exception when others then
+        perform costwarden._raise('CW004', 'p_receipt is not a costwarden refusal receipt');
+    end;
+    if costwarden._byok_receipt_mac(v_text) <> split_part(v_receipt, '.', 2)
+       or v_payload ->> 'outcome' is distinct from 'refused' then
+        perform costwarden._raise('CW004', 'p_receipt: the signature does not match (not issued by this database)');
+    end if;
+    return v_payload;
+end
+$$;
+
+-- The one function the audit link's login may run (costwarden_auditor): record
+-- a refusal from its signed receipt, recorded_via 'server'. A forged receipt is
+-- CW004, so even the link's password lets nobody write anything else. Null
+-- records nothing (`costwarden audit-link check` calls it so).
+create or replace function costwarden._byok_refusal_append(p_receipt text)
+returns boolean
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_receipt is null then
+        return null;
+    end if;
+    return costwarden._byok_resolve_log_insert(costwarden._byok_receipt_payload(p_receipt), 'server');
+end
+$$;
+
+-- Internal: a libpq connection-string value, quoted.
+create or replace function costwarden._conninfo_quote(p_value text)
+returns text
+language sql immutable
+as $$
+    select '''' || replace(replace(p_value, '\', '\\'), '''', '\''') || ''''
+$$;
+
+-- Internal: run one statement (returning no rows: dblink_exec) through the
+-- audit link -- a loopback dblink
+-- connection as the link's login, in its own transaction, committed whatever
+-- the caller's transaction does. Never raises: problem says why it did not run
+-- (no link, dblink not installed, connection refused, the server did not ask
+-- the login for its password, ...), with the password blanked out. The
+-- connection string exists only in this function's variables: dblink's errors
+-- quote libpq's message, never the string.
+create or replace function costwarden._byok_audit_link_exec(
+    p_sql text, out ok boolean, out login text, out target text, out problem text
+)
+language plpgsql volatile
+as $$
+declare
+    v_link costwarden._byok_audit_link;
+    v_conn text;
+    v_detail text;
+begin
+    ok := false;
+    select * into v_link from costwarden._byok_audit_link;
+    if not found then
+        problem := 'no audit link (costwarden migrate creates it)';
+        return;
+    end if;
+    login := v_link.login;
+    target := format('%s:%s/%s', coalesce(v_link.host, '127.0.0.1'),
+                     coalesce(v_link.port, current_setting('port')::integer),
+                     coalesce(v_link.dbname, current_database()));
+    v_conn := concat_ws(' ',
+        'host=' || costwarden._conninfo_quote(coalesce(v_link.host, '127.0.0.1')),
+        'port=' || coalesce(v_link.port, current_setting('port')::integer),
+        'dbname=' || costwarden._conninfo_quote(coalesce(v_link.dbname, current_database())),
+        'user=' || costwarden._conninfo_quote(v_link.login),
+        'password=' || costwarden._conninfo_quote(v_link.password),
+        'application_name=costwarden_audit_link connect_timeout=5',
+        'options=''-c statement_timeout=5000 -c lock_timeout=2000''');
+    begin
+        perform costwarden.dblink_exec(v_conn, p_sql);
+        ok := true;
+    exception when others then
+        get stacked diagnostics v_detail = pg_exception_detail;
+        problem := left(replace(concat_ws(': ', sqlstate, sqlerrm, nullif(btrim(v_detail), '')),
+                                v_link.password, '[redacted]'), 500);
+    end;
+end
+$$;
+
 -- Internal (resolve, step 1): the binding -- which key slot (org, workspace,
 -- provider) a resolve may open: the one of a held, unexpired byok reservation,
 -- FOR SHARE-locked until commit so that no commit or release slips in before
@@ -216,6 +320,7 @@ declare
     v_secret text;
     v_fingerprint text;
     v_payload jsonb;
+    v_problem text;
 begin
     begin
         select a.org_id, a.user_id into v_actor_org, v_actor_user from costwarden._actor() as a;
@@ -269,8 +374,18 @@ begin
     );
     perform costwarden._byok_resolve_log_line(v_payload);
 
-    -- 3. a refusal: CW005 with a signed receipt (the transaction rolls back)
+    -- 3. a refusal: recorded through the audit link (committed whatever the
+    -- caller does), then CW005 with a signed receipt (the transaction rolls back)
     if v_reason is not null then
+        select l.problem into v_problem
+        from costwarden._byok_audit_link_exec(
+            format('do $link$ begin perform costwarden._byok_refusal_append(%L); end $link$',
+                   costwarden._byok_receipt(v_payload))
+        ) as l;
+        if v_problem is not null then
+            raise log 'costwarden.byok_resolve_unrecorded %',
+                jsonb_build_object('attempt', v_attempt, 'problem', v_problem)::text;
+        end if;
         perform costwarden._raise('CW005',
             format('BYOK resolve refused (attempt %s, %s): %s', v_attempt, v_reason, v_detail),
             'costwarden-refusal-receipt: ' || costwarden._byok_receipt(v_payload));
@@ -287,35 +402,14 @@ comment on function costwarden.fn_byok_key_resolve_v2(uuid, text, text, text) is
 'is CW005. Every attempt is audited.';
 
 -- Record a refused resolve from the receipt its CW005 carried (the refusal
--- itself rolled back). True when recorded now, false when already recorded.
+-- itself rolled back). True when recorded now, false when already recorded
+-- (by an earlier call, or by the server through the audit link).
 create or replace function costwarden.fn_byok_resolve_refusal_record(p_receipt text)
 returns boolean
 language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
-declare
-    v_receipt text := p_receipt;
-    v_text text;
-    v_payload jsonb;
-    v_mac text;
 begin
-    if v_receipt is null then
-        perform costwarden._raise('CW004', 'p_receipt is required');
-    end if;
-    v_receipt := regexp_replace(btrim(v_receipt), '^costwarden-refusal-receipt:\s*', '');
-    if length(v_receipt) > 8000 or v_receipt !~ '^[A-Za-z0-9+/=]+\.[0-9a-f]{64}$' then
-        perform costwarden._raise('CW004', 'p_receipt is not a costwarden refusal receipt');
-    end if;
-    begin
-        v_text := convert_from(decode(split_part(v_receipt, '.', 1), 'base64'), 'UTF8');
-        v_payload := v_text::jsonb;
-    exception when others then
-        perform costwarden._raise('CW004', 'p_receipt is not a costwarden refusal receipt');
-    end;
-    v_mac := costwarden._byok_receipt_mac(v_text);
-    if v_mac <> split_part(v_receipt, '.', 2) or v_payload ->> 'outcome' is distinct from 'refused' then
-        perform costwarden._raise('CW004', 'p_receipt: the signature does not match (not issued by this database)');
-    end if;
-    return costwarden._byok_resolve_log_insert(v_payload, 'receipt');
+    return costwarden._byok_resolve_log_insert(costwarden._byok_receipt_payload(p_receipt), 'receipt');
 end
 $$;
 
@@ -367,6 +461,7 @@ comment on function costwarden.fn_byok_resolve_audit(text, uuid, integer) is
 'BYOK resolve attempts (granted, refused, and unrecorded gaps), newest first; never a secret.';
 
 grant execute on function costwarden.fn_byok_resolve_audit(text, uuid, integer) to costwarden_admin;
+grant execute on function costwarden._byok_refusal_append(text) to costwarden_auditor;
 grant execute on function
     costwarden.fn_byok_key_resolve_v2(uuid, text, text, text),
     costwarden.fn_byok_resolve_refusal_record(text)

@@ -50,6 +50,12 @@ SAMPLES: dict[str, tuple[str, str]] = {
         "select * from costwarden.fn_byok_kek_rotate()",
     ),
     "fn_circuit_reset": ("", "select costwarden.fn_circuit_reset('openai')"),
+    "fn_reconcile_repair": (
+        "update costwarden._pools set held_micros = held_micros + 5 "
+        "where org_id = 'acme' and kind = 'org'",
+        "select * from costwarden.fn_reconcile_repair('acme', (select d.pool_id from "
+        "costwarden.fn_reconcile('acme') as d limit 1), 'a hold leaked')",
+    ),
     "fn_tenant_login_bind": (
         "",
         "select costwarden.fn_tenant_login_bind(session_user::text, 'acme', 'alice')",

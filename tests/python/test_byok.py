@@ -86,6 +86,14 @@ def vendor_key(kek_client: costwarden.Client, seeded: Seeded) -> str:
     return kek_client.put_key(seeded.org, seeded.ws_vendor, "anthropic", SECRET)
 
 
+@pytest.fixture
+def no_audit_link(admin_conn: psycopg.Connection[Any]) -> None:
+    """The receipt path: this database has no audit link (as where dblink or the link's
+    password rule is missing), so a refusal is recorded only by its receipt.
+    tests/python/test_refusal_audit.py tests the link."""
+    admin_conn.execute("delete from costwarden._byok_audit_link")
+
+
 def reserve(client: costwarden.Client, seeded: Seeded, **kwargs: Any) -> UUID:
     r = client.reserve(seeded.org, seeded.ws_vendor, seeded.vendor_model, USAGE, **kwargs)
     assert r.status == "held" and r.billing_mode == "byok", r
@@ -433,6 +441,7 @@ def test_resolve_refusals_are_cw005_and_audited(
     seeded: Seeded,
     vendor_key: str,
     admin_conn: psycopg.Connection[Any],
+    no_audit_link: None,
 ) -> None:
     """Every way a resolve is refused: CW005 naming the reason, never quoting a secret or
     the KEK; the refusal rolls back, and its signed receipt turns it into a row of the
@@ -464,10 +473,11 @@ def test_resolve_refusals_are_cw005_and_audited(
 
 
 def test_client_records_refusals_itself(
-    kek_client: costwarden.Client, seeded: Seeded, vendor_key: str
+    kek_client: costwarden.Client, seeded: Seeded, vendor_key: str, no_audit_link: None
 ) -> None:
     """Through the Python client a refused resolve is in the audit trail after the call
-    failed: r.byok_key() works while held, is refused after commit."""
+    failed, even without the audit link: r.byok_key() works while held, is refused after
+    commit."""
     with kek_client.reservation(seeded.org, seeded.ws_vendor, seeded.vendor_model, USAGE) as r:
         assert r.byok_key().secret == SECRET
         r.commit(USAGE)
@@ -487,9 +497,11 @@ def test_unrecorded_refusals_leave_a_visible_gap(
     client: costwarden.Client,
     seeded: Seeded,
     vendor_key: str,
+    no_audit_link: None,
 ) -> None:
-    """A raw SQL caller that drops the receipt: the attempt number is still a gap in the
-    trail (sequences are not transactional), until the receipt is recorded."""
+    """Without the audit link, a raw SQL caller that drops the receipt: the attempt number
+    is still a gap in the trail (sequences are not transactional), until the receipt is
+    recorded."""
     rid = reserve(client, seeded)
     call(admin_conn, RESOLVE, [rid, None, None, None])  # attempt 1: granted
     client.release(rid)

@@ -33,6 +33,7 @@ NO_JSON = {
     "models set",
     "budgets set",
     "keys revoke",
+    "audit-link rotate",
     "anomalies ack",
     "spend-report register",
     "ledger export",  # JSON Lines
@@ -242,6 +243,7 @@ def test_json_output(dsn: str, client: costwarden.Client, seeded: Seeded, tmp_pa
         "costwarden-expire",
         "costwarden-anomalies",
         "costwarden-maintenance",
+        "costwarden-reconcile",
     }
     assert any(s["key"] == "billing_enforce" for s in doc("settings", "list"))
     assert doc("workspaces", "set", "acme", ws)["billing_mode"] == "platform_managed"

@@ -76,6 +76,8 @@ def test_costwarden_owner_owns_everything_and_is_no_superuser(admin_conn: Conn) 
         select 'relation', c.oid::regclass::text from pg_class c
         where c.relnamespace = 'costwarden'::regnamespace
           and c.relowner <> 'costwarden_owner'::regrole
+          and not exists (select from pg_depend d where d.classid = 'pg_type'::regclass
+                          and d.objid = c.reltype and d.deptype = 'e')  -- dblink's row type
         union all
         select 'function', p.oid::regprocedure::text from pg_proc p
         where p.pronamespace = 'costwarden'::regnamespace
@@ -87,7 +89,10 @@ def test_costwarden_owner_owns_everything_and_is_no_superuser(admin_conn: Conn) 
     assert not_owned == []
     definers = admin_conn.execute(
         "select count(*), count(*) filter (where proowner = 'costwarden_owner'::regrole) "
-        "from pg_proc where pronamespace = 'costwarden'::regnamespace and prosecdef"
+        "from pg_proc p where pronamespace = 'costwarden'::regnamespace and prosecdef "
+        # dblink's own dblink_connect_u: superusers only (PUBLIC's EXECUTE is revoked)
+        "and not exists (select from pg_depend d where d.classid = 'pg_proc'::regclass "
+        "                and d.objid = p.oid and d.deptype = 'e')"
     ).fetchone()
     assert definers is not None and definers[0] > 50 and definers[0] == definers[1]
 

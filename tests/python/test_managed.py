@@ -83,7 +83,12 @@ def test_a_non_superuser_database_owner_migrates_and_runs_everything(
         c.commit(r.reservation_id, {"input_tokens": 900})
         # no pg_cron here: the worker runs the same jobs
         done = worker.run_once(c)
-        assert set(done) == {"costwarden-expire", "costwarden-anomalies", "costwarden-maintenance"}
+        assert set(done) == {
+            "costwarden-expire",
+            "costwarden-anomalies",
+            "costwarden-maintenance",
+            "costwarden-reconcile",
+        }
         assert done["costwarden-anomalies"] >= 0
         assert c.ledger_verify("acme")[0].ok
 

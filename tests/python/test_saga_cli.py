@@ -127,4 +127,5 @@ def test_worker_loop_runs_jobs_on_schedule(client: costwarden.Client, seeded: Se
         "costwarden-expire",
         "costwarden-anomalies",
         "costwarden-maintenance",
+        "costwarden-reconcile",
     }

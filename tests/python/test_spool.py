@@ -1,6 +1,7 @@
 """The client's on_unavailable policy (SPEC §7, costwarden/spool.py): 'closed' raises;
-'open' proceeds unenforced, spools durably and replays as spend reports -- nothing
-lost, nothing double-booked. One test stops and restarts a real server mid-way."""
+'open' proceeds unenforced, spools every operation durably (meter ticks included) and
+replays it exactly once, priced at call time -- nothing lost, nothing double-booked.
+One test stops and restarts a real server mid-way (test_outage.py: under load)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,16 @@ def spend_reports(conn: Conn) -> list[tuple[Any, ...]]:
         "select workspace_id, amount_micros, source from costwarden._ledger "
         "where entry_type = 'spend_report' order by org_id, seq"
     ).fetchall()
+
+
+def booked_by_workspace(conn: Conn) -> dict[str, int]:
+    """The spend reports booked, summed per workspace (a call whose ticks were booked
+    before its commit has several entries)."""
+    rows = conn.execute(
+        "select workspace_id, sum(amount_micros)::bigint from costwarden._ledger "
+        "where entry_type = 'spend_report' group by workspace_id"
+    ).fetchall()
+    return {ws: int(n) for ws, n in rows}
 
 
 def test_closed_raises_database_unavailable() -> None:
@@ -85,24 +96,37 @@ def test_open_spools_and_replay_books_exactly_once(
         down.commit(r4.reservation_id, {"input_tokens": 1, "output_tokens": Decimal("3")})
 
     spool = Spool(spool_dir)
-    lines = spool.path.read_text().splitlines()
-    assert [json.loads(line)["kind"] for line in lines] == ["usage", "usage", "usage"]
-    assert spool.pending() == 3
+    records = [json.loads(line) for line in spool.path.read_text().splitlines()]
+    # every operation: the meter ticks too (final: false), each with its call time
+    assert [(r["kind"], r["final"]) for r in records] == [
+        ("usage", False),
+        ("usage", True),
+        ("usage", False),
+        ("usage", True),
+        ("usage", True),
+    ]
+    assert all(r["called_at"] <= r["at"] for r in records)
+    assert spool.pending() == 5
     assert spend_reports(admin_conn) == []
 
-    with costwarden.Client(dsn, spool_dir=spool_dir) as up:
+    with costwarden.Client(dsn, spool_dir=spool_dir, on_unavailable="closed") as up:
         report = up.replay_spool()
-        assert (report.replayed, report.rejected, report.remaining) == (3, 0, 0)
+        assert (report.replayed, report.rejected, report.remaining) == (5, 0, 0)
         assert report.booked_micros == CHAT_MICROS + 6_000 + 33
+        # a second replay of the same records books nothing (their ids are recorded)
+        spool._save_state({"offset": 0})
+        spool.path.write_text("".join(json.dumps(r) + "\n" for r in records))
         again = up.replay_spool()
-        assert (again.replayed, again.booked_micros) == (0, 0)
+        assert (again.replayed, again.booked_micros) == (5, 0)
     source = spool.source
     assert source.startswith("spool-")
-    assert spend_reports(admin_conn) == [
-        (seeded.ws_platform, CHAT_MICROS, source),
-        (seeded.ws_vendor, 6_000, source),
-        (seeded.other_ws, 33, source),
-    ]
+    assert booked_by_workspace(admin_conn) == {
+        seeded.ws_platform: CHAT_MICROS,
+        seeded.ws_vendor: 6_000,
+        seeded.other_ws: 33,
+    }
+    assert {r[2] for r in spend_reports(admin_conn)} == {source}
+    assert spool.path.read_bytes() == b""  # everything replayed: the file is emptied
 
 
 class Crash(BaseException):
@@ -130,7 +154,7 @@ def test_a_replay_interrupted_after_booking_does_not_book_twice(
     def crashing_run(call: Any) -> Any:
         nonlocal calls
         result = client._run(call)
-        if "fn_spend_report_cumulative" in call.sql:
+        if "fn_replay_usage" in call.sql:
             calls += 1
             if calls == 2:
                 raise Crash
@@ -139,8 +163,9 @@ def test_a_replay_interrupted_after_booking_does_not_book_twice(
     with pytest.raises(Crash):
         spool.replay(crashing_run)
     assert sum(r[1] for r in spend_reports(admin_conn)) == 2 * CHAT_MICROS  # both booked
-    assert spool.state()["pending"] is not None  # ... but the second not recorded locally
+    assert spool.pending() == 1  # ... but the second not recorded locally
     report = spool.replay(client._run)
+    # sent again, found booked (its operation id is recorded in the database)
     assert (report.replayed, report.booked_micros, report.remaining) == (1, 0, 0)
     assert sum(r[1] for r in spend_reports(admin_conn)) == 2 * CHAT_MICROS
 
@@ -193,7 +218,7 @@ def spooltest_database(server: Any) -> str:
         conn.execute("create database spooltest")
     dsn: str = server.dsn_for("spooltest")
     cw_migrate.migrate(dsn, schedule=False)
-    with costwarden.Client(dsn) as admin:
+    with costwarden.Client(dsn, on_unavailable="closed") as admin:
         admin.upsert_model("openai/gpt-4o", platform_servable=True)
         admin.set_pricing(
             "openai/gpt-4o",
@@ -269,3 +294,39 @@ def test_costwarden_spend_report_replay(
     assert result.exit_code == 0, result.output
     assert "replayed 1 record(s), booked $0.003500, rejected 0, remaining 0" in result.output
     assert [r[1] for r in spend_reports(admin_conn)] == [CHAT_MICROS]
+
+
+def test_the_spool_is_portable() -> None:
+    """No POSIX-only locking: the locks are filelock's (msvcrt on Windows, fcntl on
+    POSIX), and a directory is fsync'd only where the platform can open one."""
+    import inspect
+
+    from costwarden import spool
+
+    source = inspect.getsource(spool)
+    assert "import fcntl" not in source and "fcntl." not in source
+    assert "from filelock import FileLock" in source
+
+
+def test_a_release_sends_the_ticks_the_database_did_not_see(
+    tmp_path: Path, dsn: str, seeded: Seeded, admin_conn: Conn
+) -> None:
+    """A reservation the database holds, metered while the database was away, then
+    released once it is back: the release charges the offline ticks' usage."""
+    with costwarden.Client(dsn, on_unavailable="open", spool_dir=tmp_path) as c:
+        r = c.reserve("acme", seeded.ws_platform, seeded.platform_model, CHAT)
+        away = costwarden.DatabaseUnavailable("the database went away")
+        tick = c.unavailable.meter_unreachable(away, r.reservation_id, {"input_tokens": 800})
+        assert tick.action == "continue"
+        assert [json.loads(x)["kind"] for x in Spool(tmp_path).path.read_text().splitlines()] == [
+            "meter"
+        ]
+        assert c.release(r.reservation_id) == CHAT_MICROS - 2_000
+        assert c.unavailable.offline_metered(r.reservation_id) is None
+        # the spooled tick, replayed after the release, books nothing more
+        assert c.replay_spool().booked_micros == 0
+    rows = admin_conn.execute(
+        "select amount_micros, approximate from costwarden._ledger where reservation_id = %s",
+        (r.reservation_id,),
+    ).fetchall()
+    assert rows == [(2_000, True)]

@@ -112,14 +112,17 @@ select is_empty(
 );
 
 -- The roles: NOLOGIN, USAGE on the schema, admin is a member of service.
--- (SPEC §12 adds two more NOLOGIN roles: the owner and the authenticator.)
+-- (SPEC §12 adds two more NOLOGIN roles: the owner and the authenticator; the
+-- audit link adds the NOLOGIN group costwarden_auditor, whose members
+-- costwarden_auditor_<database oid> are the link's logins: docs/byok.md.)
 select is(
     (select array_agg(format('%s login=%s super=%s', rolname, rolcanlogin, rolsuper) order by rolname)
-     from pg_roles where rolname like 'costwarden\_%'),
-    array['costwarden_admin login=f super=f', 'costwarden_authenticator login=f super=f',
+     from pg_roles where rolname like 'costwarden\_%' and rolname !~ '^costwarden_auditor_[0-9]+$'),
+    array['costwarden_admin login=f super=f', 'costwarden_auditor login=f super=f',
+          'costwarden_authenticator login=f super=f',
           'costwarden_owner login=f super=f', 'costwarden_service login=f super=f',
           'costwarden_tenant login=f super=f'],
-    'three NOLOGIN, non-superuser caller roles, the NOLOGIN owner and authenticator'
+    'three NOLOGIN, non-superuser caller roles, the NOLOGIN owner, authenticator and auditor group'
 );
 select ok(
     has_schema_privilege('costwarden_admin', 'costwarden', 'usage')

@@ -37,7 +37,7 @@ class Figure:
 
 def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
     migrations.migrate(dsn, schedule=False, sql_dir=sql_dir)
-    with Client(dsn) as c:
+    with Client(dsn, on_unavailable="closed") as c:
         c.upsert_model("bench/model", platform_servable=True)
         c.set_pricing(
             "bench/model",
@@ -72,7 +72,7 @@ def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
 
 def python_pairs(dsn: str, seconds: float, orgs: int) -> float:
     """Mean ms per reserve+commit pair through the Python client, one client."""
-    with Client(dsn, pool_size=1) as c:
+    with Client(dsn, pool_size=1, on_unavailable="closed") as c:
         for _ in range(20):  # warm up
             r = c.reserve("org1", "ws", "bench/model", USAGE)
             c.commit(r.reservation_id, COMMIT_USAGE)

@@ -86,6 +86,7 @@ class Context:
 
     @contextmanager
     def client(self, **options: Any) -> Iterator[Client]:
+        options.setdefault("on_unavailable", "closed")  # a command never proceeds unenforced
         with Client(self.dsn(), **options) as client:
             yield client
 

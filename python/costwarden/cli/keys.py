@@ -34,7 +34,7 @@ def _kek(prompt: str = "Key-encryption key") -> str:
 
 
 def _client(ctx: Context, kek: str | None = None) -> Client:
-    return Client(ctx.dsn(), kek=kek)
+    return Client(ctx.dsn(), kek=kek, on_unavailable="closed")
 
 
 @click.group()

@@ -11,7 +11,9 @@ from pathlib import Path
 import click
 
 from . import (
+    audit_link,
     bench,
+    books,
     cluster,
     demo,
     guardrails,
@@ -76,7 +78,9 @@ COMMANDS: tuple[click.Command, ...] = (
     spend.spend,
     # ledger and BYOK
     ledger.ledger,
+    books.books,
     keys.keys,
+    audit_link.audit_link,
     # guardrails
     guardrails.circuits,
     guardrails.anomalies,

@@ -35,7 +35,7 @@ def pricing_load(ctx: Context, file: Path | None, sample: bool, as_json: bool) -
     path = file or sample_catalogue_path()
     catalogue = read_catalogue(path)
     with psycopg.connect(ctx.dsn()) as conn, conn.transaction():
-        report = load_catalogue(Client(conn), catalogue)
+        report = load_catalogue(Client(conn, on_unavailable="closed"), catalogue)
     if as_json:
         echo_json({**_fields(report), "sample": catalogue.sample})
         return

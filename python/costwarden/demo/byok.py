@@ -67,7 +67,7 @@ def demo_section(dsn: str, echo: Echo = print) -> None:
 
     echo("== BYOK: bring your own key ==")
     kek = demo_kek(echo)
-    with Client(dsn, kek=kek) as client:
+    with Client(dsn, kek=kek, on_unavailable="closed") as client:
         load_catalogue(client, read_catalogue(sample_catalogue_path()))
         client.upsert_org(ORG)
         for ws, model in (PLATFORM_WS, BYOK_WS):

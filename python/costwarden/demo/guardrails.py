@@ -212,7 +212,7 @@ def demo_section(dsn: str, echo: Echo = print) -> None:
     """The guardrails part of ``costwarden demo``."""
     from ..pricing import load_catalogue, read_catalogue, sample_catalogue_path
 
-    with Client(dsn) as client:
+    with Client(dsn, on_unavailable="closed") as client:
         load_catalogue(client, read_catalogue(sample_catalogue_path()))
         client.upsert_org(DEMO_ORG)
         echo("")

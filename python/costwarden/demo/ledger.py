@@ -19,7 +19,11 @@ def demo_section(client_or_dsn: Client | str, echo: Echo = print) -> bool:
     """`costwarden demo`: verify every chain (in SQL and in Python), save a digest, then
     show that a tampered copy of an export is caught. The database is not modified.
     Returns True when the real ledger verified and the tampered copy was caught."""
-    client = Client(client_or_dsn) if isinstance(client_or_dsn, str) else client_or_dsn
+    client = (
+        Client(client_or_dsn, on_unavailable="closed")
+        if isinstance(client_or_dsn, str)
+        else client_or_dsn
+    )
     try:
         return _demo(client, echo)
     finally:

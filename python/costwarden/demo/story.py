@@ -772,7 +772,7 @@ def run_story(
     """The story (sections 1-7), then each of ``sections`` in order."""
     summary = DemoSummary()
     started = time.monotonic()
-    with Client(dsn, pool_size=8) as client:
+    with Client(dsn, pool_size=8, on_unavailable="closed") as client:
         run = next_run(client)
         summary.run = run.n
         echo(f"== costwarden demo (run {run.n}: orgs {run.acme}, {run.globex}, {run.hooli}) ==")
