@@ -2,13 +2,15 @@
 # Idempotent setup that every Makefile target runs first:
 #   1. the Debian packages for PostgreSQL 15, pg_cron, pgTAP, plpgsql_check, PL/Proxy,
 #      pg_prove and PgBouncer (the pooler tests start one);
-#   2. .venv with costwarden installed in editable mode, with its [dev] extras.
+#   2. .venv with costwarden installed in editable mode, with its [dev] extras;
+#   3. the TypeScript toolchain of tests/ts (openapi-typescript, tsc) when npm is there.
+# chromium drives the dashboard's browser test (tests/python/test_server_dashboard.py).
 # Quiet when there is nothing to do; a failing step prints its full output.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PACKAGES=(postgresql-15 postgresql-15-cron postgresql-15-pgtap postgresql-15-plpgsql-check
-    postgresql-15-plproxy libtap-parser-sourcehandler-pgtap-perl pgbouncer)
+    postgresql-15-plproxy libtap-parser-sourcehandler-pgtap-perl pgbouncer chromium)
 VENV=.venv
 STAMP=$VENV/.stamp
 
@@ -72,4 +74,17 @@ if [[ ! -f $STAMP || pyproject.toml -nt $STAMP ]]; then
     say "installing costwarden[dev] into $VENV"
     quietly "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[dev]'
     touch "$STAMP"
+fi
+
+# tests/ts: the OpenAPI -> TypeScript check (tests/python/test_server_typescript.py). Without
+# npm, or offline, that test skips and says why; nothing else depends on it.
+TS=tests/ts
+if command -v npm >/dev/null 2>&1 \
+    && [[ ! -f $TS/node_modules/.stamp || $TS/package.json -nt $TS/node_modules/.stamp ]]; then
+    say "installing the TypeScript toolchain into $TS/node_modules"
+    if quietly npm install --prefix "$TS" --no-audit --no-fund --silent; then
+        touch "$TS/node_modules/.stamp"
+    else
+        say "npm install failed: the TypeScript test will skip"
+    fi
 fi

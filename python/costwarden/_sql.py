@@ -821,3 +821,31 @@ def workspace_readiness(org_id: str, workspace_id: str) -> Call[list[t.Readiness
         {"org_id": org_id, "workspace_id": workspace_id},
         _many(t.ReadinessProblem),
     )
+
+
+# -- §13 the HTTP service --------------------------------------------------------------
+
+
+def reservation_get(reservation_id: UUID) -> Call[t.ReservationInfo]:
+    return Call(
+        "select * from costwarden.fn_reservation_get(p_reservation_id => %(rid)s)",
+        {"rid": reservation_id},
+        _one(t.ReservationInfo),
+    )
+
+
+def metrics() -> Call[list[t.MetricSample]]:
+    return Call("select * from costwarden.fn_metrics()", {}, _many(t.MetricSample))
+
+
+def schema_state() -> Call[list[t.SchemaObject]]:
+    return Call("select * from costwarden.fn_schema_state()", {}, _many(t.SchemaObject))
+
+
+def my_allocations(period: str, window: str) -> Call[list[t.Allocation]]:
+    return Call(
+        "select * from costwarden.fn_my_allocations(p_period => %(period)s, "
+        "p_window => %(window)s)",
+        {"period": period, "window": window},
+        _many(t.Allocation),
+    )

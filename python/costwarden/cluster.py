@@ -185,6 +185,11 @@ from r group by r.kek_id order by r.kek_id"""
 _KEK_ROTATE = """
 select min(r.kek_id), sum(r.rewrapped)::integer, sum(r.remaining)::bigint from r"""
 
+_METRICS = """
+select r.metric, r.labels,
+       case when r.metric = 'costwarden_circuit_state' then max(r.value) else sum(r.value) end
+from r group by r.metric, r.labels order by r.metric, r.labels::text"""
+
 #: Every RPC and its routing decision. docs/scale-out.md prints this table.
 ROUTES: dict[str, Route] = {
     # §1 tenancy and catalogue
@@ -255,6 +260,15 @@ ROUTES: dict[str, Route] = {
     "fn_reconcile_repair": _ORG,
     "fn_replay_reservation": _RES,
     "fn_replay_usage": _ORG,
+    # §13 the HTTP service
+    "fn_reservation_get": _RES,
+    "fn_my_allocations": Route("actor", why="the caller's own org"),
+    "fn_schema_state": Route(
+        "all",
+        "select distinct r.kind, r.version, r.name, r.checksum from r order by 1 desc, 2, 3",
+        why="every partition's schema: one row where they agree",
+    ),
+    "fn_metrics": Route("all", _METRICS, why="samples of every partition, one series each"),
     # §12 identity
     "fn_tenant_login_bind": Route("org", why="the org's partition; other bindings removed"),
     "fn_tenant_login_unbind": Route("all", "bool_or", why="the binding may live anywhere"),

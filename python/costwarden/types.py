@@ -573,3 +573,41 @@ class ReadinessProblem(Row):
 
     problem: str
     detail: str
+
+
+# -- §13 the HTTP service ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricSample(Row):
+    """One Prometheus sample of fn_metrics (docs/http.md#metrics)."""
+
+    metric: str
+    labels: dict[str, Any]
+    value: Decimal
+
+
+@dataclass(frozen=True)
+class SchemaObject(Row):
+    """An applied migration (``version`` set) or function file, with its checksum."""
+
+    kind: str  # 'migration' | 'function'
+    version: int | None
+    name: str
+    checksum: str
+
+
+@dataclass(frozen=True)
+class Allocation(Row):
+    """One of the caller's keys with its cap and spend in the window (fn_my_allocations)."""
+
+    key_id: str
+    workspace_id: str | None
+    period: str
+    window_kind: str
+    window_start: datetime
+    window_end: datetime
+    spent_micros: int
+    held_micros: int
+    limit_micros: int | None
+    remaining_micros: int | None

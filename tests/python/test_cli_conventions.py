@@ -39,6 +39,9 @@ NO_JSON = {
     "ledger export",  # JSON Lines
     "ledger digest",  # the digest document (JSON)
     "watch",  # one JSON payload a line
+    "serve",  # runs the HTTP service
+    "metrics",  # Prometheus text
+    "token",  # prints a JWT
 }
 
 #: Options whose values are free text (any string is a valid value to click).

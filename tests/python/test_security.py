@@ -16,8 +16,11 @@ from cwtest import ROLES, expect_sqlstate, run_as
 
 Conn = psycopg.Connection[Any]
 
-#: SPEC §9: the tenant role runs these and nothing else.
-TENANT_RPCS = frozenset({"fn_get_my_cost_reservations", "fn_budget_status", "fn_spend_summary"})
+#: SPEC §9: the tenant role runs these and nothing else (fn_my_allocations: SPEC §13's
+#: /v1/me/allocations, the tenant's own keys through fn_spend_summary).
+TENANT_RPCS = frozenset(
+    {"fn_get_my_cost_reservations", "fn_budget_status", "fn_spend_summary", "fn_my_allocations"}
+)
 
 #: SPEC §1, §2, §4, §5, §6: admin functions the service and tenant roles must not run.
 ADMIN_ONLY = frozenset(

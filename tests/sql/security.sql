@@ -84,8 +84,9 @@ select is_empty(
     $$ select p.oid::regprocedure from pg_proc p
        where p.pronamespace = 'costwarden'::regnamespace
          and has_function_privilege('costwarden_tenant', p.oid, 'execute')
-         and p.proname not in ('fn_get_my_cost_reservations', 'fn_budget_status', 'fn_spend_summary') $$,
-    'costwarden_tenant executes only fn_get_my_cost_reservations, fn_budget_status and fn_spend_summary'
+         and p.proname not in ('fn_get_my_cost_reservations', 'fn_budget_status', 'fn_spend_summary',
+                               'fn_my_allocations') $$,
+    'costwarden_tenant executes only fn_get_my_cost_reservations, fn_budget_status, fn_spend_summary and fn_my_allocations'
 );
 
 -- The service role runs no admin function.

@@ -55,6 +55,10 @@ def bench(
     figures = run_bench(
         dsn, bindir=bindir, seconds=seconds, orgs=orgs, ledger_rows=ledger_rows, echo=echo
     )
+    if _has_server_extra():  # the saga through `costwarden serve`, beside SQL (bench/http.py)
+        from ..bench.http import run_http_bench
+
+        figures += run_http_bench(dsn, seconds=min(seconds, 10), echo=echo)
     meta = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": platform.node(),
@@ -69,6 +73,38 @@ def bench(
     click.echo("")
     click.echo(report(figures))
     click.echo(f"\nsaved {out}")
+
+
+def _has_server_extra() -> bool:
+    from importlib.util import find_spec
+
+    return all(find_spec(m) is not None for m in ("fastapi", "uvicorn", "httpx", "jwt"))
+
+
+@bench.command("http")
+@click.option("--seconds", type=click.IntRange(1), default=10, help="Duration of each side.")
+@click.option("--clients", type=click.IntRange(1), default=8, help="Concurrent clients.")
+@click.option("--orgs", type=click.IntRange(1), default=100)
+@json_option
+@pass_ctx
+def bench_http(ctx: Context, seconds: int, clients: int, orgs: int, as_json: bool) -> None:
+    """The saga through `costwarden serve` (HTTP, keep-alive) beside the same saga
+    through SQL in the same run: pairs/s at --clients, ms added per pair at 1 client."""
+    from ..bench.http import run_http_bench
+    from ..bench.saga import report
+
+    dsn, _bindir = _server(ctx)
+    figures = run_http_bench(
+        dsn,
+        seconds=seconds,
+        clients=clients,
+        orgs=orgs,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    if as_json:
+        echo_json({"figures": figures})
+    else:
+        click.echo(report(figures))
 
 
 @bench.command("ledger")

@@ -21,6 +21,7 @@ from . import (
     ledger,
     pricing,
     saga,
+    serve,
     server,
     settings,
     spend,
@@ -88,6 +89,10 @@ COMMANDS: tuple[click.Command, ...] = (
     guardrails.watch,
     guardrails.audit,
     guardrails.spend_report,
+    # the HTTP service
+    serve.serve,
+    serve.metrics,
+    serve.token,
 )
 
 for _command in COMMANDS:
