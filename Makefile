@@ -34,9 +34,11 @@ lint: bootstrap
 bench: bootstrap
 	$(BIN)/costwarden bench --ledger-rows 1000000
 	$(BIN)/costwarden bench proxy
+	$(BIN)/costwarden bench adapters
 
 bench-full: bootstrap
 	$(BIN)/costwarden bench --ledger-rows 10000000
+	$(BIN)/costwarden bench spend
 
 soak-bench: bootstrap
 	$(BIN)/costwarden bench soak --minutes 10 --clients 8

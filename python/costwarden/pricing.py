@@ -7,6 +7,10 @@ USD per unit. Loading is idempotent, by a rule that lives in SQL
 (fn_pricing_set): the same snapshot again (model, effective_from and prices
 equal as numbers) is already loaded and writes nothing; one with other prices is
 CW004, because snapshots are immutable (add a new effective date instead).
+
+A model may give ``max_output_tokens``, the most output tokens one call can
+produce: the provider adapters size a reservation with it when a request sets
+no ``max_tokens`` (docs/integrations.md).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class CatalogueModel:
     model: str
     platform_servable: bool
     snapshots: tuple[PriceSnapshot, ...]
+    max_output_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,11 @@ def parse_catalogue(text: str, source: str = "<catalogue>") -> Catalogue:
             if not prices:
                 raise CatalogueError(f"{pwhere}: no prices")
             snapshots.append(PriceSnapshot(effective, prices))
+        cap = entry.get("max_output_tokens")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise CatalogueError(f"{where}: max_output_tokens must be a positive integer")
         models.append(
-            CatalogueModel(name, bool(entry.get("platform_servable", False)), tuple(snapshots))
+            CatalogueModel(name, bool(entry.get("platform_servable", False)), tuple(snapshots), cap)
         )
     if not models:
         raise CatalogueError(f"{source}: no [[model]] entries")

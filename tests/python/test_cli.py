@@ -14,7 +14,7 @@ from costwarden.cli import main
 
 Conn = psycopg.Connection[Any]
 SAMPLE_MODELS = 11
-SAMPLE_SNAPSHOTS = 15
+SAMPLE_SNAPSHOTS = 18
 
 
 def cli(dsn: str, *args: str) -> Result:
@@ -67,10 +67,11 @@ def test_pricing_load_sample_is_idempotent(dsn: str, admin_conn: Conn) -> None:
     assert lines[0].split() == ["model", "servable", "snapshot", "since", "USD", "per", "unit"]
     assert len(lines) == 2 + SAMPLE_MODELS
     gpt = next(line for line in lines if line.startswith("openai/gpt-4o "))
-    # the snapshot in force (2024-10-01), exact decimals, no float noise
-    assert "2024-10-01" in gpt and "input_tokens=0.0000025" in gpt and "yes" in gpt
+    # the snapshot in force (2025-03-01), exact decimals, no float noise
+    assert "2025-03-01" in gpt and "input_tokens=0.0000025" in gpt and "yes" in gpt
+    assert "cache_write_tokens=0.0000025" in gpt
     history = ok(dsn, "pricing", "show", "--model", "openai/gpt-4o", "--history")
-    assert "2024-05-13" in history and "2024-10-01" in history
+    assert "2024-05-13" in history and "2024-10-01" in history and "2025-03-01" in history
     assert "input_tokens=0.000005" in history
 
 

@@ -168,6 +168,9 @@ BAD_INPUT = [
     (["settings", "set", "bogus", "1"], 1, "[CW004]"),
     (["anomalies", "ack", "999999"], 1, "[CW002]"),
     (["keys", "list", "--workspace", "w"], 2, "--org"),
+    (["pricing", "import", "--from", "genai-prices"], 2, "genai-prices"),
+    (["pricing", "import", "--from", "litellm", "--provider", "nosuch"], 1, "check --provider"),
+    (["pricing", "import", "--from", "litellm", "--effective-from", "soon"], 2, "soon"),
 ]
 
 

@@ -14,6 +14,7 @@ from costwarden import demo
 from costwarden.demo import byok as byok_demo
 from costwarden.demo import guardrails as guardrails_demo
 from costwarden.demo import ledger as ledger_demo
+from costwarden.demo import openai_sdk as openai_demo
 from costwarden.demo import story
 from cwtest import Seeded, table_snapshot
 from ledger_helpers import build_chains
@@ -109,10 +110,11 @@ def test_sections_run_in_their_declared_order(dsn: str) -> None:
     assert told == ["byok", "x"]
     assert calls == [("byok", dsn), ("x", dsn)]
     # the demo's own list, registered explicitly: the ledger comes last
-    assert [name for name, _ in demo.SECTIONS] == ["byok", "guardrails", "ledger"]
+    assert [name for name, _ in demo.SECTIONS] == ["byok", "guardrails", "openai_sdk", "ledger"]
     assert [fn for _, fn in demo.SECTIONS] == [
         byok_demo.demo_section,
         guardrails_demo.demo_section,
+        openai_demo.demo_section,
         ledger_demo.demo_section,
     ]
 
@@ -183,6 +185,62 @@ def test_guardrails_section(dsn: str, client: costwarden.Client) -> None:
     lines.clear()
     guardrails_demo.demo_section(dsn, lines.append)
     assert "reserve in the frozen workspace: denied: anomaly_freeze" in "\n".join(lines)
+
+
+# -- the OpenAI SDK section --------------------------------------------------------------
+
+
+def test_openai_sdk_section(dsn: str, client: costwarden.Client) -> None:
+    """The real openai SDK against the demo's local fake API: reserved, mapped, committed;
+    streamed with include_usage; the charges are ledger entries that verify."""
+    lines: list[str] = []
+    shown = openai_demo.demo_section(dsn, lines.append)
+    text = "\n".join(lines)
+    assert lines[1] == "== The OpenAI SDK in three lines =="
+    assert not shown.skipped
+    # the plain call: OpenAI's prompt_tokens include the cached ones; mapped disjoint
+    assert (
+        "usage   : prompt_tokens=1,200 (cached_tokens=1,024 of them), completion_tokens=42" in text
+    )
+    assert shown.mapped == {"input_tokens": 176, "cached_input_tokens": 1024, "output_tokens": 42}
+    org, ws, model = openai_demo.ORG, openai_demo.WS, "openai/gpt-4o-mini"
+    quote = client.quote(org, ws, model, shown.mapped).amount_micros
+    assert shown.charged_micros == quote == 129  # 26.4 + 76.8 + 25.2 µ$, rounded up once
+    assert shown.held_micros > shown.charged_micros
+    assert f"commit  : 129 µ$ charged (committed); {shown.held_micros - 129:,} µ$" in text
+    # the stream: include_usage was added, the last chunk's usage committed exactly
+    assert 'stream_options={"include_usage": true}' in text
+    assert shown.stream_mapped == {
+        "input_tokens": 186,
+        "cached_input_tokens": 1024,
+        "output_tokens": 9,
+    }
+    assert (
+        shown.stream_charged_micros
+        == client.quote(org, ws, model, shown.stream_mapped).amount_micros
+    )
+    assert "held (exact), ledger entry #2 of pied-piper" in text
+    # nothing is left held; the chain holds both charges and verifies
+    assert [r.status for r in client.reservations(org)] == ["committed", "committed"]
+    [chain] = [v for v in client.ledger_verify() if v.org_id == org]
+    assert chain.ok and chain.entries == 2
+    # and it runs again on the same database
+    again = openai_demo.demo_section(dsn, lines.append)
+    assert again.charged_micros == 129 and "ledger entry #4 of pied-piper" in "\n".join(lines)
+
+
+def test_openai_sdk_section_without_the_openai_extra(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # find_spec("openai") -> None
+    lines: list[str] = []
+    assert openai_demo.demo_section(dsn, lines.append).skipped
+    assert lines[1:] == [
+        "== The OpenAI SDK in three lines ==",
+        "skipped: the openai SDK is not installed (pip install 'costwarden[openai]')",
+    ]
 
 
 # -- the ledger section -------------------------------------------------------------------

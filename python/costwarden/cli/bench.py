@@ -279,3 +279,40 @@ def bench_spend(
         echo_json(result)
     else:
         click.echo(result.markdown())
+
+
+@bench.command("adapters")
+@click.option("--calls", type=click.IntRange(1), default=1000, help="Timed calls per side.")
+@click.option("--warmup", type=click.IntRange(0), default=100, help="Untimed calls first.")
+@click.option("--keep", is_flag=True, help="Keep the scratch database.")
+@json_option
+@pass_ctx
+def bench_adapters(ctx: Context, calls: int, warmup: int, keep: bool, as_json: bool) -> None:
+    """The OpenAI adapter's overhead per non-streaming call (reserve + commit + mapping)
+    beside the bare SDK call, same run, 1 client, against a local fake OpenAI API
+    (docs/integrations.md). Needs the openai extra; a scratch database."""
+    from ..bench.adapters import run_adapters_bench
+
+    dsn, _bindir = _server(ctx)
+    figures = run_adapters_bench(
+        dsn, calls=calls, warmup=warmup, keep=keep, echo=lambda line: click.echo(line, err=True)
+    )
+    if as_json:
+        echo_json(
+            {
+                "bare": figures.bare,
+                "guarded": figures.guarded,
+                "added_median_ms": figures.added_median_ms,
+                "added_p90_ms": figures.added_p90_ms,
+                "added_per_iteration": figures.added,
+                "adapter_beyond_pair": figures.own,
+                "adapter_alone_ms": figures.adapter_alone_ms,
+                "parts": figures.parts,
+                "load_before": figures.load_before,
+                "load_after": figures.load_after,
+                "server": figures.server,
+                "sdk": figures.sdk,
+            }
+        )
+    else:
+        click.echo(figures.markdown())

@@ -1,7 +1,8 @@
-"""`costwarden pricing load|show`: the model catalogue and its pricing snapshots."""
+"""`costwarden pricing load|show|import`: the model catalogue and its pricing snapshots."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,91 @@ def _prices(prices: dict[str, Any] | None) -> str:
 
 def _num(value: Any) -> str:
     return format(value, "f") if isinstance(value, Decimal) else str(value)
+
+
+@pricing.command("import")
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["litellm"]),
+    required=True,
+    help="The price feed: litellm = the price list shipped inside the litellm package.",
+)
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    help="Only this provider's models (LiteLLM's litellm_provider, e.g. openai); repeatable.",
+)
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A price list in LiteLLM's JSON format instead of the shipped one.",
+)
+@click.option(
+    "--effective-from",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+    default=None,
+    help="When the imported prices take effect, UTC (default: now).",
+)
+@click.option("--apply", is_flag=True, help="Write the diff (all or nothing); default: dry run.")
+@json_option
+@pass_ctx
+def pricing_import(
+    ctx: Context,
+    source: str,
+    providers: tuple[str, ...],
+    file: Path | None,
+    effective_from: datetime | None,
+    apply: bool,
+    as_json: bool,
+) -> None:
+    """Import a third-party price list as pricing snapshots: the diff against the
+    prices in force first (+ new model, ~ changed prices), then, with --apply, every
+    new and changed snapshot in one transaction (on any error nothing is written)."""
+    from ..integrations.price_feed import PriceFeedError, PriceImport, import_prices
+
+    text = None
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise PriceFeedError(f"{file}: not UTF-8 text ({exc.reason})") from exc
+
+    def show(plan: PriceImport) -> None:
+        for line in plan.diff():
+            click.echo(line)
+
+    done = import_prices(
+        ctx.dsn(),
+        source=source,
+        apply=apply,
+        providers=providers or None,
+        effective_from=effective_from.replace(tzinfo=UTC) if effective_from else None,
+        text=text,
+        preview=None if as_json else show,
+    )
+    if as_json:
+        echo_json(
+            {
+                "source": source,
+                "providers": list(providers) or None,
+                "applied": apply,
+                "new": done.count("new"),
+                "changed": done.count("changed"),
+                "unchanged": done.count("unchanged"),
+                "snapshots_added": done.applied.snapshots_added if done.applied else 0,
+                "changes": [
+                    {"model": c.model, "kind": c.kind, "old": c.old, "new": c.new}
+                    for c in done.changes
+                    if c.kind != "unchanged"
+                ],
+            }
+        )
+        return
+    if done.applied is None:
+        click.echo("dry run: nothing written (--apply writes this diff in one transaction)")
+    else:
+        click.echo(f"applied: {done.applied.snapshots_added} snapshot(s) added, in one transaction")

@@ -3,13 +3,13 @@ public client API only. Not part of the library: ``import costwarden`` never loa
 
 - :mod:`.story`: quotes, layered budgets, concurrent agents, shadow mode, a streaming
   call aborted by a meter tick, an expired reservation, spend per scope (sections 1-7);
-- :mod:`.byok`, :mod:`.guardrails`, :mod:`.ledger`: the sections told after it, in the
-  order of :data:`SECTIONS`.
+- :mod:`.byok`, :mod:`.guardrails`, :mod:`.openai_sdk`, :mod:`.ledger`: the sections
+  told after it, in the order of :data:`SECTIONS`.
 """
 
 from __future__ import annotations
 
-from . import byok, guardrails, ledger
+from . import byok, guardrails, ledger, openai_sdk
 from .story import MAX_CALLS, DemoSummary, Echo, Section, run_story
 
 __all__ = ["MAX_CALLS", "SECTIONS", "DemoSummary", "run_demo"]
@@ -19,6 +19,7 @@ __all__ = ["MAX_CALLS", "SECTIONS", "DemoSummary", "run_demo"]
 SECTIONS: tuple[tuple[str, Section], ...] = (
     ("byok", byok.demo_section),
     ("guardrails", guardrails.demo_section),
+    ("openai_sdk", openai_sdk.demo_section),
     ("ledger", ledger.demo_section),
 )
 
