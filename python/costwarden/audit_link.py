@@ -6,7 +6,7 @@ records the refusal there, in a transaction of its own. dblink lets a role that 
 superuser (resolve runs as costwarden_owner) connect only with a password the server
 asked for, so the link logs in as a LOGIN role of its own:
 
-* ``costwarden_auditor`` (NOLOGIN, migration 0015) may execute one function,
+* ``costwarden_auditor`` (NOLOGIN, migration 0014) may execute one function,
   ``costwarden._byok_refusal_append(receipt)``, which records a refusal from its signed
   receipt -- a forged one is CW004;
 * its member ``costwarden_auditor_<database oid>`` is the login, one per database (roles
@@ -69,7 +69,7 @@ def ensure(conn: Conn) -> None:
     """Give this database an audit link login when it has none (or its role is gone).
     Runs inside the migration's transaction."""
     if conn.execute("select to_regclass('costwarden._byok_audit_link')").fetchone() == (None,):
-        return  # a run of the migrations before 0015 only
+        return  # a run of the migrations before 0014 only
     row = conn.execute(_STATE).fetchone()
     assert row is not None
     own, login, login_exists = row

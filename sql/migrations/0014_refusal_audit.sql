@@ -1,4 +1,4 @@
--- 0015: refused BYOK resolves recorded by the server itself (docs/byok.md,
+-- 0014: refused BYOK resolves recorded by the server itself (docs/byok.md,
 -- "Auditing every resolve, refusals included").
 --
 -- A refusal is CW005 and rolls back its transaction. Before raising it,
