@@ -204,6 +204,22 @@ begin
 end
 $$;
 
+-- Internal: CW004 unless p_period and p_window name a period and a window kind
+-- (fn_budget_set, fn_spend_summary, fn_my_allocations).
+create or replace function costwarden._require_period_window(p_period text, p_window text)
+returns void
+language plpgsql immutable
+as $$
+begin
+    if p_period is null or p_period not in ('hour', 'day', 'week', 'month') then
+        perform costwarden._raise('CW004', 'p_period must be hour, day, week or month');
+    end if;
+    if p_window is null or p_window not in ('rolling', 'calendar') then
+        perform costwarden._raise('CW004', 'p_window must be rolling or calendar');
+    end if;
+end
+$$;
+
 create or replace function costwarden.fn_budget_set(
     p_org_id text,
     p_scope_kind text,
@@ -223,14 +239,9 @@ declare
 begin
     perform costwarden._require_org(p_org_id);
     v_scope_id := costwarden._budget_scope_id(p_scope_kind, p_scope_id);
-    if p_period is null or p_period not in ('hour', 'day', 'week', 'month') then
-        perform costwarden._raise('CW004', 'p_period must be hour, day, week or month');
-    end if;
+    perform costwarden._require_period_window(p_period, p_window);
     if p_metric is null or p_metric not in ('cost', 'tokens') then
         perform costwarden._raise('CW004', 'p_metric must be cost or tokens');
-    end if;
-    if p_window is null or p_window not in ('rolling', 'calendar') then
-        perform costwarden._raise('CW004', 'p_window must be rolling or calendar');
     end if;
     if p_mode is null or p_mode not in ('enforce', 'shadow') then
         perform costwarden._raise('CW004', 'p_mode must be enforce or shadow');

@@ -64,12 +64,7 @@ begin
     elsif p_scope_id is not null then
         v_scope_id := costwarden._require_text(p_scope_id, 'p_scope_id');
     end if;
-    if p_period is null or p_period not in ('hour', 'day', 'week', 'month') then
-        perform costwarden._raise('CW004', 'p_period must be hour, day, week or month');
-    end if;
-    if p_window is null or p_window not in ('rolling', 'calendar') then
-        perform costwarden._raise('CW004', 'p_window must be rolling or calendar');
-    end if;
+    perform costwarden._require_period_window(p_period, p_window);
     if p_at is null or not isfinite(p_at) then
         perform costwarden._raise('CW004', 'p_at must be a finite timestamp');
     end if;

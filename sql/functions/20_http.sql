@@ -130,9 +130,10 @@ begin
         perform costwarden._raise('CW002', format('p_reservation_id: unknown reservation %s', p_reservation_id));
     end if;
     perform costwarden._tenant_guard(v_row.org_id, 'user', v_row.user_id);
+    -- amount_micros is the quoted amount, as in the reservation listings (_reservations_page)
     return query
     select v_row.reservation_id, v_row.org_id, v_row.workspace_id, v_row.user_id, v_row.key_id, v_row.model,
-           v_row.status, v_row.amount_micros, v_row.metered_micros, v_row.charged_micros,
+           v_row.status, v_row.quoted_micros, v_row.metered_micros, v_row.charged_micros,
            v_row.created_at, v_row.expires_at, v_row.reasons;
 end
 $$;
@@ -163,12 +164,7 @@ declare
     v_row record;
     v_tz text;
 begin
-    if p_period is null or p_period not in ('hour', 'day', 'week', 'month') then
-        perform costwarden._raise('CW004', 'p_period must be hour, day, week or month');
-    end if;
-    if p_window is null or p_window not in ('rolling', 'calendar') then
-        perform costwarden._raise('CW004', 'p_window must be rolling or calendar');
-    end if;
+    perform costwarden._require_period_window(p_period, p_window);
     select * into v_actor from costwarden._actor();
     if v_actor.org_id is null or v_actor.user_id is null then
         perform costwarden._raise('CW005', 'no actor: a token with org_id and sub (or costwarden.actor_org / actor_user)');

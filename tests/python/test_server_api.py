@@ -70,6 +70,7 @@ def test_quote_reserve_commit_and_read_back(api: TestClient) -> None:
     got = api.get(f"/v1/reservations/{rid}", headers=SERVICE)
     assert got.status_code == 200 and got.json()["status"] == "committed"
     assert got.json()["charged_micros"] == 7500
+    assert got.json()["amount_micros"] == 7500  # the quoted amount, as fn_reservations_list says
 
     alice = auth("costwarden_tenant", "acme", "alice")
     mine = api.get("/v1/me/reservations", headers=alice)
