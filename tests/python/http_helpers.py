@@ -3,21 +3,18 @@ and the application (in process, or as a real `costwarden serve` process)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from costwarden.bench.http import ServeProcess as _ServeProcess
 
 SECRET = "test-secret-of-at-least-32-bytes-length!"
 #: The login `costwarden serve` connects as: a member of costwarden_authenticator (when
@@ -82,60 +79,11 @@ def auth(
     return {"Authorization": f"Bearer {token(role, org_id, sub)}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServeProcess:
-    """A real `costwarden serve` on 127.0.0.1 (stopped by :meth:`stop`)."""
+class ServeProcess(_ServeProcess):
+    """A real `costwarden serve` on 127.0.0.1 that verifies the tests' tokens (SECRET)."""
 
     def __init__(self, dsn: str, env: Mapping[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {
-            **os.environ,
-            "COSTWARDEN_JWT_SECRET": SECRET,
-            **(env or {}),
-        }
-        full_env.pop("COSTWARDEN_JWKS", None)
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("costwarden")),
-                "--dsn",
-                dsn,
-                "serve",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"costwarden serve exited: {out}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code in (200, 503):
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("costwarden serve did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(dsn, secret=SECRET, env=env)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from ..aio import AsyncClient
@@ -26,7 +26,7 @@ from .saga import COMMIT_USAGE, USAGE, Figure, setup_costwarden
 SECRET = "costwarden-bench-secret-0123456789abcdef"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -88,24 +88,35 @@ async def http_pairs(url: str, clients: int, seconds: float, orgs: int) -> tuple
         return await _drive(clients, seconds, pair)
 
 
-class _Serve:
-    def __init__(self, dsn: str, pool: int) -> None:
-        self.port = _free_port()
+class ServeProcess:
+    """A real `costwarden serve` on 127.0.0.1 verifying HS256 tokens signed with
+    ``secret`` (stopped by :meth:`stop`); used by the bench and by the HTTP tests."""
+
+    def __init__(
+        self, dsn: str, *, secret: str = SECRET, env: Mapping[str, str] | None = None
+    ) -> None:
+        import httpx
+
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         exe = Path(sys.executable).with_name("costwarden")
         command = [str(exe)] if exe.exists() else [sys.executable, "-m", "costwarden.cli"]
-        env = {**os.environ, "COSTWARDEN_JWT_SECRET": SECRET}
-        env.pop("COSTWARDEN_JWKS", None)
+        full_env = {**os.environ, "COSTWARDEN_JWT_SECRET": secret, **(env or {})}
+        full_env.pop("COSTWARDEN_JWKS", None)
         self.proc = subprocess.Popen(
             [*command, "--dsn", dsn, "serve", "--port", str(self.port), "--log-level", "warning"],
-            env=env,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
-        import httpx
-
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"costwarden serve exited: {out}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                # 503: listening, with the database down or its schema behind
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code in (200, 503):
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
@@ -134,7 +145,7 @@ def run_http_bench(
     dsn = recreate_database(admin_dsn, "cw_bench_http")
     setup_costwarden(dsn, orgs)
     figures: list[Figure] = []
-    serve = _Serve(dsn, clients)
+    serve = ServeProcess(dsn)
     try:
         results: dict[tuple[str, int], float] = {}
         for n in (clients, 1):
