@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from http_helpers import REPO, free_port
+from costwarden.bench.http import free_port
+from http_helpers import REPO
 
 DOC = (REPO / "docs" / "http.md").read_text(encoding="utf-8")
 
