@@ -1,17 +1,9 @@
 -- Budgets over hourly / daily / weekly / monthly windows (SPEC §2): windows,
--- spend buckets, effective user limits, the limit check of the saga, the
--- tenant guard, fn_budget_set / fn_budget_status and housekeeping. The
--- tables and the bucket sizes are described in sql/migrations/0006_budgets.sql.
+-- spend totals and marks, effective user limits, the limit check of the saga,
+-- the tenant guard, fn_budget_set / fn_budget_status and housekeeping. The
+-- tables are described in sql/migrations/0006_budgets.sql and 0015_spend_marks.sql.
 --
 -- lock order: docs/internals.md#lock-order
-
--- Bucket length (seconds) used for a period.
-create or replace function costwarden._period_bucket(p_period text)
-returns integer
-language sql immutable parallel safe
-as $$
-    select case p_period when 'hour' then 60 when 'day' then 1200 when 'week' then 7200 when 'month' then 43200 end
-$$;
 
 -- Start of the window of a period at p_at: rolling = p_at minus the period
 -- length; calendar = the top of the hour / midnight / Monday / the 1st in
@@ -28,37 +20,146 @@ as $$
     end
 $$;
 
--- Committed spend of a pool in a window: sum of overlapping buckets.
+-- Internal: the end of the window of a period at p_at. Rolling windows end at
+-- p_at; calendar windows at the start of the next hour / day / week / month in
+-- the org's time zone.
+create or replace function costwarden._window_end(p_period text, p_window text, p_tz text, p_at timestamptz)
+returns timestamptz
+language sql stable parallel safe
+as $$
+    select case
+        when p_window = 'rolling' then p_at
+        else (date_trunc(p_period, p_at at time zone p_tz) + ('1 ' || p_period)::interval) at time zone p_tz
+    end
+$$;
+
+-- The spend marks (migration 0015): _pools.spent_* are all-time totals and
+-- _spend_marks holds a pool's totals just before the first spend of each
+-- minute it received spend in, thinned with age by fn_maintenance to the first
+-- mark of each slot. The slot of an instant p_t seen at p_now: its age <= 2 h:
+-- 1 minute; <= 26 h: 20 minutes; <= 32 days: 1 hour; older: 12 hours. Every
+-- slot is at most 1/60 of the periods whose windows start at that age (an
+-- hour window starts 1 h back, a day window <= 24 h, a week <= 7 d, a month
+-- <= 31 d), and the slots nest (one grid, epoch 2000-01-01 UTC).
+create or replace function costwarden._mark_slot(p_t timestamptz, p_now timestamptz)
+returns interval
+language sql immutable parallel safe
+as $$
+    select case when p_t >= p_now - interval '2 hours' then interval '1 minute'
+                when p_t >= p_now - interval '26 hours' then interval '20 minutes'
+                when p_t >= p_now - interval '32 days' then interval '1 hour'
+                else interval '12 hours' end
+$$;
+
+-- Internal: where the totals "before p_t" are read: p_t floored to its slot
+-- (p_ceil: rounded up to it, for the end of a window that ended in the past).
+-- Every mark kept at or after that instant starts a slot, so the first of them
+-- holds the pool's total before every spend booked from that instant on.
+create or replace function costwarden._mark_probe(p_t timestamptz, p_now timestamptz, p_ceil boolean default false)
+returns timestamptz
+language sql immutable parallel safe
+as $$
+    select case when p_ceil and date_bin(s.slot, p_t, timestamptz '2000-01-01 00:00:00+00') < p_t
+                then date_bin(s.slot, p_t, timestamptz '2000-01-01 00:00:00+00') + s.slot
+                else date_bin(s.slot, p_t, timestamptz '2000-01-01 00:00:00+00') end
+    from (select costwarden._mark_slot(p_t, p_now) as slot) as s
+$$;
+
+-- Internal: a pool's committed totals before p_t (floored to its slot; p_ceil:
+-- rounded up): the first mark at or after that instant, else the pool's
+-- totals (nothing was booked since). One index probe.
+create or replace function costwarden._pool_total_before(
+    p_pool_id bigint, p_t timestamptz, p_ceil boolean default false,
+    out micros bigint, out tokens bigint
+)
+language sql stable parallel safe
+as $$
+    select coalesce(m.micros_before, p.spent_micros), coalesce(m.tokens_before, p.spent_tokens)
+    from costwarden._pools as p
+    left join lateral (
+        select k.micros_before, k.tokens_before
+        from costwarden._spend_marks as k
+        where k.pool_id = p.pool_id and k.mark_at >= costwarden._mark_probe(p_t, now(), p_ceil)
+        order by k.mark_at
+        limit 1
+    ) as m on true
+    where p.pool_id = p_pool_id
+$$;
+
+-- Committed spend of a pool in the window of a period that contains p_at
+-- (rolling: up to p_at; calendar: up to the end of the period).
 create or replace function costwarden._pool_spent(
     p_pool_id bigint, p_period text, p_window text, p_tz text, p_at timestamptz,
     out micros bigint, out tokens bigint
 )
 language sql stable parallel safe
 as $$
-    select coalesce(sum(b.micros), 0)::bigint, coalesce(sum(b.tokens), 0)::bigint
-    from costwarden._spend_buckets as b
-    where b.pool_id = p_pool_id
-      and b.res = costwarden._period_bucket(p_period)
-      and b.bucket_start > costwarden._window_start(p_period, p_window, p_tz, p_at)
-          - make_interval(secs => costwarden._period_bucket(p_period))
+    select e.micros - s.micros, e.tokens - s.tokens
+    from costwarden._pool_total_before(
+             p_pool_id, costwarden._window_start(p_period, p_window, p_tz, p_at)) as s
+    cross join costwarden._pool_total_before(
+             p_pool_id,
+             case when p_window = 'rolling' then p_at + interval '1 microsecond'
+                  else costwarden._window_end(p_period, p_window, p_tz, p_at) end,
+             true) as e
 $$;
 
--- Internal: add committed spend to pools' buckets (all four resolutions).
--- Callers hold the pools' row locks.
+-- Internal: add committed spend booked at p_at to pools: their totals and
+-- marks (_mark_slot). Callers hold the pools' row locks. The usual case is one
+-- statement: the pool's total grows and, in a minute new to the pool, a mark
+-- with the total before it is opened. Spend booked in a minute before the
+-- pool's latest mark (a transaction that started earlier commits after one
+-- that started later, or a backdated booking) is put in its own minute too:
+-- a mark is opened there if needed and every later mark grows by the amount,
+-- so the marks always say what the ledger's created_at say.
 create or replace function costwarden._pool_add_spend(p_pool_ids bigint[], p_micros bigint, p_tokens bigint, p_at timestamptz)
 returns void
 language plpgsql
 as $$
+declare
+    v_minute timestamptz := date_bin(interval '1 minute', p_at, timestamptz '2000-01-01 00:00:00+00');
+    v_n integer;
 begin
-    insert into costwarden._spend_buckets as b (pool_id, res, bucket_start, micros, tokens)
-        select p.pool_id, r.res,
-               date_bin(make_interval(secs => r.res), p_at, timestamptz '2000-01-01 00:00:00+00'),
-               p_micros, p_tokens
-        from unnest(p_pool_ids) as p (pool_id)
-        cross join (values (60), (1200), (7200), (43200)) as r (res)
-        where p_micros <> 0 or p_tokens <> 0
-        on conflict (pool_id, res, bucket_start) do update
-        set micros = b.micros + excluded.micros, tokens = b.tokens + excluded.tokens;
+    if p_micros = 0 and p_tokens = 0 then
+        return;
+    end if;
+    with opened as (
+        insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
+        select p.pool_id, v_minute, p.spent_micros, p.spent_tokens
+        from costwarden._pools as p
+        where p.pool_id = any (p_pool_ids) and (p.last_mark_at is null or p.last_mark_at < v_minute)
+    )
+    update costwarden._pools as p
+    set spent_micros = p.spent_micros + p_micros,
+        spent_tokens = p.spent_tokens + p_tokens,
+        last_mark_at = v_minute
+    where p.pool_id = any (p_pool_ids) and (p.last_mark_at is null or p.last_mark_at <= v_minute);
+    get diagnostics v_n = row_count;
+    if v_n = cardinality(p_pool_ids) then
+        return;
+    end if;
+    -- spend in the past of some pools: a mark in its minute (the total before
+    -- it is the next mark's), then every later mark and the total grow
+    insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
+    select p.pool_id, v_minute, n.micros_before, n.tokens_before
+    from costwarden._pools as p
+    cross join lateral (
+        select k.micros_before, k.tokens_before
+        from costwarden._spend_marks as k
+        where k.pool_id = p.pool_id and k.mark_at > v_minute
+        order by k.mark_at
+        limit 1
+    ) as n
+    where p.pool_id = any (p_pool_ids) and p.last_mark_at > v_minute
+    on conflict (pool_id, mark_at) do nothing;
+    update costwarden._spend_marks as k
+    set micros_before = k.micros_before + p_micros, tokens_before = k.tokens_before + p_tokens
+    from costwarden._pools as p
+    where p.pool_id = any (p_pool_ids) and p.last_mark_at > v_minute
+      and k.pool_id = p.pool_id and k.mark_at > v_minute;
+    update costwarden._pools as p
+    set spent_micros = p.spent_micros + p_micros, spent_tokens = p.spent_tokens + p_tokens
+    where p.pool_id = any (p_pool_ids) and p.last_mark_at > v_minute;
 end
 $$;
 
@@ -151,16 +252,20 @@ begin
     join costwarden._pools as p
       on p.org_id = p_org_id and p.kind = l.scope_kind
      and p.scope_id = case when l.scope_kind = 'org' then '' else l.scope_id end
+    -- the window's spend: the pool's total minus its total before the window's
+    -- start (one probe of _spend_marks; no mark since then: nothing spent)
+    left join lateral (
+        select case when l.metric = 'cost' then mk.micros_before else mk.tokens_before end as before
+        from costwarden._spend_marks as mk
+        where mk.pool_id = p.pool_id
+          and mk.mark_at >= costwarden._mark_probe(
+              costwarden._window_start(l.period, l.window_kind, v_tz, v_now), v_now)
+        order by mk.mark_at
+        limit 1
+    ) as sp on true
     cross join lateral (
-        select coalesce(sum(case when l.metric = 'cost' then bk.micros else bk.tokens end), 0)::bigint as s
-        from costwarden._spend_buckets as bk
-        where bk.pool_id = p.pool_id
-          and bk.res = costwarden._period_bucket(l.period)
-          and bk.bucket_start > costwarden._window_start(l.period, l.window_kind, v_tz, v_now)
-              - make_interval(secs => costwarden._period_bucket(l.period))
-    ) as sp
-    cross join lateral (
-        select sp.s as spent,
+        select case when l.metric = 'cost' then p.spent_micros - coalesce(sp.before, p.spent_micros)
+                    else p.spent_tokens - coalesce(sp.before, p.spent_tokens) end as spent,
                case when l.metric = 'cost' then p.held_micros else p.held_tokens end as held,
                case when l.metric = 'cost' then p_micros else p_tokens end as requested
     ) as v;
@@ -401,17 +506,39 @@ grant execute on function costwarden.fn_budget_status(text, text, text)
 to costwarden_admin, costwarden_service, costwarden_tenant;
 
 -- Housekeeping (pg_cron job costwarden-maintenance, or `costwarden worker`):
--- drop spend buckets that no window can reach any more (older than 32 days)
--- and alert de-duplication rows of long-past windows; returns the buckets dropped.
--- The ledger keeps the full history; buckets are only the windows' counters.
+-- thin the spend marks to the slots of their age (_mark_slot): of the marks
+-- of a pool in one slot, only the first is kept (it holds the total before
+-- every spend of the slot); a slot is thinned once it is entirely older than
+-- its tier (2 h: 20 minutes, 26 h: 1 hour, 32 days: 12 hours, kept forever).
+-- Also drops alert de-duplication rows of long-past windows. Returns the
+-- marks dropped. The ledger keeps the full history.
 create or replace function costwarden.fn_maintenance()
 returns integer
 language plpgsql security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
+    v_now timestamptz := now();
     v_n integer;
 begin
-    delete from costwarden._spend_buckets where bucket_start < now() - interval '32 days';
+    with tier (slot, older_than) as (
+        values (interval '20 minutes', interval '2 hours'), (interval '1 hour', interval '26 hours'),
+               (interval '12 hours', interval '32 days')
+    ),
+    doomed as (
+        select m.pool_id, m.mark_at
+        from tier as t
+        join costwarden._spend_marks as m
+          on m.mark_at < date_bin(t.slot, v_now - t.older_than, timestamptz '2000-01-01 00:00:00+00')
+         and m.mark_at <> date_bin(t.slot, m.mark_at, timestamptz '2000-01-01 00:00:00+00')
+        where exists (
+            select from costwarden._spend_marks as e
+            where e.pool_id = m.pool_id
+              and e.mark_at >= date_bin(t.slot, m.mark_at, timestamptz '2000-01-01 00:00:00+00')
+              and e.mark_at < m.mark_at)
+    )
+    delete from costwarden._spend_marks as m
+    using (select distinct d.pool_id, d.mark_at from doomed as d) as d
+    where m.pool_id = d.pool_id and m.mark_at = d.mark_at;
     get diagnostics v_n = row_count;
     -- alert de-duplication rows of windows long past (09_alerts.sql)
     delete from costwarden._alerts_sent where window_slot < now() - interval '62 days';

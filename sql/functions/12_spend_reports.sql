@@ -1,5 +1,5 @@
 -- Cumulative spend reports (SPEC §6): sources bound to a key / user, the
--- report that books the delta (pools, buckets, ledger, alerts), the listing.
+-- report that books the delta (pools, spend totals, ledger, alerts), the listing.
 --
 -- lock order: docs/internals.md#lock-order
 
@@ -55,7 +55,7 @@ end
 $$;
 
 -- Internal: book a delta of a spend source: its pools (ascending) -> spend
--- buckets -> ledger head, then the budget alerts. The caller holds the
+-- totals -> ledger head, then the budget alerts. The caller holds the
 -- source's row lock. Returns the ledger entry's seq.
 create or replace function costwarden._spend_report_book(p_s costwarden._spend_sources, p_delta bigint)
 returns bigint
@@ -146,7 +146,7 @@ begin
         v_delta := 0;
     end if;
 
-    -- 4. book it: pools (ascending) -> spend buckets -> ledger head
+    -- 4. book it: pools (ascending) -> spend totals -> ledger head
     if v_delta > 0 then
         perform costwarden._spend_report_book(v_s, v_delta);
     end if;

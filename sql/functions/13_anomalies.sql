@@ -18,10 +18,10 @@ begin
 end
 $$;
 
--- Per workspace: the spend of the last 60 minutes (the 1-minute buckets
--- starting at or after the top of the minute 59 minutes ago, the current
+-- Per workspace: the spend of the last 60 minutes (from the first spend mark
+-- at or after the top of the minute 59 minutes ago, the current
 -- minute included) against the 168 clock hours before the hour in which
--- that window starts (hourly sums of the 20-minute buckets, which are aligned
+-- that window starts (hourly sums between the spend marks, whose slots are
 -- to the hour; an hour without spend counts as 0). It is an anomaly when
 --   spent > mean + anomaly_sigma * stddev   and   spent >= anomaly_min_micros.
 -- A workspace with an anomaly detected in the last hour is skipped (the same
@@ -51,14 +51,20 @@ begin
     end if;
     for v_c in
         with active as (
-            select p.pool_id, p.org_id, p.scope_id as workspace_id, w.spent
+            select p.pool_id, p.org_id, p.scope_id as workspace_id, p.spent_micros,
+                   p.spent_micros - coalesce(w.micros_before, p.spent_micros) as spent
             from costwarden._pools as p
-            cross join lateral (
-                select coalesce(sum(b.micros), 0)::bigint as spent
-                from costwarden._spend_buckets as b
-                where b.pool_id = p.pool_id and b.res = 60 and b.bucket_start >= v_window_start
-            ) as w
-            where p.kind = 'workspace' and w.spent > 0 and w.spent >= v_min
+            left join lateral (
+                -- the total before the window (a minute, 06_budgets.sql): the first mark since
+                select k.micros_before
+                from costwarden._spend_marks as k
+                where k.pool_id = p.pool_id and k.mark_at >= v_window_start
+                order by k.mark_at
+                limit 1
+            ) as w on true
+            where p.kind = 'workspace'
+              and p.spent_micros - coalesce(w.micros_before, p.spent_micros) > 0
+              and p.spent_micros - coalesce(w.micros_before, p.spent_micros) >= v_min
               and not exists (
                   select from costwarden._anomalies as a
                   where a.org_id = p.org_id and a.workspace_id = p.scope_id and a.kind = 'spend_rate'
@@ -72,11 +78,17 @@ begin
                    sqrt(greatest(coalesce(sum(h.x * h.x), 0) / 168 - power(coalesce(sum(h.x), 0) / 168, 2), 0))
                        as stddev
             from (
-                select sum(b.micros)::numeric as x
-                from costwarden._spend_buckets as b
-                where b.pool_id = a.pool_id and b.res = 1200
-                  and b.bucket_start >= v_base_end - interval '168 hours' and b.bucket_start < v_base_end
-                group by date_trunc('hour', b.bucket_start)
+                -- the spend booked from one mark to the next lies in the mark's
+                -- slot (an hour or less at these ages, 06_budgets.sql): summed per hour
+                select sum(k.after - k.micros_before)::numeric as x
+                from (
+                    select mk.mark_at, mk.micros_before,
+                           lead(mk.micros_before, 1, a.spent_micros) over (order by mk.mark_at) as after
+                    from costwarden._spend_marks as mk
+                    where mk.pool_id = a.pool_id and mk.mark_at >= v_base_end - interval '168 hours'
+                ) as k
+                where k.mark_at < v_base_end
+                group by date_bin(interval '1 hour', k.mark_at, timestamptz '2000-01-01 00:00:00+00')
             ) as h
         ) as s
         order by a.org_id, a.workspace_id

@@ -3,24 +3,14 @@
 -- would make every reserve of a workspace refuse (docs/budgets.md,
 -- docs/guardrails.md, docs/byok.md).
 
--- Internal: the end of the window of a period at p_at. Rolling windows end at
--- p_at; calendar windows at the start of the next hour / day / week / month in
--- the org's time zone.
-create or replace function costwarden._window_end(p_period text, p_window text, p_tz text, p_at timestamptz)
-returns timestamptz
-language sql stable parallel safe
-as $$
-    select case
-        when p_window = 'rolling' then p_at
-        else (date_trunc(p_period, p_at at time zone p_tz) + ('1 ' || p_period)::interval) at time zone p_tz
-    end
-$$;
+-- (_window_end, the end of a period's window, is in 06_budgets.sql.)
 
 -- Spend, holds, calls and the enforced limits of one scope, or of every scope
 -- of a kind, in the window of (p_period, p_window) at p_at.
---   spent: the bucketed counters the limit check reads (06_budgets.sql), at
---          most ~85 rows per scope whatever the size of the ledger, bounded
---          above by the window's end;
+--   spent: the difference of the pool's totals before the window's end and
+--          before its start, read from the spend marks as the limit check reads
+--          them (06_budgets.sql): two index probes per scope whatever the size
+--          of the ledger;
 --   held:  the scope's live holds (now);
 --   calls / denied: the reservations created in the window, counted from the
 --          reservations through an index per scope kind (0011), never the ledger.
@@ -47,7 +37,8 @@ declare
     v_tz text;
     v_start timestamptz;
     v_end timestamptz;
-    v_res integer;
+    v_probe_start timestamptz;
+    v_probe_end timestamptz;
     v_rolling boolean;
     v_calls bigint;
     v_denied bigint;
@@ -88,8 +79,12 @@ begin
     v_tz := costwarden._org_tz(p_org_id);
     v_start := costwarden._window_start(p_period, p_window, v_tz, p_at);
     v_end := costwarden._window_end(p_period, p_window, v_tz, p_at);
-    v_res := costwarden._period_bucket(p_period);
     v_rolling := p_window = 'rolling';
+    -- where the marks are read: the start floored to its slot, the end (rolling:
+    -- p_at inclusive; calendar: exclusive) rounded up to its slot (_mark_probe)
+    v_probe_start := costwarden._mark_probe(v_start, now());
+    v_probe_end := costwarden._mark_probe(
+        case when v_rolling then v_end + interval '1 microsecond' else v_end end, now(), true);
 
     -- 3. calls of one scope: one index range (rolling: (start, p_at]; calendar: [start, end))
     if v_scope_id is not null then
@@ -107,7 +102,7 @@ begin
 
     return query
     with scopes as (
-        select p.pool_id, p.scope_id, p.held_micros, p.held_tokens
+        select p.pool_id, p.scope_id, p.held_micros, p.held_tokens, p.spent_micros, p.spent_tokens
         from costwarden._pools as p
         where p.org_id = p_org_id and p.kind = p_scope_kind
           and (v_scope_id is null or p.scope_id = v_scope_id)
@@ -130,14 +125,25 @@ begin
                coalesce(case when v_scope_id is null then lc.calls else v_calls end, 0) as n_calls,
                coalesce(case when v_scope_id is null then lc.denied else v_denied end, 0) as n_denied
         from scopes as s
+        -- spent: the pool's total before the window's end minus its total
+        -- before its start, one probe of _spend_marks each (06_budgets.sql)
+        left join lateral (
+            select k.micros_before, k.tokens_before
+            from costwarden._spend_marks as k
+            where k.pool_id = s.pool_id and k.mark_at >= v_probe_start
+            order by k.mark_at
+            limit 1
+        ) as ms on true
+        left join lateral (
+            select k.micros_before, k.tokens_before
+            from costwarden._spend_marks as k
+            where k.pool_id = s.pool_id and k.mark_at >= v_probe_end
+            order by k.mark_at
+            limit 1
+        ) as me on true
         cross join lateral (
-            select coalesce(sum(b.micros), 0)::bigint as micros, coalesce(sum(b.tokens), 0)::bigint as tokens
-            from costwarden._spend_buckets as b
-            where b.pool_id = s.pool_id
-              and b.res = v_res
-              and b.bucket_start > v_start - make_interval(secs => v_res)
-              and b.bucket_start <= v_end
-              and (v_rolling or b.bucket_start < v_end)
+            select coalesce(me.micros_before, s.spent_micros) - coalesce(ms.micros_before, s.spent_micros) as micros,
+                   coalesce(me.tokens_before, s.spent_tokens) - coalesce(ms.tokens_before, s.spent_tokens) as tokens
         ) as sp
         cross join lateral (
             select max(l.limit_value) filter (where l.metric = 'cost') as lim_micros,

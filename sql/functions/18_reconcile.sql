@@ -6,11 +6,9 @@
 -- lock order: docs/internals.md#lock-order (the replayed-operation row is taken
 -- before the reservation row or the spend source row)
 
--- Internal: the first instant the reconciliation compares spend buckets from:
--- 31 days back (every window reaches at most 30 days and one bucket back;
--- fn_maintenance drops buckets older than 32 days), aligned to the largest
--- bucket (12 hours, a multiple of every other), so that a bucket holds either
--- only entries from that instant on or none.
+-- Internal: the first instant the reconciliation compares spend from: 31 days
+-- back (every window reaches at most 30 days and one slot back), aligned to
+-- 12 hours, a boundary of every slot of the spend marks (06_budgets.sql).
 create or replace function costwarden._reconcile_since()
 returns timestamptz
 language sql
@@ -19,36 +17,45 @@ as $$
     select date_bin(interval '12 hours', now() - interval '31 days', timestamptz '2000-01-01 00:00:00+00')
 $$;
 
--- Internal: the spend the ledger says each pool has, per spend bucket, from
--- p_since on. An entry counts toward the pools it was booked into: a charge
--- toward its reservation's pools; a spend report toward the pools of its
--- (workspace, key, user); an adjustment toward the org's and the workspace's.
--- (Pools are created with the org, workspace, user or key they belong to, so
--- they exist before any entry that names them.)
-create or replace function costwarden._ledger_buckets(p_org_id text, p_since timestamptz)
-returns table (pool_id bigint, res integer, bucket_start timestamptz, micros bigint, tokens bigint)
+-- Internal: the spend the ledger says each pool received from p_since on, per
+-- minute, as _pool_add_spend booked it: an entry counts toward the pools it
+-- was booked into (a charge: its reservation's pools; a spend report: the
+-- pools of its workspace, key and user; an adjustment: the org's and the
+-- workspace's) in the minute of its created_at (the transaction's now(), the
+-- p_at of its booking). (Pools are created with the org, workspace, user or
+-- key they belong to, so they exist before any entry that names them.)
+-- first_in_slot: the mark is the first of its slot (_mark_slot), one
+-- fn_maintenance keeps.
+create or replace function costwarden._ledger_marks(p_org_id text, p_since timestamptz)
+returns table (pool_id bigint, mark_at timestamptz, micros bigint, tokens bigint, first_in_slot boolean)
 language sql
 stable
 as $$
-    select p.pool_id, rs.res,
-           date_bin(make_interval(secs => rs.res), e.created_at, timestamptz '2000-01-01 00:00:00+00'),
-           sum(e.amount_micros)::bigint, sum(e.tokens)::bigint
+    select g.pool_id, g.mark_at, g.micros, g.tokens,
+           coalesce(lag(g.mark_at) over (partition by g.pool_id order by g.mark_at)
+                    < costwarden._mark_probe(g.mark_at, now()), true)
     from (
-        select l.created_at, l.amount_micros, l.tokens,
-               case when l.entry_type = 'charge' then r.pool_ids
-                    when l.entry_type = 'adjustment' then costwarden._context_pool_ids(l.org_id, l.workspace_id)
-                    else costwarden._context_pool_ids(l.org_id, l.workspace_id, l.key_id, l.user_id)
-               end as pool_ids
-        from costwarden._ledger as l
-        left join costwarden._reservations as r
-          on l.entry_type = 'charge' and r.reservation_id = l.reservation_id
-        where (p_org_id is null or l.org_id = p_org_id)
-          and l.created_at >= p_since
-          and (l.amount_micros <> 0 or l.tokens <> 0)
-    ) as e
-    cross join lateral unnest(e.pool_ids) as p (pool_id)
-    cross join (values (60), (1200), (7200), (43200)) as rs (res)
-    group by p.pool_id, rs.res, 3
+        select a.pool_id, a.mark_at, sum(a.amount_micros)::bigint as micros, sum(a.tokens)::bigint as tokens
+        from (
+            select p.pool_id, e.amount_micros, e.tokens,
+                   date_bin(interval '1 minute', e.created_at, timestamptz '2000-01-01 00:00:00+00') as mark_at
+            from (
+                select l.created_at, l.amount_micros, l.tokens,
+                       case when l.entry_type = 'charge' then r.pool_ids
+                            when l.entry_type = 'adjustment' then costwarden._context_pool_ids(l.org_id, l.workspace_id)
+                            else costwarden._context_pool_ids(l.org_id, l.workspace_id, l.key_id, l.user_id)
+                       end as pool_ids
+                from costwarden._ledger as l
+                left join costwarden._reservations as r
+                  on l.entry_type = 'charge' and r.reservation_id = l.reservation_id
+                where (p_org_id is null or l.org_id = p_org_id)
+                  and l.created_at >= p_since
+                  and (l.amount_micros <> 0 or l.tokens <> 0)
+            ) as e
+            cross join lateral unnest(e.pool_ids) as p (pool_id)
+        ) as a
+        group by a.pool_id, a.mark_at
+    ) as g
 $$;
 
 -- Internal: the drift of every pool of an org (or of all orgs), computed in one
@@ -57,12 +64,15 @@ $$;
 -- install shows no drift.
 --   held:  _pools.held_micros / held_tokens against the sum of the holds of the
 --          reservations that are 'held' (one row per metric that differs);
---   spent: the spend buckets against the ledger, per period and window: for
---          each of the four periods, the 'rolling' and 'calendar' windows the
---          limits see now, and the whole 'horizon' kept at that period's
---          resolution; a row for every window with a bucket that differs (its
---          counter and recomputed sums may then still be equal: two drifts
---          that cancel out).
+--   spent: the spend the pool's totals and marks give from an instant on
+--          (total minus the first mark at or after it) against the ledger's
+--          replay (_ledger_marks), checked at every mark of the horizon (31
+--          days), at every mark the replay says must be kept, and at the
+--          start of each window the limits see now. Reported per period and
+--          window ('rolling', 'calendar') and for the whole 'horizon' (period
+--          null): a row for every window that reaches a mark that differs (its
+--          counter and recomputed figures may then still be equal) or whose
+--          figures differ.
 create or replace function costwarden._reconcile(p_org_id text)
 returns table (
     org_id text, pool_id bigint, pool_kind text, scope_id text, measure text, period text,
@@ -74,47 +84,87 @@ as $$
     with since as (
         select costwarden._reconcile_since() as at
     ),
-    ctr as (
-        select b.pool_id, b.res, b.bucket_start, b.micros, b.tokens
-        from costwarden._spend_buckets as b
-        join costwarden._pools as p on p.pool_id = b.pool_id
-        where (p_org_id is null or p.org_id = p_org_id)
-          and b.bucket_start >= (select since.at from since)
+    pools as (
+        select p.pool_id, p.org_id, p.kind, p.scope_id, p.spent_micros, p.spent_tokens
+        from costwarden._pools as p
+        where p_org_id is null or p.org_id = p_org_id
     ),
     led as (
-        select * from costwarden._ledger_buckets(p_org_id, (select since.at from since))
+        select * from costwarden._ledger_marks(p_org_id, (select since.at from since))
     ),
-    diff as (
-        select coalesce(c.pool_id, l.pool_id) as pool_id, coalesce(c.res, l.res) as res,
-               coalesce(c.bucket_start, l.bucket_start) as bucket_start,
-               coalesce(c.micros, 0) as c_micros, coalesce(l.micros, 0) as l_micros,
-               coalesce(c.tokens, 0) as c_tokens, coalesce(l.tokens, 0) as l_tokens
-        from ctr as c
-        full join led as l
-          on c.pool_id = l.pool_id and c.res = l.res and c.bucket_start = l.bucket_start
+    stored as (
+        -- the spend from one stored mark to the next (the last: to the total)
+        select m.pool_id, m.mark_at,
+               lead(m.micros_before, 1, p.spent_micros) over w - m.micros_before as micros,
+               lead(m.tokens_before, 1, p.spent_tokens) over w - m.tokens_before as tokens
+        from costwarden._spend_marks as m
+        join pools as p on p.pool_id = m.pool_id
+        where m.mark_at >= (select since.at from since)
+        window w as (partition by m.pool_id order by m.mark_at)
     ),
-    bad as (
-        select distinct d.pool_id, d.res from diff as d
-        where d.c_micros <> d.l_micros or d.c_tokens <> d.l_tokens
+    checks as (
+        select p.pool_id, per.period, wk.window_kind,
+               costwarden._mark_probe(costwarden._window_start(per.period, wk.window_kind,
+                                                               costwarden._org_tz(p.org_id), now()), now()) as at,
+               false as missing
+        from pools as p
+        cross join (values ('hour'), ('day'), ('week'), ('month')) as per (period)
+        cross join (values ('rolling'), ('calendar')) as wk (window_kind)
+        union all
+        select p.pool_id, null, 'horizon', (select since.at from since), false
+        from pools as p
+        union all
+        select s.pool_id, null, 'mark', s.mark_at, false
+        from stored as s
+        union all
+        select l.pool_id, null, 'mark', l.mark_at,
+               not exists (select from costwarden._spend_marks as m
+                           where m.pool_id = l.pool_id and m.mark_at = l.mark_at)
+        from led as l
+        where l.first_in_slot
+    ),
+    events as (
+        -- spend rows (ord 0) before the checks (ord 1) at the same instant; summed
+        -- from the latest instant down, a check sees all the spend from its instant on
+        select s.pool_id, s.mark_at as at, 0 as ord, s.micros as s_micros, s.tokens as s_tokens,
+               0::bigint as l_micros, 0::bigint as l_tokens,
+               null::text as period, null::text as window_kind, false as missing
+        from stored as s
+        union all
+        select l.pool_id, l.mark_at, 0, 0, 0, l.micros, l.tokens, null, null, false
+        from led as l
+        union all
+        select c.pool_id, c.at, 1, 0, 0, 0, 0, c.period, c.window_kind, c.missing
+        from checks as c
+    ),
+    figures as (
+        select e.pool_id, e.at, e.ord, e.period, e.window_kind, e.missing,
+               sum(e.s_micros) over w as s_micros, sum(e.s_tokens) over w as s_tokens,
+               sum(e.l_micros) over w as l_micros, sum(e.l_tokens) over w as l_tokens
+        from events as e
+        window w as (partition by e.pool_id order by e.at desc, e.ord rows unbounded preceding)
+    ),
+    bad_marks as (
+        select f.pool_id, max(f.at) filter (where m.metric = 'cost') as last_cost,
+               max(f.at) filter (where m.metric = 'tokens') as last_tokens
+        from figures as f
+        cross join (values ('cost'), ('tokens')) as m (metric)
+        where f.ord = 1 and f.window_kind = 'mark'
+          and (f.missing or case when m.metric = 'cost' then f.s_micros <> f.l_micros
+                                 else f.s_tokens <> f.l_tokens end)
+        group by f.pool_id
     ),
     spent as (
-        select p.org_id, p.pool_id, p.kind, p.scope_id, per.period, wk.window_kind, m.metric,
-               sum(case when m.metric = 'cost' then d.c_micros else d.c_tokens end)::bigint as counter,
-               sum(case when m.metric = 'cost' then d.l_micros else d.l_tokens end)::bigint as recomputed,
-               bool_or(case when m.metric = 'cost' then d.c_micros <> d.l_micros
-                            else d.c_tokens <> d.l_tokens end) as differs
-        from bad as x
-        join costwarden._pools as p on p.pool_id = x.pool_id
-        join diff as d on d.pool_id = x.pool_id and d.res = x.res
-        join (values ('hour'), ('day'), ('week'), ('month')) as per (period)
-          on costwarden._period_bucket(per.period) = x.res
-        cross join (values ('rolling'), ('calendar'), ('horizon')) as wk (window_kind)
+        select p.org_id, p.pool_id, p.kind, p.scope_id, f.period, f.window_kind, m.metric,
+               case when m.metric = 'cost' then f.s_micros else f.s_tokens end::bigint as counter,
+               case when m.metric = 'cost' then f.l_micros else f.l_tokens end::bigint as recomputed,
+               coalesce(case when m.metric = 'cost' then b.last_cost else b.last_tokens end >= f.at,
+                        false) as reaches
+        from figures as f
+        join pools as p on p.pool_id = f.pool_id
+        left join bad_marks as b on b.pool_id = f.pool_id
         cross join (values ('cost'), ('tokens')) as m (metric)
-        where wk.window_kind = 'horizon'
-           or d.bucket_start > costwarden._window_start(per.period, wk.window_kind,
-                                                       costwarden._org_tz(p.org_id), now())
-                               - make_interval(secs => x.res)
-        group by p.org_id, p.pool_id, p.kind, p.scope_id, per.period, wk.window_kind, m.metric
+        where f.ord = 1 and f.window_kind <> 'mark'
     ),
     holds as (
         select u.pool_id, sum(r.amount_micros)::bigint as micros, sum(r.tokens)::bigint as tokens
@@ -140,11 +190,11 @@ as $$
     select s.org_id, s.pool_id, s.kind, s.scope_id, 'spent', s.period, s.window_kind, s.metric,
            s.counter, s.recomputed, s.counter - s.recomputed
     from spent as s
-    where s.differs
+    where s.counter <> s.recomputed or s.reaches
     order by 1, 2, 5, 6, 7, 8
 $$;
 
--- Recompute every pool's held and spent (per bucket window) from the
+-- Recompute every pool's held and spent (per window) from the
 -- reservations and the ledger and report the drift: one row per pool, measure,
 -- window and metric that differs; no row: the books balance. Nothing is
 -- corrected (fn_reconcile_repair does that, audited); each run is recorded in
@@ -187,7 +237,8 @@ $$;
 
 -- Apply the correction fn_reconcile reports for one pool (admin; audited): under
 -- the pool's lock, its holds are set to the sum of its held reservations and
--- its spend buckets of the reconciled horizon are rebuilt from the ledger.
+-- its spend marks of the reconciled horizon and its totals are rebuilt from
+-- the ledger (on the total before the horizon, which is kept).
 -- Returns the drift it corrected (the rows fn_reconcile reported for the pool
 -- at that moment); nothing, and no audit record, when there is none.
 create or replace function costwarden.fn_reconcile_repair(p_org_id text, p_pool_id bigint, p_reason text)
@@ -205,6 +256,10 @@ declare
     v_since timestamptz := costwarden._reconcile_since();
     v_held_micros bigint;
     v_held_tokens bigint;
+    v_base_micros bigint;
+    v_base_tokens bigint;
+    v_spent_micros bigint;
+    v_spent_tokens bigint;
 begin
     perform costwarden._require_org(p_org_id);
     if p_pool_id is null then
@@ -220,7 +275,7 @@ begin
     if not found then
         perform costwarden._raise('CW002', format('p_pool_id: unknown pool %s in org %L', p_pool_id, p_org_id));
     end if;
-    -- every writer of the pool's holds and buckets holds its row lock
+    -- every writer of the pool's holds, totals and marks holds its row lock
     perform costwarden._lock_pools(array[p_pool_id]);
     select coalesce(jsonb_agg(to_jsonb(x)), '[]'::jsonb) into v_rows
     from costwarden._reconcile(p_org_id) as x
@@ -237,18 +292,45 @@ begin
     set held_micros = v_held_micros, held_tokens = v_held_tokens
     where p.pool_id = p_pool_id;
 
-    delete from costwarden._spend_buckets as b
-    where b.pool_id = p_pool_id and b.bucket_start >= v_since;
-    insert into costwarden._spend_buckets (pool_id, res, bucket_start, micros, tokens)
-    select l.pool_id, l.res, l.bucket_start, l.micros, l.tokens
-    from costwarden._ledger_buckets(p_org_id, v_since) as l
-    where l.pool_id = p_pool_id;
+    -- the spend of the horizon rebuilt from the ledger on the pool's total
+    -- before it (the first mark of the horizon, else the total: kept as it is)
+    select coalesce(m.micros_before, p.spent_micros), coalesce(m.tokens_before, p.spent_tokens),
+           p.spent_micros, p.spent_tokens
+    into v_base_micros, v_base_tokens, v_spent_micros, v_spent_tokens
+    from costwarden._pools as p
+    left join lateral (
+        select k.micros_before, k.tokens_before from costwarden._spend_marks as k
+        where k.pool_id = p.pool_id and k.mark_at >= v_since
+        order by k.mark_at
+        limit 1
+    ) as m on true
+    where p.pool_id = p_pool_id;
+    delete from costwarden._spend_marks as m
+    where m.pool_id = p_pool_id and m.mark_at >= v_since;
+    insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
+    select l.pool_id, l.mark_at,
+           v_base_micros + coalesce(sum(l.micros) over w, 0), v_base_tokens + coalesce(sum(l.tokens) over w, 0)
+    from costwarden._ledger_marks(p_org_id, v_since) as l
+    where l.pool_id = p_pool_id
+    window w as (order by l.mark_at rows between unbounded preceding and 1 preceding);
+    update costwarden._pools as p
+    set spent_micros = v_base_micros + coalesce(t.micros, 0), spent_tokens = v_base_tokens + coalesce(t.tokens, 0),
+        last_mark_at = (select max(m.mark_at) from costwarden._spend_marks as m where m.pool_id = p_pool_id)
+    from (
+        select sum(l.micros)::bigint as micros, sum(l.tokens)::bigint as tokens
+        from costwarden._ledger_marks(p_org_id, v_since) as l
+        where l.pool_id = p_pool_id
+    ) as t
+    where p.pool_id = p_pool_id;
 
     perform costwarden._audit(
         'reconcile_repair', p_org_id,
         jsonb_build_object('pool_id', p_pool_id, 'kind', v_pool.kind, 'scope_id', v_pool.scope_id),
-        jsonb_build_object('held_micros', v_pool.held_micros, 'held_tokens', v_pool.held_tokens),
+        jsonb_build_object('held_micros', v_pool.held_micros, 'held_tokens', v_pool.held_tokens,
+                           'spent_micros', v_spent_micros, 'spent_tokens', v_spent_tokens),
         jsonb_build_object('held_micros', v_held_micros, 'held_tokens', v_held_tokens,
+                           'spent_micros', (select p.spent_micros from costwarden._pools as p where p.pool_id = p_pool_id),
+                           'spent_tokens', (select p.spent_tokens from costwarden._pools as p where p.pool_id = p_pool_id),
                            'drift', v_rows, 'reason', p_reason)
     );
     return query

@@ -14,9 +14,9 @@ and calendar (week: rolling), cost and tokens, all enforced.
 Operations: reserve, meter tick, commit, release, expire (the reservation's expiry
 backdated, then the sweep), late commit, spend report, adjustment, budget change, and
 clock advance. Time travels on the server's side by backdating this org's rows: the
-reservations, the spend buckets and the ledger (its chain recomputed, test-only) move
-back by a multiple of 36 hours -- a multiple of every bucket, and never close to a
-window's edge -- and the model's booking times move with them. Nothing sleeps.
+reservations, the spend marks and the ledger (its chain recomputed, test-only) move
+back by a multiple of 36 hours -- a multiple of every slot of the marks, and never
+close to a window's edge -- and the model's booking times move with them. Nothing sleeps.
 
 After every step (``Driver.check``):
 
@@ -44,7 +44,18 @@ from psycopg.types.json import Jsonb
 
 MODEL = "openai/gpt-4o"
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
-RES = {"hour": 60, "day": 1200, "week": 7200}
+
+
+def mark_slot(age: timedelta) -> int:
+    """Seconds of the spend marks' slot at an age (costwarden._mark_slot)."""
+    if age <= timedelta(hours=2):
+        return 60
+    if age <= timedelta(hours=26):
+        return 1200
+    if age <= timedelta(days=32):
+        return 3600
+    return 43200
+
 LENGTH = {"hour": timedelta(hours=1), "day": timedelta(hours=24), "week": timedelta(days=7)}
 WINDOWS = [(p, w) for p in ("hour", "day") for w in ("rolling", "calendar")] + [("week", "rolling")]
 METRICS = ("cost", "tokens")
@@ -137,12 +148,14 @@ class Model:
         return tuple(pools)
 
     def spent(self, pool: str, period: str, window: str, metric: str, now: datetime) -> int:
-        res = RES[period]
-        edge = window_start(period, window, now) - timedelta(seconds=res)
+        # the window rule of the spend marks (docs/budgets.md): every booking from the
+        # window's start floored to the slot of its age on
+        start = window_start(period, window, now)
+        edge = date_bin(mark_slot(now - start), start)
         total = 0
         for b in self.bookings:
             assert b.at is not None
-            if pool in b.pools and date_bin(res, b.at) > edge:
+            if pool in b.pools and date_bin(60, b.at) >= edge:
                 total += b.micros if metric == "cost" else b.tokens
         return total
 
@@ -583,7 +596,7 @@ class Driver:
 
 def backdate(conn: psycopg.Connection[Any], org: str, hours: int, target: int) -> None:
     """Move one org's time back by ``hours`` (test-only, superuser): its reservations,
-    its spend buckets and its ledger (created_at, then the chain recomputed from the
+    its spend marks and its ledger (created_at, then the chain recomputed from the
     first entry), in one transaction; ``target`` makes a repeat after a crash a no-op."""
     shift = f"{hours} hours"
     with conn.transaction():
@@ -601,19 +614,24 @@ def backdate(conn: psycopg.Connection[Any], org: str, hours: int, target: int) -
         )
         conn.execute(
             "create temp table moved on commit drop as "
-            "select b.* from costwarden._spend_buckets b join costwarden._pools p "
-            "on p.pool_id = b.pool_id where p.org_id = %s",
+            "select m.* from costwarden._spend_marks m join costwarden._pools p "
+            "on p.pool_id = m.pool_id where p.org_id = %s",
             (org,),
         )
         conn.execute(
-            "delete from costwarden._spend_buckets b using costwarden._pools p "
-            "where p.pool_id = b.pool_id and p.org_id = %s",
+            "delete from costwarden._spend_marks m using costwarden._pools p "
+            "where p.pool_id = m.pool_id and p.org_id = %s",
             (org,),
         )
         conn.execute(
-            "insert into costwarden._spend_buckets (pool_id, res, bucket_start, micros, tokens) "
-            "select pool_id, res, bucket_start - %s::interval, micros, tokens from moved",
+            "insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before) "
+            "select pool_id, mark_at - %s::interval, micros_before, tokens_before from moved",
             (shift,),
+        )
+        conn.execute(
+            "update costwarden._pools set last_mark_at = last_mark_at - %s::interval "
+            "where org_id = %s",
+            (shift, org),
         )
         conn.execute(
             "update costwarden._ledger set created_at = created_at - %s::interval "

@@ -49,7 +49,8 @@ def run_threads(n: int, body: Callable[[int], None]) -> list[BaseException]:
 
 
 def check_counters(conn: psycopg.Connection[Any]) -> None:
-    """Pool holds and spend buckets equal a recomputation from reservations and ledger."""
+    """Pool holds and spend totals (and marks) equal a recomputation from reservations
+    and ledger."""
     bad_held = conn.execute(
         """
         select p.pool_id, p.held_micros, p.held_tokens, coalesce(h.m, 0), coalesce(h.t, 0)
@@ -70,14 +71,19 @@ def check_counters(conn: psycopg.Connection[Any]) -> None:
         ), per_pool as (
             select pool_id, sum(amount_micros) as m, sum(tokens) as t from charged group by 1
         )
-        select b.pool_id, b.res, sum(b.micros), sum(b.tokens), pp.m, pp.t
-        from costwarden._spend_buckets b
+        select p.pool_id, p.spent_micros, p.spent_tokens, pp.m, pp.t
+        from costwarden._pools p
         full join per_pool pp using (pool_id)
-        group by b.pool_id, b.res, pp.m, pp.t
-        having sum(b.micros) is distinct from pp.m or sum(b.tokens) is distinct from pp.t
+        where (p.spent_micros <> 0 or p.spent_tokens <> 0 or pp.pool_id is not null)
+          and (p.spent_micros is distinct from pp.m or p.spent_tokens is distinct from pp.t)
         """
     ).fetchall()
     assert bad_spent == []
+    # the marks: every window's spend, and the spend from every mark, is the ledger's
+    bad_marks = conn.execute(
+        "select * from costwarden._reconcile(null) where measure = 'spent'"
+    ).fetchall()
+    assert bad_marks == []
     gaps = conn.execute(
         "select org_id from costwarden._ledger group by org_id having max(seq) <> count(*)"
     ).fetchall()

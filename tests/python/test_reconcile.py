@@ -65,16 +65,15 @@ def test_reconcile_reports_held_and_spent_drift_without_fixing_it(
         "and scope_id = %s",
         (seeded.org, seeded.ws_platform),
     ).fetchone()[0]
-    # a lost hold and a bucket that lost 7 micros and gained 3 tokens
+    # a lost hold and a spend total that lost 7 micros and gained 3 tokens
     admin_conn.execute(
         "update costwarden._pools set held_micros = held_micros + 42 where pool_id = %s",
         (ws_pool,),
     )
     admin_conn.execute(
-        "update costwarden._spend_buckets set micros = micros - 7, tokens = tokens + 3 "
-        "where pool_id = %s and res = 60 and bucket_start = "
-        "(select max(bucket_start) from costwarden._spend_buckets where pool_id = %s and res = 60)",
-        (ws_pool, ws_pool),
+        "update costwarden._pools set spent_micros = spent_micros - 7, "
+        "spent_tokens = spent_tokens + 3 where pool_id = %s",
+        (ws_pool,),
     )
     before = admin_conn.execute("select * from costwarden._pools order by pool_id").fetchall()
     drift = client.reconcile(seeded.org)
@@ -85,12 +84,14 @@ def test_reconcile_reports_held_and_spent_drift_without_fixing_it(
     assert [(d.pool_id, d.metric, d.drift) for d in held] == [(ws_pool, "cost", 42)]
     spent = {(d.period, d.window_kind, d.metric): d for d in drift if d.measure == "spent"}
     assert {d.pool_id for d in spent.values()} == {ws_pool}
-    # only the hour resolution was touched: every window of it that sees the bucket
-    assert {k[0] for k in spent} == {"hour"}
-    for window in ("rolling", "horizon"):
-        assert spent["hour", window, "cost"].drift == -7
-        assert spent["hour", window, "tokens"].drift == 3
-        assert spent["hour", window, "cost"].counter + 7 == spent["hour", window, "cost"].recomputed
+    # the total is read by every window: each of them and the whole horizon see it
+    windows = {(p, w) for p in ("hour", "day", "week", "month") for w in ("rolling", "calendar")}
+    assert {k[:2] for k in spent} == windows | {(None, "horizon")}
+    for period, window in windows | {(None, "horizon")}:
+        assert spent[period, window, "cost"].drift == -7
+        assert spent[period, window, "tokens"].drift == 3
+        cost = spent[period, window, "cost"]
+        assert cost.counter + 7 == cost.recomputed
     assert all(d.pool_kind == "workspace" and d.scope_id == seeded.ws_platform for d in drift)
 
     # the CLI: exit 1 and the table; --json

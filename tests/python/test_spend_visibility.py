@@ -190,24 +190,35 @@ step = st.one_of(
     st.tuples(st.just("limit"), st.sampled_from(WORKSPACES), st.integers(0, 20_000)),
 )
 
-#: the window rule (docs/budgets.md): every committed amount whose bucket overlaps the
-#: window, bounded by its end; recomputed here from the ledger rows
-RECOMPUTE = """
+#: the window rule (docs/budgets.md): every committed amount booked in a minute from the
+#: window's start floored to the spend marks' slot of its age on, up to its end (rolling:
+#: inclusive; calendar: exclusive) rounded up to the slot of its age; recomputed here
+#: from the ledger rows
+SLOT = """
+case when {t} >= now() - interval '2 hours' then interval '1 minute'
+     when {t} >= now() - interval '26 hours' then interval '20 minutes'
+     when {t} >= now() - interval '32 days' then interval '1 hour'
+     else interval '12 hours' end
+"""
+RECOMPUTE = f"""
 with w as (
-    select s.window_start, s.window_end, costwarden._period_bucket(%(period)s) as res
+    select s.window_start, s.window_end,
+           case when %(window)s = 'rolling' then s.window_end + interval '1 microsecond'
+                else s.window_end end as end_at
     from costwarden.fn_spend_summary(%(org)s, p_period => %(period)s, p_window => %(window)s,
                                      p_at => now() + %(shift)s::interval) as s
+), edges as (
+    select date_bin({SLOT.format(t="w.window_start")}, w.window_start, '2000-01-01Z') as lo,
+           date_bin({SLOT.format(t="w.end_at")}, w.end_at, '2000-01-01Z') as floor_hi,
+           {SLOT.format(t="w.end_at")} as slot_hi, w.end_at
+    from w
 )
 select l.workspace_id, l.user_id, l.key_id, sum(l.amount_micros), sum(l.tokens)
-from costwarden._ledger as l, w
+from costwarden._ledger as l, edges as e
 where l.org_id = %(org)s
-  and date_bin(make_interval(secs => w.res), l.created_at, timestamptz '2000-01-01 00:00:00+00')
-      > w.window_start - make_interval(secs => w.res)
-  and date_bin(make_interval(secs => w.res), l.created_at, timestamptz '2000-01-01 00:00:00+00')
-      <= w.window_end
-  and (%(window)s = 'rolling'
-       or date_bin(make_interval(secs => w.res), l.created_at,
-                   timestamptz '2000-01-01 00:00:00+00') < w.window_end)
+  and date_bin(interval '1 minute', l.created_at, '2000-01-01Z') >= e.lo
+  and date_bin(interval '1 minute', l.created_at, '2000-01-01Z')
+      < case when e.floor_hi < e.end_at then e.floor_hi + e.slot_hi else e.end_at end
 group by 1, 2, 3
 """
 

@@ -170,20 +170,19 @@ select is((select created_at from costwarden.fn_ledger_export('globex')),
 
 -- adjustments: signed entries, in the org's and workspace's windows, audited
 create temp table spent0 on commit drop as
-    select p.kind, coalesce(sum(b.micros), 0) as micros
-    from costwarden._pools as p left join costwarden._spend_buckets as b on b.pool_id = p.pool_id and b.res = 60
-    where p.org_id = 'acme' and p.kind in ('org', 'workspace') group by 1;
+    select p.kind, p.spent_micros::numeric as micros
+    from costwarden._pools as p
+    where p.org_id = 'acme' and p.kind in ('org', 'workspace');
 select results_eq($$select entry_seq from costwarden.fn_ledger_adjust('acme', 'ws', -2500, 'refund')$$,
     $$values (4::bigint)$$, 'a refund is the next entry of the org''s chain');
 select results_eq($$select entry_type, amount_micros, workspace_id, reason, usage, tokens from costwarden._ledger
                     where org_id = 'acme' and seq = 4$$,
     $$values ('adjustment', -2500::bigint, 'ws', 'refund', null::jsonb, 0::bigint)$$,
     'stored as a signed adjustment');
-select results_eq($$select p.kind, coalesce(sum(b.micros), 0) - s.micros
+select results_eq($$select p.kind, p.spent_micros - s.micros
                     from costwarden._pools as p
                     join spent0 as s on s.kind = p.kind
-                    left join costwarden._spend_buckets as b on b.pool_id = p.pool_id and b.res = 60
-                    where p.org_id = 'acme' and p.kind in ('org', 'workspace') group by p.kind, s.micros order by 1$$,
+                    where p.org_id = 'acme' and p.kind in ('org', 'workspace') order by 1$$,
     $$values ('org', -2500::numeric), ('workspace', -2500::numeric)$$,
     'it lowers the org''s and the workspace''s spend');
 select results_eq($$select action, target, after ->> 'amount_micros', after ->> 'entry_seq'
