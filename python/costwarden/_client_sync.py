@@ -362,7 +362,7 @@ class Client(ClientBase):
         return self._run(q.cost_expire(batch))
 
     def maintenance(self) -> int:
-        """Drop spend buckets no window can reach any more; returns how many."""
+        """Thin the spend marks to the slots of their age; returns how many were dropped."""
         return self._run(q.maintenance())
 
     def my_reservations(

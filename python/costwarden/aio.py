@@ -404,7 +404,7 @@ class AsyncClient(ClientBase):
         return await self._run(q.cost_expire(batch))
 
     async def maintenance(self) -> int:
-        """Drop spend buckets no window can reach any more; returns how many."""
+        """Thin the spend marks to the slots of their age; returns how many were dropped."""
         return await self._run(q.maintenance())
 
     async def my_reservations(

@@ -57,12 +57,16 @@ $$;
 -- holds the pool's total before every spend booked from that instant on.
 create or replace function costwarden._mark_probe(p_t timestamptz, p_now timestamptz, p_ceil boolean default false)
 returns timestamptz
-language sql immutable parallel safe
+language plpgsql immutable parallel safe
 as $$
-    select case when p_ceil and date_bin(s.slot, p_t, timestamptz '2000-01-01 00:00:00+00') < p_t
-                then date_bin(s.slot, p_t, timestamptz '2000-01-01 00:00:00+00') + s.slot
-                else date_bin(s.slot, p_t, timestamptz '2000-01-01 00:00:00+00') end
-    from (select costwarden._mark_slot(p_t, p_now) as slot) as s
+declare
+    -- (PL/pgSQL: a SQL body naming p_t more than once would not be inlined
+    -- when p_t is an expression, and would be planned on every call)
+    v_slot interval := costwarden._mark_slot(p_t, p_now);
+    v_floor timestamptz := date_bin(v_slot, p_t, timestamptz '2000-01-01 00:00:00+00');
+begin
+    return case when p_ceil and v_floor < p_t then v_floor + v_slot else v_floor end;
+end
 $$;
 
 -- Internal: a pool's committed totals before p_t (floored to its slot; p_ceil:

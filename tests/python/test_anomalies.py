@@ -1,6 +1,6 @@
 """Spend anomalies and workspace freezes (SPEC §6).
 
-The history is synthetic: a week of hourly spend written into the spend buckets
+The history is synthetic: a week of hourly spend written into the spend totals and marks
 with the internal ``costwarden._pool_add_spend`` (superuser), backdated. The spike
 goes through ``fn_spend_report_cumulative`` and the detection is the real
 ``fn_detect_spend_anomalies``."""

@@ -3,10 +3,10 @@ a small and a large ledger (issue: the answer must not grow with the ledger).
 
 Each size gets its own scratch database. The org, its workspaces, users and keys are
 created through the RPCs; the history is written set-based and backdated over the
-last 30 days, as the saga would have left it: ``entries`` ledger entries (charges,
-spread over the workspaces), the spend buckets they add up to (the month's 12-hour
-resolution and the day's 20-minute one), and a fixed number of reservations in the
-window (their count is held constant: ``calls`` are counted from the reservations, not
+last 30 days, as the saga and fn_maintenance would have left it: ``entries`` ledger
+entries (charges, spread over the workspaces), the pools' totals and the spend marks
+they add up to (thinned: the first mark of each slot of its age), and a fixed number
+of reservations in the window (their count is held constant: ``calls`` are counted from the reservations, not
 the ledger, see docs/budgets.md "Spend without a limit"). The hash chain of these rows
 is not valid (nothing here verifies it). Then each query is timed ``repeat`` times
 on a warm cache and the median is reported, with the ratio large / small.
@@ -56,21 +56,34 @@ select 'bench', i, 'charge', 'ws-' || (i %% %(workspaces)s + 1), 'bench/model', 
        sha256(int8send(i - 1)), sha256(int8send(i))
 from generate_series(1, %(entries)s) as i;
 update costwarden._ledger_heads set last_seq = %(entries)s where org_id = 'bench';
-insert into costwarden._spend_buckets (pool_id, res, bucket_start, micros, tokens)
-select p.pool_id, r.res,
-       date_bin(make_interval(secs => r.res), l.created_at, timestamptz '2000-01-01 00:00:00+00'),
-       sum(l.amount_micros), sum(l.tokens)
-from costwarden._ledger as l
-join costwarden._pools as p
-  on p.org_id = l.org_id and p.kind = 'workspace' and p.scope_id = l.workspace_id
-cross join (values (1200), (43200)) as r (res)
-where l.org_id = 'bench'
-group by 1, 2, 3;
-insert into costwarden._spend_buckets (pool_id, res, bucket_start, micros, tokens)
-select p.pool_id, b.res, b.bucket_start, sum(b.micros), sum(b.tokens)
-from costwarden._spend_buckets as b
-join costwarden._pools as p on p.org_id = 'bench' and p.kind = 'org'
-group by 1, 2, 3;
+create temp table slots as
+select x.pool_id, min(date_bin(interval '1 minute', x.created_at, timestamptz '2000-01-01')) as mark_at,
+       sum(x.amount_micros)::bigint as micros, sum(x.tokens)::bigint as tokens
+from (
+    select p.pool_id, l.created_at, l.amount_micros, l.tokens
+    from costwarden._ledger as l
+    join costwarden._pools as p
+      on p.org_id = l.org_id and p.kind = 'workspace' and p.scope_id = l.workspace_id
+    where l.org_id = 'bench'
+    union all
+    select p.pool_id, l.created_at, l.amount_micros, l.tokens
+    from costwarden._ledger as l
+    join costwarden._pools as p on p.org_id = l.org_id and p.kind = 'org'
+    where l.org_id = 'bench'
+) as x
+group by x.pool_id, date_bin(costwarden._mark_slot(x.created_at, now()), x.created_at, timestamptz '2000-01-01');
+insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
+select g.pool_id, g.mark_at, coalesce(sum(g.micros) over w, 0), coalesce(sum(g.tokens) over w, 0)
+from slots as g
+window w as (partition by g.pool_id order by g.mark_at rows between unbounded preceding and 1 preceding);
+update costwarden._pools as p
+set spent_micros = t.micros, spent_tokens = t.tokens, last_mark_at = t.last_at
+from (
+    select g.pool_id, sum(g.micros)::bigint as micros, sum(g.tokens)::bigint as tokens, max(g.mark_at) as last_at
+    from slots as g
+    group by g.pool_id
+) as t
+where p.pool_id = t.pool_id;
 insert into costwarden._reservations (
     reservation_id, org_id, workspace_id, model, provider, status, usage,
     quoted_micros, quoted_tokens, amount_micros, tokens,

@@ -61,13 +61,13 @@ def _status(client: Client, org: str, ws: str, model: str) -> str:
 def demo_backfill_quiet_week(
     dsn: str, org_id: str, workspace_id: str, micros_per_hour: int, *, hours: int = 168
 ) -> None:
-    """DEMO ONLY -- writes synthetic history straight into the spend buckets.
+    """DEMO ONLY -- writes synthetic history straight into the spend totals and marks.
 
     Gives a brand-new workspace a quiet past week (``micros_per_hour`` in each of
     the last ``hours`` hours before this one) so that the anomaly detector has a
     baseline to compare with. It calls the internal ``costwarden._pool_add_spend``
     with backdated instants, which only the schema owner / a superuser may run,
-    and writes no ledger entries: the buckets then count spend the ledger does not
+    and writes no ledger entries: the totals then count spend the ledger does not
     hold. Never use it on a database whose numbers matter."""
     top = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     with psycopg.connect(dsn) as conn:
@@ -134,7 +134,7 @@ def _anomaly_story(client: Client, dsn: str, echo: Echo) -> None:
     try:
         demo_backfill_quiet_week(dsn, org, ws, 200_000)
         echo(
-            "   (DEMO ONLY: that week is synthetic history written straight into the spend buckets)"
+            "   (DEMO ONLY: that week is synthetic history written straight into the spend marks)"
         )
     except psycopg.Error as exc:
         echo(

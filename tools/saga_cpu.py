@@ -1,0 +1,97 @@
+"""Server CPU per reserve and per commit, two SQL trees side by side on one server.
+
+For each tree (``--sql-dir``, repeatable; e.g. the current sql/ and an older one from
+``git archive``), a scratch database is set up as the saga bench sets it up (1,000
+orgs, python/costwarden/bench/saga.py setup_costwarden), with ``_check_limits`` planned
+generically in both. Then one connection, per round: N reserves (orgs round-robin,
+workspace ws; with --four also user u and key k), then their N commits; the backend's
+utime + stime is read from /proc/<pid>/stat around each phase (the server must run on
+this machine). Rounds alternate between the trees. Prints microseconds of server CPU
+per call, the median of the rounds.
+
+    .venv/bin/python tools/saga_cpu.py --dsn postgresql://postgres@localhost:PORT/postgres \\
+        --sql-dir /tmp/before/sql --sql-dir sql [--four] [--calls 1500] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from costwarden.bench.common import scratch_database
+from costwarden.bench.saga import setup_costwarden
+
+RESERVE = (
+    "select reservation_id from costwarden.fn_cost_reserve(p_org_id => %s, "
+    "p_workspace_id => 'ws', p_model => 'bench/model', "
+    "p_usage => '{\"input_tokens\": 400, \"output_tokens\": 200}', "
+    "p_user_id => %s, p_key_id => %s)"
+)
+COMMIT = (
+    "select 1 from costwarden.fn_cost_commit(p_reservation_id => %s, "
+    "p_usage => '{\"input_tokens\": 400, \"output_tokens\": 120}')"
+)
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
+
+
+def one_round(conn: psycopg.Connection[Any], pid: int, calls: int, four: bool) -> tuple[float, float]:
+    user, key = ("u", "k") if four else (None, None)
+    t0 = cpu_seconds(pid)
+    rids = []
+    for i in range(calls):
+        row = conn.execute(RESERVE, (f"org{i % 1000 + 1}", user, key), prepare=True).fetchone()
+        assert row is not None
+        rids.append(row[0])
+    t1 = cpu_seconds(pid)
+    for rid in rids:
+        conn.execute(COMMIT, (rid,), prepare=True).fetchone()
+    t2 = cpu_seconds(pid)
+    return (t1 - t0) / calls * 1e6, (t2 - t1) / calls * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dsn", required=True, help="admin DSN of a server on this machine")
+    ap.add_argument("--sql-dir", action="append", type=Path, required=True)
+    ap.add_argument("--calls", type=int, default=1500)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--four", action="store_true", help="org, workspace, user and key limits")
+    args = ap.parse_args()
+    with ExitStack() as stack:
+        conns = []
+        for n, sql_dir in enumerate(args.sql_dir):
+            dsn = stack.enter_context(scratch_database(args.dsn, f"costwarden_saga_cpu_{n}"))
+            setup_costwarden(dsn, 1000, sql_dir=sql_dir.resolve())
+            conn = stack.enter_context(psycopg.connect(dsn, autocommit=True))
+            conn.execute(
+                "alter function costwarden._check_limits(text, text, text, text, bigint, bigint) "
+                "set plan_cache_mode = force_generic_plan"
+            )
+            conn.execute("vacuum analyze")
+            pid = conn.execute("select pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+            one_round(conn, pid, 100, args.four)  # warm the caches and the plans
+            conns.append((sql_dir, conn, pid))
+        results: dict[Path, list[tuple[float, float]]] = {d: [] for d in args.sql_dir}
+        for _ in range(args.rounds):
+            for sql_dir, conn, pid in conns:
+                results[sql_dir].append(one_round(conn, pid, args.calls, args.four))
+        print(f"server CPU per call (us), median of {args.rounds} rounds of {args.calls}:")
+        for sql_dir, rounds in results.items():
+            reserve = statistics.median(r for r, _c in rounds)
+            commit = statistics.median(c for _r, c in rounds)
+            print(f"  {sql_dir}: reserve {reserve:.0f}, commit {commit:.0f}  rounds {rounds}")
+
+
+if __name__ == "__main__":
+    main()
