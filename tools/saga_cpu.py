@@ -30,12 +30,12 @@ from costwarden.bench.saga import setup_costwarden
 RESERVE = (
     "select reservation_id from costwarden.fn_cost_reserve(p_org_id => %s, "
     "p_workspace_id => 'ws', p_model => 'bench/model', "
-    "p_usage => '{\"input_tokens\": 400, \"output_tokens\": 200}', "
+    'p_usage => \'{"input_tokens": 400, "output_tokens": 200}\', '
     "p_user_id => %s, p_key_id => %s)"
 )
 COMMIT = (
     "select 1 from costwarden.fn_cost_commit(p_reservation_id => %s, "
-    "p_usage => '{\"input_tokens\": 400, \"output_tokens\": 120}')"
+    'p_usage => \'{"input_tokens": 400, "output_tokens": 120}\')'
 )
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -45,7 +45,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
 
 
-def one_round(conn: psycopg.Connection[Any], pid: int, calls: int, four: bool) -> tuple[float, float]:
+def one_round(
+    conn: psycopg.Connection[Any], pid: int, calls: int, four: bool
+) -> tuple[float, float]:
     user, key = ("u", "k") if four else (None, None)
     t0 = cpu_seconds(pid)
     rids = []

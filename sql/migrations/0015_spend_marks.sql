@@ -53,36 +53,61 @@ comment on table costwarden._spend_marks is
 
 with cover as (
     -- the first 12-hour boundary from which the pool's minute buckets are used
-    select b.pool_id,
-           date_bin(interval '12 hours', min(b.bucket_start) - interval '1 microsecond',
-                    timestamptz '2000-01-01 00:00:00+00') + interval '12 hours' as cut
+    select
+        b.pool_id,
+        date_bin(
+            interval '12 hours', min(b.bucket_start) - interval '1 microsecond',
+            timestamptz '2000-01-01 00:00:00+00'
+        ) + interval '12 hours' as cut
     from costwarden._spend_buckets as b
     where b.res = 60
     group by b.pool_id
 ),
+
 used as (
-    select b.pool_id, b.bucket_start, b.micros, b.tokens
+    select
+        b.pool_id,
+        b.bucket_start,
+        b.micros,
+        b.tokens
     from costwarden._spend_buckets as b
-    left join cover as c on c.pool_id = b.pool_id
-    where (b.res = 60 and b.bucket_start >= c.cut)
-       or (b.res = 43200 and (c.cut is null or b.bucket_start < c.cut))
+    left join cover as c on b.pool_id = c.pool_id
+    where
+        (b.res = 60 and b.bucket_start >= c.cut)
+        or (b.res = 43200 and (c.cut is null or b.bucket_start < c.cut))
 ),
+
 marks as (
-    select u.pool_id, u.bucket_start,
-           coalesce(sum(u.micros) over w, 0)::bigint as micros_before,
-           coalesce(sum(u.tokens) over w, 0)::bigint as tokens_before
+    select
+        u.pool_id,
+        u.bucket_start,
+        coalesce(sum(u.micros) over w, 0)::bigint as micros_before,
+        coalesce(sum(u.tokens) over w, 0)::bigint as tokens_before
     from used as u
-    window w as (partition by u.pool_id order by u.bucket_start rows between unbounded preceding and 1 preceding)
+    window w as (
+        partition by u.pool_id order by u.bucket_start
+        rows between unbounded preceding and 1 preceding
+    )
 ),
+
 ins as (
     insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
-    select m.pool_id, m.bucket_start, m.micros_before, m.tokens_before from marks as m
+    select
+        m.pool_id,
+        m.bucket_start,
+        m.micros_before,
+        m.tokens_before
+    from marks as m
 )
+
 update costwarden._pools as p
 set spent_micros = t.micros, spent_tokens = t.tokens, last_mark_at = t.last_at
 from (
-    select u.pool_id, sum(u.micros)::bigint as micros, sum(u.tokens)::bigint as tokens,
-           max(u.bucket_start) as last_at
+    select
+        u.pool_id,
+        sum(u.micros)::bigint as micros,
+        sum(u.tokens)::bigint as tokens,
+        max(u.bucket_start) as last_at
     from used as u
     group by u.pool_id
 ) as t

@@ -56,6 +56,7 @@ def mark_slot(age: timedelta) -> int:
         return 3600
     return 43200
 
+
 LENGTH = {"hour": timedelta(hours=1), "day": timedelta(hours=24), "week": timedelta(days=7)}
 WINDOWS = [(p, w) for p in ("hour", "day") for w in ("rolling", "calendar")] + [("week", "rolling")]
 METRICS = ("cost", "tokens")

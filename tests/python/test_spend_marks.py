@@ -205,15 +205,19 @@ def test_reconcile_finds_and_repairs_a_damaged_or_missing_mark(
 #: the window rule of the spend buckets (migration 0006), per pool: every bucket of the
 #: period's resolution that overlaps [start, end)
 BUCKET_FIGURES = """
-select p.pool_id, w.period, w.kind, coalesce(sum(b.micros), 0)::bigint, coalesce(sum(b.tokens), 0)::bigint
+select p.pool_id, w.period, w.kind,
+       coalesce(sum(b.micros), 0)::bigint, coalesce(sum(b.tokens), 0)::bigint
 from costwarden._pools as p
-cross join (values ('hour', 60), ('day', 1200), ('week', 7200), ('month', 43200)) as r (period, res)
+cross join (values ('hour', 60), ('day', 1200), ('week', 7200), ('month', 43200))
+    as r (period, res)
 cross join lateral (
     select r.period, k.kind,
-           case when k.kind = 'rolling' then now() - case r.period when 'hour' then interval '1 hour'
+           case when k.kind = 'rolling'
+                then now() - case r.period when 'hour' then interval '1 hour'
                      when 'day' then interval '24 hours' when 'week' then interval '7 days'
                      else interval '30 days' end
-                else date_trunc(r.period, now() at time zone 'UTC') at time zone 'UTC' end as start_at
+                else date_trunc(r.period, now() at time zone 'UTC') at time zone 'UTC'
+           end as start_at
     from (values ('rolling'), ('calendar')) as k (kind)
 ) as w
 left join costwarden._spend_buckets as b
@@ -227,7 +231,9 @@ MARK_FIGURES = """
 select p.pool_id, w.period, w.kind, s.micros, s.tokens
 from costwarden._pools as p
 cross join (values ('hour'), ('day'), ('week'), ('month')) as r (period)
-cross join lateral (select r.period, k.kind from (values ('rolling'), ('calendar')) as k (kind)) as w
+cross join lateral (
+    select r.period, k.kind from (values ('rolling'), ('calendar')) as k (kind)
+) as w
 cross join lateral costwarden._pool_spent(p.pool_id, w.period, w.kind, 'UTC', now()) as s
 order by 1, 2, 3
 """
@@ -244,8 +250,12 @@ def test_migration_0015_converts_buckets_into_the_same_window_figures(
     rng = random.Random(15)
     with psycopg.connect(dsn, autocommit=True) as conn:
         [(now,)] = conn.execute("select now()").fetchall()
-        starts = [now - timedelta(hours=1), now - timedelta(hours=24), now - timedelta(days=7),
-                  now - timedelta(days=30)]
+        starts = [
+            now - timedelta(hours=1),
+            now - timedelta(hours=24),
+            now - timedelta(days=7),
+            now - timedelta(days=30),
+        ]
         conn.execute("insert into costwarden._orgs (org_id) values ('conv')")
         pools = [
             conn.execute(
@@ -264,7 +274,8 @@ def test_migration_0015_converts_buckets_into_the_same_window_figures(
         for at, micros, tokens in spend:
             conn.execute(
                 """
-                insert into costwarden._spend_buckets as b (pool_id, res, bucket_start, micros, tokens)
+                insert into costwarden._spend_buckets as b
+                    (pool_id, res, bucket_start, micros, tokens)
                 select p.pool_id, r.res,
                        date_bin(make_interval(secs => r.res), %s, timestamptz '2000-01-01'), %s, %s
                 from unnest(%s::bigint[]) as p (pool_id)
@@ -286,9 +297,7 @@ def test_migration_0015_converts_buckets_into_the_same_window_figures(
         assert totals == [(sum(s[1] for s in spend), sum(s[2] for s in spend))] * 2
         assert conn.execute("select to_regclass('costwarden._spend_buckets')").fetchone() == (None,)
         # and the saga books on top of the converted marks
-        conn.execute(
-            "select costwarden._pool_add_spend(%s::bigint[], 7, 1, now())", (pools,)
-        )
+        conn.execute("select costwarden._pool_add_spend(%s::bigint[], 7, 1, now())", (pools,))
         hour = conn.execute(
             "select micros from costwarden._pool_spent(%s, 'hour', 'rolling', 'UTC', now())",
             (pools[0],),

@@ -6,10 +6,11 @@ created through the RPCs; the history is written set-based and backdated over th
 last 30 days, as the saga and fn_maintenance would have left it: ``entries`` ledger
 entries (charges, spread over the workspaces), the pools' totals and the spend marks
 they add up to (thinned: the first mark of each slot of its age), and a fixed number
-of reservations in the window (their count is held constant: ``calls`` are counted from the reservations, not
-the ledger, see docs/budgets.md "Spend without a limit"). The hash chain of these rows
-is not valid (nothing here verifies it). Then each query is timed ``repeat`` times
-on a warm cache and the median is reported, with the ratio large / small.
+of reservations in the window (their count is held constant: ``calls`` are counted from
+the reservations, not the ledger, see docs/budgets.md "Spend without a limit"). The
+hash chain of these rows is not valid (nothing here verifies it). Then each query is
+timed ``repeat`` times on a warm cache and the median is reported, with the ratio
+large / small.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ select 'bench', i, 'charge', 'ws-' || (i %% %(workspaces)s + 1), 'bench/model', 
 from generate_series(1, %(entries)s) as i;
 update costwarden._ledger_heads set last_seq = %(entries)s where org_id = 'bench';
 create temp table slots as
-select x.pool_id, min(date_bin(interval '1 minute', x.created_at, timestamptz '2000-01-01')) as mark_at,
+select x.pool_id,
+       min(date_bin(interval '1 minute', x.created_at, timestamptz '2000-01-01')) as mark_at,
        sum(x.amount_micros)::bigint as micros, sum(x.tokens)::bigint as tokens
 from (
     select p.pool_id, l.created_at, l.amount_micros, l.tokens
@@ -71,15 +73,19 @@ from (
     join costwarden._pools as p on p.org_id = l.org_id and p.kind = 'org'
     where l.org_id = 'bench'
 ) as x
-group by x.pool_id, date_bin(costwarden._mark_slot(x.created_at, now()), x.created_at, timestamptz '2000-01-01');
+group by x.pool_id,
+         date_bin(costwarden._mark_slot(x.created_at, now()), x.created_at,
+                  timestamptz '2000-01-01');
 insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
 select g.pool_id, g.mark_at, coalesce(sum(g.micros) over w, 0), coalesce(sum(g.tokens) over w, 0)
 from slots as g
-window w as (partition by g.pool_id order by g.mark_at rows between unbounded preceding and 1 preceding);
+window w as (partition by g.pool_id order by g.mark_at
+             rows between unbounded preceding and 1 preceding);
 update costwarden._pools as p
 set spent_micros = t.micros, spent_tokens = t.tokens, last_mark_at = t.last_at
 from (
-    select g.pool_id, sum(g.micros)::bigint as micros, sum(g.tokens)::bigint as tokens, max(g.mark_at) as last_at
+    select g.pool_id, sum(g.micros)::bigint as micros, sum(g.tokens)::bigint as tokens,
+           max(g.mark_at) as last_at
     from slots as g
     group by g.pool_id
 ) as t

@@ -133,9 +133,7 @@ def _anomaly_story(client: Client, dsn: str, echo: Echo) -> None:
     echo(f"2. A spend spike. Workspace {ws} had a quiet week (about $0.20 an hour) ...")
     try:
         demo_backfill_quiet_week(dsn, org, ws, 200_000)
-        echo(
-            "   (DEMO ONLY: that week is synthetic history written straight into the spend marks)"
-        )
+        echo("   (DEMO ONLY: that week is synthetic history written straight into the spend marks)")
     except psycopg.Error as exc:
         echo(
             f"   (skipped the synthetic quiet week: {exc.diag.message_primary}; needs a superuser)"
