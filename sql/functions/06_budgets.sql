@@ -51,18 +51,35 @@ as $$
                 else interval '12 hours' end
 $$;
 
--- Internal: where the totals "before p_t" are read: p_t floored to its slot
--- (p_ceil: rounded up to it, for the end of a window that ended in the past).
--- Every mark kept at or after that instant starts a slot, so the first of them
--- holds the pool's total before every spend booked from that instant on.
-create or replace function costwarden._mark_probe(p_t timestamptz, p_now timestamptz, p_ceil boolean default false)
+-- The slot a window of a period is read at: hour 1 minute, day 20 minutes,
+-- week and month 1 hour. The start of a window of now is never older than
+-- these slots' tier (a rolling or calendar hour <= 1 h, day <= 24 h, week
+-- <= 7 d, month <= 31 d), so the limit check floors its start to the
+-- period's slot alone (inlined, no call); every reader uses the larger of the
+-- two, so every reader sees the figure the limit check sees.
+create or replace function costwarden._period_slot(p_period text)
+returns interval
+language sql immutable parallel safe
+as $$
+    select case p_period when 'hour' then interval '1 minute' when 'day' then interval '20 minutes'
+                         else interval '1 hour' end
+$$;
+
+-- Internal: where the totals "before p_t" are read: p_t floored to its slot,
+-- the larger of the slot of its age and p_min (p_ceil: rounded up to it, for
+-- the end of a window that ended in the past). Every mark kept at or after
+-- that instant starts a slot, so the first of them holds the pool's total
+-- before every spend booked from that instant on.
+create or replace function costwarden._mark_probe(
+    p_t timestamptz, p_now timestamptz, p_ceil boolean default false, p_min interval default interval '1 minute'
+)
 returns timestamptz
 language plpgsql immutable parallel safe
 as $$
 declare
     -- (PL/pgSQL: a SQL body naming p_t more than once would not be inlined
     -- when p_t is an expression, and would be planned on every call)
-    v_slot interval := costwarden._mark_slot(p_t, p_now);
+    v_slot interval := greatest(costwarden._mark_slot(p_t, p_now), p_min);
     v_floor timestamptz := date_bin(v_slot, p_t, timestamptz '2000-01-01 00:00:00+00');
 begin
     return case when p_ceil and v_floor < p_t then v_floor + v_slot else v_floor end;
@@ -73,7 +90,7 @@ $$;
 -- rounded up): the first mark at or after that instant, else the pool's
 -- totals (nothing was booked since). One index probe.
 create or replace function costwarden._pool_total_before(
-    p_pool_id bigint, p_t timestamptz, p_ceil boolean default false,
+    p_pool_id bigint, p_t timestamptz, p_ceil boolean, p_min interval,
     out micros bigint, out tokens bigint
 )
 language sql stable parallel safe
@@ -83,7 +100,7 @@ as $$
     left join lateral (
         select k.micros_before, k.tokens_before
         from costwarden._spend_marks as k
-        where k.pool_id = p.pool_id and k.mark_at >= costwarden._mark_probe(p_t, now(), p_ceil)
+        where k.pool_id = p.pool_id and k.mark_at >= costwarden._mark_probe(p_t, now(), p_ceil, p_min)
         order by k.mark_at
         limit 1
     ) as m on true
@@ -100,12 +117,13 @@ language sql stable parallel safe
 as $$
     select e.micros - s.micros, e.tokens - s.tokens
     from costwarden._pool_total_before(
-             p_pool_id, costwarden._window_start(p_period, p_window, p_tz, p_at)) as s
+             p_pool_id, costwarden._window_start(p_period, p_window, p_tz, p_at), false,
+             costwarden._period_slot(p_period)) as s
     cross join costwarden._pool_total_before(
              p_pool_id,
              case when p_window = 'rolling' then p_at + interval '1 microsecond'
                   else costwarden._window_end(p_period, p_window, p_tz, p_at) end,
-             true) as e
+             true, costwarden._period_slot(p_period)) as e
 $$;
 
 -- Internal: add committed spend booked at p_at to pools: their totals and
@@ -257,13 +275,15 @@ begin
       on p.org_id = p_org_id and p.kind = l.scope_kind
      and p.scope_id = case when l.scope_kind = 'org' then '' else l.scope_id end
     -- the window's spend: the pool's total minus its total before the window's
-    -- start (one probe of _spend_marks; no mark since then: nothing spent)
+    -- start floored to the period's slot (one probe of _spend_marks; no mark
+    -- since then: nothing spent)
     left join lateral (
         select case when l.metric = 'cost' then mk.micros_before else mk.tokens_before end as before
         from costwarden._spend_marks as mk
         where mk.pool_id = p.pool_id
-          and mk.mark_at >= costwarden._mark_probe(
-              costwarden._window_start(l.period, l.window_kind, v_tz, v_now), v_now)
+          and mk.mark_at >= date_bin(costwarden._period_slot(l.period),
+                                     costwarden._window_start(l.period, l.window_kind, v_tz, v_now),
+                                     timestamptz '2000-01-01 00:00:00+00')
         order by mk.mark_at
         limit 1
     ) as sp on true

@@ -82,9 +82,10 @@ begin
     v_rolling := p_window = 'rolling';
     -- where the marks are read: the start floored to its slot, the end (rolling:
     -- p_at inclusive; calendar: exclusive) rounded up to its slot (_mark_probe)
-    v_probe_start := costwarden._mark_probe(v_start, now());
+    v_probe_start := costwarden._mark_probe(v_start, now(), false, costwarden._period_slot(p_period));
     v_probe_end := costwarden._mark_probe(
-        case when v_rolling then v_end + interval '1 microsecond' else v_end end, now(), true);
+        case when v_rolling then v_end + interval '1 microsecond' else v_end end, now(), true,
+        costwarden._period_slot(p_period));
 
     -- 3. calls of one scope: one index range (rolling: (start, p_at]; calendar: [start, end))
     if v_scope_id is not null then

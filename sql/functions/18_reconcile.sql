@@ -105,7 +105,8 @@ as $$
     checks as (
         select p.pool_id, per.period, wk.window_kind,
                costwarden._mark_probe(costwarden._window_start(per.period, wk.window_kind,
-                                                               costwarden._org_tz(p.org_id), now()), now()) as at,
+                                                               costwarden._org_tz(p.org_id), now()),
+                                      now(), false, costwarden._period_slot(per.period)) as at,
                false as missing
         from pools as p
         cross join (values ('hour'), ('day'), ('week'), ('month')) as per (period)

@@ -45,6 +45,9 @@ from psycopg.types.json import Jsonb
 MODEL = "openai/gpt-4o"
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 
+#: seconds of the slot a window of a period is read at, at least (costwarden._period_slot)
+PERIOD_SLOT = {"hour": 60, "day": 1200, "week": 3600, "month": 3600}
+
 
 def mark_slot(age: timedelta) -> int:
     """Seconds of the spend marks' slot at an age (costwarden._mark_slot)."""
@@ -152,7 +155,7 @@ class Model:
         # the window rule of the spend marks (docs/budgets.md): every booking from the
         # window's start floored to the slot of its age on
         start = window_start(period, window, now)
-        edge = date_bin(mark_slot(now - start), start)
+        edge = date_bin(max(mark_slot(now - start), PERIOD_SLOT[period]), start)
         total = 0
         for b in self.bookings:
             assert b.at is not None

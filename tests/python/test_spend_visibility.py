@@ -191,14 +191,16 @@ step = st.one_of(
 )
 
 #: the window rule (docs/budgets.md): every committed amount booked in a minute from the
-#: window's start floored to the spend marks' slot of its age on, up to its end (rolling:
-#: inclusive; calendar: exclusive) rounded up to the slot of its age; recomputed here
-#: from the ledger rows
+#: window's start floored to its slot (the larger of the period's and that of its age)
+#: on, up to its end (rolling: inclusive; calendar: exclusive) rounded up to its slot;
+#: recomputed here from the ledger rows
 SLOT = """
-case when {t} >= now() - interval '2 hours' then interval '1 minute'
-     when {t} >= now() - interval '26 hours' then interval '20 minutes'
-     when {t} >= now() - interval '32 days' then interval '1 hour'
-     else interval '12 hours' end
+greatest(case when {t} >= now() - interval '2 hours' then interval '1 minute'
+              when {t} >= now() - interval '26 hours' then interval '20 minutes'
+              when {t} >= now() - interval '32 days' then interval '1 hour'
+              else interval '12 hours' end,
+         case %(period)s when 'hour' then interval '1 minute' when 'day' then interval '20 minutes'
+                         else interval '1 hour' end)
 """
 RECOMPUTE = f"""
 with w as (
