@@ -15,10 +15,12 @@ large / small.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 
@@ -47,6 +49,7 @@ from generate_series(1, 200) as i;
 
 #: entries backdated over 30 days: entry i at now() - i * (30 days / entries), workspace i % n
 HISTORY = """
+set work_mem = '256MB';
 insert into costwarden._ledger (
     org_id, seq, entry_type, workspace_id, model, billing_mode, usage,
     tokens, amount_micros, pricing_snapshot_id, created_at, prev_hash, entry_hash
@@ -113,6 +116,10 @@ class SpendBench:
     #: query -> (median ms with the small ledger, median ms with the large one)
     timings: dict[str, tuple[float, float]]
     server: str
+    #: query -> (mean server CPU ms per call, small, large): the backend's utime + stime
+    #: (/proc, a server on this machine; empty otherwise) -- steady on a busy machine,
+    #: where wall-clock medians wander with the load
+    cpu: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def markdown(self) -> str:
         lines = [
@@ -124,6 +131,15 @@ class SpendBench:
         ]
         for name, (a, b) in self.timings.items():
             lines.append(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+        if self.cpu:
+            lines += [
+                "",
+                f"| query | server CPU, {self.small:,} (ms) | {self.large:,} (ms) | ratio |",
+                "|---|---:|---:|---:|",
+            ]
+            for name, (a, b) in self.cpu.items():
+                ratio = f"{b / a:.2f}" if a else "-"
+                lines.append(f"| {name} | {a:.2f} | {b:.2f} | {ratio} |")
         return "\n".join(lines)
 
 
@@ -137,19 +153,35 @@ def _build(dsn: str, workspaces: int, entries: int, calls: int) -> None:
                 conn.execute(statement, params)
 
 
-def _time(dsn: str, repeat: int) -> dict[str, float]:
+def _backend_cpu_ms(pid: int) -> float | None:
+    """utime + stime of a local backend (ms), or None when /proc does not show it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def _time(dsn: str, repeat: int) -> tuple[dict[str, float], dict[str, float]]:
     out: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("select pg_backend_pid()").fetchone()
+        pid = int(row[0]) if row else 0
         for name, query in QUERIES:
             for _ in range(3):  # warm the cache and the plan
                 conn.execute(query).fetchall()
             samples = []
+            cpu0 = _backend_cpu_ms(pid)
             for _ in range(repeat):
                 t0 = time.perf_counter()
                 conn.execute(query).fetchall()
                 samples.append((time.perf_counter() - t0) * 1000)
+            cpu1 = _backend_cpu_ms(pid)
             out[name] = statistics.median(samples)
-    return out
+            if cpu0 is not None and cpu1 is not None:
+                cpu[name] = (cpu1 - cpu0) / repeat
+    return out, cpu
 
 
 def run_spend_bench(
@@ -165,12 +197,18 @@ def run_spend_bench(
 ) -> SpendBench:
     """Time fn_spend_summary with ``small`` and then ``large`` ledger entries."""
     results: dict[int, dict[str, float]] = {}
+    cpu: dict[int, dict[str, float]] = {}
     for entries in (small, large):
         with scratch_database(admin_dsn, f"costwarden_spend_bench_{entries}", keep=keep) as dsn:
             echo(f"building {workspaces} workspaces, {entries:,} ledger entries ...")
             t0 = time.monotonic()
             _build(dsn, workspaces, entries, calls)
             echo(f"  built in {time.monotonic() - t0:.0f} s; timing ...")
-            results[entries] = _time(dsn, repeat)
+            results[entries], cpu[entries] = _time(dsn, repeat)
     timings = {name: (results[small][name], results[large][name]) for name, _ in QUERIES}
-    return SpendBench(workspaces, small, large, calls, timings, server_facts(admin_dsn))
+    cpu_ms = {
+        name: (cpu[small][name], cpu[large][name])
+        for name, _ in QUERIES
+        if name in cpu[small] and name in cpu[large]
+    }
+    return SpendBench(workspaces, small, large, calls, timings, server_facts(admin_dsn), cpu_ms)
