@@ -43,7 +43,7 @@ $$;
 -- <= 31 d), and the slots nest (one grid, epoch 2000-01-01 UTC).
 create or replace function costwarden._mark_slot(p_t timestamptz, p_now timestamptz)
 returns interval
-language sql immutable parallel safe
+language sql stable parallel safe  -- (timestamptz - interval is stable: declared so, it is inlined)
 as $$
     select case when p_t >= p_now - interval '2 hours' then interval '1 minute'
                 when p_t >= p_now - interval '26 hours' then interval '20 minutes'
@@ -74,7 +74,7 @@ create or replace function costwarden._mark_probe(
     p_t timestamptz, p_now timestamptz, p_ceil boolean default false, p_min interval default interval '1 minute'
 )
 returns timestamptz
-language plpgsql immutable parallel safe
+language plpgsql stable parallel safe
 as $$
 declare
     -- (PL/pgSQL: a SQL body naming p_t more than once would not be inlined
