@@ -33,7 +33,8 @@ stable
 as $$
     select g.pool_id, g.mark_at, g.micros, g.tokens,
            coalesce(lag(g.mark_at) over (partition by g.pool_id order by g.mark_at)
-                    < costwarden._mark_probe(g.mark_at, now()), true)
+                    < date_bin(costwarden._mark_slot(g.mark_at, now()), g.mark_at,
+                               timestamptz '2000-01-01 00:00:00+00'), true)
     from (
         select a.pool_id, a.mark_at, sum(a.amount_micros)::bigint as micros, sum(a.tokens)::bigint as tokens
         from (
