@@ -60,6 +60,7 @@ select 'bench', i, 'charge', 'ws-' || (i %% %(workspaces)s + 1), 'bench/model', 
        sha256(int8send(i - 1)), sha256(int8send(i))
 from generate_series(1, %(entries)s) as i;
 update costwarden._ledger_heads set last_seq = %(entries)s where org_id = 'bench';
+analyze costwarden._ledger;
 create temp table slots as
 select x.pool_id,
        min(date_bin(interval '1 minute', x.created_at, timestamptz '2000-01-01')) as mark_at,
