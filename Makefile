@@ -29,10 +29,12 @@ lint: bootstrap
 	$(BIN)/sqlfluff lint sql/ --dialect postgres
 	scripts/plpgsql_check.sh
 
-# Every figure of docs/performance.md; the ledger-size figure with 1 M entries (bench-full:
-# 10 M, about 6 more minutes). soak-bench: backend memory over a 10-minute saga run.
+# Every figure of docs/performance.md; the ledger-size figures (the saga's and
+# fn_spend_summary's) with 1 M entries (bench-full: 10 M, about 6 more minutes each).
+# soak-bench: backend memory over a 10-minute saga run.
 bench: bootstrap
 	$(BIN)/costwarden bench --ledger-rows 1000000
+	$(BIN)/costwarden bench spend --large 1000000
 	$(BIN)/costwarden bench proxy
 	$(BIN)/costwarden bench adapters
 
