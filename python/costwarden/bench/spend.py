@@ -173,15 +173,20 @@ def _time(dsn: str, repeat: int) -> tuple[dict[str, float], dict[str, float]]:
             for _ in range(3):  # warm the cache and the plan
                 conn.execute(query).fetchall()
             samples = []
-            cpu0 = _backend_cpu_ms(pid)
             for _ in range(repeat):
                 t0 = time.perf_counter()
                 conn.execute(query).fetchall()
                 samples.append((time.perf_counter() - t0) * 1000)
-            cpu1 = _backend_cpu_ms(pid)
             out[name] = statistics.median(samples)
+            # server CPU over enough calls for ~0.5 s of wall clock (the kernel counts
+            # CPU in ticks of 10 ms)
+            calls = max(repeat, int(500 / max(out[name], 0.05)))
+            cpu0 = _backend_cpu_ms(pid)
+            for _ in range(calls):
+                conn.execute(query).fetchall()
+            cpu1 = _backend_cpu_ms(pid)
             if cpu0 is not None and cpu1 is not None:
-                cpu[name] = (cpu1 - cpu0) / repeat
+                cpu[name] = (cpu1 - cpu0) / calls
     return out, cpu
 
 
