@@ -44,7 +44,9 @@ create table costwarden._spend_marks (
     mark_at timestamptz not null,      -- a minute in which the pool received spend
     micros_before bigint not null,     -- the pool's spent_micros just before that minute's first spend
     tokens_before bigint not null,
-    primary key (pool_id, mark_at)
+    -- the totals in the index: a window's probe is an index-only scan once vacuum
+    -- has marked the pages all-visible (most of a pool's marks, all but the newest)
+    primary key (pool_id, mark_at) include (micros_before, tokens_before)
 );
 
 comment on table costwarden._spend_marks is
