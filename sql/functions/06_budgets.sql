@@ -115,7 +115,10 @@ $$;
 -- Internal: evaluate every applicable limit of a context for a request of
 -- p_micros / p_tokens. The caller holds the pools' locks. One row per limit;
 -- fails = the request would not fit. (plpgsql so that its one query is
--- planned once per session; the helpers it uses are inlined.)
+-- planned once per session; the helpers it uses are inlined. Its custom plans
+-- look cheaper than the generic one, so without force_generic_plan it would be
+-- planned afresh on every call: ~430 us of a reserve's ~1,200 us of server CPU,
+-- docs/performance.md; the generic plan is index scans throughout.)
 create or replace function costwarden._check_limits(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text,
     p_micros bigint, p_tokens bigint
@@ -125,6 +128,7 @@ returns table (
     limit_value bigint, mode text, source text, spent bigint, held bigint, requested bigint, fails boolean
 )
 language plpgsql stable
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_tz text := costwarden._org_tz(p_org_id);
