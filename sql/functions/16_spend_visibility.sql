@@ -146,7 +146,8 @@ begin
         left join lateral (
             select k.micros_before, k.tokens_before
             from costwarden._spend_marks as k
-            where k.pool_id = s.pool_id and k.mark_at >= v_probe_end
+            where v_probe_end <= now()  -- a window that ends later has no mark after it yet
+              and k.pool_id = s.pool_id and k.mark_at >= v_probe_end
             order by k.mark_at
             limit 1
         ) as me on true
