@@ -9,8 +9,8 @@
 -- of a kind, in the window of (p_period, p_window) at p_at.
 --   spent: the difference of the pool's totals before the window's end and
 --          before its start, read from the spend marks as the limit check reads
---          them (06_budgets.sql): two index probes per scope whatever the size
---          of the ledger;
+--          them (06_budgets.sql): one index probe per scope (two for a window
+--          that ended in the past) whatever the size of the ledger;
 --   held:  the scope's live holds (now);
 --   calls / denied: the reservations created in the window, counted from the
 --          reservations through an index per scope kind (0011), never the ledger.
