@@ -133,10 +133,13 @@ $$;
 -- pool's latest mark (a transaction that started earlier commits after one
 -- that started later, or a backdated booking) is put in its own minute too:
 -- a mark is opened there if needed and every later mark grows by the amount,
--- so the marks always say what the ledger's created_at say.
+-- so the marks always say what the ledger's created_at say. Generic plans, as
+-- the pool helpers of 00_core.sql (its statements on `pool_id = any (array)`
+-- were otherwise planned on every call).
 create or replace function costwarden._pool_add_spend(p_pool_ids bigint[], p_micros bigint, p_tokens bigint, p_at timestamptz)
 returns void
 language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_minute timestamptz := date_bin(interval '1 minute', p_at, timestamptz '2000-01-01 00:00:00+00');
@@ -182,6 +185,58 @@ begin
     update costwarden._pools as p
     set spent_micros = p.spent_micros + p_micros, spent_tokens = p.spent_tokens + p_tokens
     where p.pool_id = any (p_pool_ids) and p.last_mark_at > v_minute;
+end
+$$;
+
+-- Internal (commit of a held reservation): lock the pools in the documented
+-- order (ascending pool_id), move the hold off them and book the spend at
+-- p_at, in one UPDATE of each pool row (and a mark where p_at opens a minute
+-- new to the pool), instead of one UPDATE for the hold and another for the
+-- spend. A booking into a minute before a pool's latest mark (rare: the
+-- clock of a long transaction) and a zero charge take the general path,
+-- _pool_add_spend. Generic plans, as the pool helpers of 00_core.sql.
+-- lock order: docs/internals.md#lock-order
+create or replace function costwarden._pools_settle(
+    p_pool_ids bigint[], p_held_micros bigint, p_held_tokens bigint,
+    p_micros bigint, p_tokens bigint, p_at timestamptz
+)
+returns void
+language plpgsql
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_minute timestamptz := date_bin(interval '1 minute', p_at, timestamptz '2000-01-01 00:00:00+00');
+    v_past boolean;
+begin
+    select coalesce(bool_or(locked.last_mark_at > v_minute), false) into v_past
+    from (
+        select p.pool_id, p.last_mark_at from costwarden._pools as p
+        where p.pool_id = any (p_pool_ids)
+        order by p.pool_id
+        for update
+    ) as locked;
+    if v_past or (p_micros = 0 and p_tokens = 0) then
+        update costwarden._pools as p
+        set held_micros = p.held_micros - p_held_micros, held_tokens = p.held_tokens - p_held_tokens
+        where p.pool_id = any (p_pool_ids) and (p_held_micros <> 0 or p_held_tokens <> 0);
+        perform costwarden._pool_add_spend(p_pool_ids, p_micros, p_tokens, p_at);
+        return;
+    end if;
+    -- one statement: the marks of a new minute read the totals before this spend
+    -- (a data-modifying CTE sees the rows as they were when the statement began)
+    with opened as (
+        insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
+        select p.pool_id, v_minute, p.spent_micros, p.spent_tokens
+        from costwarden._pools as p
+        where p.pool_id = any (p_pool_ids) and (p.last_mark_at is null or p.last_mark_at < v_minute)
+    )
+    update costwarden._pools as p
+    set held_micros = p.held_micros - p_held_micros,
+        held_tokens = p.held_tokens - p_held_tokens,
+        spent_micros = p.spent_micros + p_micros,
+        spent_tokens = p.spent_tokens + p_tokens,
+        last_mark_at = v_minute
+    where p.pool_id = any (p_pool_ids);
 end
 $$;
 

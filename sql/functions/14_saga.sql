@@ -3,16 +3,25 @@
 --
 -- lock order: docs/internals.md#lock-order
 
--- Internal: book a charge of a reservation: spend buckets + one ledger entry.
+-- Internal: book a charge of a reservation: the pools' spend (and marks) + one
+-- ledger entry. p_settle (commit of a held reservation): the reservation's hold
+-- is still on its pools; it comes off in the same pool-row update that books
+-- the spend (_pools_settle, which also takes the pools' locks). Otherwise the
+-- caller holds the pools' locks.
+drop function if exists costwarden._book_charge(costwarden._reservations, jsonb, bigint, bigint, boolean, boolean);
 create or replace function costwarden._book_charge(
     p_r costwarden._reservations, p_usage jsonb, p_micros bigint, p_tokens bigint,
-    p_approximate boolean, p_late boolean,
+    p_approximate boolean, p_late boolean, p_settle boolean default false,
     out seq bigint, out entry_hash bytea
 )
 language plpgsql
 as $$
 begin
-    perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now());
+    if p_settle then
+        perform costwarden._pools_settle(p_r.pool_ids, p_r.amount_micros, p_r.tokens, p_micros, p_tokens, now());
+    else
+        perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now());
+    end if;
     if p_micros > p_r.amount_micros or p_tokens > p_r.tokens then
         -- spend grew past the hold (overage, late commit): it may cross an alert threshold (09_alerts.sql)
         perform costwarden._spend_alerts(p_r.org_id, p_r.workspace_id, p_r.key_id, p_r.user_id);
@@ -410,7 +419,7 @@ begin
     select p.tokens, p.amount_micros into v_tokens, v_cost
     from costwarden._reservation_price(v_r.pricing_snapshot_id, p_usage) as p;
     if v_r.status = 'held' then
-        perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
+        -- the hold comes off in the update that books the charge (_book_charge below)
         v_charge := v_cost;
         v_charge_tokens := v_tokens;
         v_released := greatest(v_r.amount_micros - v_cost, 0);
@@ -434,7 +443,7 @@ begin
         v_r,
         case when v_r.status = 'expired' and v_r.metered_usage is not null and v_r.charged_micros + v_r.charged_tokens > 0
              then costwarden._usage_minus(p_usage, v_r.metered_usage) else p_usage end,
-        v_charge, v_charge_tokens, p_approximate, v_late);
+        v_charge, v_charge_tokens, p_approximate, v_late, p_settle => v_r.status = 'held');
     v_result := jsonb_build_object('entry_seq', v_entry.seq, 'charged_micros', v_charge,
         'released_micros', v_released, 'overage_micros', v_overage,
         'entry_hash', encode(v_entry.entry_hash, 'hex'));
