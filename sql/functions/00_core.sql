@@ -26,8 +26,9 @@
 -- run inside an fn_* caller's pinned search_path, and without the clause the
 -- small SQL ones are inlined and the plpgsql ones skip a GUC save/restore on
 -- every call of the hot path. Trigger functions keep the clause, since they
--- run in whatever session fires them. (The pool helpers' plan_cache_mode is
--- the one exception, explained above _lock_pools.)
+-- run in whatever session fires them. (The plan_cache_mode of the pool
+-- helpers, _check_limits and _user_effective_limits is the one exception,
+-- explained above _lock_pools.)
 --
 -- lock order: docs/internals.md#lock-order
 
@@ -430,8 +431,9 @@ begin
 end
 $$;
 
--- The three pool helpers below carry SET plan_cache_mode = force_generic_plan,
--- the only internal helpers with a SET clause: a statement on `pool_id = any
+-- The three pool helpers below carry SET plan_cache_mode = force_generic_plan
+-- (as do _check_limits and _user_effective_limits, 06_budgets.sql; no other
+-- internal helper has a SET clause): a statement on `pool_id = any
 -- (array)` has custom plans that look cheaper than its generic one (they know
 -- the array's length), so without it PL/pgSQL plans it again on every call
 -- (18-110 us, pg_stat_statements.track_planning); its generic plan is the right

@@ -63,7 +63,9 @@ begin
     end if;
     tokens := v_tokens::bigint;
     amount_micros := v_total::bigint;
-    unpriced := array(select x from unnest(unpriced) as x order by x);
+    if cardinality(unpriced) > 1 then
+        unpriced := array(select x from unnest(unpriced) as x order by x);
+    end if;
 end
 $$;
 

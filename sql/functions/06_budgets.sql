@@ -79,12 +79,18 @@ $$;
 -- Enforced and shadow limits are resolved separately, so a shadow limit
 -- never replaces (and so never switches off) an enforced one. None applies
 -- while the org's setting user_limits_enabled is false.
--- (No SET clause on the small internal SQL helpers: they are inlined into the
--- SECURITY DEFINER callers, which pin search_path; none is granted to anyone.)
+-- PL/pgSQL with its own generic plan, not an inlined SQL function: inlined into
+-- the limit check's query, its union, DISTINCT ON and sub-plans made that
+-- generic plan large, and a large plan costs its executor start-up on every
+-- reserve, user or not (~60 us: docs/performance.md); as a function scan it
+-- runs only when a user is given.
 create or replace function costwarden._user_effective_limits(p_org_id text, p_user_id text)
 returns table (period text, metric text, window_kind text, limit_value bigint, mode text, source text)
-language sql stable
+language plpgsql stable
+set plan_cache_mode = force_generic_plan
 as $$
+begin
+    return query
     select distinct on (c.period, c.metric, c.window_kind, c.mode)
         c.period, c.metric, c.window_kind, c.limit_value, c.mode, c.source
     from (
@@ -109,13 +115,18 @@ as $$
     order by c.period, c.metric, c.window_kind, c.mode, c.prio,
         case when (select o.settings ->> 'group_resolution' from costwarden._orgs as o where o.org_id = p_org_id) = 'max'
              then -c.limit_value else c.limit_value end,
-        c.source
+        c.source;
+end
 $$;
 
 -- Internal: evaluate every applicable limit of a context for a request of
 -- p_micros / p_tokens. The caller holds the pools' locks. One row per limit;
 -- fails = the request would not fit. (plpgsql so that its one query is
--- planned once per session; the helpers it uses are inlined.)
+-- planned once per session; _org_tz is read first, _user_effective_limits
+-- is a function scan that runs only when a user is given. Its custom plans
+-- look cheaper than the generic one, so without force_generic_plan it would be
+-- planned afresh on every call: ~430 us of a reserve's ~1,200 us of server CPU,
+-- docs/performance.md; the generic plan is index scans throughout.)
 create or replace function costwarden._check_limits(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text,
     p_micros bigint, p_tokens bigint
@@ -125,6 +136,7 @@ returns table (
     limit_value bigint, mode text, source text, spent bigint, held bigint, requested bigint, fails boolean
 )
 language plpgsql stable
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_tz text := costwarden._org_tz(p_org_id);
