@@ -48,11 +48,12 @@ soak-bench: bootstrap
 # Money correctness under faults, long: the outage test with a 30 s outage, then the
 # saga against its model for SOAK_OPS operations on SOAK_WORKERS connections with the
 # server killed (SIGKILL) every SOAK_KILL_EVERY seconds on average
-# (tests/python/soak.py; e.g. `make soak SOAK_OPS=50000`).
+# (tests/python/soak.py; the full checks every SOAK_CHECK_EVERY operations, the checks of
+# every step always; e.g. `make soak SOAK_OPS=50000`).
 SOAK_OPS ?= 1000000
 SOAK_WORKERS ?= 4
 SOAK_KILL_EVERY ?= 20
-SOAK_CHECK_EVERY ?= 1
+SOAK_CHECK_EVERY ?= 50
 soak: bootstrap
 	COSTWARDEN_OUTAGE_SECONDS=30 $(BIN)/pytest tests/python/test_outage.py -q -p no:logging
 	$(BIN)/python tests/python/soak.py --ops $(SOAK_OPS) --workers $(SOAK_WORKERS) \

@@ -58,6 +58,15 @@ def default_timeout(on_unavailable: str) -> float:
     return 5.0
 
 
+#: psycopg_pool's ``reconnect_timeout`` of a client's own pool: how long the pool keeps
+#: retrying a connection it failed to make (with its exponential backoff: 1 s, 2 s, 4 s,
+#: ...) before it gives that connection up. Short, so that the pool never sits out a
+#: long backoff after an outage: a connection it gave up is made again, at once, by the
+#: next call that needs one (an empty pool grows on demand), and the probe of an 'open'
+#: client has the pool reconnect as soon as the database answers (AsyncClient._reconnect).
+RECONNECT_TIMEOUT = 1.0
+
+
 def connection_kwargs(
     connect_timeout: float,
     statement_timeout: float | None,

@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 from . import _sql as q
 from . import types as t
 from ._client_core import (
+    RECONNECT_TIMEOUT,
     ClientBase,
     ServerWarnings,
     connection_kwargs,
@@ -83,15 +84,19 @@ class Client(ClientBase):
         self._conn_lock = threading.Lock()
         self.unavailable = UnavailablePolicy(on_unavailable, spool_dir, max_bytes=spool_max_bytes)
         self._pool: ConnectionPool | None
+        self._probe_connect: tuple[str, dict[str, Any]] | None = None
         if isinstance(dsn_or_pool, str):
+            kwargs = connection_kwargs(connect_timeout, statement_timeout, connect_kwargs)
+            self._probe_connect = (dsn_or_pool, dict(kwargs))
             self._owned_pool = ConnectionPool(
                 dsn_or_pool,
                 min_size=1,
                 max_size=pool_size,
                 open=False,
                 name="costwarden",
-                kwargs=connection_kwargs(connect_timeout, statement_timeout, connect_kwargs),
+                kwargs=kwargs,
                 timeout=timeout if timeout is not None else default_timeout(on_unavailable),
+                reconnect_timeout=RECONNECT_TIMEOUT,
             )
             self._pool = self._owned_pool
         elif isinstance(dsn_or_pool, ConnectionPool):
@@ -154,8 +159,10 @@ class Client(ClientBase):
         """:meth:`_run` under the on_unavailable policy: raises DatabaseUnavailable
         (at once, while the database is known to be down under 'open') for the
         caller's fallback; after a success, replays the spool when that is due."""
-        self.unavailable.check()
+        probe = self.unavailable.check()
         try:
+            if probe:
+                self._reconnect()
             result = self._run(call)
         except Exception as exc:
             unavailable = self.unavailable.failed(exc)
@@ -170,6 +177,22 @@ class Client(ClientBase):
                 log.exception("automatic spool replay failed")
             self.unavailable.replayed(report)
         return result
+
+    def _reconnect(self) -> None:
+        """The probe of an 'open' client, while the database is known to be down. It
+        tries the database with a connection of its own: a refused one fails at once
+        (waiting for the pool would keep the caller ``timeout`` seconds). Once the
+        database answers, the pool drops the idle connections the outage broke and
+        connects again at once (psycopg_pool's ``check()``; RECONNECT_TIMEOUT keeps the
+        pool's own reconnect backoff short), so the saga works again within about a
+        second of a restart. A pool passed in is used as it is."""
+        if self._probe_connect is None or self._owned_pool is None or (not self._opened):
+            return
+        dsn, kwargs = self._probe_connect
+        with wrap_errors():
+            conn = psycopg.Connection.connect(dsn, **kwargs)
+            conn.close()
+            self._owned_pool.check()
 
     def upsert_org(self, org_id: str, settings: Mapping[str, Any] | None = None) -> None:
         self._run(q.org_upsert(org_id, settings))

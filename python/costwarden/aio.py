@@ -55,6 +55,7 @@ from psycopg_pool import AsyncConnectionPool
 from . import _sql as q
 from . import types as t
 from ._client_core import (
+    RECONNECT_TIMEOUT,
     ClientBase,
     ServerWarnings,
     connection_kwargs,
@@ -114,7 +115,11 @@ class AsyncClient(ClientBase):
         # SPEC §7: 'closed' raises DatabaseUnavailable; 'open' proceeds and spools (spool.py)
         self.unavailable = UnavailablePolicy(on_unavailable, spool_dir, max_bytes=spool_max_bytes)
         self._pool: AsyncConnectionPool | None
+        # the DSN and keyword arguments of the probe's own connections (_reconnect)
+        self._probe_connect: tuple[str, dict[str, Any]] | None = None
         if isinstance(dsn_or_pool, str):
+            kwargs = connection_kwargs(connect_timeout, statement_timeout, connect_kwargs)
+            self._probe_connect = (dsn_or_pool, dict(kwargs))
             # opened on first use (an async pool needs a running event loop)
             self._owned_pool = AsyncConnectionPool(
                 dsn_or_pool,
@@ -122,8 +127,9 @@ class AsyncClient(ClientBase):
                 max_size=pool_size,
                 open=False,
                 name="costwarden",
-                kwargs=connection_kwargs(connect_timeout, statement_timeout, connect_kwargs),
+                kwargs=kwargs,
                 timeout=timeout if timeout is not None else default_timeout(on_unavailable),
+                reconnect_timeout=RECONNECT_TIMEOUT,
             )
             self._pool = self._owned_pool
         elif isinstance(dsn_or_pool, AsyncConnectionPool):
@@ -186,8 +192,10 @@ class AsyncClient(ClientBase):
         """:meth:`_run` under the on_unavailable policy: raises DatabaseUnavailable
         (at once, while the database is known to be down under 'open') for the
         caller's fallback; after a success, replays the spool when that is due."""
-        self.unavailable.check()
+        probe = self.unavailable.check()
         try:
+            if probe:
+                await self._reconnect()
             result = await self._run(call)
         except Exception as exc:
             unavailable = self.unavailable.failed(exc)
@@ -203,6 +211,22 @@ class AsyncClient(ClientBase):
                 log.exception("automatic spool replay failed")
             self.unavailable.replayed(report)
         return result
+
+    async def _reconnect(self) -> None:
+        """The probe of an 'open' client, while the database is known to be down. It
+        tries the database with a connection of its own: a refused one fails at once
+        (waiting for the pool would keep the caller ``timeout`` seconds). Once the
+        database answers, the pool drops the idle connections the outage broke and
+        connects again at once (psycopg_pool's ``check()``; RECONNECT_TIMEOUT keeps the
+        pool's own reconnect backoff short), so the saga works again within about a
+        second of a restart. A pool passed in is used as it is."""
+        if self._probe_connect is None or self._owned_pool is None or not self._opened:
+            return
+        dsn, kwargs = self._probe_connect
+        with wrap_errors():
+            conn = await psycopg.AsyncConnection.connect(dsn, **kwargs)
+            await conn.close()
+            await self._owned_pool.check()
 
     # -- §1 tenancy and catalogue
     async def upsert_org(self, org_id: str, settings: Mapping[str, Any] | None = None) -> None:

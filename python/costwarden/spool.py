@@ -537,18 +537,21 @@ class UnavailablePolicy:
 
     # -- around database calls ---------------------------------------------------------
 
-    def check(self) -> None:
+    def check(self) -> bool:
         """Before a guarded call, under 'open': while the database is known to be down,
         raise DatabaseUnavailable at once (the call goes to the spool), except for one
-        call every ``retry_after`` seconds, which tries the database."""
+        call every ``retry_after`` seconds, which tries the database: True for that
+        call (the probe), False for a call made while the database is not known down."""
         if not self.is_open:
-            return
+            return False
         with self._lock:
             now = time.monotonic()
             if now < self._down_until:
                 raise DatabaseUnavailable("database unavailable (retrying shortly)")
             if self._down_until:
                 self._down_until = now + self._retry_after  # this call is the probe
+                return True
+            return False
 
     def failed(self, exc: BaseException) -> DatabaseUnavailable | None:
         """After a guarded call raised ``exc``: the DatabaseUnavailable to hand to the

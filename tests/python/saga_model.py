@@ -107,6 +107,20 @@ class Booking:
     micros: int
     tokens: int
     at: datetime | None = None  # the ledger entry's created_at, once seen
+    bins: dict[int, datetime] = field(default_factory=dict, repr=False)  # date_bin per res
+
+    def bin(self, res: int) -> datetime:
+        b = self.bins.get(res)
+        if b is None:
+            assert self.at is not None
+            b = self.bins[res] = date_bin(res, self.at)
+        return b
+
+    def move(self, delta: timedelta) -> None:
+        """Back in time by ``delta`` (a multiple of every bucket: the bins move with it)."""
+        assert self.at is not None
+        self.at -= delta
+        self.bins = {res: b - delta for res, b in self.bins.items()}
 
 
 @dataclass
@@ -156,12 +170,9 @@ class Model:
         # window's start floored to the slot of its age on
         start = window_start(period, window, now)
         edge = date_bin(max(mark_slot(now - start), PERIOD_SLOT[period]), start)
-        total = 0
-        for b in self.bookings:
-            assert b.at is not None
-            if pool in b.pools and date_bin(60, b.at) >= edge:
-                total += b.micros if metric == "cost" else b.tokens
-        return total
+        if metric == "cost":
+            return sum(b.micros for b in self.bookings if pool in b.pools and b.bin(60) >= edge)
+        return sum(b.tokens for b in self.bookings if pool in b.pools and b.bin(60) >= edge)
 
     def applicable(
         self, ws: str, user: str | None, key: str | None
@@ -228,6 +239,7 @@ class Driver:
         self.log: list[str] = []
         self._retry = retry
         self._in_run = False
+        self.reconnected = False
         self._setup()
 
     # -- plumbing -----------------------------------------------------------------
@@ -253,6 +265,7 @@ class Driver:
             self._in_run = False
 
     def reconnect(self) -> None:
+        self.reconnected = True  # the soak runs the full check once the operation is done
         try:
             self.conn.close()
         finally:
@@ -425,9 +438,19 @@ class Driver:
                 (r.rid,),
             )
             self.sql("select costwarden.fn_cost_expire_reservations()")
+            self._await_other_sweeps("reservation_id = %s", r.rid)
 
         self.run(op)
         self._unhold_and_charge_metered(r, "expired")
+
+    def _await_other_sweeps(self, where: str, arg: Any) -> None:
+        """Another connection's sweep (the soak's other workers) may have taken these
+        reservations first (it skips the locked ones, so ours skipped its): wait until
+        it committed, so that the next read sees the expiry and what it booked."""
+        self.sql(
+            f"select 1 from costwarden._reservations where {where} and status = 'held' for share",
+            (arg,),
+        )
 
     def late_commit(self, n: int, add_in: int, add_out: int) -> None:
         r = self._pick("expired", n)
@@ -495,8 +518,7 @@ class Driver:
         )
         self.run(lambda: backdate(self.conn, self.org, hours, target))
         for b in self.model.bookings:
-            assert b.at is not None
-            b.at -= timedelta(hours=hours)
+            b.move(timedelta(hours=hours))
         # the time that passed ends every call still open: their holds expire (another
         # run's sweep may get there first; the outcome is the same)
 
@@ -507,6 +529,7 @@ class Driver:
                 (self.org,),
             )
             self.sql("select costwarden.fn_cost_expire_reservations()")
+            self._await_other_sweeps("org_id = %s", self.org)
 
         self.run(sweep)
         expected: list[Booking] = []
@@ -522,14 +545,25 @@ class Driver:
     # -- checks ---------------------------------------------------------------------
 
     def after(self, expected: list[Booking], *, any_order: bool = False) -> None:
-        """Match the ledger entries appended since the last step with ``expected``."""
+        """The checks of every step, in one query: the ledger entries appended since the
+        last step are the bookings ``expected``, and every pool holds what the model's
+        held reservations hold (the full set is :meth:`check`)."""
         self.ops += 1
-        rows = self.sql(
-            "select seq, amount_micros, tokens, created_at, reservation_id from costwarden._ledger "
-            "where org_id = %s and seq > %s order by seq",
-            (self.org, self.seen_seq),
+        both = self.sql(
+            "select seq, amount_micros, tokens, created_at, null::text from costwarden._ledger "
+            "where org_id = %s and seq > %s "
+            "union all "
+            "select null, held_micros, held_tokens, null, "
+            "  kind || coalesce(':' || nullif(scope_id, ''), '') from costwarden._pools "
+            "where org_id = %s "
+            "order by 1",
+            (self.org, self.seen_seq, self.org),
         )
-        got = [(int(a), int(t)) for _s, a, t, _c, _r in rows]
+        rows = [r for r in both if r[4] is None]
+        for _s, m, t, _c, name in both:
+            if name is not None and [int(m), int(t)] != self.model.held.get(name, [0, 0]):
+                raise Divergence(f"held of {name}: {(m, t)}, model {self.model.held.get(name)}")
+        got = [(int(a), int(t)) for _s, a, t, _c, _n in rows]
         want = [(b.micros, b.tokens) for b in expected]
         if (sorted(got) != sorted(want)) if any_order else (got != want):
             raise Divergence(f"ledger entries {got}, model {want}")

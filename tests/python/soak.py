@@ -5,16 +5,32 @@ postmaster) at random points, then started again.
     .venv/bin/python tests/python/soak.py --ops 1000000 --workers 4 --kill-every 20
 
 Each worker has an org of its own (a new one every --rotate operations) and its own
-connection; every --check-every operations it checks every invariant of
-saga_model.Driver.check (1: after every step). An operation cut by a kill is
-repeated once the server is back: each is idempotent or checks whether it happened,
-and its outcome must be the model's all the same. The server is a durable cluster of
-its own (fsync on): a kill never loses an acknowledged commit.
+connection. What is checked when:
+
+- every operation (saga_model.Driver, one query after the operation): each admission
+  decision and each tick's answer is the model's, right after an admission every
+  enforced limit has spent + held <= limit, the ledger entries the operation appended
+  are the bookings the model predicted, and every pool's held is the sum of the
+  model's held reservations;
+- every --check-every operations (default 50), before every clock advance, after every
+  reconnection (a kill and a restart) and at the end of every org: the full set of
+  saga_model.Driver.check on top -- every pool's spent per period, window and metric
+  against the model, fn_reconcile (the counters equal the ledger), the chain verifies,
+  every reservation's status is the model's (--check-every 1: all of it after every
+  operation, as the bounded test_saga_model does);
+- at the end: fn_reconcile and fn_ledger_verify over the whole database.
+
+An operation cut by a kill is repeated once the server is back: each is idempotent or
+checks whether it happened, and its outcome must be the model's all the same. The server
+is a durable cluster of its own (fsync, synchronous_commit and full_page_writes on): a
+kill never loses an acknowledged commit; checkpoints every 30 s keep the WAL that a
+restart replays short.
 
 At the end (or at the first discrepancy) it prints operations, seconds, operations/s,
-the kills, and any counterexample: the failing worker's seed and its operations,
-shrunk (greedily, one step at a time, replayed on fresh orgs without kills) to a
-minimal sequence that still fails. Exit status 1 on a discrepancy.
+the kills and the time the server was down, and any counterexample: the failing
+worker's seed and its operations, shrunk (greedily, one step at a time, replayed on
+fresh orgs without kills, every check after every step) to a minimal sequence that
+still fails. Exit status 1 on a discrepancy.
 """
 
 from __future__ import annotations
@@ -52,8 +68,13 @@ class Server:
         self.up = threading.Event()
         self.up.set()
         self.kills = 0
+        self.downtime = 0.0  # seconds from a kill until the server answers again
         with psycopg.connect(self.cluster.dsn, autocommit=True) as conn:
             conn.execute("create database soak")
+            # durability as is (fsync, synchronous_commit, full_page_writes on); frequent
+            # checkpoints keep the WAL that a restart after a kill replays short
+            conn.execute("alter system set checkpoint_timeout = '30s'")
+            conn.execute("select pg_reload_conf()")
         self.dsn = self.cluster.dsn_for("soak")
         migrate.migrate(self.dsn, schedule=False)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -62,6 +83,7 @@ class Server:
     def kill(self) -> None:
         pid = int((self.cluster.data_dir / "postmaster.pid").read_text().split()[0])
         self.up.clear()
+        killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         self.kills += 1
         deadline = time.monotonic() + 120
@@ -79,6 +101,7 @@ class Server:
                     raise
                 time.sleep(0.5)
         self.up.set()
+        self.downtime += time.monotonic() - killed
 
     def stop(self) -> None:
         self.cluster.stop(mode="immediate")
@@ -110,6 +133,17 @@ def retry(driver: Driver, fn: Any) -> Any:
                 raise
             driver.reconnect()
     raise RuntimeError("the server did not come back")
+
+
+def whole_database_check(connect: Any) -> None:
+    """At the end: every org's counters equal its ledger, every chain verifies."""
+    with connect() as conn:
+        drift = conn.execute("select * from costwarden.fn_reconcile()").fetchall()
+        if drift:
+            raise Divergence(f"fn_reconcile over the whole database: {drift[:5]}")
+        [(ok,)] = conn.execute("select bool_and(ok) from costwarden.fn_ledger_verify()")
+        if ok is False:
+            raise Divergence("a ledger chain does not verify")
 
 
 def shrink(connect: Any, steps: list[Step], budget_s: float) -> list[Step]:
@@ -149,7 +183,9 @@ def main() -> int:
     ap.add_argument(
         "--kill-every", type=float, default=15.0, help="mean seconds between kills (0: none)"
     )
-    ap.add_argument("--check-every", type=int, default=1, help="operations between full checks")
+    ap.add_argument(
+        "--check-every", type=int, default=50, help="operations between full checks (1: every)"
+    )
     ap.add_argument("--rotate", type=int, default=1000, help="operations per org")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--shrink-seconds", type=float, default=300)
@@ -187,15 +223,21 @@ def run(args: argparse.Namespace, server: Server) -> int:
             org = f"soak-{args.seed}-{n}-{generation}"
             d = retry_new_driver(connect, org)
             steps: list[Step] = []
+            unchecked = 0  # operations since the last full check
             try:
                 while d.ops < args.rotate and done[n] < per_worker and not stop.is_set():
                     step = draw_step(rng)
                     steps.append(step)
+                    if step[0] == "advance" and unchecked:
+                        d.check()  # before time moves on, which could hide a wrong bucket
+                        unchecked = 0
                     before = d.ops
-                    apply(d, step)
+                    apply(d, step)  # with the checks of every step (Driver.after)
                     done[n] += d.ops - before
-                    if d.ops % args.check_every == 0:
-                        d.check()
+                    unchecked += d.ops - before
+                    if unchecked >= args.check_every or d.reconnected:
+                        d.check()  # the full set; at once after a kill and a restart
+                        unchecked, d.reconnected = 0, False
                 d.check()
             except BaseException as exc:
                 exc.add_note(f"org {org}, last operations: {d.log[-5:]}")
@@ -241,16 +283,23 @@ def run(args: argparse.Namespace, server: Server) -> int:
         t.join()
     stop.set()
     seconds = time.monotonic() - start
+    if not failure:
+        try:
+            whole_database_check(connect)
+        except BaseException as err:
+            failure.append((-1, args.seed, [], err))
     ops = sum(done)
     print(
         f"soak: {ops} operations in {seconds:.0f} s ({ops / seconds:.0f} operations/s), "
-        f"{args.workers} connections, {server.kills} kill -9 of the server, seed {args.seed}, "
+        f"{args.workers} connections, {server.kills} kill -9 of the server "
+        f"(down {server.downtime:.0f} s in all), seed {args.seed}, "
         f"{'a discrepancy' if failure else 'zero discrepancies'}"
     )
     status = 0
     if failure:
         n, seed, steps, exc = failure[0]
-        print(f"worker {n} (seed {seed}) failed after {len(steps)} steps: {exc!r}")
+        who = f"worker {n} (seed {seed})" if n >= 0 else "the whole-database check"
+        print(f"{who} failed after {len(steps)} steps: {exc!r}")
         for note in getattr(exc, "__notes__", []):
             print(f"  {note}")
         if isinstance(exc, Divergence):

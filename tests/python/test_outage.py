@@ -66,7 +66,9 @@ class Calls:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # reservation id -> (spooled?, usage)
     made: dict[UUID, tuple[bool, dict[str, int]]] = field(default_factory=dict)
-    first_held_after: dict[float, float] = field(default_factory=dict)
+    # client ('sync', 'async') -> when it first had a reservation held by the database
+    # after the restart began
+    first_held_after: dict[str, float] = field(default_factory=dict)
     closed_latencies: list[float] = field(default_factory=list)
     closed_errors: list[BaseException] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
@@ -90,7 +92,8 @@ def test_outage_under_load_books_every_call_once_priced_at_call_time(
     calls = Calls()
     stop = threading.Event()
     down = threading.Event()  # the server is stopped
-    restarted_at: list[float] = []
+    restart_began: list[float] = []  # when the server was told to start again
+    server_ready: list[float] = []  # when it accepted connections again
     now = datetime.now(UTC)
     # a new price takes effect in the middle of the outage
     price_change = now + timedelta(seconds=4 + OUTAGE_S / 2)
@@ -101,10 +104,10 @@ def test_outage_under_load_books_every_call_once_priced_at_call_time(
             effective_from=price_change,
         )
 
-    def after_restart(r: t.Reservation) -> None:
-        if restarted_at and not isinstance(r, t.SpooledReservation):
+    def after_restart(client: str, r: t.Reservation) -> None:
+        if restart_began and not isinstance(r, t.SpooledReservation):
             with calls.lock:
-                calls.first_held_after.setdefault(restarted_at[0], time.monotonic())
+                calls.first_held_after.setdefault(client, time.monotonic())
 
     sync_client = costwarden.Client(
         dsn, on_unavailable="open", spool_dir=spool_dir, pool_size=8, timeout=2
@@ -117,7 +120,7 @@ def test_outage_under_load_books_every_call_once_priced_at_call_time(
                 usage = usage_of(rng)
                 r = sync_client.reserve("acme", "ws", MODEL, usage)
                 calls.record(r, usage)
-                after_restart(r)
+                after_restart("sync", r)
                 sync_client.commit(r.reservation_id, usage)
                 time.sleep(PACE_S)
         except BaseException as exc:
@@ -134,7 +137,7 @@ def test_outage_under_load_books_every_call_once_priced_at_call_time(
                     usage = usage_of(rng)
                     r = await ac.reserve("acme", "ws", MODEL, usage)
                     calls.record(r, usage)
-                    after_restart(r)
+                    after_restart("async", r)
                     await ac.commit(r.reservation_id, usage)
                     await asyncio.sleep(PACE_S)
 
@@ -171,10 +174,11 @@ def test_outage_under_load_books_every_call_once_priced_at_call_time(
         down.set()
         time.sleep(OUTAGE_S)
         down.clear()
+        restart_began.append(time.monotonic())
         own_server.start()
-        restarted_at.append(time.monotonic())
+        server_ready.append(time.monotonic())
         deadline = time.monotonic() + 30
-        while not calls.first_held_after and time.monotonic() < deadline:
+        while len(calls.first_held_after) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(3)  # load with the database back
     finally:
@@ -185,14 +189,16 @@ def test_outage_under_load_books_every_call_once_priced_at_call_time(
     sync_client.replay_spool()  # whatever the automatic replays left (none, normally)
     sync_client.close()
 
-    # the saga works again soon after the restart. The clients' pools reconnect with
-    # psycopg_pool's exponential backoff (1 s, doubling), so the first attempt after a
-    # restart can come up to about one outage length later: often well under a second,
-    # but not always within the 5 s the issue asks for (an open point of issue 13: the
-    # pool's backoff would have to be reset when the probe finds the database back).
-    [(restart, first_held)] = calls.first_held_after.items()
-    recovery = first_held - restart
-    assert recovery < OUTAGE_S + 5, f"saga back {recovery:.2f} s after the restart"
+    # the saga works again within 5 s of the restart, in both clients: from the moment
+    # the restarted server accepts connections (its own start, crash recovery included,
+    # is the server's: measured apart) to each client's first reservation held by the
+    # database. The probe (one call a second) finds the database back and has the pool
+    # reconnect at once, whatever the pool's reconnect backoff reached during the outage.
+    assert set(calls.first_held_after) == {"sync", "async"}, calls.first_held_after
+    startup = server_ready[0] - restart_began[0]
+    recovery = {c: max(0.0, at - server_ready[0]) for c, at in calls.first_held_after.items()}
+    for client, seconds in recovery.items():
+        assert seconds < 5, f"{client}: saga back {seconds:.2f} s after the restart"
 
     # closed: every call during the outage raised DatabaseUnavailable, within the timeout
     assert not calls.closed_errors, calls.closed_errors[:3]
@@ -248,7 +254,9 @@ def test_outage_under_load_books_every_call_once_priced_at_call_time(
         ).fetchone() == (True,)
     print(
         f"outage {OUTAGE_S:.0f} s: {len(held)} reservations held by the database, "
-        f"{len(spooled)} calls spooled; saga back {recovery:.2f} s after the restart; "
+        f"{len(spooled)} calls spooled; the server started in {startup:.2f} s, the saga "
+        f"back {recovery['sync']:.2f} s (Client) and {recovery['async']:.2f} s "
+        "(AsyncClient) after it; "
         f"closed calls failed within {max(calls.closed_latencies):.2f} s"
     )
 
