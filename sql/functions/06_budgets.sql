@@ -126,6 +126,19 @@ as $$
              true, costwarden._period_slot(p_period)) as e
 $$;
 
+-- Internal: the start of the calendar month of p_at in the org's time zone
+-- (the month of _pools.month_start, migration 0016). PL/pgSQL: its plan cached.
+create or replace function costwarden._org_month_start(p_org_id text, p_at timestamptz)
+returns timestamptz
+language plpgsql stable
+as $$
+declare
+    v_tz text := coalesce((select o.settings ->> 'timezone' from costwarden._orgs as o where o.org_id = p_org_id), 'UTC');
+begin
+    return date_trunc('month', p_at at time zone v_tz) at time zone v_tz;
+end
+$$;
+
 -- Internal: add committed spend booked at p_at to pools: their totals and
 -- marks (_mark_slot). Callers hold the pools' row locks. The usual case is one
 -- statement: the pool's total grows and, in a minute new to the pool, a mark
@@ -143,11 +156,17 @@ set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_minute timestamptz := date_bin(interval '1 minute', p_at, timestamptz '2000-01-01 00:00:00+00');
+    v_month timestamptz;
+    v_month_probe timestamptz;   -- where a probe of the marks reads the month's base
     v_n integer;
 begin
     if p_micros = 0 and p_tokens = 0 then
         return;
     end if;
+    -- the pools of one call are of one org: its calendar month of p_at
+    v_month := costwarden._org_month_start(
+        (select p.org_id from costwarden._pools as p where p.pool_id = p_pool_ids[1]), p_at);
+    v_month_probe := date_bin(interval '1 hour', v_month, timestamptz '2000-01-01 00:00:00+00');
     with opened as (
         insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
         select p.pool_id, v_minute, p.spent_micros, p.spent_tokens
@@ -157,6 +176,23 @@ begin
     update costwarden._pools as p
     set spent_micros = p.spent_micros + p_micros,
         spent_tokens = p.spent_tokens + p_tokens,
+        month_base_micros = case when p.month_start is null or p.month_start < v_month
+            then coalesce((select k.micros_before from costwarden._spend_marks as k
+                           where k.pool_id = p.pool_id and k.mark_at >= v_month_probe
+                           order by k.mark_at limit 1), p.spent_micros)
+            when date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00')
+                 > v_minute
+            then p.month_base_micros + p_micros  -- booked before the month the base stands for
+            else p.month_base_micros end,
+        month_base_tokens = case when p.month_start is null or p.month_start < v_month
+            then coalesce((select k.tokens_before from costwarden._spend_marks as k
+                           where k.pool_id = p.pool_id and k.mark_at >= v_month_probe
+                           order by k.mark_at limit 1), p.spent_tokens)
+            when date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00')
+                 > v_minute
+            then p.month_base_tokens + p_tokens  -- booked before the month the base stands for
+            else p.month_base_tokens end,
+        month_start = greatest(p.month_start, v_month),
         last_mark_at = v_minute
     where p.pool_id = any (p_pool_ids) and (p.last_mark_at is null or p.last_mark_at <= v_minute);
     get diagnostics v_n = row_count;
@@ -183,7 +219,14 @@ begin
     where p.pool_id = any (p_pool_ids) and p.last_mark_at > v_minute
       and k.pool_id = p.pool_id and k.mark_at > v_minute;
     update costwarden._pools as p
-    set spent_micros = p.spent_micros + p_micros, spent_tokens = p.spent_tokens + p_tokens
+    set spent_micros = p.spent_micros + p_micros, spent_tokens = p.spent_tokens + p_tokens,
+        -- spend before the month the base stands for is part of the base
+        month_base_micros = p.month_base_micros + case
+            when date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00') > v_minute
+            then p_micros else 0 end,
+        month_base_tokens = p.month_base_tokens + case
+            when date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00') > v_minute
+            then p_tokens else 0 end
     where p.pool_id = any (p_pool_ids) and p.last_mark_at > v_minute;
 end
 $$;
@@ -207,10 +250,13 @@ as $$
 declare
     v_minute timestamptz := date_bin(interval '1 minute', p_at, timestamptz '2000-01-01 00:00:00+00');
     v_past boolean;
+    v_org text;
+    v_month timestamptz;
+    v_month_probe timestamptz;   -- where a probe of the marks reads the month's base
 begin
-    select coalesce(bool_or(locked.last_mark_at > v_minute), false) into v_past
+    select coalesce(bool_or(locked.last_mark_at > v_minute), false), min(locked.org_id) into v_past, v_org
     from (
-        select p.pool_id, p.last_mark_at from costwarden._pools as p
+        select p.pool_id, p.org_id, p.last_mark_at from costwarden._pools as p
         where p.pool_id = any (p_pool_ids)
         order by p.pool_id
         for update
@@ -222,6 +268,8 @@ begin
         perform costwarden._pool_add_spend(p_pool_ids, p_micros, p_tokens, p_at);
         return;
     end if;
+    v_month := costwarden._org_month_start(v_org, p_at);
+    v_month_probe := date_bin(interval '1 hour', v_month, timestamptz '2000-01-01 00:00:00+00');
     -- one statement: the marks of a new minute read the totals before this spend
     -- (a data-modifying CTE sees the rows as they were when the statement began)
     with opened as (
@@ -235,6 +283,23 @@ begin
         held_tokens = p.held_tokens - p_held_tokens,
         spent_micros = p.spent_micros + p_micros,
         spent_tokens = p.spent_tokens + p_tokens,
+        month_base_micros = case when p.month_start is null or p.month_start < v_month
+            then coalesce((select k.micros_before from costwarden._spend_marks as k
+                           where k.pool_id = p.pool_id and k.mark_at >= v_month_probe
+                           order by k.mark_at limit 1), p.spent_micros)
+            when date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00')
+                 > v_minute
+            then p.month_base_micros + p_micros  -- booked before the month the base stands for
+            else p.month_base_micros end,
+        month_base_tokens = case when p.month_start is null or p.month_start < v_month
+            then coalesce((select k.tokens_before from costwarden._spend_marks as k
+                           where k.pool_id = p.pool_id and k.mark_at >= v_month_probe
+                           order by k.mark_at limit 1), p.spent_tokens)
+            when date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00')
+                 > v_minute
+            then p.month_base_tokens + p_tokens  -- booked before the month the base stands for
+            else p.month_base_tokens end,
+        month_start = greatest(p.month_start, v_month),
         last_mark_at = v_minute
     where p.pool_id = any (p_pool_ids);
 end

@@ -40,6 +40,7 @@ declare
     v_probe_start timestamptz;
     v_probe_end timestamptz;
     v_rolling boolean;
+    v_month boolean;
     v_calls bigint;
     v_denied bigint;
     v_listed jsonb;
@@ -81,6 +82,9 @@ begin
     v_start := costwarden._window_start(p_period, p_window, v_tz, p_at);
     v_end := costwarden._window_end(p_period, p_window, v_tz, p_at);
     v_rolling := p_window = 'rolling';
+    -- the calendar month now running: spent from the pools' month base (v_start
+    -- then equals a pool's month_start when its latest booking is of this month)
+    v_month := p_period = 'month' and not v_rolling and v_end > now();
     -- where the marks are read: the start floored to its slot, the end (rolling:
     -- p_at inclusive; calendar: exclusive) rounded up to its slot (_mark_probe)
     v_probe_start := costwarden._mark_probe(v_start, now(), false, costwarden._period_slot(p_period));
@@ -122,7 +126,9 @@ begin
 
     return query
     with scopes as (
-        select p.pool_id, p.scope_id, p.held_micros, p.held_tokens, p.spent_micros, p.spent_tokens
+        select p.pool_id, p.scope_id, p.held_micros, p.held_tokens, p.spent_micros, p.spent_tokens,
+               -- the current calendar month: the pool's own base (migration 0016), no probe
+               v_month and p.month_start = v_start as at_base, p.month_base_micros, p.month_base_tokens
         from costwarden._pools as p
         where p.org_id = p_org_id and p.kind = p_scope_kind
           and (v_scope_id is null or p.scope_id = v_scope_id)
@@ -139,7 +145,8 @@ begin
         left join lateral (
             select k.micros_before, k.tokens_before
             from costwarden._spend_marks as k
-            where k.pool_id = s.pool_id and k.mark_at >= v_probe_start
+            where not s.at_base  -- a gating filter: no index probe for the month's base
+              and k.pool_id = s.pool_id and k.mark_at >= v_probe_start
             order by k.mark_at
             limit 1
         ) as ms on true
@@ -152,8 +159,12 @@ begin
             limit 1
         ) as me on true
         cross join lateral (
-            select coalesce(me.micros_before, s.spent_micros) - coalesce(ms.micros_before, s.spent_micros) as micros,
-                   coalesce(me.tokens_before, s.spent_tokens) - coalesce(ms.tokens_before, s.spent_tokens) as tokens
+            select coalesce(me.micros_before, s.spent_micros)
+                   - case when s.at_base then s.month_base_micros else coalesce(ms.micros_before, s.spent_micros) end
+                   as micros,
+                   coalesce(me.tokens_before, s.spent_tokens)
+                   - case when s.at_base then s.month_base_tokens else coalesce(ms.tokens_before, s.spent_tokens) end
+                   as tokens
         ) as sp
         cross join lateral (
             select max(l.limit_value) filter (where l.metric = 'cost') as lim_micros,

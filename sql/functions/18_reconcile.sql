@@ -175,6 +175,18 @@ as $$
         where r.status = 'held' and (p_org_id is null or r.org_id = p_org_id)
         group by u.pool_id
     ),
+    month_base as (
+        -- the pool's total before the calendar month now running (migration 0016),
+        -- read by fn_spend_summary instead of a probe: the marks' total there
+        select p.org_id, p.pool_id, p.kind, p.scope_id, m.metric,
+               case when m.metric = 'cost' then p.month_base_micros else p.month_base_tokens end as counter,
+               case when m.metric = 'cost' then t.micros else t.tokens end as recomputed
+        from costwarden._pools as p
+        cross join lateral costwarden._pool_total_before(p.pool_id, p.month_start, false, interval '1 hour') as t
+        cross join (values ('cost'), ('tokens')) as m (metric)
+        where (p_org_id is null or p.org_id = p_org_id)
+          and p.month_start = costwarden._org_month_start(p.org_id, now())
+    ),
     held as (
         select p.org_id, p.pool_id, p.kind, p.scope_id, m.metric,
                case when m.metric = 'cost' then p.held_micros else p.held_tokens end as counter,
@@ -188,6 +200,11 @@ as $$
            h.counter, h.recomputed, h.counter - h.recomputed
     from held as h
     where h.counter <> h.recomputed
+    union all
+    select b.org_id, b.pool_id, b.kind, b.scope_id, 'month_base', 'month', 'calendar', b.metric,
+           b.counter, b.recomputed, b.counter - b.recomputed
+    from month_base as b
+    where b.counter <> b.recomputed
     union all
     select s.org_id, s.pool_id, s.kind, s.scope_id, 'spent', s.period, s.window_kind, s.metric,
            s.counter, s.recomputed, s.counter - s.recomputed
@@ -324,6 +341,12 @@ begin
         where l.pool_id = p_pool_id
     ) as t
     where p.pool_id = p_pool_id;
+    -- the month base (migration 0016) from the rebuilt marks
+    update costwarden._pools as p
+    set month_base_micros = t.micros, month_base_tokens = t.tokens
+    from costwarden._pool_total_before(p_pool_id, (select q.month_start from costwarden._pools as q
+                                                  where q.pool_id = p_pool_id), false, interval '1 hour') as t
+    where p.pool_id = p_pool_id and p.month_start is not null;
 
     perform costwarden._audit(
         'reconcile_repair', p_org_id,

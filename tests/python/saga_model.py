@@ -667,9 +667,10 @@ def backdate(conn: psycopg.Connection[Any], org: str, hours: int, target: int) -
             (shift,),
         )
         conn.execute(
-            "update costwarden._pools set last_mark_at = last_mark_at - %s::interval "
+            "update costwarden._pools set last_mark_at = last_mark_at - %s::interval, "
+            "month_start = month_start - %s::interval "
             "where org_id = %s",
-            (shift, org),
+            (shift, shift, org),
         )
         conn.execute(
             "update costwarden._ledger set created_at = created_at - %s::interval "

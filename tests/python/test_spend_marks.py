@@ -65,6 +65,32 @@ def new_pool(conn: Conn) -> int:
     return int(row[0])
 
 
+def month_base(conn: Conn, pool: int) -> tuple[int, int]:
+    """The pool's month base (migration 0016) beside what a probe of its marks reads
+    at its month_start (what fn_spend_summary would read without the base)."""
+    [(base, probed)] = conn.execute(
+        "select p.month_base_micros, t.micros from costwarden._pools as p "
+        "cross join lateral costwarden._pool_total_before(p.pool_id, p.month_start, false, "
+        "interval '1 hour') as t where p.pool_id = %s",
+        (pool,),
+    ).fetchall()
+    assert base == probed
+    return int(base), int(probed)
+
+
+def booked_before_month(conn: Conn, pool: int) -> tuple[int, int]:
+    """What was booked before the pool's month_start (the month of its latest booking,
+    UTC), from the bookings themselves."""
+    [(n,)] = conn.execute(
+        "select coalesce(sum(b.micros), 0) from pg_temp.booked as b, costwarden._pools as p "
+        "where p.pool_id = %s and p.month_start = date_trunc('month', "
+        "(select max(c.at) from pg_temp.booked as c) at time zone 'UTC') at time zone 'UTC' "
+        "and date_bin(interval '1 minute', b.at, timestamptz '2000-01-01') < p.month_start",
+        (pool,),
+    ).fetchall()
+    return int(n), int(n)
+
+
 @settings(
     max_examples=30,
     deadline=None,
@@ -108,10 +134,12 @@ def test_window_figures_equal_the_bookings_before_and_after_thinning(
     assert last == newest
     before = conn.execute(FIGURES, params).fetchall()
     assert all(s == r for _a, s, r in before), before
+    assert month_base(conn, pool) == booked_before_month(conn, pool)
     dropped = conn.execute("select costwarden.fn_maintenance()").fetchone()
     assert dropped is not None
     after = conn.execute(FIGURES, params).fetchall()
     assert all(s == r for _a, s, r in after), after
+    assert month_base(conn, pool) == booked_before_month(conn, pool)
     # what thinning kept: the first mark of each slot entirely older than its tier
     [(extra,)] = conn.execute(
         """
@@ -193,6 +221,17 @@ def test_reconcile_finds_and_repairs_a_damaged_or_missing_mark(
     admin_conn.execute("delete from costwarden._spend_marks where pool_id = %s", (pool,))
     assert {d.pool_id for d in client.reconcile(seeded.org)} == {pool}
     client.reconcile_repair(seeded.org, pool, "marks deleted by hand")
+    assert client.reconcile(seeded.org) == []
+    # the month base (migration 0016) edited: reported as such, rebuilt by the repair
+    admin_conn.execute(
+        "update costwarden._pools set month_base_micros = month_base_micros + 9 where pool_id = %s",
+        (pool,),
+    )
+    drift = client.reconcile(seeded.org)
+    assert [(d.measure, d.period, d.window_kind, d.metric, d.drift) for d in drift] == [
+        ("month_base", "month", "calendar", "cost", 9)
+    ]
+    client.reconcile_repair(seeded.org, pool, "a month base edited by hand")
     assert client.reconcile(seeded.org) == []
     [(n,)] = admin_conn.execute(
         "select count(*) from costwarden._spend_marks where pool_id = %s", (pool,)

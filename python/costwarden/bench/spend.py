@@ -94,6 +94,17 @@ from (
     group by g.pool_id
 ) as t
 where p.pool_id = t.pool_id;
+-- each pool's base for the month now running (migration 0016), as booking sets it
+update costwarden._pools as p
+set month_start = m.month_start,
+    month_base_micros = coalesce((select k.micros_before from costwarden._spend_marks as k
+                                  where k.pool_id = p.pool_id and k.mark_at >= m.month_start
+                                  order by k.mark_at limit 1), p.spent_micros),
+    month_base_tokens = coalesce((select k.tokens_before from costwarden._spend_marks as k
+                                  where k.pool_id = p.pool_id and k.mark_at >= m.month_start
+                                  order by k.mark_at limit 1), p.spent_tokens)
+from (select costwarden._org_month_start('bench', now()) as month_start) as m
+where p.org_id = 'bench';
 insert into costwarden._reservations (
     reservation_id, org_id, workspace_id, model, provider, status, usage,
     quoted_micros, quoted_tokens, amount_micros, tokens,
