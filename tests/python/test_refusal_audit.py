@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import UUID, uuid4
@@ -81,13 +82,22 @@ def _log_offset(conn: Conn) -> tuple[str, int]:
     return str(row[0]), int(row[1])
 
 
-def _log_since(conn: Conn, where: tuple[str, int]) -> str:
+def _log_since(conn: Conn, where: tuple[str, int], *, until: str = "", wait: float = 10.0) -> str:
+    """The server log written since ``where``; with ``until``, read again (up to
+    ``wait`` seconds) until it contains that text: the logging collector writes a
+    backend's lines a little after they are emitted, later still on a busy machine."""
     name, offset = where
-    row = conn.execute(
-        "select pg_read_file(%s, %s, (pg_stat_file(%s)).size - %s)", (name, offset, name, offset)
-    ).fetchone()
-    assert row is not None
-    return str(row[0])
+    deadline = time.monotonic() + wait
+    while True:
+        row = conn.execute(
+            "select pg_read_file(%s, %s, (pg_stat_file(%s)).size - %s)",
+            (name, offset, name, offset),
+        ).fetchone()
+        assert row is not None
+        text = str(row[0])
+        if until in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
 
 
 def test_a_refusal_from_plain_sql_rolled_back_is_in_the_trail(
@@ -171,7 +181,7 @@ def test_without_the_link_a_refusal_is_still_cw005_and_a_logged_gap(
     err = _refuse_in_rolled_back_transaction(dsn, rid)
     attempt = _attempt(str(err))
     assert _trail(admin_conn, attempt) == [("unrecorded", None, None, None)]
-    log = _log_since(admin_conn, where)
+    log = _log_since(admin_conn, where, until="costwarden.byok_resolve_unrecorded")
     refused = [
         line
         for line in log.splitlines()
@@ -240,7 +250,7 @@ def test_the_link_password_reaches_no_log_error_or_readable_table(
     messages.append(problem)
     admin.execute("update costwarden._byok_audit_link set password = %s", (password,))
 
-    log = _log_since(admin, where)
+    log = _log_since(admin, where, until="costwarden._byok_refusal_append")
     assert "costwarden.byok_resolve_unrecorded" in log
     assert "costwarden._byok_refusal_append" in log  # the link's own statements are logged
     for secret in passwords:
