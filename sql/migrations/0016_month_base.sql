@@ -23,28 +23,10 @@ alter table costwarden._pools
 comment on column costwarden._pools.month_start is
 'The calendar month (org time zone) of the latest booking; month_base_* are the totals before it.';
 
--- the current month for every pool, its base read from the marks
+-- the current month for every pool (the org's time zone), then its base read
+-- from the marks
 update costwarden._pools as p
-set
-    month_start = s.month_start,
-    month_base_micros = coalesce((
-        select k.micros_before
-        from costwarden._spend_marks as k
-        where
-            k.pool_id = p.pool_id
-            and k.mark_at >= date_bin(interval '1 hour', s.month_start, timestamptz '2000-01-01 00:00:00+00')
-        order by k.mark_at
-        limit 1
-    ), p.spent_micros),
-    month_base_tokens = coalesce((
-        select k.tokens_before
-        from costwarden._spend_marks as k
-        where
-            k.pool_id = p.pool_id
-            and k.mark_at >= date_bin(interval '1 hour', s.month_start, timestamptz '2000-01-01 00:00:00+00')
-        order by k.mark_at
-        limit 1
-    ), p.spent_tokens)
+set month_start = s.month_start
 from (
     select
         o.org_id,
@@ -53,3 +35,25 @@ from (
     from costwarden._orgs as o
 ) as s
 where p.org_id = s.org_id;
+
+update costwarden._pools as p
+set
+    month_base_micros = coalesce((
+        select k.micros_before
+        from costwarden._spend_marks as k
+        where
+            k.pool_id = p.pool_id
+            and k.mark_at >= date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00')
+        order by k.mark_at
+        limit 1
+    ), p.spent_micros),
+    month_base_tokens = coalesce((
+        select k.tokens_before
+        from costwarden._spend_marks as k
+        where
+            k.pool_id = p.pool_id
+            and k.mark_at >= date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00')
+        order by k.mark_at
+        limit 1
+    ), p.spent_tokens)
+where p.month_start is not null;
