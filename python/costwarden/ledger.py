@@ -636,6 +636,14 @@ class ChainVerifier:
                 "the entry was altered",
             )
             return
+        amount = raw.get("amount_micros")
+        if raw.get("entry_type") != "adjustment" and isinstance(amount, int) and amount < 0:
+            c.bad = (
+                seq,
+                f"seq {seq} is a {raw.get('entry_type')} with a negative amount_micros: "
+                "only adjustments are signed",
+            )
+            return
         c.prev = stored
         c.expected += 1
         c.last_seq, c.last_hash = seq, stored.hex()

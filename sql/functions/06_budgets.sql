@@ -422,7 +422,7 @@ begin
     cross join lateral (
         select case when l.metric = 'cost' then p.spent_micros - coalesce(sp.before, p.spent_micros)
                     else p.spent_tokens - coalesce(sp.before, p.spent_tokens) end as spent,
-               case when l.metric = 'cost' then p.held_micros else p.held_tokens end as held,
+               case when l.metric = 'cost' then p.held_micros::bigint else p.held_tokens::bigint end as held,
                case when l.metric = 'cost' then p_micros else p_tokens end as requested
     ) as v;
 end
@@ -649,7 +649,7 @@ begin
     cross join lateral costwarden._pool_spent(p.pool_id, l.period, l.window_kind, v_tz, now()) as s
     cross join lateral (
         select case when l.metric = 'cost' then s.micros else s.tokens end as spent,
-               case when l.metric = 'cost' then p.held_micros else p.held_tokens end as held
+               case when l.metric = 'cost' then p.held_micros::bigint else p.held_tokens::bigint end as held
     ) as v
     order by 1, 2, 3;
 end

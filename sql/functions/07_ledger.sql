@@ -153,7 +153,9 @@ $$;
 -- Internal: append one entry to the org's chain; returns its seq and hash.
 -- Takes the org's _ledger_heads row lock; callers that lock pools take
 -- those first (lock order: docs/internals.md#lock-order). created_at is the
--- transaction's now().
+-- transaction's now(). The only writer of _ledger, so it holds the one rule
+-- of an entry that spans two columns (migration 0017): only an adjustment
+-- is signed.
 create or replace function costwarden._ledger_append(
     p_org_id text,
     p_entry_type text,
@@ -180,6 +182,10 @@ declare
     v_head costwarden._ledger_heads;
     v_entry costwarden._ledger;
 begin
+    if p_amount_micros < 0 and p_entry_type is distinct from 'adjustment' then
+        perform costwarden._raise('CW004', format(
+            'p_amount_micros must not be negative for a %s entry: only adjustments are signed', p_entry_type));
+    end if;
     select * into v_head from costwarden._ledger_heads as h where h.org_id = p_org_id for update;
     if not found then
         insert into costwarden._ledger_heads (org_id) values (p_org_id) on conflict (org_id) do nothing;
@@ -227,8 +233,9 @@ $$;
 -- Verify every org's chain (or one org's) from the stored rows: recomputes
 -- each entry_hash, checks seq 1..n without gap or duplicate, each prev_hash
 -- against the previous entry_hash (zero bytes before seq 1), and the last
--- entry against the head in _ledger_heads. first_bad_seq is the first seq
--- at which the chain is wrong (for a missing entry: its seq); detail says why.
+-- entry against the head in _ledger_heads, and that only adjustments have a
+-- negative amount. first_bad_seq is the first seq at which the chain is wrong
+-- (for a missing entry: its seq); detail says why.
 create or replace function costwarden.fn_ledger_verify(p_org_id text default null)
 returns table (org_id text, entries bigint, ok boolean, first_bad_seq bigint, detail text)
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
@@ -261,10 +268,10 @@ begin
 
         -- the first entry (in seq order) that breaks the chain
         select x.seq, x.rn, x.computed, x.prev_hash = x.expected_prev as linked,
-               x.computed = x.entry_hash as hash_ok
+               x.computed = x.entry_hash as hash_ok, x.entry_type, x.amount_micros
         into v_bad
         from (
-            select l.seq, row_number() over w as rn, l.prev_hash, l.entry_hash,
+            select l.seq, row_number() over w as rn, l.prev_hash, l.entry_hash, l.entry_type, l.amount_micros,
                    coalesce(lag(l.entry_hash) over w, v_zero) as expected_prev,
                    costwarden._ledger_hash(l.prev_hash, l) as computed
             from costwarden._ledger as l
@@ -275,6 +282,7 @@ begin
            or x.prev_hash <> x.expected_prev
            or x.computed is null
            or x.computed <> x.entry_hash
+           or (x.entry_type <> 'adjustment' and x.amount_micros < 0)
         order by x.rn
         limit 1;
 
@@ -297,10 +305,14 @@ begin
                 first_bad_seq := v_bad.seq;
                 detail := format('seq %s cannot be canonicalised (usage is not an object of numbers, '
                                  'or created_at is not finite)', v_bad.seq);
-            else
+            elsif not v_bad.hash_ok then
                 first_bad_seq := v_bad.seq;
                 detail := format('entry_hash of seq %s does not match sha256(prev_hash || payload): '
                                  'the entry was altered', v_bad.seq);
+            else
+                first_bad_seq := v_bad.seq;
+                detail := format('seq %s is a %s with a negative amount_micros: only adjustments are signed',
+                                 v_bad.seq, v_bad.entry_type);
             end if;
             return next;
             continue;
@@ -359,7 +371,7 @@ begin
         return;
     end if;
     return query
-    select h.org_id, h.last_seq, encode(h.last_hash, 'hex'), now()
+    select h.org_id, h.last_seq::bigint, encode(h.last_hash, 'hex'), now()
     from costwarden._ledger_heads as h
     where h.last_seq > 0
     order by h.org_id;
@@ -407,7 +419,7 @@ begin
     -- result of dynamic SQL is opaque to plpgsql_check (docs/internals.md):
     -- @plpgsql_check_options: extra_warnings = off
     return query execute
-        'select l.org_id, l.seq, l.entry_type, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
+        'select l.org_id, l.seq::bigint, l.entry_type::text, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
                 l.model, l.billing_mode, l.usage, l.tokens, l.amount_micros, l.pricing_snapshot_id,
                 l.approximate, l.late, l.source, l.reason,
                 to_char(l.created_at at time zone ''UTC'', ''YYYY-MM-DD"T"HH24:MI:SS.US"Z"''),

@@ -369,7 +369,7 @@ begin
         amount_micros = v_r.amount_micros, tokens = v_r.tokens, reasons = v_r.reasons,
         expires_at = greatest(r.expires_at, now() + r.ttl)
     where r.reservation_id = v_r.reservation_id;
-    return query select v_cost, v_r.amount_micros, greatest(v_r.amount_micros - v_cost, 0), v_action;
+    return query select v_cost, v_r.amount_micros::bigint, greatest(v_r.amount_micros - v_cost, 0), v_action;
 end
 $$;
 
@@ -563,8 +563,8 @@ begin
     end if;
     perform costwarden._require_limit(p_limit, p_max);
     return query
-    select r.reservation_id, r.org_id, r.workspace_id, r.user_id, r.key_id, r.model, r.status,
-           r.quoted_micros, r.metered_micros, r.charged_micros, r.created_at, r.expires_at, r.reasons
+    select r.reservation_id, r.org_id, r.workspace_id, r.user_id, r.key_id, r.model, r.status::text,
+           r.quoted_micros, r.metered_micros::bigint, r.charged_micros::bigint, r.created_at, r.expires_at, r.reasons
     from costwarden._reservations as r
     where (p_org_id is null or r.org_id = p_org_id)
       and (p_user_id is null or r.user_id = p_user_id)

@@ -126,7 +126,7 @@ begin
 
     return query
     with scopes as (
-        select p.pool_id, p.scope_id, p.held_micros, p.held_tokens, p.spent_micros, p.spent_tokens,
+        select p.pool_id, p.scope_id, p.held_micros::bigint, p.held_tokens::bigint, p.spent_micros, p.spent_tokens,
                -- the current calendar month: the pool's own base (migration 0016), no probe
                v_month and p.month_start = v_start as at_base, p.month_base_micros, p.month_base_tokens
         from costwarden._pools as p

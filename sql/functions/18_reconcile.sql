@@ -522,7 +522,7 @@ begin
     set booked_micros = greatest(v_booked, 0), last_replayed_at = now(),
         result = jsonb_build_object('status', v_r.status, 'booked_micros', v_booked, 'released_micros', v_released)
     where o.operation_id = p_operation_id;
-    return query select true, v_booked, coalesce(v_released, 0), v_r.status;
+    return query select true, v_booked, coalesce(v_released, 0), v_r.status::text;
 end
 $$;
 

@@ -161,8 +161,9 @@ def test_error_messages_name_the_argument(admin_conn: Conn, seeded: Seeded) -> N
 
 
 def check_values(conn: Conn, table: str, column: str) -> set[str] | None:
-    """The string literals allowed by the CHECK constraint(s) on ``table.column``, or None
-    when the table does not exist (yet)."""
+    """The string literals allowed by the CHECK constraint(s) on ``table.column`` -- on the
+    table, or on the column's domain (migration 0017) --, or None when the table does not
+    exist (yet)."""
     exists = conn.execute("select to_regclass(%s)", (f"costwarden.{table}",)).fetchone()
     if not exists or exists[0] is None:
         return None
@@ -172,8 +173,13 @@ def check_values(conn: Conn, table: str, column: str) -> set[str] | None:
         from pg_constraint c
         join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
         where c.contype = 'c' and c.conrelid = %s::regclass and a.attname = %s
+        union all
+        select pg_get_constraintdef(c.oid)
+        from pg_constraint c
+        join pg_attribute a on a.atttypid = c.contypid
+        where c.contype = 'c' and a.attrelid = %s::regclass and a.attname = %s
         """,
-        (f"costwarden.{table}", column),
+        (f"costwarden.{table}", column, f"costwarden.{table}", column),
     ).fetchall()
     values: set[str] = set()
     for (definition,) in rows:

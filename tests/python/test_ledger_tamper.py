@@ -64,6 +64,25 @@ end
 $$;
 """
 
+# Append a charge with a negative amount after the last entry, correctly chained, and move
+# the head to it: every hash holds, but only an adjustment is signed (migration 0017).
+FORGE_NEGATIVE = """
+do $$
+declare
+    v costwarden._ledger;
+begin
+    select * into v from costwarden._ledger where org_id = 'acme' and seq = 6;
+    v.prev_hash := v.entry_hash;
+    v.seq := 7;
+    v.entry_type := 'charge';
+    v.amount_micros := -1000;
+    v.entry_hash := costwarden._ledger_hash(v.prev_hash, v);
+    insert into costwarden._ledger select v.*;
+    update costwarden._ledger_heads set last_seq = 7, last_hash = v.entry_hash where org_id = 'acme';
+end
+$$;
+"""
+
 # Truncate the whole ledger and rebuild it with acme's seq 2 cheaper, recomputing every
 # hash (globex is put back as it was); {heads} also rewrites the heads.
 REBUILD = """
@@ -125,6 +144,7 @@ CASES: dict[str, Case] = {
     "insert a forged row": Case(FORGE_INSERT, 5, 5, 5),
     # chained correctly after the end: only the head (in the database) shows it
     "append a forged row": Case(FORGE_APPEND, LAST + 1, LAST + 1, None),
+    "append a negative charge with the head": Case(FORGE_NEGATIVE, LAST + 1, LAST + 1, LAST + 1),
     "swap two rows' seqs": Case(
         "update costwarden._ledger set seq = seq + 1000 where org_id = 'acme' and seq in (2, 3); "
         "update costwarden._ledger set seq = 1005 - seq where org_id = 'acme' and seq > 1000",

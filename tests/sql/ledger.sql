@@ -70,7 +70,7 @@ select is(
     costwarden._ledger_payload(row('acme', 1, 'charge', '91b0c06e-dd27-4a10-80df-bd38b2474f05', 'voice-ü', null,
         null, 'openai/gpt-4o-realtime', 'platform_managed',
         '{"input_tokens": 1200, "audio_seconds": 12.50, "output_tokens": 350}', 1550, 25500, 1, false, false,
-        null, null, '2026-11-22 05:48:12.646908+00', '\x00', null)::costwarden._ledger),
+        null, null, '2026-11-22 05:48:12.646908+00', null, null)::costwarden._ledger),
     E'costwarden-ledger-v1\norg_id="acme"\nseq=1\nentry_type="charge"\n'
     || E'reservation_id="91b0c06e-dd27-4a10-80df-bd38b2474f05"\nworkspace_id="voice-ü"\nuser_id=null\n'
     || E'key_id=null\nmodel="openai/gpt-4o-realtime"\nbilling_mode="platform_managed"\n'
@@ -83,13 +83,13 @@ select is(
         row('acme', 1, 'charge', '91b0c06e-dd27-4a10-80df-bd38b2474f05', 'voice-ü', null, null,
             'openai/gpt-4o-realtime', 'platform_managed',
             '{"input_tokens": 1200, "audio_seconds": 12.50, "output_tokens": 350}', 1550, 25500, 1, false, false,
-            null, null, '2026-11-22 05:48:12.646908+00', '\x00', null)::costwarden._ledger), 'hex'),
+            null, null, '2026-11-22 05:48:12.646908+00', null, null)::costwarden._ledger), 'hex'),
     'a31e64baf080306a219bf4dfec6783af64a25b74675bbe43acb4e1863168db4d',
     'its entry_hash is the documented one');
 select is(
     costwarden._ledger_payload(row('acme', 3, 'adjustment', null, 'voice-ü', null, null, null, null, null, 0,
         -1500, null, false, false, null, E'refund: "duplicate" call\nticket #42',
-        '2026-11-22 05:48:12.669759+00', '\x00', null)::costwarden._ledger),
+        '2026-11-22 05:48:12.669759+00', null, null)::costwarden._ledger),
     E'costwarden-ledger-v1\norg_id="acme"\nseq=3\nentry_type="adjustment"\nreservation_id=null\n'
     || E'workspace_id="voice-ü"\nuser_id=null\nkey_id=null\nmodel=null\nbilling_mode=null\n'
     || E'usage=null\ntokens=0\namount_micros=-1500\npricing_snapshot_id=null\napproximate=false\n'
@@ -109,7 +109,7 @@ select throws_ok($$select costwarden._ledger_append('acme', 'charge', 1, p_usage
     'CW004', null, 'and is not appended');
 
 -- one gapless chain per org
-select results_eq($$select org_id, array_agg(seq order by seq) from costwarden._ledger group by 1 order by 1$$,
+select results_eq($$select org_id, array_agg(seq::bigint order by seq) from costwarden._ledger group by 1 order by 1$$,
     $$values ('acme', array[1, 2, 3]::bigint[]), ('globex', array[1]::bigint[])$$, 'seq 1..n per org');
 select is((select count(*)::int from costwarden._ledger as l
            where l.prev_hash <> coalesce((select p.entry_hash from costwarden._ledger as p
@@ -119,8 +119,8 @@ select is((select count(*)::int from costwarden._ledger as l
 select is((select count(*)::int from costwarden._ledger as l
            where l.entry_hash <> sha256(l.prev_hash || convert_to(costwarden._ledger_payload(l), 'UTF8'))),
     0, 'each entry_hash = sha256(prev_hash || payload)');
-select results_eq($$select h.org_id, h.last_seq, h.last_hash from costwarden._ledger_heads as h order by 1$$,
-    $$select distinct on (l.org_id) l.org_id, l.seq, l.entry_hash from costwarden._ledger as l
+select results_eq($$select h.org_id, h.last_seq::bigint, h.last_hash::bytea from costwarden._ledger_heads as h order by 1$$,
+    $$select distinct on (l.org_id) l.org_id, l.seq::bigint, l.entry_hash::bytea from costwarden._ledger as l
       order by l.org_id, l.seq desc$$, 'the heads are each chain''s last entry');
 
 -- append-only, whoever asks
@@ -144,7 +144,7 @@ select results_eq($$select org_id, entries, ok, first_bad_seq, detail from costw
     $$values ('acme', 3::bigint, true, null::bigint, null::text), ('globex', 1::bigint, true, null, null)$$,
     'fn_ledger_verify: every chain intact');
 select results_eq($$select org_id, seq, entry_hash from costwarden.fn_ledger_digest()$$,
-    $$select h.org_id, h.last_seq, encode(h.last_hash, 'hex') from costwarden._ledger_heads as h order by 1$$,
+    $$select h.org_id, h.last_seq::bigint, encode(h.last_hash, 'hex') from costwarden._ledger_heads as h order by 1$$,
     'fn_ledger_digest: the heads, in hex');
 select results_eq($$select seq, entry_hash from costwarden.fn_ledger_digest('globex')$$,
     $$values (1::bigint, (select encode(last_hash, 'hex') from costwarden._ledger_heads where org_id = 'globex'))$$,
@@ -156,7 +156,7 @@ select is((select database_name from costwarden.fn_ledger_identity()), current_d
 
 -- export: raw rows in (org_id, seq) order, keyset pages
 select results_eq($$select org_id, seq, prev_hash, entry_hash from costwarden.fn_ledger_export()$$,
-    $$select org_id, seq, encode(prev_hash, 'hex'), encode(entry_hash, 'hex') from costwarden._ledger
+    $$select org_id, seq::bigint, encode(prev_hash, 'hex'), encode(entry_hash, 'hex') from costwarden._ledger
       order by org_id, seq$$, 'fn_ledger_export: every row, hashes in hex');
 select results_eq(
     $$select org_id, seq from costwarden.fn_ledger_export(p_after_org_id => 'acme', p_after_seq => 2, p_limit => 2)$$,
@@ -175,11 +175,11 @@ create temp table spent0 on commit drop as
     where p.org_id = 'acme' and p.kind in ('org', 'workspace');
 select results_eq($$select entry_seq from costwarden.fn_ledger_adjust('acme', 'ws', -2500, 'refund')$$,
     $$values (4::bigint)$$, 'a refund is the next entry of the org''s chain');
-select results_eq($$select entry_type, amount_micros, workspace_id, reason, usage, tokens from costwarden._ledger
+select results_eq($$select entry_type::text, amount_micros, workspace_id, reason, usage, tokens from costwarden._ledger
                     where org_id = 'acme' and seq = 4$$,
     $$values ('adjustment', -2500::bigint, 'ws', 'refund', null::jsonb, 0::bigint)$$,
     'stored as a signed adjustment');
-select results_eq($$select p.kind, p.spent_micros - s.micros
+select results_eq($$select p.kind::text, p.spent_micros - s.micros
                     from costwarden._pools as p
                     join spent0 as s on s.kind = p.kind
                     where p.org_id = 'acme' and p.kind in ('org', 'workspace') order by 1$$,

@@ -110,7 +110,7 @@ update costwarden._reservations set expires_at = now() - interval '1 second'
 where reservation_id in (pg_temp.id('e'), pg_temp.id('f'));
 select is(costwarden.fn_cost_expire_reservations(), 2, 'two reservations expire');
 select is(costwarden.fn_cost_expire_reservations(), 0, 'and only once');
-select is((select charged_micros from costwarden._reservations where reservation_id = pg_temp.id('e')),
+select is((select charged_micros::bigint from costwarden._reservations where reservation_id = pg_temp.id('e')),
     1000::bigint, 'expiry charged the metered usage');
 select is((select approximate from costwarden._ledger where reservation_id = pg_temp.id('e')), true,
     'as an approximate entry');
