@@ -3,11 +3,12 @@
 For each tree (``--sql-dir``, repeatable; e.g. the current sql/ and an older one from
 ``git archive``), a scratch database is set up as the saga bench sets it up (1,000
 orgs, python/costwarden/bench/saga.py setup_costwarden), with ``_check_limits`` planned
-generically in both. Then one connection, per round: N reserves (orgs round-robin,
-workspace ws; with --four also user u and key k), then their N commits; the backend's
-utime + stime is read from /proc/<pid>/stat around each phase (the server must run on
-this machine). Rounds alternate between the trees. Prints microseconds of server CPU
-per call, the median of the rounds.
+generically in both, then filled with 1,000 pairs, analyzed and warmed up with 100
+more (so that plans are cached on tables of a realistic size). Then one connection, per
+round: N reserves (orgs round-robin, workspace ws; with --four also user u and key k),
+then their N commits; the backend's utime + stime is read from /proc/<pid>/stat around
+each phase (the server must run on this machine). Rounds alternate between the trees.
+Prints microseconds of server CPU per call, the median of the rounds.
 
     .venv/bin/python tools/saga_cpu.py --dsn postgresql://postgres@localhost:PORT/postgres \\
         --sql-dir /tmp/before/sql --sql-dir sql [--four] [--calls 1500] [--rounds 3]

@@ -78,7 +78,8 @@ begin
     v.amount_micros := -1000;
     v.entry_hash := costwarden._ledger_hash(v.prev_hash, v);
     insert into costwarden._ledger select v.*;
-    update costwarden._ledger_heads set last_seq = 7, last_hash = v.entry_hash where org_id = 'acme';
+    update costwarden._ledger_heads set last_seq = 7, last_hash = v.entry_hash
+    where org_id = 'acme';
 end
 $$;
 """
