@@ -140,16 +140,21 @@ end
 $$;
 
 -- Internal: add committed spend booked at p_at to pools: their totals and
--- marks (_mark_slot). Callers hold the pools' row locks. The usual case is one
--- statement: the pool's total grows and, in a minute new to the pool, a mark
--- with the total before it is opened. Spend booked in a minute before the
--- pool's latest mark (a transaction that started earlier commits after one
--- that started later, or a backdated booking) is put in its own minute too:
--- a mark is opened there if needed and every later mark grows by the amount,
--- so the marks always say what the ledger's created_at say. Generic plans, as
--- the pool helpers of 00_core.sql (its statements on `pool_id = any (array)`
--- were otherwise planned on every call).
-create or replace function costwarden._pool_add_spend(p_pool_ids bigint[], p_micros bigint, p_tokens bigint, p_at timestamptz)
+-- marks (_mark_slot), and take p_held_micros / p_held_tokens (a commit's hold)
+-- off them in the same row update. Callers hold the pools' row locks. The usual
+-- case is one statement: the pool's total grows and, in a minute new to the
+-- pool, a mark with the total before it is opened. Spend booked in a minute
+-- before the pool's latest mark (a transaction that started earlier commits
+-- after one that started later, or a backdated booking) is put in its own
+-- minute too: a mark is opened there if needed and every later mark grows by
+-- the amount, so the marks always say what the ledger's created_at say.
+-- Generic plans, as the pool helpers of 00_core.sql (its statements on
+-- `pool_id = any (array)` were otherwise planned on every call).
+drop function if exists costwarden._pool_add_spend(bigint[], bigint, bigint, timestamptz);
+create or replace function costwarden._pool_add_spend(
+    p_pool_ids bigint[], p_micros bigint, p_tokens bigint, p_at timestamptz,
+    p_held_micros bigint default 0, p_held_tokens bigint default 0
+)
 returns void
 language plpgsql
 set plan_cache_mode = force_generic_plan
@@ -161,12 +166,18 @@ declare
     v_n integer;
 begin
     if p_micros = 0 and p_tokens = 0 then
+        update costwarden._pools as p
+        set held_micros = p.held_micros - p_held_micros, held_tokens = p.held_tokens - p_held_tokens
+        where p.pool_id = any (p_pool_ids) and (p_held_micros <> 0 or p_held_tokens <> 0);
         return;
     end if;
     -- the pools of one call are of one org: its calendar month of p_at
     v_month := costwarden._org_month_start(
         (select p.org_id from costwarden._pools as p where p.pool_id = p_pool_ids[1]), p_at);
     v_month_probe := date_bin(interval '1 hour', v_month, timestamptz '2000-01-01 00:00:00+00');
+    -- one statement: the marks of a new minute read the totals before this spend
+    -- (a data-modifying CTE sees the rows as they were when the statement began;
+    -- the callers hold the rows' locks, so that is their latest version)
     with opened as (
         insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
         select p.pool_id, v_minute, p.spent_micros, p.spent_tokens
@@ -174,7 +185,9 @@ begin
         where p.pool_id = any (p_pool_ids) and (p.last_mark_at is null or p.last_mark_at < v_minute)
     )
     update costwarden._pools as p
-    set spent_micros = p.spent_micros + p_micros,
+    set held_micros = p.held_micros - p_held_micros,
+        held_tokens = p.held_tokens - p_held_tokens,
+        spent_micros = p.spent_micros + p_micros,
         spent_tokens = p.spent_tokens + p_tokens,
         month_base_micros = case when p.month_start is null or p.month_start < v_month
             then coalesce((select k.micros_before from costwarden._spend_marks as k
@@ -219,7 +232,9 @@ begin
     where p.pool_id = any (p_pool_ids) and p.last_mark_at > v_minute
       and k.pool_id = p.pool_id and k.mark_at > v_minute;
     update costwarden._pools as p
-    set spent_micros = p.spent_micros + p_micros, spent_tokens = p.spent_tokens + p_tokens,
+    set held_micros = p.held_micros - p_held_micros,
+        held_tokens = p.held_tokens - p_held_tokens,
+        spent_micros = p.spent_micros + p_micros, spent_tokens = p.spent_tokens + p_tokens,
         -- spend before the month the base stands for is part of the base
         month_base_micros = p.month_base_micros + case
             when date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00') > v_minute
@@ -232,12 +247,9 @@ end
 $$;
 
 -- Internal (commit of a held reservation): lock the pools in the documented
--- order (ascending pool_id), move the hold off them and book the spend at
--- p_at, in one UPDATE of each pool row (and a mark where p_at opens a minute
--- new to the pool), instead of one UPDATE for the hold and another for the
--- spend. A booking into a minute before a pool's latest mark (rare: the
--- clock of a long transaction) and a zero charge take the general path,
--- _pool_add_spend. Generic plans, as the pool helpers of 00_core.sql.
+-- order (ascending pool_id), then move the hold off them and book the spend
+-- at p_at in one UPDATE of each pool row (_pool_add_spend with the hold),
+-- instead of one UPDATE for the hold and another for the spend.
 -- lock order: docs/internals.md#lock-order
 create or replace function costwarden._pools_settle(
     p_pool_ids bigint[], p_held_micros bigint, p_held_tokens bigint,
@@ -245,63 +257,10 @@ create or replace function costwarden._pools_settle(
 )
 returns void
 language plpgsql
-set plan_cache_mode = force_generic_plan
 as $$
-declare
-    v_minute timestamptz := date_bin(interval '1 minute', p_at, timestamptz '2000-01-01 00:00:00+00');
-    v_past boolean;
-    v_org text;
-    v_month timestamptz;
-    v_month_probe timestamptz;   -- where a probe of the marks reads the month's base
 begin
-    select coalesce(bool_or(locked.last_mark_at > v_minute), false), min(locked.org_id) into v_past, v_org
-    from (
-        select p.pool_id, p.org_id, p.last_mark_at from costwarden._pools as p
-        where p.pool_id = any (p_pool_ids)
-        order by p.pool_id
-        for update
-    ) as locked;
-    if v_past or (p_micros = 0 and p_tokens = 0) then
-        update costwarden._pools as p
-        set held_micros = p.held_micros - p_held_micros, held_tokens = p.held_tokens - p_held_tokens
-        where p.pool_id = any (p_pool_ids) and (p_held_micros <> 0 or p_held_tokens <> 0);
-        perform costwarden._pool_add_spend(p_pool_ids, p_micros, p_tokens, p_at);
-        return;
-    end if;
-    v_month := costwarden._org_month_start(v_org, p_at);
-    v_month_probe := date_bin(interval '1 hour', v_month, timestamptz '2000-01-01 00:00:00+00');
-    -- one statement: the marks of a new minute read the totals before this spend
-    -- (a data-modifying CTE sees the rows as they were when the statement began)
-    with opened as (
-        insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
-        select p.pool_id, v_minute, p.spent_micros, p.spent_tokens
-        from costwarden._pools as p
-        where p.pool_id = any (p_pool_ids) and (p.last_mark_at is null or p.last_mark_at < v_minute)
-    )
-    update costwarden._pools as p
-    set held_micros = p.held_micros - p_held_micros,
-        held_tokens = p.held_tokens - p_held_tokens,
-        spent_micros = p.spent_micros + p_micros,
-        spent_tokens = p.spent_tokens + p_tokens,
-        month_base_micros = case when p.month_start is null or p.month_start < v_month
-            then coalesce((select k.micros_before from costwarden._spend_marks as k
-                           where k.pool_id = p.pool_id and k.mark_at >= v_month_probe
-                           order by k.mark_at limit 1), p.spent_micros)
-            when date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00')
-                 > v_minute
-            then p.month_base_micros + p_micros  -- booked before the month the base stands for
-            else p.month_base_micros end,
-        month_base_tokens = case when p.month_start is null or p.month_start < v_month
-            then coalesce((select k.tokens_before from costwarden._spend_marks as k
-                           where k.pool_id = p.pool_id and k.mark_at >= v_month_probe
-                           order by k.mark_at limit 1), p.spent_tokens)
-            when date_bin(interval '1 hour', p.month_start, timestamptz '2000-01-01 00:00:00+00')
-                 > v_minute
-            then p.month_base_tokens + p_tokens  -- booked before the month the base stands for
-            else p.month_base_tokens end,
-        month_start = greatest(p.month_start, v_month),
-        last_mark_at = v_minute
-    where p.pool_id = any (p_pool_ids);
+    perform costwarden._lock_pools(p_pool_ids);
+    perform costwarden._pool_add_spend(p_pool_ids, p_micros, p_tokens, p_at, p_held_micros, p_held_tokens);
 end
 $$;
 
