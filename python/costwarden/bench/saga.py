@@ -99,6 +99,23 @@ def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
         )
         conn.execute("create table if not exists public.bench_hot (id int primary key, n bigint)")
         conn.execute("insert into public.bench_hot values (1, 0) on conflict do nothing")
+        # A database in use, as the TPC-B baseline's is: one saga pair per org before
+        # the statistics are taken. Statistics of empty saga tables let a session plan a
+        # sequential scan of _reservations for its primary key, kept while the table
+        # grows until autovacuum analyzes it (docs/performance.md, row 9).
+        conn.execute(
+            """
+            select count(c.entry_seq)
+            from generate_series(1, %s) as i
+            cross join lateral costwarden.fn_cost_reserve(
+                p_org_id => 'org' || i, p_workspace_id => 'ws', p_model => 'bench/model',
+                p_usage => '{"input_tokens": 400, "output_tokens": 200}') as r
+            cross join lateral costwarden.fn_cost_commit(
+                p_reservation_id => r.reservation_id,
+                p_usage => '{"input_tokens": 400, "output_tokens": 120}') as c
+            """,
+            (int(orgs),),
+        )
         conn.execute("vacuum analyze")
 
 
