@@ -432,7 +432,7 @@ end
 $$;
 
 -- The three pool helpers below carry SET plan_cache_mode = force_generic_plan
--- (as do _pool_add_spend, _pools_settle, _check_limits and
+-- (as do _pool_add_spend, _check_limits and
 -- _user_effective_limits, 06_budgets.sql; no other internal helper has a SET
 -- clause): a statement on `pool_id = any
 -- (array)` has custom plans that look cheaper than its generic one (they know

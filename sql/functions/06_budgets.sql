@@ -246,24 +246,6 @@ begin
 end
 $$;
 
--- Internal (commit of a held reservation): lock the pools in the documented
--- order (ascending pool_id), then move the hold off them and book the spend
--- at p_at in one UPDATE of each pool row (_pool_add_spend with the hold),
--- instead of one UPDATE for the hold and another for the spend.
--- lock order: docs/internals.md#lock-order
-create or replace function costwarden._pools_settle(
-    p_pool_ids bigint[], p_held_micros bigint, p_held_tokens bigint,
-    p_micros bigint, p_tokens bigint, p_at timestamptz
-)
-returns void
-language plpgsql
-as $$
-begin
-    perform costwarden._lock_pools(p_pool_ids);
-    perform costwarden._pool_add_spend(p_pool_ids, p_micros, p_tokens, p_at, p_held_micros, p_held_tokens);
-end
-$$;
-
 -- Internal: the org's time zone for calendar windows.
 create or replace function costwarden._org_tz(p_org_id text)
 returns text

@@ -4,10 +4,10 @@
 -- lock order: docs/internals.md#lock-order
 
 -- Internal: book a charge of a reservation: the pools' spend (and marks) + one
--- ledger entry. p_settle (commit of a held reservation): the reservation's hold
--- is still on its pools; it comes off in the same pool-row update that books
--- the spend (_pools_settle, which also takes the pools' locks). Otherwise the
--- caller holds the pools' locks.
+-- ledger entry. p_settle (commit of a held reservation): the pools' locks are
+-- taken here (lock order: docs/internals.md#lock-order), and the reservation's
+-- hold, still on its pools, comes off in the same pool-row update that books
+-- the spend (_pool_add_spend). Otherwise the caller holds the pools' locks.
 drop function if exists costwarden._book_charge(costwarden._reservations, jsonb, bigint, bigint, boolean, boolean);
 create or replace function costwarden._book_charge(
     p_r costwarden._reservations, p_usage jsonb, p_micros bigint, p_tokens bigint,
@@ -18,10 +18,10 @@ language plpgsql
 as $$
 begin
     if p_settle then
-        perform costwarden._pools_settle(p_r.pool_ids, p_r.amount_micros, p_r.tokens, p_micros, p_tokens, now());
-    else
-        perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now());
+        perform costwarden._lock_pools(p_r.pool_ids);
     end if;
+    perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now(),
+        case when p_settle then p_r.amount_micros else 0 end, case when p_settle then p_r.tokens else 0 end);
     if p_micros > p_r.amount_micros or p_tokens > p_r.tokens then
         -- spend grew past the hold (overage, late commit): it may cross an alert threshold (09_alerts.sql)
         perform costwarden._spend_alerts(p_r.org_id, p_r.workspace_id, p_r.key_id, p_r.user_id);
