@@ -4,14 +4,19 @@ BYOK keys, audit, anomalies, circuits, health and metrics; the SQLSTATE -> HTTP 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from costwarden import _sql as q
 from costwarden.server import ServerConfig, create_app
+from costwarden.server.auth import Identity
+from costwarden.server.db import Database
 from cwtest import Seeded
 from http_helpers import SECRET, auth, login_dsn
 
@@ -430,3 +435,45 @@ def test_spend_limits_and_allocations(api: TestClient, client: Any) -> None:
         api.get("/v1/orgs/globex/spend?scope_kind=user&scope_id=alice", headers=alice).status_code
         == 403
     )
+
+
+def test_json_numbers_from_the_database_stay_exact(
+    login_dsn: str, seeded: Seeded, client: Any
+) -> None:
+    """The pool sets the exact JSON loader once per connection (not per request): a
+    number with a fraction read from the database comes back as a Decimal, request
+    after request on the same connections."""
+    client.set_setting("anomaly_sigma", Decimal("4.1"))
+    db = Database(ServerConfig(dsn=login_dsn, jwt_secret=SECRET))
+    admin = Identity(role="costwarden_admin", org_id=None, sub=None, claims={})
+
+    async def read() -> list[Any]:
+        await db.open()
+        try:
+            return [await db.run(admin, q.setting_get("anomaly_sigma")) for _ in range(4)]
+        finally:
+            await db.close()
+
+    values = asyncio.run(read())
+    assert all(type(v) is Decimal and v == Decimal("4.1") for v in values), values
+
+
+def test_serve_runs_on_the_c_http_parser_and_event_loop(login_dsn: str) -> None:
+    """The server extra installs httptools and uvloop; the configuration `costwarden
+    serve` runs picks them over h11 and asyncio's own loop."""
+    import uvloop
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from costwarden.cli.serve import uvicorn_config
+
+    app = create_app(ServerConfig(dsn=login_dsn, jwt_secret=SECRET))
+    config = uvicorn_config(app, "127.0.0.1", 0, "warning")
+    config.load()
+    assert config.http_protocol_class is HttpToolsProtocol
+    factory = config.get_loop_factory()
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()

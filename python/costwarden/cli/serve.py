@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -40,8 +41,16 @@ def serve(ctx: Context, host: str, port: int, log_level: str) -> None:
         config = ServerConfig.from_env(ctx.dsn())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    uvicorn.run(
-        create_app(config),
+    uvicorn.Server(uvicorn_config(create_app(config), host, port, log_level)).run()
+
+
+def uvicorn_config(app: Any, host: str, port: int, log_level: str) -> Any:
+    """What `costwarden serve` runs: uvicorn's defaults pick its C HTTP parser
+    (httptools) and libuv event loop (uvloop), which the server extra installs."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_level=log_level,

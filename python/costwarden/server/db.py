@@ -41,6 +41,11 @@ SET_IDENTITY = (
 )
 
 
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Once per pooled connection: JSON results load with exact numbers (Decimal)."""
+    set_json_loads(exact_loads, conn)
+
+
 class Database:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -53,6 +58,7 @@ class Database:
             open=False,
             name="costwarden-serve",
             kwargs={"autocommit": True},
+            configure=_configure,
         )
 
     async def open(self) -> None:
@@ -88,7 +94,6 @@ class Database:
                     # transaction, so set_config(..., true) holds for the call and no
                     # longer; parameters are bound client-side (ClientCursor).
                     async with psycopg.AsyncClientCursor(conn, row_factory=dict_row) as cur:
-                        set_json_loads(exact_loads, cur)
                         await cur.execute(
                             f"{SET_IDENTITY}; {call.sql}", {**call.params, **identity_params}
                         )
@@ -105,7 +110,6 @@ class Database:
     ) -> list[dict[str, Any]]:
         """A call with secrets sent first through COPY: an explicit transaction."""
         async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            set_json_loads(exact_loads, cur)
             await cur.execute(SET_IDENTITY, identity_params)
             async with cur.copy(q.STAGE_SECRETS) as copy:
                 for name, value in staged.items():
