@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ._common import Context, pass_ctx
+
+if TYPE_CHECKING:
+    import uvicorn
 
 _EXTRA = "the HTTP service needs the server extra: pip install 'costwarden[server]'"
 
@@ -44,7 +47,7 @@ def serve(ctx: Context, host: str, port: int, log_level: str) -> None:
     uvicorn.Server(uvicorn_config(create_app(config), host, port, log_level)).run()
 
 
-def uvicorn_config(app: Any, host: str, port: int, log_level: str) -> Any:
+def uvicorn_config(app: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
     """What `costwarden serve` runs: uvicorn's defaults pick its C HTTP parser
     (httptools) and libuv event loop (uvloop), which the server extra installs."""
     import uvicorn
