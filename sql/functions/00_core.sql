@@ -309,14 +309,20 @@ begin
 end
 $$;
 
--- Internal: ensure a pool row exists (idempotent).
+-- Internal: ensure a pool row and its gate exist (idempotent; one statement,
+-- so that no pool is ever without its gate: _lock_pools).
 create or replace function costwarden._pool_ensure(p_org_id text, p_kind text, p_scope_id text)
 returns void
 language sql
 as $$
-    insert into costwarden._pools (org_id, kind, scope_id)
-    values (p_org_id, p_kind, coalesce(p_scope_id, ''))
-    on conflict (org_id, kind, scope_id) do nothing
+    with created as (
+        insert into costwarden._pools (org_id, kind, scope_id)
+        values (p_org_id, p_kind, coalesce(p_scope_id, ''))
+        on conflict (org_id, kind, scope_id) do nothing
+        returning pool_id
+    )
+    insert into costwarden._pool_gates (pool_id)
+    select c.pool_id from created as c
 $$;
 
 -- Internal: the pools a call's spend counts against, ascending: the org's, the
@@ -440,13 +446,23 @@ $$;
 -- (18-110 us, pg_stat_statements.track_planning); its generic plan is the right
 -- one, an index scan on the primary key (docs/performance.md).
 
--- Internal: lock pools in the documented order (ascending pool_id).
+-- Internal: lock pools in the documented order: their gates, ascending
+-- pool_id, then the pools, ascending pool_id (docs/internals.md#lock-order).
+-- The gates are never updated, so the callers queued on a busy pool wait on
+-- one row version, in arrival order; a pool row is updated by every holder
+-- and would send its waiters chasing each new version (migration 0018).
 create or replace function costwarden._lock_pools(p_pool_ids bigint[])
 returns void
 language plpgsql
 set plan_cache_mode = force_generic_plan
 as $$
 begin
+    perform null from (
+            select g.pool_id from costwarden._pool_gates as g
+            where g.pool_id = any (p_pool_ids)
+            order by g.pool_id
+            for update
+        ) as gated;
     perform null from (
             select p.pool_id from costwarden._pools as p
             where p.pool_id = any (p_pool_ids)

@@ -467,11 +467,11 @@ begin
     else
         null;
     end case;
-    -- Serialise with the admission decisions of the scope's pool.
+    -- Serialise with the admission decisions of the scope's pool (its gate, then its row).
     if p_scope_kind in ('org', 'workspace', 'key', 'user') then
-        perform 1 from costwarden._pools
-        where org_id = p_org_id and kind = p_scope_kind and scope_id = v_scope_id
-        for update;
+        perform costwarden._lock_pools(array(
+            select p.pool_id from costwarden._pools as p
+            where p.org_id = p_org_id and p.kind = p_scope_kind and p.scope_id = v_scope_id));
     end if;
     select * into v_before from costwarden._budgets
     where org_id = p_org_id and scope_kind = p_scope_kind and scope_id = v_scope_id

@@ -337,3 +337,95 @@ def test_overlapping_expiry_runs_never_double_process(
     with psycopg.connect(dsn) as conn:
         assert conn.execute("select count(*) from costwarden._ledger").fetchone() == (100,)
         check_counters(conn)
+
+
+def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_reservers_queued_on_a_busy_pool_are_admitted_in_arrival_order(
+    dsn: str, seeded: Seeded
+) -> None:
+    """The callers waiting for a pool queue on its gate (migration 0018), a row that is
+    never updated: one waits on the holder's transaction, the others on the gate's tuple
+    lock, and they are admitted one at a time in the order they arrived. (Queued on the
+    pool row itself, which every holder updates, each handoff sent the waiters chasing
+    the row's new version, in no particular order.)"""
+    args = (
+        seeded.org,
+        seeded.ws_platform,
+        seeded.platform_model,
+        Jsonb({"input_tokens": 100}),
+        None,
+        None,
+        None,
+    )
+    waiters = 6
+    holder = psycopg.connect(dsn)  # a transaction left open: the pools stay locked
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(waiters)]
+    pids = [c.info.backend_pid for c in conns]
+    admitted: list[tuple[Any, int]] = []  # (the time read while holding the pools, waiter)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def reserve(i: int) -> None:
+        try:
+            with conns[i].transaction():
+                row = conns[i].execute(RESERVE, args).fetchone()
+                assert row is not None and row[1] == "held"
+                (at,) = conns[i].execute("select clock_timestamp()").fetchone()  # type: ignore[misc]
+            with lock:
+                admitted.append((at, i))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with psycopg.connect(dsn, autocommit=True) as watcher:
+
+        def waiting() -> list[tuple[int, str, str | None]]:
+            return watcher.execute(
+                "select pid, locktype, relation::regclass::text from pg_locks "
+                "where not granted and pid = any(%s)",
+                (pids,),
+            ).fetchall()
+
+        threads = []
+        try:
+            assert holder.execute(RESERVE, args).fetchone() is not None
+            for i in range(waiters):
+                t = threading.Thread(target=reserve, args=(i,))
+                t.start()
+                threads.append(t)
+                _wait_until(lambda n=i + 1: len(waiting()) == n, f"waiter {i} to queue")
+            locks = waiting()
+            by_type = sorted(lt for _pid, lt, _rel in locks)
+            assert by_type == ["transactionid"] + ["tuple"] * (waiters - 1)
+            assert {rel for _pid, lt, rel in locks if lt == "tuple"} == {"costwarden._pool_gates"}
+            holder.commit()
+            for t in threads:
+                t.join(timeout=60)
+        finally:
+            holder.close()
+            for c in conns:
+                c.close()
+    assert errors == []
+    assert [i for _at, i in sorted(admitted)] == list(range(waiters))
+    with psycopg.connect(dsn) as conn:
+        check_counters(conn)
+
+
+def test_every_pool_has_its_gate(dsn: str, client: costwarden.Client, seeded: Seeded) -> None:
+    """_pool_ensure creates a pool and its gate in one statement, and only once."""
+    client.upsert_workspace(seeded.org, "ws-new", model=seeded.platform_model)
+    client.upsert_workspace(seeded.org, "ws-new", model=seeded.platform_model)  # again: no new rows
+    with psycopg.connect(dsn) as conn:
+        pools, gates, orphans = conn.execute(
+            "select (select count(*) from costwarden._pools), "
+            "(select count(*) from costwarden._pool_gates), "
+            "(select count(*) from costwarden._pools p where not exists "
+            " (select from costwarden._pool_gates g where g.pool_id = p.pool_id))"
+        ).fetchone()  # type: ignore[misc]
+    assert pools > 0 and gates == pools and orphans == 0

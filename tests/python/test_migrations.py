@@ -507,3 +507,28 @@ def test_a_function_file_refers_only_to_files_before_it() -> None:
         for name in set(re.findall(r"costwarden\.(\w+)\(", f.sql())):
             if name in defined:  # (pgcrypto's functions live in the schema too)
                 assert defined[name] <= index, f"{f.filename} calls {name}, defined later"
+
+
+def test_the_gate_migration_gives_every_existing_pool_its_gate(
+    fresh_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """Migration 0018 adds a gate for each pool created before it (later pools get theirs
+    from _pool_ensure)."""
+    full = copy_sql(tmp_path / "full")
+    names = [mig.filename for mig in m.load_migrations(full)]
+    before = names.index("0018_pool_gates.sql")
+    dsn = fresh_database()
+    m.migrate(dsn, schedule=False, sql_dir=copy_sql(tmp_path / "before", before))
+    with psycopg.connect(dsn) as conn:
+        conn.execute("insert into costwarden._orgs (org_id) values ('o1'), ('o2')")
+        conn.execute(
+            "insert into costwarden._pools (org_id, kind, scope_id) values "
+            "('o1', 'org', ''), ('o1', 'workspace', 'w'), ('o2', 'org', ''), ('o2', 'user', 'u')"
+        )
+    m.migrate(dsn, schedule=False, sql_dir=full)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "select p.pool_id, g.pool_id from costwarden._pools p "
+            "full join costwarden._pool_gates g using (pool_id) order by 1"
+        ).fetchall()
+    assert len(rows) == 4 and all(p == g for p, g in rows)
