@@ -29,6 +29,29 @@ RESERVE = (
 )
 
 
+# A test-only trigger: an update of a pool whose gate the updating transaction does not
+# hold raises. The gate's xmax names the transaction (or subtransaction) that locked it
+# last: it must still be running, and if it is another one, NOWAIT raises at once.
+GATE_CHECK = """
+create function costwarden._test_gate_held() returns trigger
+language plpgsql as $$
+declare
+    v_xmax xid;
+begin
+    select g.xmax into v_xmax from costwarden._pool_gates as g where g.pool_id = new.pool_id;
+    if v_xmax is null or v_xmax::text = '0'
+       or pg_xact_status(v_xmax::text::xid8) is distinct from 'in progress' then
+        raise exception 'pool % updated without its gate', new.pool_id;
+    end if;
+    perform from costwarden._pool_gates as g where g.pool_id = new.pool_id for update nowait;
+    return new;
+end
+$$;
+create trigger test_gate_held before update on costwarden._pools
+for each row execute function costwarden._test_gate_held();
+"""
+
+
 def run_threads(n: int, body: Callable[[int], None]) -> list[BaseException]:
     errors: list[BaseException] = []
     start = threading.Barrier(n)
@@ -253,6 +276,8 @@ def test_nested_limits_hold_under_mixed_load(
     client.set_budget(org, "user", "u3", "hour", 90_000)
     client.set_budget(org, "key", "k1", "day", 120_000)
     client.set_budget(org, "key", "k2", "week", 150_000, mode="shadow")
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(GATE_CHECK)  # every pool update of the run holds the pool's gate
     contexts = [
         {"ws": ws},
         {"ws": ws, "user": "u3"},
@@ -429,3 +454,65 @@ def test_every_pool_has_its_gate(dsn: str, client: costwarden.Client, seeded: Se
             " (select from costwarden._pool_gates g where g.pool_id = p.pool_id))"
         ).fetchone()  # type: ignore[misc]
     assert pools > 0 and gates == pools and orphans == 0
+
+
+def test_every_pool_update_holds_the_pools_gate(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    """The gate is the pool's admission lock only if every writer of a pool's holds,
+    spend and marks holds it: each path that writes a pool runs under the trigger above."""
+    org, ws, model = seeded.org, seeded.ws_platform, seeded.platform_model
+    small, big = {"input_tokens": 100}, {"input_tokens": 100, "output_tokens": 400}
+    client.set_budget(org, "workspace", ws, "day", 10_000_000)
+    client.set_budget(org, "user", "alice", "week", 10_000_000)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(GATE_CHECK)
+        # the check itself: an update without the gate is refused
+        with pytest.raises(psycopg.errors.RaiseException, match="without its gate"):
+            admin.execute("update costwarden._pools set held_micros = held_micros")
+        # reserve, tick past the hold (extension), commit with overage
+        r = client.reserve(org, ws, model, small, user_id="alice", key_id=seeded.key)
+        client.meter(r.reservation_id, {"input_tokens": 150})
+        client.commit(r.reservation_id, big)
+        # release of a metered call (its ticks are charged)
+        r = client.reserve(org, ws, model, big)
+        client.meter(r.reservation_id, small)
+        client.release(r.reservation_id)
+        # expiry commits what was metered; then a late commit books the rest
+        r = client.reserve(org, ws, model, big)
+        client.meter(r.reservation_id, small)
+        admin.execute(
+            "update costwarden._reservations set expires_at = now() - interval '1 s' "
+            "where reservation_id = %s",
+            (r.reservation_id,),
+        )
+        assert client.expire() == 1
+        client.commit(r.reservation_id, big)
+        # spend reports and adjustments
+        client.report_spend(org, ws, "gate-test", 5_000)
+        client.report_spend(org, ws, "gate-test", 7_000)
+        client.ledger_adjust(org, ws, -1_000, "refund")
+        # the batch RPCs
+        held = client.reserve_many(
+            [{"org_id": org, "workspace_id": ws, "model": model, "usage": small}] * 3
+        )
+        client.commit_many([{"reservation_id": h.reservation_id, "usage": small} for h in held])
+        # a budget change, and a repair of drift made (by hand) under the gate
+        client.set_budget(org, "workspace", ws, "day", 20_000_000)
+        (pool,) = admin.execute(
+            "select pool_id from costwarden._pools where org_id = %s and kind = 'workspace' "
+            "and scope_id = %s",
+            (org, ws),
+        ).fetchone()  # type: ignore[misc]
+        with admin.transaction():
+            admin.execute(
+                "select from costwarden._pool_gates where pool_id = %s for update", (pool,)
+            )
+            admin.execute(
+                "update costwarden._pools set held_micros = held_micros + 42 where pool_id = %s",
+                (pool,),
+            )
+        assert client.reconcile_repair(org, pool, "drift made by the test") != []
+    # every path ran to its end under the check, and the books balance
+    assert client.reconcile() == []
+    assert [v.ok for v in client.ledger_verify(org)] == [True]
