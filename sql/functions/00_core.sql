@@ -446,12 +446,15 @@ $$;
 -- (18-110 us, pg_stat_statements.track_planning); its generic plan is the right
 -- one, an index scan on the primary key (docs/performance.md).
 
--- Internal: lock pools in the documented order (ascending pool_id): their
--- gates (migration 0018), the admission locks. A gate is a row that is never
--- updated, so the callers queued on a busy pool wait on one row version, in
--- arrival order; the pool row itself is updated by every holder and would send
--- its waiters chasing each new version. Every writer of a pool's holds, spend
--- and marks holds its gate (docs/internals.md#pool-gates).
+-- Internal: lock pools in the documented order: their gates, ascending
+-- pool_id, then the pools, ascending pool_id (docs/internals.md#pool-gates).
+-- The gate is where the callers queue: it is never updated, so they wait on
+-- one row version, in arrival order (a pool row is updated by every holder and
+-- would send its waiters chasing each new version). The pool row's lock is
+-- what the decisions rest on; nobody waits for it behind the gate, and it
+-- keeps a pool serialised even for a caller that did not come through a gate
+-- (a call still running the previous version of this function while
+-- migration 0018 commits).
 create or replace function costwarden._lock_pools(p_pool_ids bigint[])
 returns void
 language plpgsql
@@ -463,11 +466,17 @@ begin
             where g.pool_id = any (p_pool_ids)
             order by g.pool_id
             for update
+        ) as gated;
+    perform null from (
+            select p.pool_id from costwarden._pools as p
+            where p.pool_id = any (p_pool_ids)
+            order by p.pool_id
+            for update
         ) as locked;
 end
 $$;
 
--- Internal: add a hold to pools whose gates the caller holds (reserve, tick).
+-- Internal: add a hold to pools whose locks the caller holds (reserve, tick).
 create or replace function costwarden._pools_hold(p_pool_ids bigint[], p_micros bigint, p_tokens bigint)
 returns void
 language plpgsql

@@ -141,7 +141,7 @@ $$;
 
 -- Internal: add committed spend booked at p_at to pools: their totals and
 -- marks (_mark_slot), and take p_held_micros / p_held_tokens (a commit's hold)
--- off them in the same row update. Callers hold the pools' gates (_lock_pools). The usual
+-- off them in the same row update. Callers hold the pools' row locks. The usual
 -- case is one statement: the pool's total grows and, in a minute new to the
 -- pool, a mark with the total before it is opened. Spend booked in a minute
 -- before the pool's latest mark (a transaction that started earlier commits
@@ -177,7 +177,7 @@ begin
     v_month_probe := date_bin(interval '1 hour', v_month, timestamptz '2000-01-01 00:00:00+00');
     -- one statement: the marks of a new minute read the totals before this spend
     -- (a data-modifying CTE sees the rows as they were when the statement began;
-    -- the callers hold the pools' gates, so that is their latest version)
+    -- the callers hold the rows' locks, so that is their latest version)
     with opened as (
         insert into costwarden._spend_marks (pool_id, mark_at, micros_before, tokens_before)
         select p.pool_id, v_minute, p.spent_micros, p.spent_tokens

@@ -294,7 +294,7 @@ begin
     if not found then
         perform costwarden._raise('CW002', format('p_pool_id: unknown pool %s in org %L', p_pool_id, p_org_id));
     end if;
-    -- every writer of the pool's holds, totals and marks holds its gate
+    -- every writer of the pool's holds, totals and marks holds its row lock
     perform costwarden._lock_pools(array[p_pool_id]);
     select coalesce(jsonb_agg(to_jsonb(x)), '[]'::jsonb) into v_rows
     from costwarden._reconcile(p_org_id) as x
