@@ -32,6 +32,14 @@ PEER = {
     "latency": "0.89-1.03 (1.06-1.20 ms)",
 }
 
+#: The floor rows: two durable one-row UPDATE transactions per pair (workloads/
+#: floor_pair.sql), the least any reserve + commit design with two durable commits can
+#: cost here; measured in the same run, beside the same baselines as the saga's rows.
+FLOOR_NOTE = (
+    "two durable one-row UPDATE transactions per pair (workloads/floor_pair.sql): the least"
+    " a reserve + commit with two durable commits costs on this server, no target"
+)
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -99,6 +107,16 @@ def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
         )
         conn.execute("create table if not exists public.bench_hot (id int primary key, n bigint)")
         conn.execute("insert into public.bench_hot values (1, 0) on conflict do nothing")
+        # The floor pair's rows (workloads/floor_pair.sql): one per org.
+        conn.execute(
+            "create table if not exists public.bench_floor"
+            " (id int primary key, held bigint not null, spent bigint not null)"
+        )
+        conn.execute(
+            "insert into public.bench_floor select i, 0, 0 from generate_series(1, %s) as i"
+            " on conflict do nothing",
+            (int(orgs),),
+        )
         # A database in use, as the TPC-B baseline's is: one saga pair per org before
         # the statistics are taken. Statistics of empty saga tables let a session plan a
         # sequential scan of _reservations for its primary key, kept while the table
@@ -246,6 +264,19 @@ def run_bench(
                 PEER["pairs"],
             )
         )
+        if not suffix:
+            add(
+                ratio_figure(
+                    "[floor: two one-row UPDATE transactions] pairs/s, 8 clients",
+                    run("floor_pair.sql", 8),
+                    "pairs/s",
+                    "TPC-B tps, 8 clients",
+                    tpcb8,
+                    None,
+                    None,
+                    True,
+                )
+            )
 
         echo(f"{tag} one hot workspace at 32 clients vs a one-row UPDATE at 32 clients")
         upd = run("hot_update.sql", 32)
@@ -301,6 +332,26 @@ def run_bench(
                 PEER["latency"],
             )
         )
+        if not suffix:
+            floor1 = pgb.run(
+                cw_dsn,
+                clients=1,
+                seconds=seconds,
+                script=scripts / "floor_pair.sql",
+                defines=defines,
+            ).latency_ms
+            add(
+                ratio_figure(
+                    "[floor: two one-row UPDATE transactions] pair latency, 1 client",
+                    floor1,
+                    "ms",
+                    "TPC-B latency, 1 client (ms)",
+                    tpcb1,
+                    None,
+                    None,
+                    False,
+                )
+            )
 
         echo(f"{tag} reserve latency at 8 clients (pgbench per-transaction log)")
         lat = reserve_latencies(f"reserve_only{suffix}.sql")
@@ -404,7 +455,7 @@ def report(figures: list[Figure]) -> str:
                 "peer",
             ],
         )
-        + f"\npeer: {PEER_SOURCE}"
+        + f"\npeer: {PEER_SOURCE}\nfloor: {FLOOR_NOTE}"
     )
 
 
