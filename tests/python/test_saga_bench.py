@@ -1,0 +1,82 @@
+"""`costwarden bench` (the saga's figures, `make bench`) runs end to end at tiny sizes
+and reports every figure of the performance issue beside a baseline of the same run.
+The figures themselves come from full runs (docs/performance.md); this only proves the
+harness: every workload runs, every ratio is its value over its baseline, the floor rows
+share the saga rows' baselines, and the ledger the bench wrote still verifies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+from cwtest import PgServer
+
+COSTWARDEN = Path(sys.executable).parent / "costwarden"
+
+
+def test_the_saga_bench_reports_every_figure_beside_its_baseline(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    out = subprocess.run(
+        [str(COSTWARDEN), "--dsn", pg_server.dsn("postgres"), "bench", "--seconds", "1",
+         "--orgs", "20", "--ledger-rows", "0", "--batch", "4",
+         "--out", str(tmp_path / "bench.json"), "--json"],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert json.loads((tmp_path / "bench.json").read_text()) == result
+    figures = {f["name"]: f for f in result["figures"]}
+
+    expected = [
+        "[org + workspace] pairs/s, 8 clients, 20 orgs",
+        "[floor: two one-row UPDATE transactions] pairs/s, 8 clients",
+        "[org + workspace] one hot workspace, reservations/s, 32 clients",
+        "[workspace limit only] one hot workspace, reservations/s, 32 clients",
+        "[org + workspace] pair latency, 1 client",
+        "[floor: two one-row UPDATE transactions] pair latency, 1 client",
+        "[org + workspace] reserve latency p99, 8 clients",
+        "[org, workspace, user, key] pairs/s, 8 clients, 20 orgs",
+        "[org, workspace, user, key] one hot workspace, reservations/s, 32 clients",
+        "[org, workspace, user, key] pair latency, 1 client",
+        "[org, workspace, user, key] reserve latency p99, 8 clients",
+        "batch 4: pairs/s (= calls/s of each batch RPC), 8 clients, 20 orgs",
+        "Python client ms per pair, 1 client",
+    ]
+    for name in expected:
+        assert name in figures, sorted(figures)
+        f = figures[name]
+        assert f["value"] > 0 and f["baseline"] > 0, f
+        assert abs(f["ratio"] - f["value"] / f["baseline"]) < 1e-9, f
+
+    # The musts of the issue beside their figures; the floor rows carry no target.
+    assert figures["[org + workspace] pairs/s, 8 clients, 20 orgs"]["goal"] == ">= 0.8"
+    assert figures["[org + workspace] pair latency, 1 client"]["goal"] == "<= 0.85"
+    for name in expected:
+        if name.startswith("[floor"):
+            assert figures[name]["goal"] == "" and figures[name]["met"] is None
+    # The pairs and the floor share the same-run TPC-B baselines.
+    assert (
+        figures["[floor: two one-row UPDATE transactions] pairs/s, 8 clients"]["baseline"]
+        == figures["[org + workspace] pairs/s, 8 clients, 20 orgs"]["baseline"]
+    )
+    assert (
+        figures["[floor: two one-row UPDATE transactions] pair latency, 1 client"]["baseline"]
+        == figures["[org + workspace] pair latency, 1 client"]["baseline"]
+    )
+
+    # Every floor pair released the hold it took: held is back to 0 on every row.
+    with psycopg.connect(pg_server.dsn("cw_bench")) as conn:
+        held, spent = conn.execute(
+            "select sum(held), sum(spent) from public.bench_floor"
+        ).fetchone()  # type: ignore[misc]
+        assert held == 0 and spent > 0
+        # The ledger verifies after the run (the bench keeps the chain on).
+        verified = conn.execute(
+            "select count(*), count(*) filter (where not ok) from costwarden.fn_ledger_verify()"
+        ).fetchone()
+        assert verified is not None and verified[0] >= 20 and verified[1] == 0, verified
