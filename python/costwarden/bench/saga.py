@@ -5,9 +5,12 @@ shared machine drift. The workloads are the files in ``workloads/`` (README.md).
 from __future__ import annotations
 
 import json
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,15 @@ from .. import migrate as migrations
 from .._text import table
 from ..client import Client
 from .chain import grow_ledger
-from .common import Echo, PgBench, percentile, recreate_database, scalar, workloads_dir
+from .common import (
+    Echo,
+    PgBench,
+    PgBenchResult,
+    percentile,
+    recreate_database,
+    scalar,
+    workloads_dir,
+)
 
 USAGE = {"input_tokens": 400, "output_tokens": 200}
 COMMIT_USAGE = {"input_tokens": 400, "output_tokens": 120}
@@ -54,6 +65,7 @@ class Figure:
     stretch: str = ""  # the "goal" column of issue 12
     stretch_met: bool | None = None
     peer: str = ""
+    round_ratios: tuple[float, ...] = ()  # each round's ratio (the figure's is their median)
 
 
 def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
@@ -164,7 +176,8 @@ def run_bench(
     admin_dsn: str,
     *,
     bindir: Path | None = None,
-    seconds: int = 15,
+    seconds: int = 5,
+    rounds: int = 3,
     orgs: int = 1000,
     ledger_rows: int = 10_000_000,
     batch: int = 16,
@@ -172,45 +185,56 @@ def run_bench(
 ) -> list[Figure]:
     """Every figure of issue 12, each beside its baseline measured in the same run:
     two limits per call (org + workspace), then four (org, workspace, user, key),
-    the batch RPCs, the ledger-size ratio (``ledger_rows`` > 0) and the Python client."""
+    the floor pair, the batch RPCs, the ledger-size ratio (``ledger_rows`` > 0) and the
+    Python client.
+
+    A ratio figure runs ``rounds`` rounds of ``seconds`` each, its baseline first and then
+    its workloads in every round, so that each workload stands beside a baseline of the
+    same minute; the figure is the median of the rounds' ratios (value and baseline: the
+    medians of the rounds). The reserve latencies run once for ``seconds * rounds``."""
     scripts = workloads_dir()
     pgb = PgBench(bindir)
     figures: list[Figure] = []
 
     def add(fig: Figure) -> None:
         figures.append(fig)
+        per_round = " ".join(f"{r:.2f}" for r in fig.round_ratios)
         echo(
             f"  -> {fig.name}: {fig.value:,.3f} {fig.unit} | {fig.baseline_name}: "
-            f"{fig.baseline:,.3f} | ratio {fig.ratio:.2f} (must {fig.goal or '-'}: "
-            f"{_yes(fig.met)}; goal {fig.stretch or '-'}: {_yes(fig.stretch_met)})"
+            f"{fig.baseline:,.3f} | ratio {fig.ratio:.2f}"
+            + (f" (rounds {per_round})" if len(fig.round_ratios) > 1 else "")
+            + f" (must {fig.goal or '-'}: {_yes(fig.met)}; "
+            f"goal {fig.stretch or '-'}: {_yes(fig.stretch_met)})"
         )
 
     def ratio_figure(
         name: str,
-        value: float,
+        measured: list[tuple[float, float]],
         unit: str,
         baseline_name: str,
-        baseline: float,
         must: float | None,
         goal: float | None,
         higher_is_better: bool,
         peer: str = "",
     ) -> Figure:
-        ratio = value / baseline if baseline else 0.0
+        """``measured``: (value, baseline) of each round."""
+        ratios = tuple(v / b if b else 0.0 for v, b in measured)
+        ratio = statistics.median(ratios)
         ok = _at_least if higher_is_better else _at_most
         sign = ">=" if higher_is_better else "<="
         return Figure(
             name,
-            value,
+            statistics.median(v for v, _ in measured),
             unit,
             baseline_name,
-            baseline,
+            statistics.median(b for _, b in measured),
             ratio,
             f"{sign} {must}" if must is not None else "",
             ok(ratio, must) if must is not None else None,
             f"{sign} {goal}" if goal is not None else "",
             ok(ratio, goal) if goal is not None else None,
             peer,
+            ratios,
         )
 
     echo(f"preparing databases (pgbench TPC-B scale 10; costwarden with {orgs:,} orgs) ...")
@@ -220,74 +244,101 @@ def run_bench(
     setup_costwarden(cw_dsn, orgs)
     defines = {"orgs": str(orgs), "batch": str(batch)}
 
-    def run(script: str, clients: int, **extra: str) -> float:
+    def run(script: str, clients: int, **extra: str) -> PgBenchResult:
         return pgb.run(
             cw_dsn,
             clients=clients,
             seconds=seconds,
             script=scripts / script,
             defines={**defines, **extra},
-        ).tps
+        )
+
+    def rate(script: str, clients: int, **extra: str) -> float:
+        return run(script, clients, **extra).tps
+
+    def latency(script: str) -> float:
+        """Mean ms per transaction (a script's pass) at 1 client."""
+        return run(script, 1).latency_ms
+
+    def tpcb(clients: int) -> PgBenchResult:
+        return pgb.run(tpcb_dsn, clients=clients, seconds=seconds, builtin="tpcb-like")
+
+    def in_rounds(
+        baseline: Callable[[], float], workloads: dict[str, Callable[[], float]]
+    ) -> dict[str, list[tuple[float, float]]]:
+        """``rounds`` × (the baseline, then each workload): (value, baseline) per round."""
+        out: dict[str, list[tuple[float, float]]] = {key: [] for key in workloads}
+        for _ in range(rounds):
+            base = baseline()
+            for key, workload in workloads.items():
+                out[key].append((workload(), base))
+        return out
 
     def reserve_latencies(script: str) -> list[float]:
         """A reserve-only workload at 8 clients, with pgbench's per-transaction log."""
         return pgb.run(
             cw_dsn,
             clients=8,
-            seconds=seconds,
+            seconds=seconds * rounds,
             script=scripts / script,
             defines=defines,
             log_latencies=True,
         ).latencies_ms
 
-    tpcb8 = 0.0
+    tpcb8_medians: list[float] = []
     single_pairs = 0.0
+    each = f"{rounds} round(s) of {seconds} s"
     for limits, suffix, hot in (
         ("org + workspace", "", "2"),
         ("org, workspace, user, key", "_4", "4"),
     ):
         tag = f"[{limits}]"
-        echo(f"{tag} saga pairs at 8 clients vs TPC-B at 8 clients ({seconds} s each)")
-        tpcb8 = pgb.run(tpcb_dsn, clients=8, seconds=seconds, builtin="tpcb-like").tps
-        pairs = run(f"saga_pair{suffix}.sql", 8)
-        single_pairs = single_pairs or pairs
-        add(
-            ratio_figure(
-                f"{tag} pairs/s, 8 clients, {orgs:,} orgs",
-                pairs,
-                "pairs/s",
-                "TPC-B tps, 8 clients",
-                tpcb8,
-                0.8,
-                1.0,
-                True,
-                PEER["pairs"],
-            )
+        echo(f"{tag} saga pairs at 8 clients vs TPC-B at 8 clients ({each})")
+        pair_runs: dict[str, Callable[[], float]] = {
+            "pairs": partial(rate, f"saga_pair{suffix}.sql", 8)
+        }
+        if not suffix:
+            pair_runs["floor"] = partial(rate, "floor_pair.sql", 8)
+        measured = in_rounds(lambda: tpcb(8).tps, pair_runs)
+        tpcb8_medians.append(statistics.median(b for _, b in measured["pairs"]))
+        pairs_figure = ratio_figure(
+            f"{tag} pairs/s, 8 clients, {orgs:,} orgs",
+            measured["pairs"],
+            "pairs/s",
+            "TPC-B tps, 8 clients",
+            0.8,
+            1.0,
+            True,
+            PEER["pairs"],
         )
+        add(pairs_figure)
+        single_pairs = single_pairs or pairs_figure.value
         if not suffix:
             add(
                 ratio_figure(
                     "[floor: two one-row UPDATE transactions] pairs/s, 8 clients",
-                    run("floor_pair.sql", 8),
+                    measured["floor"],
                     "pairs/s",
                     "TPC-B tps, 8 clients",
-                    tpcb8,
                     None,
                     None,
                     True,
                 )
             )
 
-        echo(f"{tag} one hot workspace at 32 clients vs a one-row UPDATE at 32 clients")
-        upd = run("hot_update.sql", 32)
-        hot_tps = run(f"hot_reserve{suffix}.sql", 32, hot=hot)
+        echo(f"{tag} one hot workspace at 32 clients vs a one-row UPDATE at 32 clients ({each})")
+        hot_runs: dict[str, Callable[[], float]] = {
+            "hot": partial(rate, f"hot_reserve{suffix}.sql", 32, hot=hot)
+        }
+        if not suffix:
+            hot_runs["hot1"] = partial(rate, "hot_reserve.sql", 32, hot="1")
+        measured = in_rounds(partial(rate, "hot_update.sql", 32), hot_runs)
         add(
             ratio_figure(
                 f"{tag} one hot workspace, reservations/s, 32 clients",
-                hot_tps,
+                measured["hot"],
                 "tps",
                 "one-row UPDATE tps, 32 clients",
-                upd,
                 0.25,
                 0.7,
                 True,
@@ -295,14 +346,12 @@ def run_bench(
             )
         )
         if not suffix:
-            hot1 = run("hot_reserve.sql", 32, hot="1")
             add(
                 ratio_figure(
                     "[workspace limit only] one hot workspace, reservations/s, 32 clients",
-                    hot1,
+                    measured["hot1"],
                     "tps",
                     "one-row UPDATE tps, 32 clients",
-                    upd,
                     None,
                     None,
                     True,
@@ -310,22 +359,19 @@ def run_bench(
                 )
             )
 
-        echo(f"{tag} pair latency at 1 client vs TPC-B latency at 1 client")
-        tpcb1 = pgb.run(tpcb_dsn, clients=1, seconds=seconds, builtin="tpcb-like").latency_ms
-        pair1 = pgb.run(
-            cw_dsn,
-            clients=1,
-            seconds=seconds,
-            script=scripts / f"saga_pair{suffix}.sql",
-            defines=defines,
-        ).latency_ms
+        echo(f"{tag} pair latency at 1 client vs TPC-B latency at 1 client ({each})")
+        latency_runs: dict[str, Callable[[], float]] = {
+            "pair": partial(latency, f"saga_pair{suffix}.sql")
+        }
+        if not suffix:
+            latency_runs["floor"] = partial(latency, "floor_pair.sql")
+        measured = in_rounds(lambda: tpcb(1).latency_ms, latency_runs)
         add(
             ratio_figure(
                 f"{tag} pair latency, 1 client",
-                pair1,
+                measured["pair"],
                 "ms",
                 "TPC-B latency, 1 client (ms)",
-                tpcb1,
                 0.85,
                 0.6,
                 False,
@@ -333,27 +379,19 @@ def run_bench(
             )
         )
         if not suffix:
-            floor1 = pgb.run(
-                cw_dsn,
-                clients=1,
-                seconds=seconds,
-                script=scripts / "floor_pair.sql",
-                defines=defines,
-            ).latency_ms
             add(
                 ratio_figure(
                     "[floor: two one-row UPDATE transactions] pair latency, 1 client",
-                    floor1,
+                    measured["floor"],
                     "ms",
                     "TPC-B latency, 1 client (ms)",
-                    tpcb1,
                     None,
                     None,
                     False,
                 )
             )
 
-        echo(f"{tag} reserve latency at 8 clients (pgbench per-transaction log)")
+        echo(f"{tag} reserve latency at 8 clients ({seconds * rounds} s, per-transaction log)")
         lat = reserve_latencies(f"reserve_only{suffix}.sql")
         p50, p99 = percentile(lat, 50), percentile(lat, 99)
         add(
@@ -371,19 +409,28 @@ def run_bench(
             )
         )
 
-    echo(f"batch RPCs: fn_cost_reserve_many + fn_cost_commit_many, {batch} calls each, 8 clients")
-    batches = run("batch_pair.sql", 8)
+    echo(
+        f"batch RPCs: fn_cost_reserve_many + fn_cost_commit_many, {batch} calls each,"
+        f" 8 clients, vs single-call pairs ({each})"
+    )
+    measured = in_rounds(
+        partial(rate, "saga_pair.sql", 8),
+        {"batch": lambda: rate("batch_pair.sql", 8) * batch},
+    )
+    batch_figure = ratio_figure(
+        f"batch {batch}: pairs/s (= calls/s of each batch RPC), 8 clients, {orgs:,} orgs",
+        measured["batch"],
+        "pairs/s",
+        "single calls, pairs/s, 8 clients",
+        None,
+        None,
+        True,
+    )
+    tpcb8 = statistics.median(tpcb8_medians)
     add(
-        Figure(
-            f"batch {batch}: pairs/s (= calls/s of each batch RPC), 8 clients, {orgs:,} orgs",
-            batches * batch,
-            "pairs/s",
-            "single calls, pairs/s, 8 clients",
-            single_pairs,
-            batches * batch / single_pairs if single_pairs else 0.0,
-            "",
-            None,
-            peer=f"(the batch: {batches * batch / tpcb8:.2f} x TPC-B tps)" if tpcb8 else "",
+        replace(
+            batch_figure,
+            peer=f"(the batch: {batch_figure.value / tpcb8:.2f} x TPC-B tps)" if tpcb8 else "",
         )
     )
 
@@ -393,30 +440,29 @@ def run_bench(
         lat_small = reserve_latencies("reserve_only.sql")
         big_n = grow_ledger(cw_dsn, ledger_rows)
         lat_big = reserve_latencies("reserve_only.sql")
-        s50, b50 = percentile(lat_small, 50), percentile(lat_big, 50)
         add(
             ratio_figure(
                 f"reserve p50 with {big_n:,} ledger entries",
-                b50,
+                [(percentile(lat_big, 50), percentile(lat_small, 50))],
                 "ms",
                 f"reserve p50 with {small_n:,} entries (ms)",
-                s50,
                 1.25,
                 1.1,
                 False,
             )
         )
 
-    echo("Python client saga vs the same SQL through pgbench (1 client)")
-    pair_ms = 1000 / run("saga_pair.sql", 1)
-    py_ms = python_pairs(cw_dsn, seconds, orgs)
+    echo(f"Python client saga vs the same SQL through pgbench (1 client, {each})")
+    measured = in_rounds(
+        partial(latency, "saga_pair.sql"),
+        {"python": lambda: python_pairs(cw_dsn, seconds, orgs)},
+    )
     add(
         ratio_figure(
             "Python client ms per pair, 1 client",
-            py_ms,
+            measured["python"],
             "ms",
             "pgbench ms per pair, 1 client",
-            pair_ms,
             1.5,
             None,
             False,
@@ -436,6 +482,7 @@ def report(figures: list[Figure]) -> str:
             f"{f.value:,.3f} {f.unit}",
             f"{f.baseline_name}: {f.baseline:,.3f}",
             f"{f.ratio:.2f}",
+            " ".join(f"{r:.2f}" for r in f.round_ratios) if len(f.round_ratios) > 1 else "-",
             f"{f.goal or '-'} ({_yes(f.met)})",
             f"{f.stretch or '-'} ({_yes(f.stretch_met)})",
             f.peer or "-",
@@ -450,6 +497,7 @@ def report(figures: list[Figure]) -> str:
                 "value",
                 "baseline (same run)",
                 "ratio",
+                "rounds",
                 "must reach (met)",
                 "goal (met)",
                 "peer",

@@ -27,7 +27,13 @@ def _server(ctx: Context) -> tuple[str, Path | None]:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--seconds", type=click.IntRange(1), default=15, help="Duration of each pgbench run.")
+@click.option("--seconds", type=click.IntRange(1), default=5, help="Duration of each pgbench run.")
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=3,
+    help="Rounds of baseline then workloads per figure (the median ratio is reported).",
+)
 @click.option("--orgs", type=click.IntRange(1), default=1000)
 @click.option(
     "--ledger-rows", type=click.IntRange(0), default=10_000_000, help="Ledger size for figure 4."
@@ -43,6 +49,7 @@ def _server(ctx: Context) -> tuple[str, Path | None]:
 def bench(
     click_ctx: click.Context,
     seconds: int,
+    rounds: int,
     orgs: int,
     ledger_rows: int,
     batch: int,
@@ -65,6 +72,7 @@ def bench(
         dsn,
         bindir=bindir,
         seconds=seconds,
+        rounds=rounds,
         orgs=orgs,
         ledger_rows=ledger_rows,
         batch=batch,
@@ -73,11 +81,12 @@ def bench(
     if _has_server_extra():  # the saga through `costwarden serve`, beside SQL (bench/http.py)
         from ..bench.http import run_http_bench
 
-        figures += run_http_bench(dsn, seconds=min(seconds, 10), echo=echo)
+        figures += run_http_bench(dsn, seconds=min(seconds * rounds, 10), echo=echo)
     meta = {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": platform.node(),
         "seconds": seconds,
+        "rounds": rounds,
         "orgs": orgs,
         "ledger_rows": ledger_rows,
         "batch": batch,
