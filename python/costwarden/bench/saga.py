@@ -43,9 +43,7 @@ PEER = {
     "latency": "0.89-1.03 (1.06-1.20 ms)",
 }
 
-#: The floor rows: two durable one-row UPDATE transactions per pair (workloads/
-#: floor_pair.sql), the least any reserve + commit design with two durable commits can
-#: cost here; measured in the same run, beside the same baselines as the saga's rows.
+#: What the two "[floor: ...]" rows measure (printed under the table).
 FLOOR_NOTE = (
     "two durable one-row UPDATE transactions per pair (workloads/floor_pair.sql): the least"
     " a reserve + commit with two durable commits costs on this server, no target"
