@@ -1,8 +1,9 @@
 """`costwarden bench` (the saga's figures, `make bench`) runs end to end at tiny sizes
 and reports every figure of the performance issue beside a baseline of the same run.
 The figures themselves come from full runs (docs/performance.md); this only proves the
-harness: every workload runs, every ratio is its value over its baseline, the floor rows
-share the saga rows' baselines, and the ledger the bench wrote still verifies."""
+harness: every workload runs, every ratio is its value over its baseline, the floor and
+minimal-design rows share the saga rows' baselines, and the ledger the bench wrote still
+verifies."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 
+from costwarden.bench.saga import MINIMAL
 from cwtest import PgServer
 
 COSTWARDEN = Path(sys.executable).parent / "costwarden"
@@ -36,10 +38,13 @@ def test_the_saga_bench_reports_every_figure_beside_its_baseline(
     expected = [
         "[org + workspace] pairs/s, 8 clients, 20 orgs",
         "[floor: two one-row UPDATE transactions] pairs/s, 8 clients",
+        f"{MINIMAL} pairs/s, 8 clients, 20 orgs",
         "[org + workspace] one hot workspace, reservations/s, 32 clients",
         "[workspace limit only] one hot workspace, reservations/s, 32 clients",
+        f"{MINIMAL} one hot workspace, reservations/s, 32 clients",
         "[org + workspace] pair latency, 1 client",
         "[floor: two one-row UPDATE transactions] pair latency, 1 client",
+        f"{MINIMAL} pair latency, 1 client",
         "[org + workspace] reserve latency p99, 8 clients",
         "[org, workspace, user, key] pairs/s, 8 clients, 20 orgs",
         "[org, workspace, user, key] one hot workspace, reservations/s, 32 clients",
@@ -59,11 +64,11 @@ def test_the_saga_bench_reports_every_figure_beside_its_baseline(
             assert abs(f["ratio"] - statistics.median(f["round_ratios"])) < 1e-9, f
     assert result["meta"]["rounds"] == 2 and result["meta"]["seconds"] == 1
 
-    # The musts of the issue beside their figures; the floor rows carry no target.
+    # The musts of the issue beside their figures; the reference rows carry no target.
     assert figures["[org + workspace] pairs/s, 8 clients, 20 orgs"]["goal"] == ">= 0.8"
     assert figures["[org + workspace] pair latency, 1 client"]["goal"] == "<= 0.85"
     for name in expected:
-        if name.startswith("[floor"):
+        if name.startswith(("[floor", MINIMAL)):
             assert figures[name]["goal"] == "" and figures[name]["met"] is None
     # The pairs and the floor share the same-run TPC-B baselines.
     assert (
@@ -74,6 +79,18 @@ def test_the_saga_bench_reports_every_figure_beside_its_baseline(
         figures["[floor: two one-row UPDATE transactions] pair latency, 1 client"]["baseline"]
         == figures["[org + workspace] pair latency, 1 client"]["baseline"]
     )
+    assert (
+        figures[f"{MINIMAL} pairs/s, 8 clients, 20 orgs"]["baseline"]
+        == figures["[org + workspace] pairs/s, 8 clients, 20 orgs"]["baseline"]
+    )
+    assert (
+        figures[f"{MINIMAL} one hot workspace, reservations/s, 32 clients"]["baseline"]
+        == figures["[org + workspace] one hot workspace, reservations/s, 32 clients"]["baseline"]
+    )
+    assert (
+        figures[f"{MINIMAL} pair latency, 1 client"]["baseline"]
+        == figures["[org + workspace] pair latency, 1 client"]["baseline"]
+    )
 
     # Every floor pair released the hold it took: held is back to 0 on every row.
     with psycopg.connect(pg_server.dsn("cw_bench")) as conn:
@@ -81,6 +98,23 @@ def test_the_saga_bench_reports_every_figure_beside_its_baseline(
             "select sum(held), sum(spent) from public.bench_floor"
         ).fetchone()  # type: ignore[misc]
         assert held == 0 and spent > 0
+        # The minimal design's pairs each committed what they reserved and released the
+        # rest: only the hot org's reserves (org 0, never committed) still hold, and every
+        # account stayed within its limit.
+        rows = conn.execute(
+            "select account_id / 2 = 0, sum(held_micros), sum(spent_micros),"
+            " bool_and(spent_micros + held_micros <= limit_micros)"
+            " from bench_minimal.accounts group by 1 order by 1"
+        ).fetchall()
+        (_, held, spent, within), (_, hot_held, _, hot_within) = rows
+        assert held == 0 and spent > 0 and within, rows
+        assert hot_held > 0 and hot_within, rows
+        n_held, n_hot = conn.execute(
+            "select count(*) filter (where status = 'held'),"
+            " count(*) filter (where status = 'held' and account_ids[1] = 0)"
+            " from bench_minimal.reservations"
+        ).fetchone()  # type: ignore[misc]
+        assert n_held == n_hot > 0
         # The ledger verifies after the run (the bench keeps the chain on).
         verified = conn.execute(
             "select count(*), count(*) filter (where not ok) from costwarden.fn_ledger_verify()"

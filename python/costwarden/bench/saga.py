@@ -49,6 +49,14 @@ FLOOR_NOTE = (
     " a reserve + commit with two durable commits costs on this server, no target"
 )
 
+#: What the three "[minimal design: ...]" rows measure (printed under the table).
+MINIMAL = "[minimal design: two limits, nothing else]"
+MINIMAL_NOTE = (
+    "a correct reserve + commit with two enforced limits in PL/pgSQL and nothing else"
+    " (minimal_design.sql: no pricing, windows, ledger, idempotency, validation, alerts,"
+    " circuits), on the same server and baselines; a reference, no target"
+)
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -125,6 +133,20 @@ def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
         conn.execute(
             "insert into public.bench_floor select i, 0, 0 from generate_series(1, %s) as i"
             " on conflict do nothing",
+            (int(orgs),),
+        )
+        # The minimal design's schema and accounts (minimal_design.sql): org i's two
+        # accounts are 2i and 2i + 1; org 0 is the hot one.
+        conn.execute((Path(__file__).parent / "minimal_design.sql").read_text())
+        conn.execute(
+            "insert into bench_minimal.accounts (account_id, limit_micros)"
+            " select a, 1000000000000000 from generate_series(0, 2 * %s + 1) as a"
+            " on conflict do nothing",
+            (int(orgs),),
+        )
+        conn.execute(
+            "select count(bench_minimal.commit(bench_minimal.reserve(i, 4200), 3000))"
+            " from generate_series(1, %s) as i",
             (int(orgs),),
         )
         # A database in use, as the TPC-B baseline's is: one saga pair per org before
@@ -296,6 +318,7 @@ def run_bench(
         }
         if not suffix:
             pair_runs["floor"] = partial(rate, "floor_pair.sql", 8)
+            pair_runs["minimal"] = partial(rate, "minimal_pair.sql", 8)
         measured = in_rounds(lambda: tpcb(8).tps, pair_runs)
         pairs_figure = ratio_figure(
             f"{tag} pairs/s, 8 clients, {orgs:,} orgs",
@@ -321,6 +344,17 @@ def run_bench(
                     True,
                 )
             )
+            add(
+                ratio_figure(
+                    f"{MINIMAL} pairs/s, 8 clients, {orgs:,} orgs",
+                    measured["minimal"],
+                    "pairs/s",
+                    "TPC-B tps, 8 clients",
+                    None,
+                    None,
+                    True,
+                )
+            )
 
         echo(f"{tag} one hot workspace at 32 clients vs a one-row UPDATE at 32 clients ({each})")
         hot_runs: dict[str, Callable[[], float]] = {
@@ -328,6 +362,7 @@ def run_bench(
         }
         if not suffix:
             hot_runs["hot1"] = partial(rate, "hot_reserve.sql", 32, hot="1")
+            hot_runs["minimal"] = partial(rate, "hot_minimal.sql", 32)
         measured = in_rounds(partial(rate, "hot_update.sql", 32), hot_runs)
         add(
             ratio_figure(
@@ -354,6 +389,17 @@ def run_bench(
                     PEER["hot"],
                 )
             )
+            add(
+                ratio_figure(
+                    f"{MINIMAL} one hot workspace, reservations/s, 32 clients",
+                    measured["minimal"],
+                    "tps",
+                    "one-row UPDATE tps, 32 clients",
+                    None,
+                    None,
+                    True,
+                )
+            )
 
         echo(f"{tag} pair latency at 1 client vs TPC-B latency at 1 client ({each})")
         latency_runs: dict[str, Callable[[], float]] = {
@@ -361,6 +407,7 @@ def run_bench(
         }
         if not suffix:
             latency_runs["floor"] = partial(latency, "floor_pair.sql")
+            latency_runs["minimal"] = partial(latency, "minimal_pair.sql")
         measured = in_rounds(lambda: tpcb(1).latency_ms, latency_runs)
         add(
             ratio_figure(
@@ -379,6 +426,17 @@ def run_bench(
                 ratio_figure(
                     "[floor: two one-row UPDATE transactions] pair latency, 1 client",
                     measured["floor"],
+                    "ms",
+                    "TPC-B latency, 1 client (ms)",
+                    None,
+                    None,
+                    False,
+                )
+            )
+            add(
+                ratio_figure(
+                    f"{MINIMAL} pair latency, 1 client",
+                    measured["minimal"],
                     "ms",
                     "TPC-B latency, 1 client (ms)",
                     None,
@@ -499,7 +557,7 @@ def report(figures: list[Figure]) -> str:
                 "peer",
             ],
         )
-        + f"\npeer: {PEER_SOURCE}\nfloor: {FLOOR_NOTE}"
+        + f"\npeer: {PEER_SOURCE}\nfloor: {FLOOR_NOTE}\nminimal design: {MINIMAL_NOTE}"
     )
 
 
