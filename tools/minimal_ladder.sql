@@ -49,23 +49,13 @@ returns bigint
 language plpgsql
 as $$
 declare
-    v_r bench_minimal.reservations;
-    v_org integer;
+    v_r bench_minimal.reservations := bench_minimal.held_reservation(p_reservation_id);
+    v_org integer := v_r.account_ids[1] / 2;
     v_seq bigint;
     v_prev bytea;
     v_hash bytea;
 begin
-    select * into v_r from bench_minimal.reservations as r
-    where r.reservation_id = p_reservation_id for update;
-    if not found or v_r.status <> 'held' then
-        raise exception 'reservation % is not held', p_reservation_id using errcode = 'P0002';
-    end if;
-    v_org := v_r.account_ids[1] / 2;
-    perform from bench_minimal.accounts as a
-    where a.account_id = any (v_r.account_ids) order by a.account_id for update;
-    update bench_minimal.accounts as a
-    set held_micros = a.held_micros - v_r.amount_micros, spent_micros = a.spent_micros + p_micros
-    where a.account_id = any (v_r.account_ids);
+    perform bench_minimal.settle(v_r.account_ids, v_r.amount_micros, p_micros);
     select h.last_seq + 1, h.last_hash into v_seq, v_prev
     from bench_minimal.heads as h where h.org = v_org for update;
     v_hash := sha256(v_prev || convert_to(
@@ -73,9 +63,7 @@ begin
     insert into bench_minimal.ledger (org, seq, reservation_id, amount_micros, prev_hash, entry_hash)
     values (v_org, v_seq, p_reservation_id, p_micros, v_prev, v_hash);
     update bench_minimal.heads as h set last_seq = v_seq, last_hash = v_hash where h.org = v_org;
-    update bench_minimal.reservations as r
-    set status = 'committed', charged_micros = p_micros, finished_at = now()
-    where r.reservation_id = p_reservation_id;
+    perform bench_minimal.finish(p_reservation_id, p_micros);
     return v_seq;
 end
 $$;
@@ -107,22 +95,12 @@ declare
     v_id uuid := gen_random_uuid();
     v_fingerprint text;
     v_micros bigint;
-    v_held integer;
 begin
     if p_idempotent then
         v_fingerprint := md5(jsonb_build_array(p_org, 'bench/model', p_usage)::text);
     end if;
     v_micros := bench_minimal.price(p_usage);
-    perform from bench_minimal.accounts as a
-    where a.account_id = any (v_accounts) order by a.account_id for update;
-    update bench_minimal.accounts as a
-    set held_micros = a.held_micros + v_micros
-    where a.account_id = any (v_accounts)
-      and a.spent_micros + a.held_micros + v_micros <= a.limit_micros;
-    get diagnostics v_held = row_count;
-    if v_held < cardinality(v_accounts) then
-        raise exception 'over the limit' using errcode = 'P0001';
-    end if;
+    perform bench_minimal.hold(v_accounts, v_micros);
     insert into bench_minimal.reservations (
         reservation_id, account_ids, amount_micros, expires_at, org, usage, fingerprint
     )
