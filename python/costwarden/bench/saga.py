@@ -78,7 +78,8 @@ def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
     """1,000 orgs (org1..orgN), each with workspace ws (a daily limit), a calendar
     month org limit, user u (a weekly limit) and key k of ws and u (a daily limit);
     hot1 (a workspace limit only), hot2 (org + workspace limits) and hot4 (org,
-    workspace, user and key limits) for the hot-limit runs."""
+    workspace, user and key limits) for the hot-limit runs; the floor pair's table and
+    the minimal design (minimal_design.sql, schema bench_minimal) beside them."""
     migrations.migrate(dsn, schedule=False, sql_dir=sql_dir)
     with Client(dsn, on_unavailable="closed") as c:
         c.upsert_model("bench/model", platform_servable=True)
@@ -205,8 +206,8 @@ def run_bench(
 ) -> list[Figure]:
     """Every figure of issue 12, each beside its baseline measured in the same run:
     two limits per call (org + workspace), then four (org, workspace, user, key),
-    the floor pair, the batch RPCs, the ledger-size ratio (``ledger_rows`` > 0) and the
-    Python client.
+    the floor pair and the minimal design (references beside the same baselines), the
+    batch RPCs, the ledger-size ratio (``ledger_rows`` > 0) and the Python client.
 
     A ratio figure runs ``rounds`` rounds of ``seconds`` each, its baseline first and then
     its workloads in every round, so that each workload stands beside a baseline of the
