@@ -64,6 +64,21 @@ RUNGS: list[tuple[str, str]] = [
 ]
 
 
+LADDER_SQL = Path(__file__).parent / "minimal_ladder.sql"
+
+
+def rung_scripts(tmp: Path) -> list[Path]:
+    """Each rung's pgbench script (in the order of RUNGS), those of text written to ``tmp``."""
+    scripts = []
+    for i, (_name, body) in enumerate(RUNGS):
+        if body.endswith(".sql"):
+            scripts.append(workloads_dir() / body)
+        else:
+            scripts.append(tmp / f"rung{i}.sql")
+            scripts[-1].write_text(body)
+    return scripts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dsn", required=True, help="admin DSN of the server to measure")
@@ -79,16 +94,9 @@ def main() -> None:
         pgb.init(tpcb, 10)
         setup_costwarden(cw, args.orgs)
         with psycopg.connect(cw, autocommit=True) as conn:
-            conn.execute((Path(__file__).parent / "minimal_ladder.sql").read_text())
+            conn.execute(LADDER_SQL.read_text())
             conn.execute("vacuum analyze")
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        scripts = []
-        for i, (_name, body) in enumerate(RUNGS):
-            if body.endswith(".sql"):
-                scripts.append(workloads_dir() / body)
-            else:
-                scripts.append(tmp / f"rung{i}.sql")
-                scripts[-1].write_text(body)
+        scripts = rung_scripts(Path(stack.enter_context(tempfile.TemporaryDirectory())))
         defines = {"orgs": str(args.orgs)}
         figures = ((8, "pairs/s ÷ TPC-B tps, 8 clients"), (1, "latency ÷ TPC-B's, 1 client"))
         for clients, what in figures:
