@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
 from functools import partial
@@ -295,6 +295,21 @@ def run_bench(
                 out[key].append((workload(), base))
         return out
 
+    def add_references(
+        refs: Mapping[str, Callable[[], float]],
+        measured: dict[str, list[tuple[float, float]]],
+        unit: str,
+        baseline_name: str,
+        higher_is_better: bool,
+    ) -> None:
+        """A figure without a target for each reference workload (keyed by its name)."""
+        for name in refs:
+            add(
+                ratio_figure(
+                    name, measured[name], unit, baseline_name, None, None, higher_is_better
+                )
+            )
+
     def reserve_latencies(script: str) -> list[float]:
         """A reserve-only workload at 8 clients, with pgbench's per-transaction log."""
         return pgb.run(
@@ -313,14 +328,24 @@ def run_bench(
         ("org, workspace, user, key", "_4", "4"),
     ):
         tag = f"[{limits}]"
+        # Reference rows (no target; the two-limit variant only): the floor pair and the
+        # minimal design, each beside the same baselines as the saga's row of its section.
+        floor, minimal = "[floor: two one-row UPDATE transactions]", MINIMAL
+
         echo(f"{tag} saga pairs at 8 clients vs TPC-B at 8 clients ({each})")
-        pair_runs: dict[str, Callable[[], float]] = {
-            "pairs": partial(rate, f"saga_pair{suffix}.sql", 8)
-        }
-        if not suffix:
-            pair_runs["floor"] = partial(rate, "floor_pair.sql", 8)
-            pair_runs["minimal"] = partial(rate, "minimal_pair.sql", 8)
-        measured = in_rounds(lambda: tpcb(8).tps, pair_runs)
+        refs: Mapping[str, Callable[[], float]] = (
+            {}
+            if suffix
+            else {
+                f"{floor} pairs/s, 8 clients": partial(rate, "floor_pair.sql", 8),
+                f"{minimal} pairs/s, 8 clients, {orgs:,} orgs": partial(
+                    rate, "minimal_pair.sql", 8
+                ),
+            }
+        )
+        measured = in_rounds(
+            lambda: tpcb(8).tps, {"pairs": partial(rate, f"saga_pair{suffix}.sql", 8), **refs}
+        )
         pairs_figure = ratio_figure(
             f"{tag} pairs/s, 8 clients, {orgs:,} orgs",
             measured["pairs"],
@@ -333,29 +358,7 @@ def run_bench(
         )
         add(pairs_figure)
         tpcb8_medians.append(pairs_figure.baseline)
-        if not suffix:
-            add(
-                ratio_figure(
-                    "[floor: two one-row UPDATE transactions] pairs/s, 8 clients",
-                    measured["floor"],
-                    "pairs/s",
-                    "TPC-B tps, 8 clients",
-                    None,
-                    None,
-                    True,
-                )
-            )
-            add(
-                ratio_figure(
-                    f"{MINIMAL} pairs/s, 8 clients, {orgs:,} orgs",
-                    measured["minimal"],
-                    "pairs/s",
-                    "TPC-B tps, 8 clients",
-                    None,
-                    None,
-                    True,
-                )
-            )
+        add_references(refs, measured, "pairs/s", "TPC-B tps, 8 clients", True)
 
         echo(f"{tag} one hot workspace at 32 clients vs a one-row UPDATE at 32 clients ({each})")
         hot_runs: dict[str, Callable[[], float]] = {
@@ -363,8 +366,16 @@ def run_bench(
         }
         if not suffix:
             hot_runs["hot1"] = partial(rate, "hot_reserve.sql", 32, hot="1")
-            hot_runs["minimal"] = partial(rate, "hot_minimal.sql", 32)
-        measured = in_rounds(partial(rate, "hot_update.sql", 32), hot_runs)
+        refs = (
+            {}
+            if suffix
+            else {
+                f"{minimal} one hot workspace, reservations/s, 32 clients": partial(
+                    rate, "hot_minimal.sql", 32
+                ),
+            }
+        )
+        measured = in_rounds(partial(rate, "hot_update.sql", 32), {**hot_runs, **refs})
         add(
             ratio_figure(
                 f"{tag} one hot workspace, reservations/s, 32 clients",
@@ -390,26 +401,20 @@ def run_bench(
                     PEER["hot"],
                 )
             )
-            add(
-                ratio_figure(
-                    f"{MINIMAL} one hot workspace, reservations/s, 32 clients",
-                    measured["minimal"],
-                    "tps",
-                    "one-row UPDATE tps, 32 clients",
-                    None,
-                    None,
-                    True,
-                )
-            )
+        add_references(refs, measured, "tps", "one-row UPDATE tps, 32 clients", True)
 
         echo(f"{tag} pair latency at 1 client vs TPC-B latency at 1 client ({each})")
-        latency_runs: dict[str, Callable[[], float]] = {
-            "pair": partial(latency, f"saga_pair{suffix}.sql")
-        }
-        if not suffix:
-            latency_runs["floor"] = partial(latency, "floor_pair.sql")
-            latency_runs["minimal"] = partial(latency, "minimal_pair.sql")
-        measured = in_rounds(lambda: tpcb(1).latency_ms, latency_runs)
+        refs = (
+            {}
+            if suffix
+            else {
+                f"{floor} pair latency, 1 client": partial(latency, "floor_pair.sql"),
+                f"{minimal} pair latency, 1 client": partial(latency, "minimal_pair.sql"),
+            }
+        )
+        measured = in_rounds(
+            lambda: tpcb(1).latency_ms, {"pair": partial(latency, f"saga_pair{suffix}.sql"), **refs}
+        )
         add(
             ratio_figure(
                 f"{tag} pair latency, 1 client",
@@ -422,29 +427,7 @@ def run_bench(
                 PEER["latency"],
             )
         )
-        if not suffix:
-            add(
-                ratio_figure(
-                    "[floor: two one-row UPDATE transactions] pair latency, 1 client",
-                    measured["floor"],
-                    "ms",
-                    "TPC-B latency, 1 client (ms)",
-                    None,
-                    None,
-                    False,
-                )
-            )
-            add(
-                ratio_figure(
-                    f"{MINIMAL} pair latency, 1 client",
-                    measured["minimal"],
-                    "ms",
-                    "TPC-B latency, 1 client (ms)",
-                    None,
-                    None,
-                    False,
-                )
-            )
+        add_references(refs, measured, "ms", "TPC-B latency, 1 client (ms)", False)
 
         echo(f"{tag} reserve latency at 8 clients ({seconds * rounds} s, per-transaction log)")
         lat = reserve_latencies(f"reserve_only{suffix}.sql")
