@@ -188,14 +188,17 @@ language plpgsql stable
 as $$
 declare
     v_prices jsonb;
+    v_p record;
 begin
     select ps.snapshot_id, ps.prices into snapshot_id, v_prices
     from costwarden._pricing_snapshots as ps
     where ps.model = p_model and ps.effective_from <= now()
     order by ps.effective_from desc
     limit 1;
-    select p.amount_micros, p.tokens, p.unpriced into amount_micros, tokens, unpriced_units
-    from costwarden._usage_price(p_usage, coalesce(v_prices, '{}')) as p;
+    v_p := costwarden._usage_price(p_usage, coalesce(v_prices, '{}'));
+    amount_micros := v_p.amount_micros;
+    tokens := v_p.tokens;
+    unpriced_units := v_p.unpriced;
 end
 $$;
 
@@ -251,13 +254,11 @@ create or replace function costwarden._reservation_price(
 language plpgsql stable
 as $$
 declare
+    v_prices jsonb;
     v_p record;
 begin
-    select * into v_p
-    from costwarden._usage_price(
-        p_usage,
-        coalesce((select ps.prices from costwarden._pricing_snapshots as ps where ps.snapshot_id = p_snapshot_id), '{}')
-    );
+    select ps.prices into v_prices from costwarden._pricing_snapshots as ps where ps.snapshot_id = p_snapshot_id;
+    v_p := costwarden._usage_price(p_usage, coalesce(v_prices, '{}'));
     if cardinality(v_p.unpriced) > 0 and p_snapshot_id is not null
        and costwarden._setting('unpriced_policy') <> '"free"' then
         perform costwarden._raise('CW006', format(

@@ -151,9 +151,10 @@ $$;
 -- Generic plans, as the pool helpers of 00_core.sql (its statements on
 -- `pool_id = any (array)` were otherwise planned on every call).
 drop function if exists costwarden._pool_add_spend(bigint[], bigint, bigint, timestamptz);
+drop function if exists costwarden._pool_add_spend(bigint[], bigint, bigint, timestamptz, bigint, bigint);
 create or replace function costwarden._pool_add_spend(
     p_pool_ids bigint[], p_micros bigint, p_tokens bigint, p_at timestamptz,
-    p_held_micros bigint default 0, p_held_tokens bigint default 0
+    p_held_micros bigint default 0, p_held_tokens bigint default 0, p_org_id text default null
 )
 returns void
 language plpgsql
@@ -171,9 +172,12 @@ begin
         where p.pool_id = any (p_pool_ids) and (p_held_micros <> 0 or p_held_tokens <> 0);
         return;
     end if;
-    -- the pools of one call are of one org: its calendar month of p_at
-    v_month := costwarden._org_month_start(
-        (select p.org_id from costwarden._pools as p where p.pool_id = p_pool_ids[1]), p_at);
+    -- the pools of one call are of one org (p_org_id, when the caller knows it):
+    -- its calendar month of p_at
+    if p_org_id is null then
+        select p.org_id into p_org_id from costwarden._pools as p where p.pool_id = p_pool_ids[1];
+    end if;
+    v_month := costwarden._org_month_start(p_org_id, p_at);
     v_month_probe := date_bin(interval '1 hour', v_month, timestamptz '2000-01-01 00:00:00+00');
     -- one statement: the marks of a new minute read the totals before this spend
     -- (a data-modifying CTE sees the rows as they were when the statement began;

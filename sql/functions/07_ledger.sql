@@ -472,7 +472,7 @@ begin
     perform costwarden._pool_ensure(p_org_id, 'workspace', p_workspace_id);
     v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id);
     perform costwarden._lock_pools(v_pool_ids);
-    perform costwarden._pool_add_spend(v_pool_ids, p_amount_micros, 0, now());
+    perform costwarden._pool_add_spend(v_pool_ids, p_amount_micros, 0, now(), p_org_id => p_org_id);
 
     -- 3. the entry, then the audit record
     select a.seq, a.entry_hash into v_entry

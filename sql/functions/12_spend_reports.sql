@@ -70,7 +70,7 @@ begin
         (select k.user_id from costwarden._keys as k where k.org_id = p_s.org_id and k.key_id = p_s.key_id));
     v_pool_ids := costwarden._context_pool_ids(p_s.org_id, p_s.workspace_id, p_s.key_id, v_user_id);
     perform costwarden._lock_pools(v_pool_ids);
-    perform costwarden._pool_add_spend(v_pool_ids, p_delta, 0, now());
+    perform costwarden._pool_add_spend(v_pool_ids, p_delta, 0, now(), p_org_id => p_s.org_id);
     select a.seq into v_seq
     from costwarden._ledger_append(
         p_org_id => p_s.org_id, p_entry_type => 'spend_report', p_amount_micros => p_delta,

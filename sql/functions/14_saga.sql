@@ -16,25 +16,29 @@ create or replace function costwarden._book_charge(
 )
 language plpgsql
 as $$
+declare
+    v_entry record;
 begin
     if p_settle then
         perform costwarden._lock_pools(p_r.pool_ids);
     end if;
     perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now(),
-        case when p_settle then p_r.amount_micros else 0 end, case when p_settle then p_r.tokens else 0 end);
+        case when p_settle then p_r.amount_micros else 0 end, case when p_settle then p_r.tokens else 0 end,
+        p_org_id => p_r.org_id);
     if p_micros > p_r.amount_micros or p_tokens > p_r.tokens then
         -- spend grew past the hold (overage, late commit): it may cross an alert threshold (09_alerts.sql)
         perform costwarden._spend_alerts(p_r.org_id, p_r.workspace_id, p_r.key_id, p_r.user_id);
     end if;
-    select a.seq, a.entry_hash into seq, entry_hash
-    from costwarden._ledger_append(
+    v_entry := costwarden._ledger_append(
         p_org_id => p_r.org_id, p_entry_type => 'charge', p_amount_micros => p_micros,
         p_reservation_id => p_r.reservation_id, p_workspace_id => p_r.workspace_id,
         p_user_id => p_r.user_id, p_key_id => p_r.key_id, p_model => p_r.model,
         p_billing_mode => p_r.billing_mode, p_usage => p_usage, p_tokens => p_tokens,
         p_pricing_snapshot_id => p_r.pricing_snapshot_id, p_approximate => p_approximate,
         p_late => p_late
-    ) as a;
+    );
+    seq := v_entry.seq;
+    entry_hash := v_entry.entry_hash;
 end
 $$;
 
@@ -56,6 +60,8 @@ as $$
 -- billing mode): plpgsql_check's extra warning about a composite OUT value
 -- among others is reviewed in docs/internals.md
 -- @plpgsql_check_options: extra_warnings = off
+declare
+    v_q record;
 begin
     select * into ws from costwarden._workspaces as w
     where w.org_id = p_org_id and w.workspace_id = p_workspace_id;
@@ -74,9 +80,11 @@ begin
     if p_metadata is null or jsonb_typeof(p_metadata) <> 'object' then
         perform costwarden._raise('CW004', 'p_metadata must be a JSON object');
     end if;
-    select q.amount_micros, q.tokens, q.snapshot_id, q.unpriced_units   -- validates the usage
-    into quoted_micros, quoted_tokens, snapshot_id, unpriced_units
-    from costwarden._quote_price(p_model, p_usage) as q;
+    v_q := costwarden._quote_price(p_model, p_usage);   -- validates the usage
+    quoted_micros := v_q.amount_micros;
+    quoted_tokens := v_q.tokens;
+    snapshot_id := v_q.snapshot_id;
+    unpriced_units := v_q.unpriced_units;
     fingerprint := md5(jsonb_build_array(p_workspace_id, p_model, p_usage, p_user_id, p_key_id,
                                          p_ttl::text, p_metadata)::text);
 end
@@ -180,7 +188,7 @@ declare
     v_expires timestamptz;
 begin
     -- 1. validate (nothing is written before every argument is checked)
-    select * into v_call from costwarden._reserve_validate(
+    v_call := costwarden._reserve_validate(
         p_org_id, p_workspace_id, p_model, p_usage, p_user_id, p_key_id, p_ttl, p_metadata);
 
     -- 2. idempotency: a repeat returns the first call's row
@@ -246,7 +254,7 @@ begin
 
     if not v_refused then
         -- 6. every applicable limit, under the pools' locks
-        select * into v_admit from costwarden._reserve_admit(
+        v_admit := costwarden._reserve_admit(
             p_org_id, p_workspace_id, p_key_id, v_call.user_id, v_pool_ids,
             v_call.quoted_micros, v_call.quoted_tokens);
         v_refused := v_admit.refused;
@@ -277,8 +285,14 @@ begin
         end if;
         v_reasons := v_reasons || v_admit.reasons;
     end if;
-    return query select v_id, case when v_refused then 'denied' else 'held' end,
-        v_call.quoted_micros, v_call.quoted_tokens, v_expires, v_mode, v_reasons;
+    reservation_id := v_id;
+    status := case when v_refused then 'denied' else 'held' end;
+    amount_micros := v_call.quoted_micros;
+    tokens := v_call.quoted_tokens;
+    expires_at := v_expires;
+    billing_mode := v_mode;
+    reasons := v_reasons;
+    return next;
 end
 $$;
 
@@ -390,6 +404,7 @@ declare
     v_released bigint;
     v_overage bigint;
     v_late boolean;
+    v_price record;
     v_entry record;
     v_result jsonb;
 begin
@@ -416,8 +431,9 @@ begin
         perform costwarden._raise('CW003', format('reservation %s is %s: it cannot be committed',
                                                   p_reservation_id, v_r.status));
     end if;
-    select p.tokens, p.amount_micros into v_tokens, v_cost
-    from costwarden._reservation_price(v_r.pricing_snapshot_id, p_usage) as p;
+    v_price := costwarden._reservation_price(v_r.pricing_snapshot_id, p_usage);
+    v_tokens := v_price.tokens;
+    v_cost := v_price.amount_micros;
     if v_r.status = 'held' then
         -- the hold comes off in the update that books the charge (_book_charge below)
         v_charge := v_cost;
@@ -439,7 +455,7 @@ begin
         v_late := true;
     end if;
     -- a remainder entry records the usage beyond what expiry already charged
-    select * into v_entry from costwarden._book_charge(
+    v_entry := costwarden._book_charge(
         v_r,
         case when v_r.status = 'expired' and v_r.metered_usage is not null and v_r.charged_micros + v_r.charged_tokens > 0
              then costwarden._usage_minus(p_usage, v_r.metered_usage) else p_usage end,
@@ -454,7 +470,12 @@ begin
         commit_usage = p_usage, commit_approximate = p_approximate, commit_result = v_result,
         finished_at = now()
     where r.reservation_id = v_r.reservation_id;
-    return query select v_entry.seq, v_charge, v_released, v_overage, encode(v_entry.entry_hash, 'hex');
+    entry_seq := v_entry.seq;
+    charged_micros := v_charge;
+    released_micros := v_released;
+    overage_micros := v_overage;
+    entry_hash := encode(v_entry.entry_hash, 'hex');
+    return next;
 end
 $$;
 

@@ -608,7 +608,7 @@ begin
         perform costwarden._spend_source_lock(p_org_id, p_workspace_id, p_source);
         v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id, p_key_id, v_user_id);
         perform costwarden._lock_pools(v_pool_ids);
-        perform costwarden._pool_add_spend(v_pool_ids, v_delta, v_delta_tokens, now());
+        perform costwarden._pool_add_spend(v_pool_ids, v_delta, v_delta_tokens, now(), p_org_id => p_org_id);
         perform costwarden._ledger_append(
             p_org_id => p_org_id, p_entry_type => 'spend_report', p_amount_micros => v_delta,
             p_workspace_id => p_workspace_id, p_user_id => v_user_id, p_key_id => p_key_id,
