@@ -63,6 +63,15 @@ def test_the_saga_bench_reports_every_figure_beside_its_baseline(
             assert len(f["round_ratios"]) == 2, f
             assert abs(f["ratio"] - statistics.median(f["round_ratios"])) < 1e-9, f
     assert result["meta"]["rounds"] == 2 and result["meta"]["seconds"] == 1
+    # The saga through `costwarden serve` (the server extra is installed here), beside
+    # the same saga through SQL in the same run.
+    http, added = (
+        figures["HTTP saga pairs/s, 8 clients"],
+        figures["HTTP ms added per pair, 1 client"],
+    )
+    assert http["value"] > 0 and http["baseline"] > 0 and http["goal"] == ">= 0.5", http
+    assert abs(http["ratio"] - http["value"] / http["baseline"]) < 1e-9, http
+    assert added["baseline"] > 0 and added["goal"] == "<= 2 ms added", added
 
     # The musts of the issue beside their figures; the reference rows carry no target.
     assert figures["[org + workspace] pairs/s, 8 clients, 20 orgs"]["goal"] == ">= 0.8"

@@ -1,12 +1,14 @@
 """`costwarden serve`'s security (SPEC §12, §13): no route without a valid token; bad
 tokens are 401 and foreign roles 403; a tenant token cannot read or change another org
 or user (the SQL tenant matrix, through HTTP); bodies over the bound are 413; CORS is off
-unless configured; RS256 / ES256 from a JWKS file, issuer and audience checks."""
+unless configured; RS256 / ES256 from a JWKS file, issuer and audience checks; a
+verified token is reused until its exp (at most jwt_cache_seconds), a refused one never."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from costwarden.server import ServerConfig, create_app
+from costwarden.server.auth import NotPermitted, TokenVerifier, Unauthenticated
 from cwtest import Seeded
 from http_helpers import SECRET, auth, login_dsn, token
 
@@ -273,3 +276,73 @@ def test_jwks_file_issuer_and_audience(
         assert status(key, {**good, "aud": "other"}) == 401
         assert status(key, {"iss": "https://id.example"}) == 401  # no audience
         assert status(SECRET, good, a="HS256") == 401  # HS256 is not accepted with a JWKS
+
+
+class CountingDecode:
+    """jwt.decode, counted: how many tokens the verifier really verified."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._decode = jwt.decode
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self._decode(*args, **kwargs)
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> CountingDecode:
+    counting = CountingDecode()
+    monkeypatch.setattr("costwarden.server.auth.jwt.decode", counting)
+    return counting
+
+
+def test_a_verified_token_is_reused_until_its_exp_and_no_longer(decodes: CountingDecode) -> None:
+    verifier = TokenVerifier(ServerConfig(dsn="unused", jwt_secret=SECRET, jwt_cache_seconds=60))
+    t = token("costwarden_tenant", "acme", "alice", expires_in=2)
+    first = verifier.verify(f"Bearer {t}")
+    assert verifier.verify(f"Bearer {t}") == first
+    assert (first.role, first.org_id, first.sub, decodes.calls) == (
+        "costwarden_tenant",
+        "acme",
+        "alice",
+        1,
+    )
+    # the same claims under another signature are other bytes: verified, and refused
+    forged = t.rsplit(".", 1)[0] + "." + token(key="x" * 32).rsplit(".", 1)[1]
+    with pytest.raises(Unauthenticated):
+        verifier.verify(f"Bearer {forged}")
+    time.sleep(max(0.0, jwt.decode(t, options={"verify_signature": False})["exp"] - time.time()))
+    time.sleep(0.1)
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(f"Bearer {t}")
+
+
+def test_the_token_cache_keeps_an_identity_at_most_jwt_cache_seconds(
+    decodes: CountingDecode,
+) -> None:
+    t = f"Bearer {token('costwarden_service')}"
+    off = TokenVerifier(ServerConfig(dsn="unused", jwt_secret=SECRET, jwt_cache_seconds=0))
+    off.verify(t)
+    off.verify(t)
+    assert decodes.calls == 2  # 0: every request verifies its token
+    short = TokenVerifier(ServerConfig(dsn="unused", jwt_secret=SECRET, jwt_cache_seconds=1))
+    short.verify(t)
+    short.verify(t)
+    assert decodes.calls == 3
+    time.sleep(1.1)
+    short.verify(t)
+    assert decodes.calls == 4
+    with pytest.raises(ValueError, match="jwt_cache_seconds"):
+        ServerConfig(dsn="unused", jwt_secret=SECRET, jwt_cache_seconds=-1)
+    env = {"COSTWARDEN_JWT_SECRET": SECRET, "COSTWARDEN_JWT_CACHE_SECONDS": "5"}
+    assert ServerConfig.from_env("unused", env).jwt_cache_seconds == 5
+
+
+def test_a_refused_token_is_not_kept(decodes: CountingDecode) -> None:
+    verifier = TokenVerifier(ServerConfig(dsn="unused", jwt_secret=SECRET))
+    foreign = f"Bearer {token('postgres')}"  # verified, then refused for its role: 403
+    for _ in range(2):
+        with pytest.raises(NotPermitted):
+            verifier.verify(foreign)
+    assert decodes.calls == 2

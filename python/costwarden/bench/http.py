@@ -3,7 +3,7 @@ through `costwarden serve` beside the same saga through SQL, in the same run.
 
 Both sides run reserve + commit pairs for the same orgs from one asyncio process: SQL
 through :class:`costwarden.AsyncClient` (a pool of ``clients`` connections), HTTP
-through httpx over keep-alive connections to a `costwarden serve` process started here
+through aiohttp over keep-alive connections to a `costwarden serve` process started here
 on 127.0.0.1, with the same number of concurrent clients. Goals (docs/performance.md):
 HTTP pairs/s at least half of SQL's at 8 clients, and no more than 2 ms added per pair
 at 1 client. The driver shares the machine with both servers: say so with the figures."""
@@ -61,28 +61,36 @@ async def sql_pairs(dsn: str, clients: int, seconds: float, orgs: int) -> tuple[
 
 
 async def http_pairs(url: str, clients: int, seconds: float, orgs: int) -> tuple[int, float]:
-    import httpx
+    """The pairs through HTTP: aiohttp (its C HTTP parser) over ``clients`` keep-alive
+    connections, so that the driver's own CPU, on the same cores, weighs less in the
+    figure than a pure-Python client's would (docs/performance.md#http)."""
+    import aiohttp
     import jwt
 
     now = int(time.time())
     bearer = jwt.encode(
         {"role": "costwarden_service", "iat": now, "exp": now + 3600}, SECRET, algorithm="HS256"
     )
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=url, headers={"Authorization": f"Bearer {bearer}"}, limits=limits, timeout=30
+    async with aiohttp.ClientSession(
+        base_url=url,
+        connector=aiohttp.TCPConnector(limit=clients),
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=aiohttp.ClientTimeout(total=30),
     ) as http:
 
         async def pair(i: int, n: int) -> None:
             org = f"org{1 + (i * 7919 + n) % orgs}"
             body = {"org_id": org, "workspace_id": "ws", "model": "bench/model", "usage": USAGE}
-            r = await http.post("/v1/reservations", json=body)
-            if r.status_code != 201:
-                raise RuntimeError(f"reserve: {r.status_code} {r.text}")
-            rid = r.json()["reservation_id"]
-            c = await http.post(f"/v1/reservations/{rid}/commit", json={"usage": COMMIT_USAGE})
-            if c.status_code != 200:
-                raise RuntimeError(f"commit: {c.status_code} {c.text}")
+            async with http.post("/v1/reservations", json=body) as r:
+                if r.status != 201:
+                    raise RuntimeError(f"reserve: {r.status} {await r.text()}")
+                rid = (await r.json())["reservation_id"]
+            async with http.post(
+                f"/v1/reservations/{rid}/commit", json={"usage": COMMIT_USAGE}
+            ) as c:
+                if c.status != 200:
+                    raise RuntimeError(f"commit: {c.status} {await c.text()}")
+                await c.read()
 
         await _drive(clients, 1.0, pair)  # warm up
         return await _drive(clients, seconds, pair)

@@ -158,7 +158,7 @@ def bench_soak(
 def _has_server_extra() -> bool:
     from importlib.util import find_spec
 
-    return all(find_spec(m) is not None for m in ("fastapi", "uvicorn", "httpx", "jwt"))
+    return all(find_spec(m) is not None for m in ("fastapi", "uvicorn", "httpx", "aiohttp", "jwt"))
 
 
 @bench.command("http")

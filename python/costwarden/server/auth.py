@@ -5,16 +5,22 @@ A token that is missing, malformed, expired, not yet valid, signed with another 
 or another algorithm (``alg: none`` included), or for another issuer / audience is
 :class:`Unauthenticated` (401). A valid token whose ``role`` is not one of
 :data:`~costwarden.server.config.ROLES` is :class:`NotPermitted` (403). What the
-identity may do is decided by the database, under ``SET LOCAL ROLE`` (db.py)."""
+identity may do is decided by the database, under ``SET LOCAL ROLE`` (db.py).
+
+A verified token's identity is kept for ``jwt_cache_seconds`` (never past the token's
+``exp`` and its leeway), keyed by the whole token: the same bytes again need no second
+verification, which costs more than the rest of a request's own work (docs/http.md)."""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
+from cachetools import TLRUCache
 
 from ..errors import CostwardenError
 from .config import ROLES, ServerConfig
@@ -52,10 +58,21 @@ def _algorithms(key: jwt.PyJWK) -> list[str]:
     return [name]
 
 
+#: At most this many verified tokens are kept (least recently used go first).
+CACHE_SIZE = 10_000
+
+
+def _cache_deadline(_token: str, entry: tuple[Identity, float], _now: float) -> float:
+    return entry[1]
+
+
 class TokenVerifier:
     def __init__(self, config: ServerConfig) -> None:
         self._config = config
         self._secret = config.jwt_secret
+        self._verified: TLRUCache[str, tuple[Identity, float]] = TLRUCache(
+            CACHE_SIZE, _cache_deadline, timer=time.monotonic
+        )
         self._jwks: jwt.PyJWKSet | None = None
         self._jwks_client: jwt.PyJWKClient | None = None
         if config.jwks:
@@ -93,6 +110,19 @@ class TokenVerifier:
         return self.verify_token(token)
 
     def verify_token(self, token: str) -> Identity:
+        cached = self._verified.get(token)
+        if cached is not None:
+            return cached[0]
+        identity, exp = self._verify(token)
+        keep = min(
+            float(self._config.jwt_cache_seconds), exp + self._config.leeway_seconds - time.time()
+        )
+        if keep > 0:
+            self._verified[token] = (identity, time.monotonic() + keep)
+        return identity
+
+    def _verify(self, token: str) -> tuple[Identity, float]:
+        """The identity of a token, verified now, and its ``exp`` (epoch seconds)."""
         try:
             key, algorithms = self._key(token)
             claims = jwt.decode(
@@ -120,4 +150,5 @@ class TokenVerifier:
         for name, value in (("org_id", org_id), ("sub", sub)):
             if value is not None and not isinstance(value, str):
                 raise Unauthenticated(f"claim {name} must be a string")
-        return Identity(role=str(role), org_id=org_id, sub=sub, claims=dict(claims))
+        identity = Identity(role=str(role), org_id=org_id, sub=sub, claims=dict(claims))
+        return identity, float(claims["exp"])

@@ -38,6 +38,9 @@ class ServerConfig:
     pool_max: int = 10
     pool_timeout: float = 5.0
     spool_dir: str | None = None
+    #: how long a verified token's identity is reused without verifying it again
+    #: (never past its ``exp``); 0: every request verifies its token
+    jwt_cache_seconds: int = 60
 
     def __post_init__(self) -> None:
         if not self.jwt_secret and not self.jwks:
@@ -49,6 +52,8 @@ class ServerConfig:
             raise ValueError("set only one of COSTWARDEN_JWT_SECRET and COSTWARDEN_JWKS")
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
+        if self.jwt_cache_seconds < 0:
+            raise ValueError("jwt_cache_seconds must not be negative")
 
     @classmethod
     def from_env(
@@ -71,5 +76,7 @@ class ServerConfig:
         }
         if e.get("COSTWARDEN_MAX_BODY_BYTES"):
             values["max_body_bytes"] = int(e["COSTWARDEN_MAX_BODY_BYTES"])
+        if e.get("COSTWARDEN_JWT_CACHE_SECONDS"):
+            values["jwt_cache_seconds"] = int(e["COSTWARDEN_JWT_CACHE_SECONDS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
