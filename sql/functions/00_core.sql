@@ -287,9 +287,10 @@ as $$
 declare
     v_key costwarden._keys;
 begin
-    if p_user_id is not null
-       and not exists (select from costwarden._users as u where u.org_id = p_org_id and u.user_id = p_user_id) then
-        perform costwarden._raise('CW002', format('p_user_id: unknown user %L in org %L', p_user_id, p_org_id));
+    if p_user_id is not null then  -- (nested: a call without a user runs no query here)
+        if not exists (select from costwarden._users as u where u.org_id = p_org_id and u.user_id = p_user_id) then
+            perform costwarden._raise('CW002', format('p_user_id: unknown user %L in org %L', p_user_id, p_org_id));
+        end if;
     end if;
     if p_key_id is null then
         return p_user_id;
