@@ -70,6 +70,8 @@ class TokenVerifier:
     def __init__(self, config: ServerConfig) -> None:
         self._config = config
         self._secret = config.jwt_secret
+        # token -> (identity, monotonic deadline). Not thread-safe: every caller of
+        # verify() is an async route or dependency, on the event loop's thread.
         self._verified: TLRUCache[str, tuple[Identity, float]] = TLRUCache(
             CACHE_SIZE, _cache_deadline, timer=time.monotonic
         )
