@@ -130,7 +130,7 @@ create or replace function costwarden._reserve_admit(
 language plpgsql
 as $$
 declare
-    v_enforce boolean := (costwarden._setting('billing_enforce'))::boolean;
+    v_enforce boolean;      -- billing_enforce, read when a limit would refuse
     v_enforced boolean;
     v_c record;
 begin
@@ -142,6 +142,7 @@ begin
         select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, p_micros, p_tokens)
     loop
         if v_c.fails then
+            v_enforce := coalesce(v_enforce, (costwarden._setting('billing_enforce'))::boolean);
             v_enforced := v_enforce and v_c.mode = 'enforce';
             reasons := reasons || costwarden._limit_reason(
                 v_c.metric, v_c.scope_kind, v_c.scope_id, v_c.period, v_c.window_kind,
