@@ -26,7 +26,7 @@ def test_the_saga_bench_reports_every_figure_beside_its_baseline(
 ) -> None:
     out = subprocess.run(
         [str(COSTWARDEN), "--dsn", pg_server.dsn("postgres"), "bench", "--seconds", "1",
-         "--rounds", "2", "--orgs", "20", "--ledger-rows", "0", "--batch", "4",
+         "--rounds", "2", "--orgs", "20", "--ledger-rows", "3000", "--batch", "4",
          "--out", str(tmp_path / "bench.json"), "--json"],
         capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip
@@ -72,6 +72,20 @@ def test_the_saga_bench_reports_every_figure_beside_its_baseline(
     assert http["value"] > 0 and http["baseline"] > 0 and http["goal"] == ">= 0.5", http
     assert abs(http["ratio"] - http["value"] / http["baseline"]) < 1e-9, http
     assert added["baseline"] > 0 and added["goal"] == "<= 2 ms added", added
+
+    # The ledger-size figure: two databases set up alike, one with a tenth of the
+    # ledger, measured in alternating rounds (the small one's p50 the baseline).
+    ledger = figures["reserve p50 with 3,000 ledger entries"]
+    assert ledger["baseline_name"] == "reserve p50 with 300 entries (ms)", ledger
+    assert ledger["goal"] == "<= 1.25" and len(ledger["round_ratios"]) == 2, ledger
+    assert abs(ledger["ratio"] - statistics.median(ledger["round_ratios"])) < 1e-9, ledger
+    for db, entries in (("cw_bench_ledger_small", 300), ("cw_bench_ledger_big", 3000)):
+        with psycopg.connect(pg_server.dsn(db)) as conn:
+            n, bad = conn.execute(
+                "select sum(entries), count(*) filter (where not ok)"
+                " from costwarden.fn_ledger_verify()"
+            ).fetchone()  # type: ignore[misc]
+            assert n >= entries and bad == 0, (db, n, bad)
 
     # The musts of the issue beside their figures; the reference rows carry no target.
     assert figures["[org + workspace] pairs/s, 8 clients, 20 orgs"]["goal"] == ">= 0.8"

@@ -26,13 +26,16 @@ from .common import (
     PgBenchResult,
     percentile,
     recreate_database,
-    scalar,
     workloads_dir,
 )
 
 USAGE = {"input_tokens": 400, "output_tokens": 200}
 COMMIT_USAGE = {"input_tokens": 400, "output_tokens": 120}
 
+
+#: The small ledger of the ledger-size figure (the issue's "reserve p50 at 10 M ledger
+#: entries ÷ at 10 k"; a tenth of the big one when that is smaller).
+SMALL_LEDGER = 10_000
 
 #: The peer's published figures (issue 12 of this repository, two runs on 2026-12-04,
 #: the same machine, pgbench, durable settings): a reference column, never re-measured.
@@ -310,12 +313,13 @@ def run_bench(
                 )
             )
 
-    def reserve_latencies(script: str) -> list[float]:
-        """A reserve-only workload at 8 clients, with pgbench's per-transaction log."""
+    def reserve_latencies(script: str, dsn: str = cw_dsn, run_seconds: int = 0) -> list[float]:
+        """A reserve-only workload at 8 clients, with pgbench's per-transaction log
+        (``run_seconds``, else ``seconds * rounds``)."""
         return pgb.run(
-            cw_dsn,
+            dsn,
             clients=8,
-            seconds=seconds * rounds,
+            seconds=run_seconds or seconds * rounds,
             script=scripts / script,
             defines=defines,
             log_latencies=True,
@@ -473,15 +477,35 @@ def run_bench(
     )
 
     if ledger_rows > 0:
-        echo("reserve latency with a big ledger vs a small one")
-        small_n = scalar(cw_dsn, "select count(*) from costwarden._ledger")
-        lat_small = reserve_latencies("reserve_only.sql")
-        big_n = grow_ledger(cw_dsn, ledger_rows)
-        lat_big = reserve_latencies("reserve_only.sql")
+        # Two databases set up alike, one with a small ledger and one with a big one,
+        # measured in alternating rounds: the small ledger's p50 of each round is the big
+        # one's baseline. (Growing one database's ledger between two runs compared runs
+        # minutes apart, which a busy machine read as a change of the figure.)
+        small_rows = min(SMALL_LEDGER, ledger_rows // 10)
+        echo(
+            f"reserve latency at 8 clients with {ledger_rows:,} ledger entries vs"
+            f" {small_rows:,} (two databases set up alike; {each})"
+        )
+        small_dsn = recreate_database(admin_dsn, "cw_bench_ledger_small")
+        setup_costwarden(small_dsn, orgs)
+        small_n = grow_ledger(small_dsn, small_rows)
+        big_dsn = recreate_database(admin_dsn, "cw_bench_ledger_big")
+        setup_costwarden(big_dsn, orgs)
+        big_n = grow_ledger(big_dsn, ledger_rows)
+        for dsn in (small_dsn, big_dsn):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("vacuum analyze")
+
+        def reserve_p50(dsn: str) -> float:
+            return percentile(reserve_latencies("reserve_only.sql", dsn, seconds), 50)
+
+        measured = in_rounds(
+            partial(reserve_p50, small_dsn), {"big": partial(reserve_p50, big_dsn)}
+        )
         add(
             ratio_figure(
                 f"reserve p50 with {big_n:,} ledger entries",
-                [(percentile(lat_big, 50), percentile(lat_small, 50))],
+                measured["big"],
                 "ms",
                 f"reserve p50 with {small_n:,} entries (ms)",
                 1.25,
