@@ -177,6 +177,11 @@ begin
     if p_org_id is null then
         select p.org_id into p_org_id from costwarden._pools as p where p.pool_id = p_pool_ids[1];
     end if;
+    if p_micros > p_held_micros or p_tokens > p_held_tokens then
+        -- spend beyond a hold may leave a lane's grant above an alert line or a
+        -- limit: the org's lanes admit nothing more until carved again (21_lanes.sql)
+        perform costwarden._lanes_retire(p_org_id, p_pool_ids);
+    end if;
     v_month := costwarden._org_month_start(p_org_id, p_at);
     v_month_probe := date_bin(interval '1 hour', v_month, timestamptz '2000-01-01 00:00:00+00');
     -- one statement: the marks of a new minute read the totals before this spend
@@ -321,7 +326,8 @@ create or replace function costwarden._check_limits(
 )
 returns table (
     scope_kind text, scope_id text, period text, metric text, window_kind text,
-    limit_value bigint, mode text, source text, spent bigint, held bigint, requested bigint, fails boolean
+    limit_value bigint, mode text, source text, spent bigint, held bigint, requested bigint, fails boolean,
+    pool_id bigint
 )
 language plpgsql stable
 set plan_cache_mode = force_generic_plan
@@ -346,7 +352,7 @@ begin
     )
     select l.scope_kind, l.scope_id, l.period, l.metric, l.window_kind, l.limit_value, l.mode, l.source,
            v.spent, v.held, v.requested,
-           l.limit_value = 0 or v.spent::numeric + v.held + v.requested > l.limit_value
+           l.limit_value = 0 or v.spent::numeric + v.held + v.requested > l.limit_value, p.pool_id
     from lim as l
     join costwarden._pools as p
       on p.org_id = p_org_id and p.kind = l.scope_kind
@@ -592,9 +598,12 @@ begin
     join costwarden._pools as p
       on p.org_id = p_org_id and p.kind = p_scope_kind and p.scope_id = v_scope_id
     cross join lateral costwarden._pool_spent(p.pool_id, l.period, l.window_kind, v_tz, now()) as s
+    -- held: the pool's holds, without its lanes' unused grants (21_lanes.sql)
+    cross join lateral costwarden._pool_lane_grants(p.pool_id) as g
     cross join lateral (
         select case when l.metric = 'cost' then s.micros else s.tokens end as spent,
-               case when l.metric = 'cost' then p.held_micros::bigint else p.held_tokens::bigint end as held
+               case when l.metric = 'cost' then p.held_micros - g.unused_micros
+                    else p.held_tokens - g.unused_tokens end as held
     ) as v
     order by 1, 2, 3;
 end

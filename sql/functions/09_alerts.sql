@@ -100,14 +100,22 @@ $$;
 
 -- Internal: after spend was booked (a charge with overage, a late commit, a
 -- spend report), alert on every limit of the context the new level crossed.
--- The caller holds the context's pool locks.
-create or replace function costwarden._spend_alerts(p_org_id text, p_workspace_id text, p_key_id text, p_user_id text)
+-- The caller holds the locks of p_pool_ids, the context's pools.
+drop function if exists costwarden._spend_alerts(text, text, text, text);
+create or replace function costwarden._spend_alerts(
+    p_org_id text, p_workspace_id text, p_key_id text, p_user_id text, p_pool_ids bigint[]
+)
 returns void
 language plpgsql
 as $$
 declare
     v_c record;
 begin
+    -- an alert line seen with lanes' unused grants counted is checked again without them
+    if exists (select from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, 0, 0) as l
+               where l.limit_value > 0 and (l.spent + l.held)::numeric * 5 >= l.limit_value::numeric * 4) then
+        perform costwarden._lanes_reclaim(p_org_id, p_pool_ids);
+    end if;
     for v_c in
         select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, 0, 0) as l
         where l.limit_value > 0 and (l.spent + l.held)::numeric * 5 >= l.limit_value::numeric * 4

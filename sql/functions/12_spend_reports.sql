@@ -78,7 +78,7 @@ begin
         p_billing_mode => (costwarden._billing_mode(
             costwarden._require_workspace(p_s.org_id, p_s.workspace_id))).billing_mode,
         p_source => p_s.source) as a;
-    perform costwarden._spend_alerts(p_s.org_id, p_s.workspace_id, p_s.key_id, v_user_id);
+    perform costwarden._spend_alerts(p_s.org_id, p_s.workspace_id, p_s.key_id, v_user_id, v_pool_ids);
     return v_seq;
 end
 $$;

@@ -21,13 +21,16 @@ declare
 begin
     if p_settle then
         perform costwarden._lock_pools(p_r.pool_ids);
+        if p_r.lane is not null then
+            perform costwarden._lane_unhold(p_r.org_id, p_r.pool_ids, p_r.lane, p_r.amount_micros, p_r.tokens);
+        end if;
     end if;
     perform costwarden._pool_add_spend(p_r.pool_ids, p_micros, p_tokens, now(),
         case when p_settle then p_r.amount_micros else 0 end, case when p_settle then p_r.tokens else 0 end,
         p_org_id => p_r.org_id);
     if p_micros > p_r.amount_micros or p_tokens > p_r.tokens then
         -- spend grew past the hold (overage, late commit): it may cross an alert threshold (09_alerts.sql)
-        perform costwarden._spend_alerts(p_r.org_id, p_r.workspace_id, p_r.key_id, p_r.user_id);
+        perform costwarden._spend_alerts(p_r.org_id, p_r.workspace_id, p_r.key_id, p_r.user_id, p_r.pool_ids);
     end if;
     v_entry := costwarden._ledger_append(
         p_org_id => p_r.org_id, p_entry_type => 'charge', p_amount_micros => p_micros,
@@ -122,10 +125,17 @@ $$;
 -- it would break (enforced unless the limit is shadow or billing_enforce is
 -- false), refused is true when an enforced one refuses it, alerts lists the
 -- limits it brings to >= 80% (09_alerts.sql; announced once decided).
+-- A check that finds any of these with the lanes' unused grants counted gives
+-- them back and checks again (21_lanes.sql). lane_micros / lane_tokens: the
+-- slice each of the 16 lanes of the set may be carved (a 32nd of the least
+-- headroom below an alert line, null when no limit of that metric applies),
+-- read under epoch, the org's lane_epoch read before the limits.
+drop function if exists costwarden._reserve_admit(text, text, text, text, bigint[], bigint, bigint);
 create or replace function costwarden._reserve_admit(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text, p_pool_ids bigint[],
     p_micros bigint, p_tokens bigint,
-    out reasons jsonb, out refused boolean, out alerts jsonb
+    out reasons jsonb, out refused boolean, out alerts jsonb,
+    out lane_micros bigint, out lane_tokens bigint, out epoch bigint
 )
 language plpgsql
 as $$
@@ -133,29 +143,49 @@ declare
     v_enforce boolean;      -- billing_enforce, read when a limit would refuse
     v_enforced boolean;
     v_c record;
+    v_room numeric;
+    v_reclaimed boolean := false;
 begin
-    reasons := '[]'::jsonb;
-    refused := false;
-    alerts := '[]'::jsonb;
     perform costwarden._lock_pools(p_pool_ids);
-    for v_c in
-        select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, p_micros, p_tokens)
+    epoch := (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id);
     loop
-        if v_c.fails then
-            v_enforce := coalesce(v_enforce, (costwarden._setting('billing_enforce'))::boolean);
-            v_enforced := v_enforce and v_c.mode = 'enforce';
-            reasons := reasons || costwarden._limit_reason(
-                v_c.metric, v_c.scope_kind, v_c.scope_id, v_c.period, v_c.window_kind,
-                v_c.limit_value, v_c.spent, v_c.held, v_c.requested, v_enforced);
-            refused := refused or v_enforced;
-        end if;
-        if v_c.limit_value > 0
-           and (v_c.spent::numeric + v_c.held + v_c.requested) * 5 >= v_c.limit_value::numeric * 4 then
-            alerts := alerts || jsonb_build_array(jsonb_build_array(v_c.scope_kind, v_c.scope_id,
-                v_c.period, v_c.metric, v_c.window_kind, v_c.limit_value, v_c.spent + v_c.held,
-                v_c.spent + v_c.held + v_c.requested));
-        end if;
+        reasons := '[]'::jsonb;
+        refused := false;
+        alerts := '[]'::jsonb;
+        lane_micros := null;
+        lane_tokens := null;
+        for v_c in
+            select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, p_micros, p_tokens)
+        loop
+            if v_c.fails then
+                v_enforce := coalesce(v_enforce, (costwarden._setting('billing_enforce'))::boolean);
+                v_enforced := v_enforce and v_c.mode = 'enforce';
+                reasons := reasons || costwarden._limit_reason(
+                    v_c.metric, v_c.scope_kind, v_c.scope_id, v_c.period, v_c.window_kind,
+                    v_c.limit_value, v_c.spent, v_c.held, v_c.requested, v_enforced);
+                refused := refused or v_enforced;
+            end if;
+            if v_c.limit_value > 0
+               and (v_c.spent::numeric + v_c.held + v_c.requested) * 5 >= v_c.limit_value::numeric * 4 then
+                alerts := alerts || jsonb_build_array(jsonb_build_array(v_c.scope_kind, v_c.scope_id,
+                    v_c.period, v_c.metric, v_c.window_kind, v_c.limit_value, v_c.spent + v_c.held,
+                    v_c.spent + v_c.held + v_c.requested));
+            end if;
+            -- the headroom below the alert line ((spent + held) * 5 < limit * 4), per 32 slices
+            v_room := greatest(floor((v_c.limit_value::numeric * 4 - 1) / 5)
+                               - (v_c.spent::numeric + v_c.held + v_c.requested), 0);
+            if v_c.metric = 'cost' then
+                lane_micros := least(coalesce(lane_micros, v_room), v_room);
+            else
+                lane_tokens := least(coalesce(lane_tokens, v_room), v_room);
+            end if;
+        end loop;
+        exit when (reasons = '[]' and alerts = '[]') or v_reclaimed;
+        v_reclaimed := true;
+        exit when not costwarden._lanes_reclaim(p_org_id, p_pool_ids);
     end loop;
+    lane_micros := lane_micros / 32;
+    lane_tokens := lane_tokens / 32;
 end
 $$;
 
@@ -185,6 +215,8 @@ declare
     v_reasons jsonb := '[]'::jsonb;
     v_refused boolean := false;
     v_pool_ids bigint[] := '{}'::bigint[];
+    v_lanes boolean := false;               -- lanes in use (costwarden.lanes is not 'off')
+    v_lane smallint;                        -- the lane holding the request (21_lanes.sql)
     v_id uuid;
     v_expires timestamptz;
 begin
@@ -232,17 +264,24 @@ begin
         v_refused := true;
     end if;
 
-    -- 5. record the reservation first, so that the admission lock below is held
-    --    as briefly as possible
+    -- 5. a lane of the call's pools that can hold the request and is free now
+    --    admits it without the pools (21_lanes.sql; not when the setting
+    --    costwarden.lanes is 'off', as inside a batch, which holds its pools
+    --    already); else the reservation is recorded first, so
+    --    that the admission lock below is held as briefly as possible
     if not v_refused then
         v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id, p_key_id, v_call.user_id);
         v_expires := now() + v_call.ttl;
+        v_lanes := cardinality(v_pool_ids) > 0 and current_setting('costwarden.lanes', true) is distinct from 'off';
+        if v_lanes then
+            v_lane := costwarden._lane_take(p_org_id, v_pool_ids, v_call.quoted_micros, v_call.quoted_tokens);
+        end if;
     end if;
     v_id := costwarden._reservation_id(p_org_id);
     insert into costwarden._reservations (
         reservation_id, org_id, workspace_id, user_id, key_id, model, provider, status, billing_mode,
         pricing_snapshot_id, usage, quoted_micros, quoted_tokens, amount_micros, tokens, pool_ids,
-        reasons, idempotency_key, request_fingerprint, ttl, metadata, expires_at, finished_at
+        reasons, idempotency_key, request_fingerprint, ttl, metadata, expires_at, finished_at, lane
     ) values (
         v_id, p_org_id, p_workspace_id, v_call.user_id, p_key_id, p_model, v_call.provider,
         case when v_refused then 'denied' else 'held' end, v_mode,
@@ -250,14 +289,21 @@ begin
         case when v_refused then 0 else v_call.quoted_micros end,
         case when v_refused then 0 else v_call.quoted_tokens end,
         v_pool_ids, v_reasons, p_idempotency_key, v_call.fingerprint, v_call.ttl, p_metadata, v_expires,
-        case when v_refused then now() end
+        case when v_refused then now() end, v_lane
     );
 
     if not v_refused then
-        -- 6. every applicable limit, under the pools' locks
-        v_admit := costwarden._reserve_admit(
-            p_org_id, p_workspace_id, p_key_id, v_call.user_id, v_pool_ids,
-            v_call.quoted_micros, v_call.quoted_tokens);
+        -- 6. every applicable limit, under the pools' locks (a lane's grant is
+        --    headroom below every alert line: nothing to report)
+        if v_lane is null then
+            v_admit := costwarden._reserve_admit(
+                p_org_id, p_workspace_id, p_key_id, v_call.user_id, v_pool_ids,
+                v_call.quoted_micros, v_call.quoted_tokens);
+        else
+            select '[]'::jsonb as reasons, false as refused, '[]'::jsonb as alerts,
+                   null::bigint as lane_micros, null::bigint as lane_tokens, null::bigint as epoch
+            into v_admit;
+        end if;
         v_refused := v_admit.refused;
 
         -- 7. the provider's circuit, last: a half-open probe is only spent on a call that goes ahead
@@ -273,15 +319,25 @@ begin
         -- 8. hold, or turn the record into a denial
         if v_refused then
             v_expires := null;
+            if v_lane is not null then
+                perform costwarden._lane_untake(p_org_id, v_pool_ids, v_lane,
+                                                v_call.quoted_micros, v_call.quoted_tokens);
+            end if;
             update costwarden._reservations as r
-            set status = 'denied', amount_micros = 0, tokens = 0, pool_ids = '{}',
+            set status = 'denied', amount_micros = 0, tokens = 0, pool_ids = '{}', lane = null,
                 reasons = v_reasons || v_admit.reasons, expires_at = null, finished_at = now()
             where r.reservation_id = v_id;
-        else
+        elsif v_lane is null then
             perform costwarden._pools_hold(v_pool_ids, v_call.quoted_micros, v_call.quoted_tokens);
             if v_admit.reasons <> '[]' then
                 update costwarden._reservations as r
                 set reasons = v_reasons || v_admit.reasons where r.reservation_id = v_id;
+            elsif v_lanes and v_admit.alerts = '[]'
+                  and coalesce(v_admit.lane_micros, 1000000000000) >= greatest(v_call.quoted_micros, 1)
+                  and coalesce(v_admit.lane_tokens, 1000000000000) >= greatest(v_call.quoted_tokens, 1) then
+                -- 9. headroom for the lanes of the set, while the pools are locked
+                perform costwarden._lanes_carve(p_org_id, v_pool_ids, v_admit.epoch,
+                    coalesce(v_admit.lane_micros, 1000000000000), coalesce(v_admit.lane_tokens, 1000000000000));
             end if;
         end if;
         v_reasons := v_reasons || v_admit.reasons;
@@ -358,7 +414,18 @@ begin
     if v_extra > 0 or v_extra_tokens > 0 then
         -- try to extend the hold by the shortfall under every applicable limit
         perform costwarden._lock_pools(v_r.pool_ids);
+        if v_r.lane is not null then
+            -- the hold leaves its lane for the pools, where it can grow (21_lanes.sql)
+            perform costwarden._lane_unhold(v_r.org_id, v_r.pool_ids, v_r.lane, v_r.amount_micros, v_r.tokens);
+            v_r.lane := null;
+        end if;
         v_enforce := (costwarden._setting('billing_enforce'))::boolean;
+        -- a limit that fails with the lanes' unused grants counted is checked without them
+        if exists (select from costwarden._check_limits(v_r.org_id, v_r.workspace_id, v_r.key_id, v_r.user_id,
+                                                        v_extra, v_extra_tokens) as l
+                   where l.fails) then
+            perform costwarden._lanes_reclaim(v_r.org_id, v_r.pool_ids);
+        end if;
         for v_c in
             select * from costwarden._check_limits(v_r.org_id, v_r.workspace_id, v_r.key_id, v_r.user_id,
                                                    v_extra, v_extra_tokens)
@@ -381,7 +448,7 @@ begin
     end if;
     update costwarden._reservations as r
     set metered_usage = p_usage, metered_micros = v_cost, metered_tokens = v_tokens,
-        amount_micros = v_r.amount_micros, tokens = v_r.tokens, reasons = v_r.reasons,
+        amount_micros = v_r.amount_micros, tokens = v_r.tokens, reasons = v_r.reasons, lane = v_r.lane,
         expires_at = greatest(r.expires_at, now() + r.ttl)
     where r.reservation_id = v_r.reservation_id;
     return query select v_cost, v_r.amount_micros::bigint, greatest(v_r.amount_micros - v_cost, 0), v_action;
@@ -501,6 +568,9 @@ begin
                                                   p_reservation_id, v_r.status));
     end if;
     perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
+    if v_r.lane is not null then
+        perform costwarden._lane_unhold(v_r.org_id, v_r.pool_ids, v_r.lane, v_r.amount_micros, v_r.tokens);
+    end if;
     if v_r.metered_usage is not null and (v_r.metered_micros > 0 or v_r.metered_tokens > 0) then
         -- the call ran: what the meter ticks recorded is charged, approximately
         perform costwarden._book_charge(v_r, v_r.metered_usage, v_r.metered_micros, v_r.metered_tokens,
@@ -544,12 +614,24 @@ begin
         select distinct unnest(r.pool_ids) from costwarden._reservations as r
         where r.reservation_id = any (v_ids)
     ));
+    -- then their lanes, in key order (lock order: docs/internals.md#lock-order)
+    perform null from (
+        select l.lane from costwarden._lanes as l
+        where (l.org_id, l.pool_ids, l.lane) in (
+            select r.org_id, r.pool_ids, r.lane from costwarden._reservations as r
+            where r.reservation_id = any (v_ids) and r.lane is not null)
+        order by l.org_id, l.pool_ids, l.lane
+        for update
+    ) as locked;
     for v_r in
         select * from costwarden._reservations as r
         where r.reservation_id = any (v_ids)
         order by r.org_id, r.expires_at
     loop
         perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
+        if v_r.lane is not null then
+            perform costwarden._lane_unhold(v_r.org_id, v_r.pool_ids, v_r.lane, v_r.amount_micros, v_r.tokens);
+        end if;
         v_charged := v_commit and v_r.metered_usage is not null
                      and (v_r.metered_micros > 0 or v_r.metered_tokens > 0);
         if v_charged then

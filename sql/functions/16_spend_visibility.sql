@@ -126,10 +126,13 @@ begin
 
     return query
     with scopes as (
-        select p.pool_id, p.scope_id, p.held_micros::bigint, p.held_tokens::bigint, p.spent_micros, p.spent_tokens,
+        -- held: without the lanes' unused grants (21_lanes.sql)
+        select p.pool_id, p.scope_id, (p.held_micros - g.unused_micros)::bigint as held_micros,
+               (p.held_tokens - g.unused_tokens)::bigint as held_tokens, p.spent_micros, p.spent_tokens,
                -- the current calendar month: the pool's own base (migration 0016), no probe
                v_month and p.month_start = v_start as at_base, p.month_base_micros, p.month_base_tokens
         from costwarden._pools as p
+        cross join lateral costwarden._pool_lane_grants(p.pool_id) as g
         where p.org_id = p_org_id and p.kind = p_scope_kind
           and (v_scope_id is null or p.scope_id = v_scope_id)
     ),

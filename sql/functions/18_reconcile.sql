@@ -169,11 +169,20 @@ as $$
         where f.ord = 1 and f.window_kind <> 'mark'
     ),
     holds as (
-        select u.pool_id, sum(r.amount_micros)::bigint as micros, sum(r.tokens)::bigint as tokens
-        from costwarden._reservations as r
-        cross join lateral unnest(r.pool_ids) as u (pool_id)
-        where r.status = 'held' and (p_org_id is null or r.org_id = p_org_id)
-        group by u.pool_id
+        -- a pool's held amount: the holds on it directly and its lanes' grants (21_lanes.sql)
+        select h.pool_id, sum(h.micros)::bigint as micros, sum(h.tokens)::bigint as tokens
+        from (
+            select u.pool_id, r.amount_micros as micros, r.tokens as tokens
+            from costwarden._reservations as r
+            cross join lateral unnest(r.pool_ids) as u (pool_id)
+            where r.status = 'held' and r.lane is null and (p_org_id is null or r.org_id = p_org_id)
+            union all
+            select u.pool_id, u.gm, u.gt
+            from costwarden._lanes as l
+            cross join lateral unnest(l.pool_ids, l.grant_micros, l.grant_tokens) as u (pool_id, gm, gt)
+            where p_org_id is null or l.org_id = p_org_id
+        ) as h
+        group by h.pool_id
     ),
     month_base as (
         -- the pool's total before the calendar month now running (migration 0016),
@@ -303,10 +312,43 @@ begin
         return;
     end if;
 
-    select coalesce(sum(r.amount_micros), 0)::bigint, coalesce(sum(r.tokens), 0)::bigint
+    -- the pool's lanes (21_lanes.sql), in key order: each holds what its held
+    -- reservations hold, and its grant on the pool is given back
+    with lanes as (
+        select l.org_id, l.pool_ids, l.lane
+        from costwarden._lanes as l
+        where l.org_id = p_org_id and p_pool_id = any (l.pool_ids)
+        order by l.org_id, l.pool_ids, l.lane
+        for update
+    ),
+    counted as (
+        select l.org_id, l.pool_ids, l.lane,
+               coalesce(sum(r.amount_micros), 0)::bigint as micros, coalesce(sum(r.tokens), 0)::bigint as tokens
+        from lanes as l
+        left join costwarden._reservations as r
+          on r.org_id = l.org_id and r.pool_ids = l.pool_ids and r.lane = l.lane and r.status = 'held'
+        group by l.org_id, l.pool_ids, l.lane
+    )
+    update costwarden._lanes as l
+    set held_micros = c.micros, held_tokens = c.tokens,
+        grant_micros = array(select case when u.pool_id = p_pool_id then c.micros else greatest(u.gm, c.micros) end
+                             from unnest(l.pool_ids, l.grant_micros) with ordinality as u (pool_id, gm, i) order by u.i),
+        grant_tokens = array(select case when u.pool_id = p_pool_id then c.tokens else greatest(u.gt, c.tokens) end
+                             from unnest(l.pool_ids, l.grant_tokens) with ordinality as u (pool_id, gt, i) order by u.i),
+        cap_micros = c.micros, cap_tokens = c.tokens
+    from counted as c
+    where (l.org_id, l.pool_ids, l.lane) = (c.org_id, c.pool_ids, c.lane);
+    select coalesce(sum(h.micros), 0)::bigint, coalesce(sum(h.tokens), 0)::bigint
     into v_held_micros, v_held_tokens
-    from costwarden._reservations as r
-    where r.status = 'held' and r.org_id = p_org_id and p_pool_id = any (r.pool_ids);
+    from (
+        select r.amount_micros as micros, r.tokens as tokens
+        from costwarden._reservations as r
+        where r.status = 'held' and r.org_id = p_org_id and p_pool_id = any (r.pool_ids) and r.lane is null
+        union all
+        select l.held_micros, l.held_tokens
+        from costwarden._lanes as l
+        where l.org_id = p_org_id and p_pool_id = any (l.pool_ids)
+    ) as h;
     update costwarden._pools as p
     set held_micros = v_held_micros, held_tokens = v_held_tokens
     where p.pool_id = p_pool_id;
@@ -618,7 +660,7 @@ begin
             p_usage => case when v_op.usage is null then p_usage else costwarden._usage_minus(p_usage, v_op.usage) end,
             p_tokens => v_delta_tokens, p_pricing_snapshot_id => v_snapshot,
             p_approximate => p_approximate, p_source => p_source);
-        perform costwarden._spend_alerts(p_org_id, p_workspace_id, p_key_id, v_user_id);
+        perform costwarden._spend_alerts(p_org_id, p_workspace_id, p_key_id, v_user_id, v_pool_ids);
         update costwarden._spend_sources as s
         set last_cumulative_micros = coalesce(s.last_cumulative_micros, 0) + v_delta, reports = s.reports + 1,
             booked_micros = s.booked_micros + v_delta, last_reported_at = now()

@@ -12,8 +12,9 @@
 -- element runs, a batch takes every lock of the level that its elements would
 -- take one by one, level by level in the documented order, each level sorted
 -- (docs/internals.md#lock-order): reserve -- the idempotency keys' keyed
--- locks (their _lock_stripes rows), then every pool; commit -- every reservation row, then every pool,
--- then every org's ledger head. The single calls then find their locks held.
+-- locks (their _lock_stripes rows), then every pool (and no lane: 21_lanes.sql);
+-- commit -- every reservation row, then every pool, then the lanes of their
+-- holds, then every org's ledger head. The single calls then find their locks held.
 --
 -- lock order: docs/internals.md#lock-order
 
@@ -91,6 +92,7 @@ as $$
 declare
     v_q jsonb;
     v_i integer;
+    v_lanes text;           -- the caller's costwarden.lanes, restored after the elements
     v_state text;
     v_message text;
     v_hint text;
@@ -118,7 +120,10 @@ begin
                                            where k.org_id = e ->> 'org_id' and k.key_id = e ->> 'key_id'))
             )) as p (pool_id)
         ));
-        -- 3. each element, in order, as a single call
+        -- 3. each element, in order, as a single call; none takes a lane (21_lanes.sql:
+        --    a caller that holds a lane waits for nothing more, and this one holds pools)
+        v_lanes := current_setting('costwarden.lanes', true);
+        perform set_config('costwarden.lanes', 'off', true);
         v_i := 0;
         for v_q in select e.value from jsonb_array_elements(p_requests) with ordinality as e (value, n) order by e.n loop
             return query select * from costwarden.fn_cost_reserve(
@@ -129,6 +134,7 @@ begin
                 p_metadata => coalesce(v_q -> 'metadata', '{}'::jsonb));
             v_i := v_i + 1;
         end loop;
+        perform set_config('costwarden.lanes', coalesce(v_lanes, ''), true);
     exception when others then
         get stacked diagnostics v_state = returned_sqlstate, v_message = message_text, v_hint = pg_exception_hint;
         perform costwarden._batch_reraise('p_requests', v_i, v_state, v_message, v_hint);
@@ -170,6 +176,15 @@ begin
         perform costwarden._lock_pools(array(
             select unnest(r.pool_ids) from costwarden._reservations as r where r.reservation_id = any (v_ids)
         ));
+        -- 2b. the lanes of their holds, in key order
+        perform null from (
+            select l.lane from costwarden._lanes as l
+            where (l.org_id, l.pool_ids, l.lane) in (
+                select r.org_id, r.pool_ids, r.lane from costwarden._reservations as r
+                where r.reservation_id = any (v_ids) and r.status = 'held' and r.lane is not null)
+            order by l.org_id, l.pool_ids, l.lane
+            for update
+        ) as locked;
         -- 3. their orgs' ledger heads, ascending org_id (an org without one gets it at its first entry)
         perform null from (
             select h.org_id from costwarden._ledger_heads as h

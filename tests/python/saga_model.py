@@ -553,8 +553,9 @@ class Driver:
             "select seq, amount_micros, tokens, created_at, null::text from costwarden._ledger "
             "where org_id = %s and seq > %s "
             "union all "
-            "select null, held_micros, held_tokens, null, "
-            "  kind || coalesce(':' || nullif(scope_id, ''), '') from costwarden._pools "
+            "select null, held_micros - g.unused_micros, held_tokens - g.unused_tokens, null, "
+            "  kind || coalesce(':' || nullif(scope_id, ''), '') from costwarden._pools, "
+            "  costwarden._pool_lane_grants(pool_id) as g "
             "where org_id = %s "
             "order by 1",
             (self.org, self.seen_seq, self.org),
@@ -591,8 +592,10 @@ class Driver:
     def check(self) -> None:
         o = self.org
         rows = self.sql(
-            "select p.kind || coalesce(':' || nullif(p.scope_id, ''), ''), p.held_micros, "
-            "p.held_tokens, p.pool_id from costwarden._pools p where p.org_id = %s",
+            "select p.kind || coalesce(':' || nullif(p.scope_id, ''), ''), "
+            "p.held_micros - g.unused_micros, p.held_tokens - g.unused_tokens, p.pool_id "
+            "from costwarden._pools p, costwarden._pool_lane_grants(p.pool_id) as g "
+            "where p.org_id = %s",
             (o,),
         )
         pools = {name: (int(m), int(t), pid) for name, m, t, pid in rows}

@@ -73,19 +73,44 @@ def run_threads(n: int, body: Callable[[int], None]) -> list[BaseException]:
 
 def check_counters(conn: psycopg.Connection[Any]) -> None:
     """Pool holds and spend totals (and marks) equal a recomputation from reservations
-    and ledger."""
+    and ledger. A pool's held amount is the holds on it directly plus its lanes' grants
+    (21_lanes.sql); a lane holds what its held reservations hold, within every grant."""
     bad_held = conn.execute(
         """
         select p.pool_id, p.held_micros, p.held_tokens, coalesce(h.m, 0), coalesce(h.t, 0)
         from costwarden._pools p
         left join (
-            select unnest(pool_ids) as pool_id, sum(amount_micros) as m, sum(tokens) as t
-            from costwarden._reservations where status = 'held' group by 1
+            select pool_id, sum(m) as m, sum(t) as t
+            from (
+                select unnest(pool_ids) as pool_id, amount_micros as m, tokens as t
+                from costwarden._reservations where status = 'held' and lane is null
+                union all
+                select u.pool_id, u.gm, u.gt
+                from costwarden._lanes l,
+                     unnest(l.pool_ids, l.grant_micros, l.grant_tokens) as u (pool_id, gm, gt)
+            ) x
+            group by 1
         ) h using (pool_id)
         where p.held_micros <> coalesce(h.m, 0) or p.held_tokens <> coalesce(h.t, 0)
         """
     ).fetchall()
     assert bad_held == []
+    bad_lanes = conn.execute(
+        """
+        select l.org_id, l.pool_ids, l.lane, l.held_micros, l.held_tokens, r.m, r.t
+        from costwarden._lanes l
+        left join (
+            select org_id, pool_ids, lane, sum(amount_micros) as m, sum(tokens) as t
+            from costwarden._reservations where status = 'held' and lane is not null
+            group by 1, 2, 3
+        ) r using (org_id, pool_ids, lane)
+        where l.held_micros <> coalesce(r.m, 0) or l.held_tokens <> coalesce(r.t, 0)
+           or l.cap_micros < l.held_micros or l.cap_tokens < l.held_tokens
+           or l.cap_micros <> (select min(g) from unnest(l.grant_micros) g)
+           or l.cap_tokens <> (select min(g) from unnest(l.grant_tokens) g)
+        """
+    ).fetchall()
+    assert bad_lanes == []
     bad_spent = conn.execute(
         """
         with charged as (

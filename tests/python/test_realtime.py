@@ -37,7 +37,9 @@ def ledger(conn: Conn) -> list[tuple[Any, ...]]:
 
 def held(conn: Conn) -> int:
     row = conn.execute(
-        "select held_micros from costwarden._pools where org_id = 'acme' and scope_id = %s", (WS,)
+        "select held_micros - g.unused_micros from costwarden._pools,"
+        " costwarden._pool_lane_grants(pool_id) as g where org_id = 'acme' and scope_id = %s",
+        (WS,),
     ).fetchone()
     assert row is not None
     return int(row[0])

@@ -1,0 +1,407 @@
+"""Lanes (migration 0019, sql/functions/21_lanes.sql, docs/internals.md#lanes): slices of
+a set of pools' headroom that reservations hold against without locking the pools.
+
+The guarantee: every decision is the one costwarden makes without lanes. The main test
+runs the same random sequence of reserves, ticks, commits (with overage), releases and
+limit changes in two databases, one with lanes and one with ``costwarden.lanes = off``,
+and compares every result, every reason, every alert and every figure of
+fn_budget_status. The others pin the mechanics: which calls use a lane, what gives
+grants back, and that concurrent reservers on lanes keep the books and the limits.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+import costwarden
+from costwarden.migrate import migrate
+from cwtest import Seeded
+from test_concurrency import Monitor, check_counters, run_threads
+
+Conn = psycopg.Connection[Any]
+
+RESERVE = (
+    "select reservation_id, status, amount_micros, tokens, reasons from costwarden.fn_cost_reserve("
+    "p_org_id => %s, p_workspace_id => %s, p_model => %s, p_usage => %s, p_user_id => %s, "
+    "p_key_id => %s)"
+)
+
+
+def lane_of(conn: Conn, reservation_id: Any) -> int | None:
+    row = conn.execute(
+        "select lane from costwarden._reservations where reservation_id = %s", (reservation_id,)
+    ).fetchone()
+    assert row is not None
+    return None if row[0] is None else int(row[0])
+
+
+def out_tokens(micros: int) -> dict[str, int]:
+    """gpt-4o output tokens at $0.00001: 10 micros each."""
+    return {"output_tokens": micros // 10}
+
+
+def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    client.set_budget(seeded.org, "workspace", seeded.ws_platform, "day", 10_000_000)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        first = client.reserve(
+            seeded.org, seeded.ws_platform, seeded.platform_model, out_tokens(1000)
+        )
+        assert lane_of(conn, first.reservation_id) is None  # no lane yet: the pools decide
+        lanes = conn.execute(
+            "select count(*), min(cap_micros), max(cap_micros), sum(held_micros)"
+            " from costwarden._lanes where org_id = %s",
+            (seeded.org,),
+        ).fetchone()
+        # 16 lanes, each a 32nd of the headroom below the 80 % line (7 999 999 - 1 000)
+        assert lanes == (16, 7_998_999 // 32, 7_998_999 // 32, 0)
+        later = [
+            client.reserve(seeded.org, seeded.ws_platform, seeded.platform_model, out_tokens(1000))
+            for _ in range(5)
+        ]
+        assert all(lane_of(conn, r.reservation_id) is not None for r in later)
+        # the pool's held amount counts the grants; fn_budget_status shows the holds
+        [status] = client.budget_status(seeded.org, "workspace", seeded.ws_platform)
+        assert (status.spent, status.held) == (0, 6 * 1000)
+        held = conn.execute(
+            "select held_micros from costwarden._pools where org_id = %s and kind = 'workspace'"
+            " and scope_id = %s",
+            (seeded.org, seeded.ws_platform),
+        ).fetchone()
+        assert held == (1000 + 16 * (7_998_999 // 32),)
+        for r in later:
+            client.commit(r.reservation_id, out_tokens(600))
+        client.release(first.reservation_id)
+        [status] = client.budget_status(seeded.org, "workspace", seeded.ws_platform)
+        assert (status.spent, status.held) == (5 * 600, 0)
+        check_counters(conn)
+
+
+def test_no_lane_is_carved_within_reach_of_an_alert_line_or_a_zero_limit(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    # one request would bring the limit to 80 %: 16 slices of a 32nd cannot fit one
+    client.set_budget(seeded.org, "workspace", seeded.ws_platform, "day", 10_000)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(3):
+            r = client.reserve(
+                seeded.org, seeded.ws_platform, seeded.platform_model, out_tokens(1000)
+            )
+            assert lane_of(conn, r.reservation_id) is None
+        assert conn.execute("select count(*) from costwarden._lanes").fetchone() == (0,)
+
+
+def test_limit_changes_spend_beyond_a_hold_and_settings_retire_the_lanes(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    ws, model = seeded.ws_platform, seeded.platform_model
+    client.set_budget(seeded.org, "workspace", ws, "day", 10_000_000)
+
+    def epoch(conn: Conn) -> int:
+        row = conn.execute(
+            "select lane_epoch from costwarden._orgs where org_id = %s", (seeded.org,)
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves
+        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        assert lane_of(conn, r.reservation_id) is not None
+        e0 = epoch(conn)
+        # a commit within its hold leaves them; one beyond it retires them
+        client.commit(r.reservation_id, out_tokens(900))
+        assert epoch(conn) == e0
+        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        assert lane_of(conn, r.reservation_id) is not None
+        client.commit(r.reservation_id, out_tokens(5000))
+        assert epoch(conn) == e0 + 1
+        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        assert lane_of(conn, r.reservation_id) is None  # carved again under the new totals
+        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        assert lane_of(conn, r.reservation_id) is not None
+        # a limit changed anywhere in the org, and the org's settings
+        client.set_budget(seeded.org, "org", None, "month", 50_000_000)
+        assert epoch(conn) == e0 + 2
+        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        assert lane_of(conn, r.reservation_id) is None
+        client.upsert_org(seeded.org, {"timezone": "Europe/Paris"})
+        assert epoch(conn) == e0 + 3
+        check_counters(conn)
+        client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves under e0 + 3
+        client.report_spend(seeded.org, ws, "elsewhere", 2_000)  # spend without a hold
+        assert epoch(conn) == e0 + 4
+
+
+def test_a_lowered_limit_refuses_exactly_where_it_would_without_lanes(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    ws, model = seeded.ws_platform, seeded.platform_model
+    client.set_budget(seeded.org, "workspace", ws, "day", 10_000_000)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        held = [client.reserve(seeded.org, ws, model, out_tokens(1000)) for _ in range(10)]
+        assert sum(lane_of(conn, r.reservation_id) is not None for r in held) == 9
+        # 10 000 held; a limit of 15 000 fits exactly 5 more of 1 000
+        client.set_budget(seeded.org, "workspace", ws, "day", 15_000)
+        statuses = [
+            client.reserve(seeded.org, ws, model, out_tokens(1000), raise_on_denied=False).status
+            for _ in range(7)
+        ]
+        assert statuses == ["held"] * 5 + ["denied"] * 2
+        [status] = client.budget_status(seeded.org, "workspace", ws)
+        assert status.held == 15_000
+        check_counters(conn)
+
+
+def test_ticks_move_a_lane_hold_onto_the_pools_and_expiry_and_batches_keep_the_books(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    ws, model = seeded.ws_platform, seeded.platform_model
+    client.set_budget(seeded.org, "workspace", ws, "day", 10_000_000)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        client.reserve(seeded.org, ws, model, out_tokens(1000))
+        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        assert lane_of(conn, r.reservation_id) is not None
+        client.meter(r.reservation_id, out_tokens(500))  # within the hold: stays on its lane
+        assert lane_of(conn, r.reservation_id) is not None
+        tick = client.meter(r.reservation_id, out_tokens(3000))  # grows: onto the pools
+        assert tick.action == "continue" and lane_of(conn, r.reservation_id) is None
+        check_counters(conn)
+        client.commit(r.reservation_id, out_tokens(3000))
+        # expiry of lane holds
+        short = [
+            client.reserve(seeded.org, ws, model, out_tokens(1000), ttl=timedelta(seconds=1))
+            for _ in range(3)
+        ]
+        assert all(lane_of(conn, x.reservation_id) is not None for x in short)
+        conn.execute(
+            "update costwarden._reservations set expires_at = now() - interval '1 second'"
+            " where reservation_id = any(%s)",
+            ([x.reservation_id for x in short],),
+        )
+        assert client.expire() >= 3
+        check_counters(conn)
+        # a batch reserve holds on the pools; a batch commit settles lane holds
+        batch = client.reserve_many(
+            [{"org_id": seeded.org, "workspace_id": ws, "model": model, "usage": out_tokens(1000)}]
+            * 3
+        )
+        assert all(lane_of(conn, x.reservation_id) is None for x in batch)
+        on_lanes = [client.reserve(seeded.org, ws, model, out_tokens(1000)) for _ in range(3)]
+        assert all(lane_of(conn, x.reservation_id) is not None for x in on_lanes)
+        client.commit_many(
+            [
+                {"reservation_id": str(x.reservation_id), "usage": out_tokens(700)}
+                for x in batch + on_lanes
+            ]
+        )
+        [status] = client.budget_status(seeded.org, "workspace", ws)
+        assert status.held == 1000  # the first reservation's, on the pools
+        check_counters(conn)
+        assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (0,)
+
+
+# -- the same decisions with and without lanes ---------------------------------------------
+
+
+def _alerts(conn: Conn) -> list[tuple[Any, ...]]:
+    rows = conn.execute(
+        "select payload - 'at' - 'window_slot' from costwarden._alert_events"
+        " where kind = 'budget' order by alert_id"
+    ).fetchall()
+    return [tuple(sorted(r[0].items())) for r in rows]
+
+
+def _statuses(conn: Conn, s: Seeded) -> list[tuple[Any, ...]]:
+    out = []
+    for kind, scope in (
+        ("org", None),
+        ("workspace", s.ws_platform),
+        ("user", "alice"),
+        ("key", s.key),
+    ):
+        for row in conn.execute(
+            "select period, metric, window_kind, limit_value, spent, held, remaining, mode"
+            " from costwarden.fn_budget_status(%s, %s, %s)",
+            (s.org, kind, scope),
+        ):
+            out.append((kind, *row))
+    return out
+
+
+def _run_script(dsn: str, s: Seeded, seed: int, lanes: bool) -> dict[str, Any]:
+    """Reserve / tick / commit / release / limit changes drawn from ``seed``; every result."""
+    rng = random.Random(seed)
+    results: list[Any] = []
+    held: list[Any] = []
+    metered: dict[Any, int] = {}  # a reservation's last tick (usage is cumulative)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if not lanes:
+            conn.execute("set costwarden.lanes = off")
+        limits = [
+            ("workspace", s.ws_platform, "day", 2_000_000, "cost", "rolling", "enforce"),
+            ("org", None, "month", 3_000_000, "cost", "calendar", "enforce"),
+            ("user", "alice", "week", 250_000, "cost", "rolling", "shadow"),
+            ("key", s.key, "day", 40_000, "tokens", "rolling", "enforce"),
+        ]
+        for kind, scope, period, value, metric, window, mode in limits:
+            conn.execute(
+                "select costwarden.fn_budget_set(%s, %s, %s, %s, %s, %s, %s, %s)",
+                (s.org, kind, scope, period, value, metric, window, mode),
+            )
+        for step in range(260):
+            op = rng.random()
+            if op < 0.55 or not held:
+                micros = rng.choice([500, 1000, 2000, 5000, 20_000])
+                key = rng.random() < 0.5
+                row = conn.execute(
+                    RESERVE,
+                    (
+                        s.org,
+                        s.ws_platform,
+                        s.platform_model,
+                        Jsonb(out_tokens(micros)),
+                        "alice" if key else None,
+                        s.key if key else None,
+                    ),
+                ).fetchone()
+                assert row is not None
+                results.append(("reserve", step, row[1], row[2], row[3], row[4]))
+                if row[1] == "held":
+                    held.append(row[0])
+            else:
+                rid = held.pop(rng.randrange(len(held)))
+                what = rng.random()
+                if what < 0.6:
+                    use = rng.choice([0.5, 0.9, 1.0, 1.4, 3.0])
+                    quoted = conn.execute(
+                        "select quoted_micros from costwarden._reservations"
+                        " where reservation_id = %s",
+                        (rid,),
+                    ).fetchone()
+                    assert quoted is not None
+                    micros = int(quoted[0] * use) // 10 * 10
+                    row = conn.execute(
+                        "select charged_micros, released_micros, overage_micros"
+                        " from costwarden.fn_cost_commit(%s, %s)",
+                        (rid, Jsonb(out_tokens(micros))),
+                    ).fetchone()
+                    results.append(("commit", step, row))
+                elif what < 0.8:
+                    row = conn.execute(
+                        "select metered_micros, amount_micros, action"
+                        " from costwarden.fn_cost_meter_tick(%s, %s)",
+                        (
+                            rid,
+                            Jsonb(
+                                out_tokens(
+                                    metered.setdefault(rid, 0) + rng.choice([1000, 4000, 30_000])
+                                )
+                            ),
+                        ),
+                    ).fetchone()
+                    results.append(("tick", step, row))
+                    assert row is not None
+                    metered[rid] = int(row[0])
+                    held.append(rid)
+                else:
+                    row = conn.execute(
+                        "select released_micros from costwarden.fn_cost_release(%s)", (rid,)
+                    ).fetchone()
+                    results.append(("release", step, row))
+            if step in (120, 200):
+                # lower the workspace's limit to near its spend, then raise it
+                conn.execute(
+                    "select costwarden.fn_budget_set(%s, 'workspace', %s, 'day', %s)",
+                    (s.org, s.ws_platform, 450_000 if step == 120 else 4_000_000),
+                )
+            if step % 40 == 39:
+                results.append(("status", step, _statuses(conn, s)))
+        results.append(("alerts", _alerts(conn)))
+        used = conn.execute(
+            "select count(*) filter (where lane is not null) from costwarden._reservations"
+        ).fetchone()
+        check_counters(conn)
+    return {"results": results, "on_lanes": int(used[0]) if used else 0}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_decision_reason_alert_and_figure_is_the_one_without_lanes(
+    fresh_database: Callable[[], str], seeded_factory: Callable[[str], Seeded], seed: int
+) -> None:
+    with_lanes, without = fresh_database(), fresh_database()
+    for db in (with_lanes, without):
+        migrate(db, schedule=False)
+    s1, s2 = seeded_factory(with_lanes), seeded_factory(without)
+    a = _run_script(with_lanes, s1, seed, lanes=True)
+    b = _run_script(without, s2, seed, lanes=False)
+    for x, y in zip(a["results"], b["results"], strict=True):
+        assert x == y
+    assert b["on_lanes"] == 0
+    assert a["on_lanes"] >= 10, a["on_lanes"]  # the lanes did admit
+
+
+def test_concurrent_reservers_on_lanes_never_overshoot_and_keep_the_books(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    """32 connections reserve and commit (a third of them beyond the hold) on one
+    workspace with lanes, then reserve without committing until the limit refuses: the
+    monitor never sees spent + held above a limit, the holds end exactly at what fits,
+    and the counters, lanes included, recompute."""
+    ws, model = seeded.ws_platform, seeded.platform_model
+    limit = 3_000_000
+    client.set_budget(seeded.org, "workspace", ws, "day", limit)
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(32)]
+    lock = threading.Lock()
+    on_lanes = [0]
+    try:
+
+        def body(i: int) -> None:
+            rng = random.Random(i)
+            c = conns[i]
+            for _ in range(15):
+                row = c.execute(
+                    RESERVE, (seeded.org, ws, model, Jsonb(out_tokens(1000)), None, None)
+                ).fetchone()
+                assert row is not None
+                if row[1] != "held":
+                    continue
+                with lock:
+                    on_lanes[0] += lane_of(c, row[0]) is not None
+                spent = 1500 if rng.random() < 0.33 else 700
+                c.execute(
+                    "select * from costwarden.fn_cost_commit(%s, %s)",
+                    (row[0], Jsonb(out_tokens(spent))),
+                )
+            while True:
+                row = c.execute(
+                    RESERVE, (seeded.org, ws, model, Jsonb(out_tokens(1000)), None, None)
+                ).fetchone()
+                assert row is not None
+                if row[1] != "held":
+                    break
+
+        with Monitor(dsn, [(seeded.org, "workspace", ws)]) as monitor:
+            assert run_threads(32, body) == []
+        assert monitor.violations == [] and monitor.samples > 0
+        assert on_lanes[0] > 100
+        [status] = client.budget_status(seeded.org, "workspace", ws)
+        assert status.spent + status.held <= limit
+        assert limit - (status.spent + status.held) < 1000  # nothing more fits
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            check_counters(conn)
+            assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (
+                0,
+            )
+    finally:
+        for c in conns:
+            c.close()
