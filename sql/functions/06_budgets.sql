@@ -179,7 +179,7 @@ begin
     end if;
     if p_micros > p_held_micros or p_tokens > p_held_tokens then
         -- spend beyond a hold may leave a lane's grant above an alert line or a
-        -- limit: the org's lanes admit nothing more until carved again (21_lanes.sql)
+        -- limit: the org's lanes admit nothing more until carved again (docs/internals.md#lanes)
         perform costwarden._lanes_retire(p_org_id, p_pool_ids);
     end if;
     v_month := costwarden._org_month_start(p_org_id, p_at);
@@ -320,6 +320,7 @@ $$;
 -- look cheaper than the generic one, so without force_generic_plan it would be
 -- planned afresh on every call: ~430 us of a reserve's ~1,200 us of server CPU,
 -- docs/performance.md; the generic plan is index scans throughout.)
+drop function if exists costwarden._check_limits(text, text, text, text, bigint, bigint);
 create or replace function costwarden._check_limits(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text,
     p_micros bigint, p_tokens bigint
@@ -598,7 +599,7 @@ begin
     join costwarden._pools as p
       on p.org_id = p_org_id and p.kind = p_scope_kind and p.scope_id = v_scope_id
     cross join lateral costwarden._pool_spent(p.pool_id, l.period, l.window_kind, v_tz, now()) as s
-    -- held: the pool's holds, without its lanes' unused grants (21_lanes.sql)
+    -- held: the pool's holds, without its lanes' unused grants (docs/internals.md#lanes)
     cross join lateral costwarden._pool_lane_grants(p.pool_id) as g
     cross join lateral (
         select case when l.metric = 'cost' then s.micros else s.tokens end as spent,

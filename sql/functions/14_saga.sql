@@ -126,7 +126,7 @@ $$;
 -- false), refused is true when an enforced one refuses it, alerts lists the
 -- limits it brings to >= 80% (09_alerts.sql; announced once decided).
 -- A check that finds any of these with the lanes' unused grants counted gives
--- them back and checks again (21_lanes.sql). lane_micros / lane_tokens: the
+-- them back and checks again (docs/internals.md#lanes). lane_micros / lane_tokens: the
 -- slice each of the 16 lanes of the set may be carved (a 32nd of the least
 -- headroom below an alert line, null when no limit of that metric applies),
 -- read under epoch, the org's lane_epoch read before the limits.
@@ -216,7 +216,7 @@ declare
     v_refused boolean := false;
     v_pool_ids bigint[] := '{}'::bigint[];
     v_lanes boolean := false;               -- lanes in use (costwarden.lanes is not 'off')
-    v_lane smallint;                        -- the lane holding the request (21_lanes.sql)
+    v_lane smallint;                        -- the lane holding the request (docs/internals.md#lanes)
     v_id uuid;
     v_expires timestamptz;
 begin
@@ -265,7 +265,7 @@ begin
     end if;
 
     -- 5. a lane of the call's pools that can hold the request and is free now
-    --    admits it without the pools (21_lanes.sql; not when the setting
+    --    admits it without the pools (docs/internals.md#lanes; not when the setting
     --    costwarden.lanes is 'off', as inside a batch, which holds its pools
     --    already); else the reservation is recorded first, so
     --    that the admission lock below is held as briefly as possible
@@ -415,7 +415,7 @@ begin
         -- try to extend the hold by the shortfall under every applicable limit
         perform costwarden._lock_pools(v_r.pool_ids);
         if v_r.lane is not null then
-            -- the hold leaves its lane for the pools, where it can grow (21_lanes.sql)
+            -- the hold leaves its lane for the pools, where it can grow (docs/internals.md#lanes)
             perform costwarden._lane_unhold(v_r.org_id, v_r.pool_ids, v_r.lane, v_r.amount_micros, v_r.tokens);
             v_r.lane := null;
         end if;

@@ -126,7 +126,7 @@ begin
 
     return query
     with scopes as (
-        -- held: without the lanes' unused grants (21_lanes.sql)
+        -- held: without the lanes' unused grants (docs/internals.md#lanes)
         select p.pool_id, p.scope_id, (p.held_micros - g.unused_micros)::bigint as held_micros,
                (p.held_tokens - g.unused_tokens)::bigint as held_tokens, p.spent_micros, p.spent_tokens,
                -- the current calendar month: the pool's own base (migration 0016), no probe

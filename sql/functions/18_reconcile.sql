@@ -169,7 +169,7 @@ as $$
         where f.ord = 1 and f.window_kind <> 'mark'
     ),
     holds as (
-        -- a pool's held amount: the holds on it directly and its lanes' grants (21_lanes.sql)
+        -- a pool's held amount: the holds on it directly and its lanes' grants (docs/internals.md#lanes)
         select h.pool_id, sum(h.micros)::bigint as micros, sum(h.tokens)::bigint as tokens
         from (
             select u.pool_id, r.amount_micros as micros, r.tokens as tokens
@@ -280,6 +280,7 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_pool costwarden._pools;
+    v_grants record;        -- the pool's lanes' grants before the repair
     v_rows jsonb;
     v_since timestamptz := costwarden._reconcile_since();
     v_held_micros bigint;
@@ -312,7 +313,8 @@ begin
         return;
     end if;
 
-    -- the pool's lanes (21_lanes.sql), in key order: each holds what its held
+    v_grants := costwarden._pool_lane_grants(p_pool_id);
+    -- the pool's lanes (docs/internals.md#lanes), in key order: each holds what its held
     -- reservations hold, and its grant on the pool is given back
     with lanes as (
         select l.org_id, l.pool_ids, l.lane
@@ -393,7 +395,9 @@ begin
     perform costwarden._audit(
         'reconcile_repair', p_org_id,
         jsonb_build_object('pool_id', p_pool_id, 'kind', v_pool.kind, 'scope_id', v_pool.scope_id),
-        jsonb_build_object('held_micros', v_pool.held_micros, 'held_tokens', v_pool.held_tokens,
+        -- held: what the pool held for reservations (without its lanes' unused grants)
+        jsonb_build_object('held_micros', v_pool.held_micros - v_grants.unused_micros,
+                           'held_tokens', v_pool.held_tokens - v_grants.unused_tokens,
                            'spent_micros', v_spent_micros, 'spent_tokens', v_spent_tokens),
         jsonb_build_object('held_micros', v_held_micros, 'held_tokens', v_held_tokens,
                            'spent_micros', (select p.spent_micros from costwarden._pools as p where p.pool_id = p_pool_id),

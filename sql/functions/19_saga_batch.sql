@@ -12,7 +12,7 @@
 -- element runs, a batch takes every lock of the level that its elements would
 -- take one by one, level by level in the documented order, each level sorted
 -- (docs/internals.md#lock-order): reserve -- the idempotency keys' keyed
--- locks (their _lock_stripes rows), then every pool (and no lane: 21_lanes.sql);
+-- locks (their _lock_stripes rows), then every pool (and no lane: docs/internals.md#lanes);
 -- commit -- every reservation row, then every pool, then the lanes of their
 -- holds, then every org's ledger head. The single calls then find their locks held.
 --
@@ -120,7 +120,7 @@ begin
                                            where k.org_id = e ->> 'org_id' and k.key_id = e ->> 'key_id'))
             )) as p (pool_id)
         ));
-        -- 3. each element, in order, as a single call; none takes a lane (21_lanes.sql:
+        -- 3. each element, in order, as a single call; none takes a lane (docs/internals.md#lanes:
         --    a caller that holds a lane waits for nothing more, and this one holds pools)
         v_lanes := current_setting('costwarden.lanes', true);
         perform set_config('costwarden.lanes', 'off', true);

@@ -74,7 +74,7 @@ def run_threads(n: int, body: Callable[[int], None]) -> list[BaseException]:
 def check_counters(conn: psycopg.Connection[Any]) -> None:
     """Pool holds and spend totals (and marks) equal a recomputation from reservations
     and ledger. A pool's held amount is the holds on it directly plus its lanes' grants
-    (21_lanes.sql); a lane holds what its held reservations hold, within every grant."""
+    (docs/internals.md#lanes); a lane holds what its held reservations hold, within every grant."""
     bad_held = conn.execute(
         """
         select p.pool_id, p.held_micros, p.held_tokens, coalesce(h.m, 0), coalesce(h.t, 0)

@@ -1,5 +1,6 @@
-"""Lanes (migration 0019, sql/functions/21_lanes.sql, docs/internals.md#lanes): slices of
-a set of pools' headroom that reservations hold against without locking the pools.
+"""Lanes (migration 0019, the lanes section of sql/functions/00_core.sql,
+docs/internals.md#lanes): slices of a set of pools' headroom that reservations hold
+against without locking the pools.
 
 The guarantee: every decision is the one costwarden makes without lanes. The main test
 runs the same random sequence of reserves, ticks, commits (with overage), releases and
