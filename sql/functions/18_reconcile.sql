@@ -280,7 +280,8 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_pool costwarden._pools;
-    v_grants record;        -- the pool's lanes' grants before the repair
+    v_unused_micros bigint; -- the unused part of the pool's lanes' grants before the repair
+    v_unused_tokens bigint;
     v_rows jsonb;
     v_since timestamptz := costwarden._reconcile_since();
     v_held_micros bigint;
@@ -313,7 +314,8 @@ begin
         return;
     end if;
 
-    v_grants := costwarden._pool_lane_grants(p_pool_id);
+    select g.unused_micros, g.unused_tokens into v_unused_micros, v_unused_tokens
+    from costwarden._pool_lane_grants(p_pool_id) as g;
     -- the pool's lanes (docs/internals.md#lanes), in key order: each holds what its held
     -- reservations hold, and its grant on the pool is given back
     with lanes as (
@@ -396,8 +398,8 @@ begin
         'reconcile_repair', p_org_id,
         jsonb_build_object('pool_id', p_pool_id, 'kind', v_pool.kind, 'scope_id', v_pool.scope_id),
         -- held: what the pool held for reservations (without its lanes' unused grants)
-        jsonb_build_object('held_micros', v_pool.held_micros - v_grants.unused_micros,
-                           'held_tokens', v_pool.held_tokens - v_grants.unused_tokens,
+        jsonb_build_object('held_micros', v_pool.held_micros - v_unused_micros,
+                           'held_tokens', v_pool.held_tokens - v_unused_tokens,
                            'spent_micros', v_spent_micros, 'spent_tokens', v_spent_tokens),
         jsonb_build_object('held_micros', v_held_micros, 'held_tokens', v_held_tokens,
                            'spent_micros', (select p.spent_micros from costwarden._pools as p where p.pool_id = p_pool_id),
