@@ -578,6 +578,14 @@ $$;
 -- else; everyone else locks lanes only after the pools of their sets, and
 -- several lanes in (org_id, pool_ids, lane) order.
 
+-- Internal: how many lanes a set of pools has (a constant, inlined where used).
+create or replace function costwarden._lane_count()
+returns integer
+language sql immutable parallel safe
+as $$
+    select 32
+$$;
+
 -- Internal (reserve): hold p_micros / p_tokens on a lane of the call's set of
 -- pools that can take them and is not locked; its number, or null (no lane of
 -- the current epoch with room is free: the caller locks the pools).
@@ -604,7 +612,7 @@ begin
         where f.org_id = p_org_id and f.pool_ids = p_pool_ids
           and f.epoch = (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id)
           and f.cap_micros - f.held_micros >= p_micros and f.cap_tokens - f.held_tokens >= p_tokens
-        order by (f.lane + pg_backend_pid()) % 16
+        order by (f.lane + pg_backend_pid()) % costwarden._lane_count()
         limit 1
         for update skip locked)
     returning l.lane into v_lane;
@@ -691,11 +699,12 @@ end
 $$;
 
 -- Internal (reserve, after an admission under the pools' locks): carve every
--- lane of the set that is free now to hold exactly p_micros / p_tokens more
+-- lane of the set that is free now and needs it (of an older epoch, or with
+-- less than half a slice of room) to hold exactly p_micros / p_tokens more
 -- than it holds, under p_epoch (the org's lane_epoch read before the limits
 -- were). Each pool's held amount moves by what its grants moved. The caller
--- holds the locks of p_pool_ids and has checked that 16 such slices fit below
--- every alert line of every pool of the set.
+-- holds the locks of p_pool_ids and has checked that _lane_count() such slices
+-- fit in half the headroom below every alert line of every pool of the set.
 create or replace function costwarden._lanes_carve(
     p_org_id text, p_pool_ids bigint[], p_epoch bigint, p_micros bigint, p_tokens bigint
 )
@@ -710,7 +719,7 @@ begin
         select p_org_id, p_pool_ids, g::smallint, p_epoch,
                array_fill(0::bigint, array[cardinality(p_pool_ids)]),
                array_fill(0::bigint, array[cardinality(p_pool_ids)]), 0, 0
-        from generate_series(0, 15) as g
+        from generate_series(0, costwarden._lane_count() - 1) as g
         on conflict do nothing;
     end if;
     for v_moved in
@@ -719,6 +728,8 @@ begin
             select l.*
             from costwarden._lanes as l
             where l.org_id = p_org_id and l.pool_ids = p_pool_ids
+              and (l.epoch <> p_epoch or l.cap_micros - l.held_micros < p_micros / 2
+                   or l.cap_tokens - l.held_tokens < p_tokens / 2)
             order by l.lane
             for update skip locked
         ),

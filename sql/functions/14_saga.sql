@@ -126,10 +126,11 @@ $$;
 -- false), refused is true when an enforced one refuses it, alerts lists the
 -- limits it brings to >= 80% (09_alerts.sql; announced once decided).
 -- A check that finds any of these with the lanes' unused grants counted gives
--- them back and checks again (docs/internals.md#lanes). lane_micros / lane_tokens: the
--- slice each of the 16 lanes of the set may be carved (a 32nd of the least
--- headroom below an alert line, null when no limit of that metric applies),
--- read under epoch, the org's lane_epoch read before the limits.
+-- them back and checks again (docs/internals.md#lanes). lane_micros /
+-- lane_tokens: the slice each lane of the set may be carved, the least
+-- headroom below an alert line divided by twice _lane_count() (null when no
+-- limit of that metric applies), under epoch, the org's lane_epoch read before
+-- the limits.
 drop function if exists costwarden._reserve_admit(text, text, text, text, bigint[], bigint, bigint);
 create or replace function costwarden._reserve_admit(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text, p_pool_ids bigint[],
@@ -184,8 +185,8 @@ begin
         v_reclaimed := true;
         exit when not costwarden._lanes_reclaim(p_org_id, p_pool_ids);
     end loop;
-    lane_micros := lane_micros / 32;
-    lane_tokens := lane_tokens / 32;
+    lane_micros := lane_micros / (2 * costwarden._lane_count());
+    lane_tokens := lane_tokens / (2 * costwarden._lane_count());
 end
 $$;
 

@@ -4,7 +4,7 @@
 --
 -- Every admission used to lock the call's pools and evaluate their limits, so
 -- the reservations of one scope were serial for the whole of their transactions,
--- their WAL flush included. A lane is one of 16 rows per (org, set of pools): an
+-- their WAL flush included. A lane is one of 32 rows per (org, set of pools): an
 -- admission that had to lock the pools grants each lane a slice of the headroom
 -- the limits leave, counted in the pools' held amounts as if it were held; later
 -- reservations of the same set hold against a lane they can lock at once
@@ -22,7 +22,7 @@ alter table costwarden._orgs add column lane_epoch bigint not null default 0;
 create table costwarden._lanes (
     org_id text not null references costwarden._orgs (org_id),
     pool_ids bigint[] not null,          -- the set of pools, ascending (as on _reservations)
-    lane smallint not null,              -- 0..15
+    lane smallint not null,              -- 0 .. _lane_count() - 1
     epoch bigint not null,               -- _orgs.lane_epoch when last carved
     grant_micros bigint[] not null,      -- per pool of pool_ids: headroom granted to this lane
     grant_tokens bigint[] not null,

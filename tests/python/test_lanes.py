@@ -63,8 +63,8 @@ def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
             " from costwarden._lanes where org_id = %s",
             (seeded.org,),
         ).fetchone()
-        # 16 lanes, each a 32nd of the headroom below the 80 % line (7 999 999 - 1 000)
-        assert lanes == (16, 7_998_999 // 32, 7_998_999 // 32, 0)
+        # 32 lanes, each a 64th of the headroom below the 80 % line (7 999 999 - 1 000)
+        assert lanes == (32, 7_998_999 // 64, 7_998_999 // 64, 0)
         later = [
             client.reserve(seeded.org, seeded.ws_platform, seeded.platform_model, out_tokens(1000))
             for _ in range(5)
@@ -78,7 +78,7 @@ def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
             " and scope_id = %s",
             (seeded.org, seeded.ws_platform),
         ).fetchone()
-        assert held == (1000 + 16 * (7_998_999 // 32),)
+        assert held == (1000 + 32 * (7_998_999 // 64),)
         for r in later:
             client.commit(r.reservation_id, out_tokens(600))
         client.release(first.reservation_id)
@@ -90,7 +90,7 @@ def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
 def test_no_lane_is_carved_within_reach_of_an_alert_line_or_a_zero_limit(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
-    # one request would bring the limit to 80 %: 16 slices of a 32nd cannot fit one
+    # close to the 80 % line: 32 slices of a 64th of what is left cannot fit a request
     client.set_budget(seeded.org, "workspace", seeded.ws_platform, "day", 10_000)
     with psycopg.connect(dsn, autocommit=True) as conn:
         for _ in range(3):
