@@ -128,7 +128,7 @@ $$;
 -- A check that finds any of these with the lanes' unused grants counted gives
 -- them back and checks again (docs/internals.md#lanes). lane_micros /
 -- lane_tokens: the slice each lane of the set may be carved, the least
--- headroom below an alert line divided by twice _lane_count() (null when no
+-- headroom below an alert line divided by twice _lane_count() (10^12 when no
 -- limit of that metric applies), under epoch, the org's lane_epoch read before
 -- the limits.
 drop function if exists costwarden._reserve_admit(text, text, text, text, bigint[], bigint, bigint);
@@ -172,7 +172,7 @@ begin
                     v_c.period, v_c.metric, v_c.window_kind, v_c.limit_value, v_c.spent + v_c.held,
                     v_c.spent + v_c.held + v_c.requested));
             end if;
-            -- the headroom below the alert line ((spent + held) * 5 < limit * 4), per 32 slices
+            -- the headroom below the alert line ((spent + held) * 5 < limit * 4)
             v_room := greatest(floor((v_c.limit_value::numeric * 4 - 1) / 5)
                                - (v_c.spent::numeric + v_c.held + v_c.requested), 0);
             if v_c.metric = 'cost' then
@@ -185,8 +185,9 @@ begin
         v_reclaimed := true;
         exit when not costwarden._lanes_reclaim(p_org_id, p_pool_ids);
     end loop;
-    lane_micros := lane_micros / (2 * costwarden._lane_count());
-    lane_tokens := lane_tokens / (2 * costwarden._lane_count());
+    -- half of it over the lanes; a metric that no limit counts: a fixed slice
+    lane_micros := coalesce(lane_micros / (2 * costwarden._lane_count()), 1000000000000);
+    lane_tokens := coalesce(lane_tokens / (2 * costwarden._lane_count()), 1000000000000);
 end
 $$;
 
@@ -334,11 +335,11 @@ begin
                 update costwarden._reservations as r
                 set reasons = v_reasons || v_admit.reasons where r.reservation_id = v_id;
             elsif v_lanes and v_admit.alerts = '[]'
-                  and coalesce(v_admit.lane_micros, 1000000000000) >= greatest(v_call.quoted_micros, 1)
-                  and coalesce(v_admit.lane_tokens, 1000000000000) >= greatest(v_call.quoted_tokens, 1) then
+                  and v_admit.lane_micros >= greatest(v_call.quoted_micros, 1)
+                  and v_admit.lane_tokens >= greatest(v_call.quoted_tokens, 1) then
                 -- 9. headroom for the lanes of the set, while the pools are locked
                 perform costwarden._lanes_carve(p_org_id, v_pool_ids, v_admit.epoch,
-                    coalesce(v_admit.lane_micros, 1000000000000), coalesce(v_admit.lane_tokens, 1000000000000));
+                                                v_admit.lane_micros, v_admit.lane_tokens);
             end if;
         end if;
         v_reasons := v_reasons || v_admit.reasons;
