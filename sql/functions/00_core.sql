@@ -627,9 +627,9 @@ $$;
 
 -- Internal: take a reservation's hold off its lane (commit, release, expiry,
 -- and a tick, which moves the hold onto the pools). The grants shrink by the
--- hold as well, so each pool's held amount, which counts the grants, loses
--- the hold in the caller's own pool update (or keeps it, for a tick). The
--- caller holds the pools' locks.
+-- hold as well (used_*: one figure for every pool of the set), so each pool's
+-- held amount, which counts the grants, loses the hold in the caller's own
+-- pool update (or keeps it, for a tick). The caller holds the pools' locks.
 create or replace function costwarden._lane_unhold(
     p_org_id text, p_pool_ids bigint[], p_lane smallint, p_micros bigint, p_tokens bigint
 )
@@ -639,8 +639,7 @@ as $$
 begin
     update costwarden._lanes as l
     set held_micros = l.held_micros - p_micros, held_tokens = l.held_tokens - p_tokens,
-        grant_micros = array(select g - p_micros from unnest(l.grant_micros) with ordinality as u (g, i) order by u.i),
-        grant_tokens = array(select g - p_tokens from unnest(l.grant_tokens) with ordinality as u (g, i) order by u.i),
+        used_micros = l.used_micros + p_micros, used_tokens = l.used_tokens + p_tokens,
         cap_micros = l.cap_micros - p_micros, cap_tokens = l.cap_tokens - p_tokens
     where l.org_id = p_org_id and l.pool_ids = p_pool_ids and l.lane = p_lane;
 end
@@ -666,24 +665,27 @@ begin
             where l.org_id = p_org_id and l.pool_ids && p_pool_ids
               and exists (select from unnest(l.pool_ids, l.grant_micros, l.grant_tokens) as u (pool_id, gm, gt)
                           where u.pool_id = any (p_pool_ids)
-                            and (u.gm > l.held_micros or u.gt > l.held_tokens))
+                            and (u.gm - l.used_micros > l.held_micros or u.gt - l.used_tokens > l.held_tokens))
             order by l.org_id, l.pool_ids, l.lane
             for update
         ),
         given as (
             update costwarden._lanes as l
             set grant_micros = n.gm, grant_tokens = n.gt,
-                cap_micros = (select min(x) from unnest(n.gm) as x),
-                cap_tokens = (select min(x) from unnest(n.gt) as x)
+                cap_micros = (select min(x) from unnest(n.gm) as x) - o.used_micros,
+                cap_tokens = (select min(x) from unnest(n.gt) as x) - o.used_tokens
             from lanes as o
             cross join lateral (
-                select array_agg(case when u.pool_id = any (p_pool_ids) then o.held_micros else u.gm end order by u.i) as gm,
-                       array_agg(case when u.pool_id = any (p_pool_ids) then o.held_tokens else u.gt end order by u.i) as gt
+                select array_agg(case when u.pool_id = any (p_pool_ids) then o.held_micros + o.used_micros
+                                      else u.gm end order by u.i) as gm,
+                       array_agg(case when u.pool_id = any (p_pool_ids) then o.held_tokens + o.used_tokens
+                                      else u.gt end order by u.i) as gt
                 from unnest(o.pool_ids, o.grant_micros, o.grant_tokens) with ordinality as u (pool_id, gm, gt, i)
             ) as n
             where (l.org_id, l.pool_ids, l.lane) = (o.org_id, o.pool_ids, o.lane)
         )
-        select u.pool_id, sum(u.gm - o.held_micros)::bigint as micros, sum(u.gt - o.held_tokens)::bigint as tokens
+        select u.pool_id, sum(u.gm - o.used_micros - o.held_micros)::bigint as micros,
+               sum(u.gt - o.used_tokens - o.held_tokens)::bigint as tokens
         from lanes as o
         cross join lateral unnest(o.pool_ids, o.grant_micros, o.grant_tokens) as u (pool_id, gm, gt)
         where u.pool_id = any (p_pool_ids)
@@ -738,12 +740,13 @@ begin
             set epoch = p_epoch,
                 grant_micros = array_fill(o.held_micros + p_micros, array[cardinality(o.pool_ids)]),
                 grant_tokens = array_fill(o.held_tokens + p_tokens, array[cardinality(o.pool_ids)]),
+                used_micros = 0, used_tokens = 0,
                 cap_micros = o.held_micros + p_micros, cap_tokens = o.held_tokens + p_tokens
             from lanes as o
             where (l.org_id, l.pool_ids, l.lane) = (o.org_id, o.pool_ids, o.lane)
         )
-        select u.pool_id, sum(o.held_micros + p_micros - u.gm)::bigint as micros,
-               sum(o.held_tokens + p_tokens - u.gt)::bigint as tokens
+        select u.pool_id, sum(o.held_micros + p_micros - (u.gm - o.used_micros))::bigint as micros,
+               sum(o.held_tokens + p_tokens - (u.gt - o.used_tokens))::bigint as tokens
         from lanes as o
         cross join lateral unnest(o.pool_ids, o.grant_micros, o.grant_tokens) as u (pool_id, gm, gt)
         group by u.pool_id
@@ -798,8 +801,9 @@ create or replace function costwarden._pool_lane_grants(p_pool_id bigint)
 returns table (granted_micros bigint, granted_tokens bigint, unused_micros bigint, unused_tokens bigint)
 language sql stable
 as $$
-    select coalesce(sum(u.gm), 0)::bigint, coalesce(sum(u.gt), 0)::bigint,
-           coalesce(sum(u.gm - l.held_micros), 0)::bigint, coalesce(sum(u.gt - l.held_tokens), 0)::bigint
+    select coalesce(sum(u.gm - l.used_micros), 0)::bigint, coalesce(sum(u.gt - l.used_tokens), 0)::bigint,
+           coalesce(sum(u.gm - l.used_micros - l.held_micros), 0)::bigint,
+           coalesce(sum(u.gt - l.used_tokens - l.held_tokens), 0)::bigint
     from costwarden._pools as p
     join costwarden._lanes as l on l.org_id = p.org_id and p_pool_id = any (l.pool_ids)
     cross join lateral unnest(l.pool_ids, l.grant_micros, l.grant_tokens) as u (pool_id, gm, gt)

@@ -177,7 +177,7 @@ as $$
             cross join lateral unnest(r.pool_ids) as u (pool_id)
             where r.status = 'held' and r.lane is null and (p_org_id is null or r.org_id = p_org_id)
             union all
-            select u.pool_id, u.gm, u.gt
+            select u.pool_id, u.gm - l.used_micros, u.gt - l.used_tokens
             from costwarden._lanes as l
             cross join lateral unnest(l.pool_ids, l.grant_micros, l.grant_tokens) as u (pool_id, gm, gt)
             where p_org_id is null or l.org_id = p_org_id
@@ -335,11 +335,13 @@ begin
     )
     update costwarden._lanes as l
     set held_micros = c.micros, held_tokens = c.tokens,
-        grant_micros = array(select case when u.pool_id = p_pool_id then c.micros else greatest(u.gm, c.micros) end
+        grant_micros = array(select case when u.pool_id = p_pool_id then c.micros
+                                         else greatest(u.gm - l.used_micros, c.micros) end
                              from unnest(l.pool_ids, l.grant_micros) with ordinality as u (pool_id, gm, i) order by u.i),
-        grant_tokens = array(select case when u.pool_id = p_pool_id then c.tokens else greatest(u.gt, c.tokens) end
+        grant_tokens = array(select case when u.pool_id = p_pool_id then c.tokens
+                                         else greatest(u.gt - l.used_tokens, c.tokens) end
                              from unnest(l.pool_ids, l.grant_tokens) with ordinality as u (pool_id, gt, i) order by u.i),
-        cap_micros = c.micros, cap_tokens = c.tokens
+        used_micros = 0, used_tokens = 0, cap_micros = c.micros, cap_tokens = c.tokens
     from counted as c
     where (l.org_id, l.pool_ids, l.lane) = (c.org_id, c.pool_ids, c.lane);
     select coalesce(sum(h.micros), 0)::bigint, coalesce(sum(h.tokens), 0)::bigint

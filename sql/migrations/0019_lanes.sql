@@ -24,9 +24,11 @@ create table costwarden._lanes (
     pool_ids bigint[] not null,          -- the set of pools, ascending (as on _reservations)
     lane smallint not null,              -- 0 .. _lane_count() - 1
     epoch bigint not null,               -- _orgs.lane_epoch when last carved
-    grant_micros bigint[] not null,      -- per pool of pool_ids: headroom granted to this lane
-    grant_tokens bigint[] not null,
-    cap_micros bigint not null,          -- least(grant_micros): what the lane can hold
+    grant_micros bigint[] not null,      -- per pool of pool_ids: headroom granted to this lane,
+    grant_tokens bigint[] not null,      -- of which used_* is gone with the holds that ended on it
+    used_micros bigint not null default 0,
+    used_tokens bigint not null default 0,
+    cap_micros bigint not null,          -- least(grant_micros) - used_micros: what the lane can hold
     cap_tokens bigint not null,
     held_micros bigint not null default 0,   -- the holds of its reservations
     held_tokens bigint not null default 0,

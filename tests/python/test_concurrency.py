@@ -85,7 +85,7 @@ def check_counters(conn: psycopg.Connection[Any]) -> None:
                 select unnest(pool_ids) as pool_id, amount_micros as m, tokens as t
                 from costwarden._reservations where status = 'held' and lane is null
                 union all
-                select u.pool_id, u.gm, u.gt
+                select u.pool_id, u.gm - l.used_micros, u.gt - l.used_tokens
                 from costwarden._lanes l,
                      unnest(l.pool_ids, l.grant_micros, l.grant_tokens) as u (pool_id, gm, gt)
             ) x
@@ -106,8 +106,8 @@ def check_counters(conn: psycopg.Connection[Any]) -> None:
         ) r using (org_id, pool_ids, lane)
         where l.held_micros <> coalesce(r.m, 0) or l.held_tokens <> coalesce(r.t, 0)
            or l.cap_micros < l.held_micros or l.cap_tokens < l.held_tokens
-           or l.cap_micros <> (select min(g) from unnest(l.grant_micros) g)
-           or l.cap_tokens <> (select min(g) from unnest(l.grant_tokens) g)
+           or l.cap_micros <> (select min(g) from unnest(l.grant_micros) g) - l.used_micros
+           or l.cap_tokens <> (select min(g) from unnest(l.grant_tokens) g) - l.used_tokens
         """
     ).fetchall()
     assert bad_lanes == []
