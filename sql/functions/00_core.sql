@@ -10,7 +10,7 @@
 --   settings (hot path)    _setting
 --   call context           _context_user
 --   pools                  _pool_ensure, _context_pool_ids, _lock_pools, _pools_hold, _pools_unhold
---   lanes (at the end)     _lane_take, _lane_untake, _lane_unhold, _lanes_reclaim, _lanes_carve,
+--   lanes (at the end)     _lane_take, _lane_unhold, _lanes_reclaim, _lanes_carve,
 --                          _lanes_retire, _pool_lane_grants, the lane_epoch triggers
 --   locks (row locks)      _lock_key, _lock_stripe, _lock_named, _try_lock_named
 --   reservation record     _reservation_id, _reservation_for_update, _reason
@@ -630,17 +630,23 @@ $$;
 -- hold as well (used_*: one figure for every pool of the set), so each pool's
 -- held amount, which counts the grants, loses the hold in the caller's own
 -- pool update (or keeps it, for a tick). The caller holds the pools' locks.
+-- p_used false: undo a take that a later step refused (the provider's
+-- circuit, in the same reserve): the grants stay as they were.
 create or replace function costwarden._lane_unhold(
-    p_org_id text, p_pool_ids bigint[], p_lane smallint, p_micros bigint, p_tokens bigint
+    p_org_id text, p_pool_ids bigint[], p_lane smallint, p_micros bigint, p_tokens bigint,
+    p_used boolean default true
 )
 returns void
 language plpgsql
 as $$
+declare
+    v_used_micros bigint := case when p_used then p_micros else 0 end;
+    v_used_tokens bigint := case when p_used then p_tokens else 0 end;
 begin
     update costwarden._lanes as l
     set held_micros = l.held_micros - p_micros, held_tokens = l.held_tokens - p_tokens,
-        used_micros = l.used_micros + p_micros, used_tokens = l.used_tokens + p_tokens,
-        cap_micros = l.cap_micros - p_micros, cap_tokens = l.cap_tokens - p_tokens
+        used_micros = l.used_micros + v_used_micros, used_tokens = l.used_tokens + v_used_tokens,
+        cap_micros = l.cap_micros - v_used_micros, cap_tokens = l.cap_tokens - v_used_tokens
     where l.org_id = p_org_id and l.pool_ids = p_pool_ids and l.lane = p_lane;
 end
 $$;
@@ -776,21 +782,6 @@ begin
     ) then
         update costwarden._orgs as o set lane_epoch = o.lane_epoch + 1 where o.org_id = p_org_id;
     end if;
-end
-$$;
-
--- Internal (reserve): undo a lane's hold of a reservation that a later step
--- refused (the provider's circuit): the grants stay as they were.
-create or replace function costwarden._lane_untake(
-    p_org_id text, p_pool_ids bigint[], p_lane smallint, p_micros bigint, p_tokens bigint
-)
-returns void
-language plpgsql
-as $$
-begin
-    update costwarden._lanes as l
-    set held_micros = l.held_micros - p_micros, held_tokens = l.held_tokens - p_tokens
-    where l.org_id = p_org_id and l.pool_ids = p_pool_ids and l.lane = p_lane;
 end
 $$;
 

@@ -322,8 +322,8 @@ begin
         if v_refused then
             v_expires := null;
             if v_lane is not null then
-                perform costwarden._lane_untake(p_org_id, v_pool_ids, v_lane,
-                                                v_call.quoted_micros, v_call.quoted_tokens);
+                perform costwarden._lane_unhold(p_org_id, v_pool_ids, v_lane,
+                                                v_call.quoted_micros, v_call.quoted_tokens, p_used => false);
             end if;
             update costwarden._reservations as r
             set status = 'denied', amount_micros = 0, tokens = 0, pool_ids = '{}', lane = null,

@@ -211,6 +211,29 @@ def test_ticks_move_a_lane_hold_onto_the_pools_and_expiry_and_batches_keep_the_b
         assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (0,)
 
 
+def test_a_lane_admission_the_circuit_refuses_gives_the_lane_its_room_back(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    ws, model = seeded.ws_platform, seeded.platform_model
+    client.set_budget(seeded.org, "workspace", ws, "day", 10_000_000)
+    client.set_setting("circuit_failure_threshold", 2)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves
+        before = conn.execute(
+            "select sum(held_micros), sum(cap_micros), sum(used_micros) from costwarden._lanes"
+        ).fetchone()
+        for i in range(2):
+            client.report_provider("openai", False, f"503 #{i}")
+        r = client.reserve(seeded.org, ws, model, out_tokens(1000), raise_on_denied=False)
+        assert r.status == "denied" and [x.code for x in r.reasons] == ["circuit_open"]
+        assert lane_of(conn, r.reservation_id) is None
+        after = conn.execute(
+            "select sum(held_micros), sum(cap_micros), sum(used_micros) from costwarden._lanes"
+        ).fetchone()
+        assert after == before
+        check_counters(conn)
+
+
 # -- the same decisions with and without lanes ---------------------------------------------
 
 
