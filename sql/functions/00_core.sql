@@ -569,9 +569,11 @@ $$;
 --   unused grants counted gives them back (_lanes_reclaim) and checks again, so
 --   that what it decides is decided on the holds alone;
 -- * whatever adds spend beyond a hold (an overage, a late commit, an adjustment,
---   a spend report, a repair) gives back the grants of its pools (_pool_add_spend),
---   and a change of what an org's limits are (budgets, user groups, settings)
---   bumps its lane_epoch: a lane of an older epoch admits nothing until carved anew.
+--   a spend report, a repair: _pool_add_spend calls _lanes_retire) and a change
+--   of what an org's limits are (budgets, user groups, settings: triggers) bump
+--   its lane_epoch: a lane of an older epoch admits nothing until carved anew,
+--   and its grants stay counted until a check gives them back or a carve
+--   replaces them.
 --
 -- Lock order (docs/internals.md#lock-order): a lane is taken without waiting
 -- (SKIP LOCKED) by a caller that holds no pool lock and then waits for nothing
