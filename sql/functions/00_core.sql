@@ -10,7 +10,7 @@
 --   settings (hot path)    _setting
 --   call context           _context_user
 --   pools                  _pool_ensure, _context_pool_ids, _lock_pools, _pools_hold, _pools_unhold
---   lanes (at the end)     _lane_take, _lane_unhold, _lanes_reclaim, _lanes_carve,
+--   lanes (at the end)     _lane_take, _lane_unhold, _lanes_lock, _lanes_reclaim, _lanes_carve,
 --                          _lanes_retire, _pool_lane_grants, the lane_epoch triggers
 --   locks (row locks)      _lock_key, _lock_stripe, _lock_named, _try_lock_named
 --   reservation record     _reservation_id, _reservation_for_update, _reason
@@ -650,6 +650,25 @@ begin
         used_micros = l.used_micros + v_used_micros, used_tokens = l.used_tokens + v_used_tokens,
         cap_micros = l.cap_micros - v_used_micros, cap_tokens = l.cap_tokens - v_used_tokens
     where l.org_id = p_org_id and l.pool_ids = p_pool_ids and l.lane = p_lane;
+end
+$$;
+
+-- Internal: lock the lanes that the held reservations p_reservation_ids hold
+-- on, in key order (expiry, a batch of commits: several holds ended in one
+-- transaction). The caller holds their pools' locks.
+create or replace function costwarden._lanes_lock(p_reservation_ids uuid[])
+returns void
+language plpgsql
+as $$
+begin
+    perform null from (
+        select l.lane from costwarden._lanes as l
+        where (l.org_id, l.pool_ids, l.lane) in (
+            select r.org_id, r.pool_ids, r.lane from costwarden._reservations as r
+            where r.reservation_id = any (p_reservation_ids) and r.status = 'held' and r.lane is not null)
+        order by l.org_id, l.pool_ids, l.lane
+        for update
+    ) as locked;
 end
 $$;
 

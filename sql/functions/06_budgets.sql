@@ -327,8 +327,7 @@ create or replace function costwarden._check_limits(
 )
 returns table (
     scope_kind text, scope_id text, period text, metric text, window_kind text,
-    limit_value bigint, mode text, source text, spent bigint, held bigint, requested bigint, fails boolean,
-    pool_id bigint
+    limit_value bigint, mode text, source text, spent bigint, held bigint, requested bigint, fails boolean
 )
 language plpgsql stable
 set plan_cache_mode = force_generic_plan
@@ -353,7 +352,7 @@ begin
     )
     select l.scope_kind, l.scope_id, l.period, l.metric, l.window_kind, l.limit_value, l.mode, l.source,
            v.spent, v.held, v.requested,
-           l.limit_value = 0 or v.spent::numeric + v.held + v.requested > l.limit_value, p.pool_id
+           l.limit_value = 0 or v.spent::numeric + v.held + v.requested > l.limit_value
     from lim as l
     join costwarden._pools as p
       on p.org_id = p_org_id and p.kind = l.scope_kind

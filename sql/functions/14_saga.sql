@@ -617,14 +617,7 @@ begin
         where r.reservation_id = any (v_ids)
     ));
     -- then their lanes, in key order (lock order: docs/internals.md#lock-order)
-    perform null from (
-        select l.lane from costwarden._lanes as l
-        where (l.org_id, l.pool_ids, l.lane) in (
-            select r.org_id, r.pool_ids, r.lane from costwarden._reservations as r
-            where r.reservation_id = any (v_ids) and r.lane is not null)
-        order by l.org_id, l.pool_ids, l.lane
-        for update
-    ) as locked;
+    perform costwarden._lanes_lock(v_ids);
     for v_r in
         select * from costwarden._reservations as r
         where r.reservation_id = any (v_ids)

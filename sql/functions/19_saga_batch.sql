@@ -177,14 +177,7 @@ begin
             select unnest(r.pool_ids) from costwarden._reservations as r where r.reservation_id = any (v_ids)
         ));
         -- 2b. the lanes of their holds, in key order
-        perform null from (
-            select l.lane from costwarden._lanes as l
-            where (l.org_id, l.pool_ids, l.lane) in (
-                select r.org_id, r.pool_ids, r.lane from costwarden._reservations as r
-                where r.reservation_id = any (v_ids) and r.status = 'held' and r.lane is not null)
-            order by l.org_id, l.pool_ids, l.lane
-            for update
-        ) as locked;
+        perform costwarden._lanes_lock(v_ids);
         -- 3. their orgs' ledger heads, ascending org_id (an org without one gets it at its first entry)
         perform null from (
             select h.org_id from costwarden._ledger_heads as h

@@ -49,10 +49,17 @@ def out_tokens(micros: int) -> dict[str, int]:
     return {"output_tokens": micros // 10}
 
 
+def far_limit(client: costwarden.Client, s: Seeded) -> tuple[str, str]:
+    """A daily limit of 10 000 000 micros on the workspace, far above what a test spends
+    (so that lanes are carved); the workspace and its model."""
+    client.set_budget(s.org, "workspace", s.ws_platform, "day", 10_000_000)
+    return s.ws_platform, s.platform_model
+
+
 def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
-    client.set_budget(seeded.org, "workspace", seeded.ws_platform, "day", 10_000_000)
+    far_limit(client, seeded)
     with psycopg.connect(dsn, autocommit=True) as conn:
         first = client.reserve(
             seeded.org, seeded.ws_platform, seeded.platform_model, out_tokens(1000)
@@ -104,8 +111,7 @@ def test_no_lane_is_carved_within_reach_of_an_alert_line_or_a_zero_limit(
 def test_limit_changes_spend_beyond_a_hold_and_settings_retire_the_lanes(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
-    ws, model = seeded.ws_platform, seeded.platform_model
-    client.set_budget(seeded.org, "workspace", ws, "day", 10_000_000)
+    ws, model = far_limit(client, seeded)
 
     def epoch(conn: Conn) -> int:
         row = conn.execute(
@@ -146,8 +152,7 @@ def test_limit_changes_spend_beyond_a_hold_and_settings_retire_the_lanes(
 def test_a_lowered_limit_refuses_exactly_where_it_would_without_lanes(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
-    ws, model = seeded.ws_platform, seeded.platform_model
-    client.set_budget(seeded.org, "workspace", ws, "day", 10_000_000)
+    ws, model = far_limit(client, seeded)
     with psycopg.connect(dsn, autocommit=True) as conn:
         held = [client.reserve(seeded.org, ws, model, out_tokens(1000)) for _ in range(10)]
         assert sum(lane_of(conn, r.reservation_id) is not None for r in held) == 9
@@ -166,8 +171,7 @@ def test_a_lowered_limit_refuses_exactly_where_it_would_without_lanes(
 def test_ticks_move_a_lane_hold_onto_the_pools_and_expiry_and_batches_keep_the_books(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
-    ws, model = seeded.ws_platform, seeded.platform_model
-    client.set_budget(seeded.org, "workspace", ws, "day", 10_000_000)
+    ws, model = far_limit(client, seeded)
     with psycopg.connect(dsn, autocommit=True) as conn:
         client.reserve(seeded.org, ws, model, out_tokens(1000))
         r = client.reserve(seeded.org, ws, model, out_tokens(1000))
@@ -214,8 +218,7 @@ def test_ticks_move_a_lane_hold_onto_the_pools_and_expiry_and_batches_keep_the_b
 def test_a_lane_admission_the_circuit_refuses_gives_the_lane_its_room_back(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
-    ws, model = seeded.ws_platform, seeded.platform_model
-    client.set_budget(seeded.org, "workspace", ws, "day", 10_000_000)
+    ws, model = far_limit(client, seeded)
     client.set_setting("circuit_failure_threshold", 2)
     with psycopg.connect(dsn, autocommit=True) as conn:
         client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves
