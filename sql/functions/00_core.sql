@@ -601,7 +601,8 @@ as $$
 declare
     v_lane smallint;
 begin
-    -- each backend starts at its own lane, so that concurrent callers rarely skip.
+    -- each backend has a lane of its own, tried first by its key alone (one index
+    -- probe), so that concurrent callers rarely skip; then the others, from it on.
     -- A lane whose row changed since the statement began is locked, read again and
     -- skipped when it has no room left (FOR UPDATE re-checks the latest version),
     -- and its lock is kept: a call that found no lane gives such locks back (the
@@ -612,9 +613,24 @@ begin
         select f.org_id, f.pool_ids, f.lane
         from costwarden._lanes as f
         where f.org_id = p_org_id and f.pool_ids = p_pool_ids
+          and f.lane = pg_backend_pid() % costwarden._lane_count()
           and f.epoch = (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id)
           and f.cap_micros - f.held_micros >= p_micros and f.cap_tokens - f.held_tokens >= p_tokens
-        order by (f.lane + pg_backend_pid()) % costwarden._lane_count()
+        for update skip locked)
+    returning l.lane into v_lane;
+    if v_lane is not null then
+        return v_lane;
+    end if;
+    update costwarden._lanes as l
+    set held_micros = l.held_micros + p_micros, held_tokens = l.held_tokens + p_tokens
+    where (l.org_id, l.pool_ids, l.lane) = (
+        select f.org_id, f.pool_ids, f.lane
+        from costwarden._lanes as f
+        where f.org_id = p_org_id and f.pool_ids = p_pool_ids
+          and f.epoch = (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id)
+          and f.cap_micros - f.held_micros >= p_micros and f.cap_tokens - f.held_tokens >= p_tokens
+        order by (f.lane + costwarden._lane_count() - pg_backend_pid() % costwarden._lane_count())
+                 % costwarden._lane_count()
         limit 1
         for update skip locked)
     returning l.lane into v_lane;

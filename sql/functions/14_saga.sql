@@ -47,12 +47,14 @@ $$;
 
 -- Internal (reserve, step 1): check every argument of a reservation, in the
 -- order SPEC §8 reports them, and price its usage at the snapshot in force.
--- Nothing is written. fingerprint: md5 of the arguments as given (p_ttl, not
--- the resolved default: a retry after a change of default_ttl is still the
--- same request); ws: the workspace row.
+-- Nothing is written. fingerprint (only with p_keyed, a call with an
+-- idempotency key: nothing else compares it): md5 of the arguments as given
+-- (p_ttl, not the resolved default: a retry after a change of default_ttl is
+-- still the same request); ws: the workspace row.
+drop function if exists costwarden._reserve_validate(text, text, text, jsonb, text, text, interval, jsonb);
 create or replace function costwarden._reserve_validate(
     p_org_id text, p_workspace_id text, p_model text, p_usage jsonb, p_user_id text, p_key_id text,
-    p_ttl interval, p_metadata jsonb,
+    p_ttl interval, p_metadata jsonb, p_keyed boolean,
     out ws costwarden._workspaces, out provider text, out user_id text, out ttl interval,
     out fingerprint text, out quoted_micros bigint, out quoted_tokens bigint, out snapshot_id bigint,
     out unpriced_units text[]
@@ -88,8 +90,10 @@ begin
     quoted_tokens := v_q.tokens;
     snapshot_id := v_q.snapshot_id;
     unpriced_units := v_q.unpriced_units;
-    fingerprint := md5(jsonb_build_array(p_workspace_id, p_model, p_usage, p_user_id, p_key_id,
-                                         p_ttl::text, p_metadata)::text);
+    if p_keyed then
+        fingerprint := md5(jsonb_build_array(p_workspace_id, p_model, p_usage, p_user_id, p_key_id,
+                                             p_ttl::text, p_metadata)::text);
+    end if;
 end
 $$;
 
@@ -224,7 +228,8 @@ declare
 begin
     -- 1. validate (nothing is written before every argument is checked)
     v_call := costwarden._reserve_validate(
-        p_org_id, p_workspace_id, p_model, p_usage, p_user_id, p_key_id, p_ttl, p_metadata);
+        p_org_id, p_workspace_id, p_model, p_usage, p_user_id, p_key_id, p_ttl, p_metadata,
+        p_idempotency_key is not null);
 
     -- 2. idempotency: a repeat returns the first call's row
     if p_idempotency_key is not null then

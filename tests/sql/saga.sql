@@ -1,7 +1,7 @@
 -- The saga and budgets (SPEC §2, §3): holds, denials with reasons, commit,
 -- release, meter ticks, expiry, idempotency, invalid transitions, roles.
 begin;
-select plan(44);
+select plan(46);
 
 do $setup$
 begin
@@ -128,6 +128,11 @@ select is(pg_temp.res('g2', '{"input_tokens": 10}', null, 'req-1'), 'held', 'rep
 select is(pg_temp.id('g1'), pg_temp.id('g2'), 'returns the same reservation');
 select throws_ok($$select pg_temp.res('g3', '{"input_tokens": 11}', null, 'req-1')$$, 'CW007', null,
     'the same key with other arguments is CW007');
+select isnt((select request_fingerprint from costwarden._reservations where reservation_id = pg_temp.id('g1')),
+    null, 'a keyed request keeps its fingerprint');
+select is((select count(*) from costwarden._reservations
+           where idempotency_key is null and request_fingerprint is not null), 0::bigint,
+    'a request without a key has no fingerprint: nothing compares it');
 
 -- bad input and unknown references
 select throws_ok($$select * from costwarden.fn_cost_reserve('acme', 'w', 'openai/gpt-4o', '{"input_tokens": -1}')$$,
