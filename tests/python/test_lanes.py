@@ -94,6 +94,32 @@ def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
         check_counters(conn)
 
 
+def test_a_reserve_takes_its_backends_own_lane_first_and_skips_it_when_busy(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    ws, model = far_limit(client, seeded)
+    call = (seeded.org, ws, model, Jsonb(out_tokens(1000)), None, None)
+    client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves the lanes
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn) as b:
+        row = a.execute("select pg_backend_pid() % 32").fetchone()
+        assert row is not None
+        own = int(row[0])
+        first = a.execute(RESERVE, call).fetchone()
+        assert first is not None and lane_of(a, first[0]) == own
+        # another transaction holds the own lane: the reserve neither waits nor goes to
+        # the pools, it takes the next lane
+        b.execute(
+            "select 1 from costwarden._lanes where org_id = %s and lane = %s for update",
+            (seeded.org, own),
+        )
+        second = a.execute(RESERVE, call).fetchone()
+        assert second is not None and lane_of(a, second[0]) == (own + 1) % 32
+        b.rollback()
+        third = a.execute(RESERVE, call).fetchone()
+        assert third is not None and lane_of(a, third[0]) == own
+        check_counters(a)
+
+
 def test_no_lane_is_carved_within_reach_of_an_alert_line_or_a_zero_limit(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
