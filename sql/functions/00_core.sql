@@ -440,8 +440,8 @@ begin
 end
 $$;
 
--- The three pool helpers below carry SET plan_cache_mode = force_generic_plan
--- (as do _pool_add_spend, _check_limits and
+-- The pool helpers below carry SET plan_cache_mode = force_generic_plan
+-- (as do _lane_take below, and _pool_add_spend, _check_limits and
 -- _user_effective_limits, 06_budgets.sql; no other internal helper has a SET
 -- clause): a statement on `pool_id = any
 -- (array)` has custom plans that look cheaper than its generic one (they know
@@ -458,7 +458,13 @@ $$;
 -- keeps a pool serialised even for a caller that did not come through a gate
 -- (a call still running the previous version of this function while
 -- migration 0018 commits).
-create or replace function costwarden._lock_pools(p_pool_ids bigint[])
+--
+-- _lock_pool_gates takes the gates alone, for a caller whose next statement on
+-- the pools is the update that writes them (a commit's booking: the update
+-- locks the rows it writes, behind gates nobody else holds), so that their rows
+-- are not locked twice; _lock_pools takes the gates, then the rows, for the
+-- callers that read the pools before they write them (the limit checks).
+create or replace function costwarden._lock_pool_gates(p_pool_ids bigint[])
 returns void
 language plpgsql
 set plan_cache_mode = force_generic_plan
@@ -470,6 +476,16 @@ begin
             order by g.pool_id
             for update
         ) as gated;
+end
+$$;
+
+create or replace function costwarden._lock_pools(p_pool_ids bigint[])
+returns void
+language plpgsql
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    perform costwarden._lock_pool_gates(p_pool_ids);
     perform null from (
             select p.pool_id from costwarden._pools as p
             where p.pool_id = any (p_pool_ids)

@@ -20,7 +20,8 @@ declare
     v_entry record;
 begin
     if p_settle then
-        perform costwarden._lock_pools(p_r.pool_ids);
+        -- the gates: the pools' rows are locked by the booking's update below
+        perform costwarden._lock_pool_gates(p_r.pool_ids);
         if p_r.lane is not null then
             perform costwarden._lane_unhold(p_r.org_id, p_r.pool_ids, p_r.lane, p_r.amount_micros, p_r.tokens);
         end if;
