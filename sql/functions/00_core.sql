@@ -83,7 +83,7 @@ $$;
 
 -- Internal: blocks UPDATE / DELETE / TRUNCATE on append-only tables (CW001):
 -- the audit log, pricing snapshots, the ledger and its heads, BYOK keys and
--- their resolve trail, circuit events.
+-- their resolve trail, circuit events, the orgs (delete).
 create or replace function costwarden._forbid_mutation()
 returns trigger
 language plpgsql set search_path = pg_catalog, pg_temp

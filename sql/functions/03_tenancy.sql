@@ -2,6 +2,9 @@
 -- groups, API keys, models; the pricing snapshots' immutability triggers.
 
 select costwarden._append_only('costwarden._pricing_snapshots', '_pricing_snapshots_immutable', 'update or delete');
+-- an org is never deleted: its reservations and ledger entries name it without
+-- a foreign key (migration 0022; docs/internals.md, "Keys to the org")
+select costwarden._append_only('costwarden._orgs', '_orgs_no_delete', 'delete');
 
 -- Internal: validate org settings and merge them into the current ones
 -- (a key given as JSON null is removed).

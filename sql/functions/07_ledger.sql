@@ -67,9 +67,6 @@ for each row execute function costwarden._ledger_head_forward_only();
 
 -- Internal: canonical text of a usage object; NULL when it cannot be
 -- canonicalised (not an object, or a value that is not a number), which the
-
--- Internal: canonical text of a usage object; NULL when it cannot be
--- canonicalised (not an object, or a value that is not a number), which the
 -- append refuses (CW004) and the verifier reports.
 create or replace function costwarden._canon_usage(p_usage jsonb)
 returns text
@@ -203,9 +200,13 @@ begin
         perform costwarden._raise('CW004', 'p_usage must be a JSON object of numbers to be booked in the ledger');
     end if;
     v_entry.entry_hash := entry_hash;
-    insert into costwarden._ledger select v_entry.*;
+    -- the entry and the head's move in one statement (one executor instead of
+    -- two: docs/performance.md, row 31)
+    with appended as (
+        insert into costwarden._ledger select v_entry.*
+    )
     update costwarden._ledger_heads as h
-    set last_seq = seq, last_hash = entry_hash
+    set last_seq = v_entry.seq, last_hash = v_entry.entry_hash
     where h.org_id = p_org_id;
 end
 $$;

@@ -1,7 +1,7 @@
 -- The saga and budgets (SPEC §2, §3): holds, denials with reasons, commit,
 -- release, meter ticks, expiry, idempotency, invalid transitions, roles.
 begin;
-select plan(46);
+select plan(47);
 
 do $setup$
 begin
@@ -133,6 +133,9 @@ select isnt((select request_fingerprint from costwarden._reservations where rese
 select is((select count(*) from costwarden._reservations
            where idempotency_key is null and request_fingerprint is not null), 0::bigint,
     'a request without a key has no fingerprint: nothing compares it');
+select is((select i.indisunique and pg_get_expr(i.indpred, i.indrelid) = '(idempotency_key IS NOT NULL)'
+           from pg_index as i where i.indexrelid = 'costwarden._reservations_org_idempotency_key'::regclass),
+    true, 'a key is unique in its org; the index holds keyed reservations only (migration 0021)');
 
 -- bad input and unknown references
 select throws_ok($$select * from costwarden.fn_cost_reserve('acme', 'w', 'openai/gpt-4o', '{"input_tokens": -1}')$$,

@@ -1,6 +1,6 @@
 -- Tenancy and catalogue (SPEC §1): orgs, workspaces, users, keys, models, pricing.
 begin;
-select plan(52);
+select plan(58);
 
 -- Models.
 select lives_ok($$ select costwarden.fn_model_upsert('openai/gpt-4o', true) $$, 'a platform-servable model');
@@ -127,6 +127,16 @@ select throws_ok($$ update costwarden._pricing_snapshots set prices = '{"input_t
     null, 'UPDATE of a pricing snapshot is CW001, even for the superuser');
 select throws_ok($$ delete from costwarden._pricing_snapshots $$, 'CW001', null,
     'DELETE of a pricing snapshot is CW001, even for the superuser');
+
+-- An org is never deleted: its reservations and ledger entries name it without
+-- a foreign key (migration 0022).
+select throws_ok($$ delete from costwarden._orgs where org_id = 'globex' $$, 'CW001',
+    'costwarden._orgs is append-only: delete is not allowed', 'DELETE of an org is CW001, even for the superuser');
+select throws_ok($$ truncate costwarden._orgs cascade $$, 'CW001', null, 'TRUNCATE of the orgs is CW001');
+select hasnt_fk('costwarden', '_reservations', 'a reservation names its org without a foreign key');
+select hasnt_fk('costwarden', '_ledger', 'a ledger entry names its org without a foreign key');
+select col_is_fk('costwarden', '_workspaces', 'org_id', 'a workspace keeps its key to the org');
+select col_is_fk('costwarden', '_ledger_heads', 'org_id', 'a chain head keeps its key to the org');
 
 select * from finish();
 rollback;
