@@ -339,15 +339,25 @@ returns bigint[]
 language plpgsql stable
 as $$
 begin
-    -- PL/pgSQL so that the plan is cached (an aggregate keeps a SQL function from being inlined)
+    -- PL/pgSQL so that the plan is cached (an aggregate keeps a SQL function
+    -- from being inlined). One probe of the unique key per scope: a single
+    -- `org_id = $1 and (kind, scope_id) in (...)` scan has a generic plan that
+    -- reads every pool of the org when most orgs are small (docs/performance.md, row 38)
     return (
-        select coalesce(array_agg(p.pool_id order by p.pool_id), '{}')
-        from costwarden._pools as p
-        where p.org_id = p_org_id
-          and ((p.kind = 'org' and p.scope_id = '')
-               or (p.kind = 'workspace' and p.scope_id = p_workspace_id)
-               or (p.kind = 'key' and p.scope_id = p_key_id)
-               or (p.kind = 'user' and p.scope_id = p_user_id))
+        select coalesce(array_agg(s.pool_id order by s.pool_id), '{}')
+        from (
+            select p.pool_id from costwarden._pools as p
+            where p.org_id = p_org_id and p.kind = 'org' and p.scope_id = ''
+            union all
+            select p.pool_id from costwarden._pools as p
+            where p.org_id = p_org_id and p.kind = 'workspace' and p.scope_id = p_workspace_id
+            union all
+            select p.pool_id from costwarden._pools as p
+            where p.org_id = p_org_id and p.kind = 'key' and p.scope_id = p_key_id
+            union all
+            select p.pool_id from costwarden._pools as p
+            where p.org_id = p_org_id and p.kind = 'user' and p.scope_id = p_user_id
+        ) as s
     );
 end
 $$;

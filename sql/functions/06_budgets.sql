@@ -291,11 +291,18 @@ begin
         from costwarden._budgets as b
         where b.org_id = p_org_id and b.scope_kind = 'user' and b.scope_id = p_user_id
         union all
+        -- from the user's groups to their limits, a probe per group (a join would
+        -- let a generic plan read every group limit of the org; docs/performance.md,
+        -- row 38; `offset 0` keeps the subquery a lateral probe)
         select 2, b.period, b.metric, b.window_kind, b.limit_value, b.mode, 'group:' || b.scope_id
-        from costwarden._budgets as b
-        join costwarden._user_groups as ug
-          on ug.org_id = b.org_id and ug.group_id = b.scope_id
-        where b.org_id = p_org_id and b.scope_kind = 'group' and ug.user_id = p_user_id
+        from costwarden._user_groups as ug
+        cross join lateral (
+            select g.scope_id, g.period, g.metric, g.window_kind, g.limit_value, g.mode
+            from costwarden._budgets as g
+            where g.org_id = p_org_id and g.scope_kind = 'group' and g.scope_id = ug.group_id
+            offset 0
+        ) as b
+        where ug.org_id = p_org_id and ug.user_id = p_user_id
         union all
         select 3, b.period, b.metric, b.window_kind, b.limit_value, b.mode, 'user_default'
         from costwarden._budgets as b
@@ -337,14 +344,22 @@ declare
     v_now timestamptz := now();
 begin
     return query
+    -- one index range per scope (as _context_pool_ids, docs/performance.md, row 38)
     with lim as (
         select b.scope_kind, b.scope_id, b.period, b.metric, b.window_kind, b.limit_value, b.mode,
                b.scope_kind as source
         from costwarden._budgets as b
-        where b.org_id = p_org_id
-          and ((b.scope_kind = 'org' and b.scope_id = '')
-               or (b.scope_kind = 'workspace' and b.scope_id = p_workspace_id)
-               or (b.scope_kind = 'key' and b.scope_id = p_key_id))
+        where b.org_id = p_org_id and b.scope_kind = 'org' and b.scope_id = ''
+        union all
+        select b.scope_kind, b.scope_id, b.period, b.metric, b.window_kind, b.limit_value, b.mode,
+               b.scope_kind as source
+        from costwarden._budgets as b
+        where b.org_id = p_org_id and b.scope_kind = 'workspace' and b.scope_id = p_workspace_id
+        union all
+        select b.scope_kind, b.scope_id, b.period, b.metric, b.window_kind, b.limit_value, b.mode,
+               b.scope_kind as source
+        from costwarden._budgets as b
+        where b.org_id = p_org_id and b.scope_kind = 'key' and b.scope_id = p_key_id
         union all
         select 'user', p_user_id, e.period, e.metric, e.window_kind, e.limit_value, e.mode, e.source
         from costwarden._user_effective_limits(p_org_id, p_user_id) as e
@@ -354,9 +369,15 @@ begin
            v.spent, v.held, v.requested,
            l.limit_value = 0 or v.spent::numeric + v.held + v.requested > l.limit_value
     from lim as l
-    join costwarden._pools as p
-      on p.org_id = p_org_id and p.kind = l.scope_kind
-     and p.scope_id = case when l.scope_kind = 'org' then '' else l.scope_id end
+    -- each limit's pool by its unique key (a lateral probe: a join would let a
+    -- generic plan hash every pool of the org; docs/performance.md, row 38)
+    cross join lateral (
+        select p.pool_id, p.spent_micros, p.spent_tokens, p.held_micros, p.held_tokens
+        from costwarden._pools as p
+        where p.org_id = p_org_id and p.kind = l.scope_kind
+          and p.scope_id = case when l.scope_kind = 'org' then '' else l.scope_id end
+        limit 1
+    ) as p
     -- the window's spend: the pool's total minus its total before the window's
     -- start floored to the period's slot (one probe of _spend_marks; no mark
     -- since then: nothing spent)

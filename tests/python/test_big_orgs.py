@@ -1,0 +1,113 @@
+"""One org far larger than the rest: the hot path's look-ups by scope stay probes.
+
+PL/pgSQL keeps one generic plan per statement (after five calls, or at once where a
+helper forces it), costed for an average org. With many small orgs and one with
+thousands of users, keys and groups, a statement that selects an org's rows by
+``org_id`` alone and filters them afterwards reads every row of the big org on every
+call: ``_context_pool_ids`` (every reserve) its pools, ``_check_limits`` (every
+admission under the pools' locks) its pools, ``_user_effective_limits`` its group
+limits (docs/performance.md, row 38). These tests count the heap tuples one call
+fetches (``pg_stat_xact_user_tables``: this transaction's own counters), not time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+SMALL_ORGS = 3000
+BIG_USERS = 3000
+BIG_KEYS = 2000
+BIG_GROUPS = 1500
+
+
+@pytest.fixture
+def skewed(db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """Many small orgs (an org and a workspace pool, an org limit each) and one big org
+    with thousands of user and key pools, key limits, group limits and memberships."""
+    db.execute(
+        f"""
+        insert into costwarden._orgs (org_id)
+        select 's' || g from generate_series(1, {SMALL_ORGS}) as g;
+        insert into costwarden._pools (org_id, kind, scope_id)
+        select 's' || g, k.kind, k.scope_id from generate_series(1, {SMALL_ORGS}) as g,
+               (values ('org', ''), ('workspace', 'ws')) as k (kind, scope_id);
+        insert into costwarden._budgets
+            (org_id, scope_kind, scope_id, period, metric, window_kind, limit_value, mode)
+        select 's' || g, 'org', '', 'month', 'cost', 'calendar', 1000000000, 'enforce'
+        from generate_series(1, {SMALL_ORGS}) as g;
+
+        insert into costwarden._orgs (org_id) values ('big');
+        insert into costwarden._users (org_id, user_id)
+        select 'big', 'u' || g from generate_series(1, {BIG_USERS}) as g;
+        insert into costwarden._pools (org_id, kind, scope_id)
+        select 'big', 'org', '' union all select 'big', 'workspace', 'ws'
+        union all select 'big', 'user', 'u' || g from generate_series(1, {BIG_USERS}) as g
+        union all select 'big', 'key', 'k' || g from generate_series(1, {BIG_KEYS}) as g;
+        insert into costwarden._budgets
+            (org_id, scope_kind, scope_id, period, metric, window_kind, limit_value, mode)
+        select 'big', 'org', '', 'month', 'cost', 'calendar', 1000000000, 'enforce'
+        union all select 'big', 'key', 'k' || g, 'day', 'cost', 'rolling', 1000000, 'enforce'
+        from generate_series(1, {BIG_KEYS}) as g
+        union all select 'big', 'group', 'g' || g, 'day', 'cost', 'rolling', 1000000, 'enforce'
+        from generate_series(1, {BIG_GROUPS}) as g;
+        insert into costwarden._user_groups (org_id, user_id, group_id)
+        select 'big', 'u' || g, 'g' || (g % {BIG_GROUPS} + 1)
+        from generate_series(1, {BIG_USERS}) as g;
+        analyze costwarden._orgs, costwarden._users, costwarden._pools, costwarden._budgets,
+                costwarden._user_groups;
+        """
+    )
+    return db
+
+
+def fetched(conn: psycopg.Connection[Any], statement: str, table: str) -> int:
+    """Heap tuples of costwarden.<table> that one execution of statement reads, after
+    the five executions that give PL/pgSQL its generic plans."""
+    for _ in range(6):
+        conn.execute(statement)
+    with conn.transaction():
+        counters = (
+            "select coalesce(idx_tup_fetch, 0) + seq_tup_read from pg_stat_xact_user_tables"
+            " where relid = %s::regclass"
+        )
+        rel = f"costwarden.{table}"
+        before = conn.execute(counters, (rel,)).fetchone()
+        conn.execute(statement)
+        after = conn.execute(counters, (rel,)).fetchone()
+    assert before is not None and after is not None
+    return int(after[0]) - int(before[0])
+
+
+def test_the_pools_of_a_call_in_a_big_org_are_probed_not_scanned(
+    skewed: psycopg.Connection[Any],
+) -> None:
+    small = fetched(skewed, "select costwarden._context_pool_ids('s7', 'ws', null, null)", "_pools")
+    big = fetched(skewed, "select costwarden._context_pool_ids('big', 'ws', 'k5', 'u5')", "_pools")
+    assert small == 2
+    assert big == 4, f"{big} pools read for a call of the big org's four pools"
+    ids = skewed.execute("select costwarden._context_pool_ids('big', 'ws', 'k5', 'u5')").fetchone()
+    assert ids is not None and len(ids[0]) == 4 and ids[0] == sorted(ids[0])
+
+
+def test_the_limits_of_a_call_in_a_big_org_are_probed_not_scanned(
+    skewed: psycopg.Connection[Any],
+) -> None:
+    statement = "select count(*) from costwarden._check_limits('big', 'ws', 'k5', 'u7', 100, 100)"
+    assert skewed.execute(statement).fetchone() == (3,)  # org, key, u7's group
+    pools = fetched(skewed, statement, "_pools")
+    budgets = fetched(skewed, statement, "_budgets")
+    assert pools <= 3, f"{pools} pools read to check three limits"
+    assert budgets <= 3, f"{budgets} limits read to find three"
+
+
+def test_a_users_group_limits_in_a_big_org_are_found_from_the_users_groups(
+    skewed: psycopg.Connection[Any],
+) -> None:
+    statement = "select * from costwarden._user_effective_limits('big', 'u7')"
+    rows = skewed.execute(statement).fetchall()
+    assert [r[5] for r in rows] == [f"group:g{7 % BIG_GROUPS + 1}"]
+    budgets = fetched(skewed, statement, "_budgets")
+    assert budgets <= 2, f"{budgets} limits read to find one group limit"
