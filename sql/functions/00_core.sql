@@ -714,26 +714,38 @@ begin
 end
 $$;
 
--- Internal: give back the unused grants that lanes of the org hold on any of
--- p_pool_ids (each such grant set to what the lane holds; the pool's held
--- amount loses the difference). The caller holds the locks of p_pool_ids; the
--- lanes are locked in key order. Returns whether anything was given back.
-create or replace function costwarden._lanes_reclaim(p_org_id text, p_pool_ids bigint[])
+-- Internal: give back the unused grants that lanes hold on any of p_pool_ids
+-- (each such grant set to what the lane holds; the pool's held amount loses
+-- the difference). The caller holds the locks of p_pool_ids; the lanes are
+-- locked in key order. Returns whether anything was given back.
+create or replace function costwarden._lanes_reclaim(p_pool_ids bigint[])
 returns boolean
 language plpgsql
 as $$
 declare
     v_back record;
     v_any boolean := false;
+    v_pools bigint[];
 begin
+    -- only the pools some lane may hold an unused grant on (_pools.lanes_unused,
+    -- migration 0023): a pool whose grants were given back has none until the
+    -- next carve, and the org's pool is in every set of the org
+    select coalesce(array_agg(p.pool_id), '{}') into v_pools
+    from costwarden._pools as p
+    where p.pool_id = any (p_pool_ids) and p.lanes_unused;
+    if cardinality(v_pools) = 0 then
+        return false;
+    end if;
     for v_back in
-        -- the lanes' latest versions, locked (a row locked after a wait is read again)
+        -- the lanes' latest versions, locked (a row locked after a wait is read
+        -- again). Found through the pools they hold grants on (the GIN index of
+        -- pool_ids; a pool is of one org), not by reading every lane of the org.
         with lanes as (
             select l.*
             from costwarden._lanes as l
-            where l.org_id = p_org_id and l.pool_ids && p_pool_ids
+            where l.pool_ids && v_pools
               and exists (select from unnest(l.pool_ids, l.grant_micros, l.grant_tokens) as u (pool_id, gm, gt)
-                          where u.pool_id = any (p_pool_ids)
+                          where u.pool_id = any (v_pools)
                             and (u.gm - l.used_micros > l.held_micros or u.gt - l.used_tokens > l.held_tokens))
             order by l.org_id, l.pool_ids, l.lane
             for update
@@ -745,9 +757,9 @@ begin
                 cap_tokens = (select min(x) from unnest(n.gt) as x) - o.used_tokens
             from lanes as o
             cross join lateral (
-                select array_agg(case when u.pool_id = any (p_pool_ids) then o.held_micros + o.used_micros
+                select array_agg(case when u.pool_id = any (v_pools) then o.held_micros + o.used_micros
                                       else u.gm end order by u.i) as gm,
-                       array_agg(case when u.pool_id = any (p_pool_ids) then o.held_tokens + o.used_tokens
+                       array_agg(case when u.pool_id = any (v_pools) then o.held_tokens + o.used_tokens
                                       else u.gt end order by u.i) as gt
                 from unnest(o.pool_ids, o.grant_micros, o.grant_tokens) with ordinality as u (pool_id, gm, gt, i)
             ) as n
@@ -757,7 +769,7 @@ begin
                sum(u.gt - o.used_tokens - o.held_tokens)::bigint as tokens
         from lanes as o
         cross join lateral unnest(o.pool_ids, o.grant_micros, o.grant_tokens) as u (pool_id, gm, gt)
-        where u.pool_id = any (p_pool_ids)
+        where u.pool_id = any (v_pools)
         group by u.pool_id
     loop
         update costwarden._pools as p
@@ -765,6 +777,9 @@ begin
         where p.pool_id = v_back.pool_id and (v_back.micros <> 0 or v_back.tokens <> 0);
         v_any := true;
     end loop;
+    -- every grant on these pools is what its lane holds now, and stays used up
+    -- until a carve (which sets the flag again under the same locks)
+    update costwarden._pools as p set lanes_unused = false where p.pool_id = any (v_pools);
     return v_any;
 end
 $$;
@@ -821,8 +836,10 @@ begin
         group by u.pool_id
     loop
         update costwarden._pools as p
-        set held_micros = p.held_micros + v_moved.micros, held_tokens = p.held_tokens + v_moved.tokens
-        where p.pool_id = v_moved.pool_id and (v_moved.micros <> 0 or v_moved.tokens <> 0);
+        set held_micros = p.held_micros + v_moved.micros, held_tokens = p.held_tokens + v_moved.tokens,
+            lanes_unused = true
+        where p.pool_id = v_moved.pool_id
+          and (v_moved.micros <> 0 or v_moved.tokens <> 0 or not p.lanes_unused);
     end loop;
 end
 $$;
@@ -837,11 +854,14 @@ returns void
 language plpgsql
 as $$
 begin
+    -- the lanes of the org's current epoch (index _lanes_org_epoch, migration
+    -- 0023), not every lane of the org: after a retirement none until a carve
     if exists (
         select from costwarden._lanes as l
-        where l.org_id = p_org_id and l.pool_ids && p_pool_ids
+        where l.org_id = p_org_id
           and l.epoch = (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id)
           and (l.cap_micros > l.held_micros or l.cap_tokens > l.held_tokens)
+          and exists (select from unnest(l.pool_ids) as u (pool_id) where u.pool_id = any (p_pool_ids))
     ) then
         update costwarden._orgs as o set lane_epoch = o.lane_epoch + 1 where o.org_id = p_org_id;
     end if;
@@ -858,10 +878,10 @@ as $$
     select coalesce(sum(u.gm - l.used_micros), 0)::bigint, coalesce(sum(u.gt - l.used_tokens), 0)::bigint,
            coalesce(sum(u.gm - l.used_micros - l.held_micros), 0)::bigint,
            coalesce(sum(u.gt - l.used_tokens - l.held_tokens), 0)::bigint
-    from costwarden._pools as p
-    join costwarden._lanes as l on l.org_id = p.org_id and p_pool_id = any (l.pool_ids)
+    from costwarden._lanes as l
     cross join lateral unnest(l.pool_ids, l.grant_micros, l.grant_tokens) as u (pool_id, gm, gt)
-    where p.pool_id = p_pool_id and u.pool_id = p_pool_id
+    -- the lanes of the sets the pool is in (the GIN index of pool_ids, migration 0023)
+    where l.pool_ids @> array[p_pool_id] and u.pool_id = p_pool_id
 $$;
 
 -- A change of what an org's limits are bumps its lane_epoch: the lanes carved

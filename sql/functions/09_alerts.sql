@@ -114,7 +114,7 @@ begin
     -- an alert line seen with lanes' unused grants counted is checked again without them
     if exists (select from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, 0, 0) as l
                where l.limit_value > 0 and (l.spent + l.held)::numeric * 5 >= l.limit_value::numeric * 4) then
-        perform costwarden._lanes_reclaim(p_org_id, p_pool_ids);
+        perform costwarden._lanes_reclaim(p_pool_ids);
     end if;
     for v_c in
         select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, 0, 0) as l

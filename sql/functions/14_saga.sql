@@ -188,7 +188,7 @@ begin
         end loop;
         exit when (reasons = '[]' and alerts = '[]') or v_reclaimed;
         v_reclaimed := true;
-        exit when not costwarden._lanes_reclaim(p_org_id, p_pool_ids);
+        exit when not costwarden._lanes_reclaim(p_pool_ids);
     end loop;
     -- half of it over the lanes; a metric that no limit counts: a fixed slice
     lane_micros := coalesce(lane_micros / (2 * costwarden._lane_count()), 1000000000000);
@@ -432,7 +432,7 @@ begin
         if exists (select from costwarden._check_limits(v_r.org_id, v_r.workspace_id, v_r.key_id, v_r.user_id,
                                                         v_extra, v_extra_tokens) as l
                    where l.fails) then
-            perform costwarden._lanes_reclaim(v_r.org_id, v_r.pool_ids);
+            perform costwarden._lanes_reclaim(v_r.pool_ids);
         end if;
         for v_c in
             select * from costwarden._check_limits(v_r.org_id, v_r.workspace_id, v_r.key_id, v_r.user_id,

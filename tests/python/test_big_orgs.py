@@ -111,3 +111,79 @@ def test_a_users_group_limits_in_a_big_org_are_found_from_the_users_groups(
     assert [r[5] for r in rows] == [f"group:g{7 % BIG_GROUPS + 1}"]
     budgets = fetched(skewed, statement, "_budgets")
     assert budgets <= 2, f"{budgets} limits read to find one group limit"
+
+
+USERS_WITH_LANES = 200
+USAGE = '{"input_tokens": 1000, "output_tokens": 200}'
+
+
+def lanes_read(conn: psycopg.Connection[Any], statement: str, *args: object) -> tuple[int, Any]:
+    """Lane rows one execution of statement reads (and its first result row)."""
+    counters = (
+        "select coalesce(idx_tup_fetch, 0) + seq_tup_read from pg_stat_xact_user_tables"
+        " where relid = 'costwarden._lanes'::regclass"
+    )
+    with conn.transaction():
+        before = conn.execute(counters).fetchone()
+        row = conn.execute(statement, args).fetchone()
+        after = conn.execute(counters).fetchone()
+    assert before is not None and after is not None
+    return int(after[0]) - int(before[0]), row
+
+
+def test_an_org_with_many_sets_of_lanes_reads_the_lanes_of_the_call_only(
+    db: psycopg.Connection[Any], seeded: Any
+) -> None:
+    """200 users of one org, many with lanes of their own (org, workspace, user) set:
+    thousands of lanes. Near the org's limit every admission gives the grants of its
+    pools back; once the org's and the workspace's grants are back, an admission reads
+    the lanes of its own set, not all of the org's (docs/performance.md, row 39). A
+    commit with spend beyond its hold reads the lanes of the org's current epoch only."""
+    org, ws = seeded.org, seeded.ws_platform
+    db.execute(
+        "select costwarden.fn_user_upsert(%s, 'u' || g) from generate_series(1, %s) as g",
+        (org, USERS_WITH_LANES),
+    )
+    db.execute("select costwarden.fn_budget_set(%s, 'org', null, 'month', 1000000000000)", (org,))
+    reserve = (
+        "select reservation_id, status, reasons from costwarden.fn_cost_reserve("
+        "%s, %s, %s, %s::jsonb, p_user_id => %s)"
+    )
+    commit = "select overage_micros from costwarden.fn_cost_commit(%s, %s::jsonb)"
+    for g in range(1, USERS_WITH_LANES + 1):
+        rid = db.execute(reserve, (org, ws, seeded.platform_model, USAGE, f"u{g}")).fetchone()
+        assert rid is not None and rid[1] == "held"
+        db.execute(commit, (rid[0], USAGE))
+    lanes = db.execute(
+        "select count(*) from costwarden._lanes where org_id = %s", (org,)
+    ).fetchone()
+    # each set's lanes take a share of the org's headroom, so not every user's set has
+    # lanes; dozens of sets do
+    assert lanes is not None and lanes[0] >= 32 * 50
+
+    # a commit beyond its hold retires the org's lanes; its check reads the current epoch's
+    rid = db.execute(reserve, (org, ws, seeded.platform_model, USAGE, "u1")).fetchone()
+    assert rid is not None
+    read, row = lanes_read(db, commit, rid[0], '{"input_tokens": 3000, "output_tokens": 200}')
+    assert row is not None and row[0] > 0
+    assert read <= 200, f"{read} lanes read by a commit with overage"
+
+    # the org's limit just above its spend: every admission alerts and gives grants back
+    spent = db.execute(
+        "select spent_micros from costwarden._pools where org_id = %s and kind = 'org'", (org,)
+    ).fetchone()
+    assert spent is not None
+    db.execute(
+        "select costwarden.fn_budget_set(%s, 'org', null, 'month', %s)", (org, spent[0] * 21 // 20)
+    )
+    read_first, row = lanes_read(db, reserve, org, ws, seeded.platform_model, USAGE, "u2")
+    assert row is not None and row[1] == "held"  # admitted, past the 80 % alert line
+    assert read_first >= lanes[0]  # the org's and the workspace's grants, once
+    db.execute("select costwarden.fn_cost_release(%s)", (row[0],))
+    read, row = lanes_read(db, reserve, org, ws, seeded.platform_model, USAGE, "u3")
+    assert row is not None and row[1] == "held"
+    # its own set's lanes and its take (the planner may read a page more than it
+    # needs); before the pools' flags, every lane of the org on every admission
+    assert read < lanes[0] // 2, f"{read} of {lanes[0]} lanes read by an admission near the limit"
+    reconcile = db.execute("select count(*) from costwarden.fn_reconcile(%s)", (org,)).fetchone()
+    assert reconcile == (0,)
