@@ -791,7 +791,6 @@ $$;
 -- were). Each pool's held amount moves by what its grants moved. The caller
 -- holds the locks of p_pool_ids and has checked that _lane_count() such slices
 -- fit in half the headroom below every alert line of every pool of the set.
--- The lanes that exist, that is: a set has those its backends needed (below).
 create or replace function costwarden._lanes_carve(
     p_org_id text, p_pool_ids bigint[], p_epoch bigint, p_micros bigint, p_tokens bigint
 )
@@ -800,28 +799,13 @@ language plpgsql
 as $$
 declare
     v_moved record;
-    v_own smallint := pg_backend_pid() % costwarden._lane_count();
 begin
-    -- a set's lanes are made as backends need them (docs/performance.md, row 42):
-    -- the backend's own lane, and when another transaction holds that one, the
-    -- first after it that does not exist yet. A set that one backend uses at a
-    -- time has one lane, a hot set up to _lane_count().
-    insert into costwarden._lanes (org_id, pool_ids, lane, epoch, grant_micros, grant_tokens, cap_micros, cap_tokens)
-    values (p_org_id, p_pool_ids, v_own, p_epoch, array_fill(0::bigint, array[cardinality(p_pool_ids)]),
-            array_fill(0::bigint, array[cardinality(p_pool_ids)]), 0, 0)
-    on conflict do nothing;
-    if not exists (select from costwarden._lanes as l
-                   where l.org_id = p_org_id and l.pool_ids = p_pool_ids and l.lane = v_own
-                   for update skip locked) then
+    if not exists (select from costwarden._lanes as l where l.org_id = p_org_id and l.pool_ids = p_pool_ids) then
         insert into costwarden._lanes (org_id, pool_ids, lane, epoch, grant_micros, grant_tokens, cap_micros, cap_tokens)
-        select p_org_id, p_pool_ids, n.lane, p_epoch, array_fill(0::bigint, array[cardinality(p_pool_ids)]),
+        select p_org_id, p_pool_ids, g::smallint, p_epoch,
+               array_fill(0::bigint, array[cardinality(p_pool_ids)]),
                array_fill(0::bigint, array[cardinality(p_pool_ids)]), 0, 0
-        from (select ((v_own + k) % costwarden._lane_count())::smallint as lane, k
-              from generate_series(1, costwarden._lane_count() - 1) as k) as n
-        where not exists (select from costwarden._lanes as l
-                          where l.org_id = p_org_id and l.pool_ids = p_pool_ids and l.lane = n.lane)
-        order by n.k
-        limit 1
+        from generate_series(0, costwarden._lane_count() - 1) as g
         on conflict do nothing;
     end if;
     for v_moved in

@@ -113,7 +113,7 @@ def test_a_users_group_limits_in_a_big_org_are_found_from_the_users_groups(
     assert budgets <= 2, f"{budgets} limits read to find one group limit"
 
 
-USERS_WITH_LANES = 1000
+USERS_WITH_LANES = 200
 USAGE = '{"input_tokens": 1000, "output_tokens": 200}'
 
 
@@ -134,8 +134,8 @@ def lanes_read(conn: psycopg.Connection[Any], statement: str, *args: object) -> 
 def test_an_org_with_many_sets_of_lanes_reads_the_lanes_of_the_call_only(
     db: psycopg.Connection[Any], seeded: Any
 ) -> None:
-    """1 000 users of one org, each with a lane of their own (org, workspace, user) set:
-    a thousand lanes. Near the org's limit every admission gives the grants of its
+    """200 users of one org, many with lanes of their own (org, workspace, user) set:
+    thousands of lanes. Near the org's limit every admission gives the grants of its
     pools back; once the org's and the workspace's grants are back, an admission reads
     the lanes of its own set, not all of the org's (docs/performance.md, row 39). A
     commit with spend beyond its hold reads the lanes of the org's current epoch only."""
@@ -157,10 +157,9 @@ def test_an_org_with_many_sets_of_lanes_reads_the_lanes_of_the_call_only(
     lanes = db.execute(
         "select count(*) from costwarden._lanes where org_id = %s", (org,)
     ).fetchone()
-    # a lane per set (its one backend's own), each a 64th of the headroom left below
-    # the org's alert line when it was carved: most sets get one before slices get
-    # too small for a request
-    assert lanes is not None and lanes[0] >= USERS_WITH_LANES * 3 // 4
+    # each set's lanes take a share of the org's headroom, so not every user's set has
+    # lanes; dozens of sets do
+    assert lanes is not None and lanes[0] >= 32 * 50
 
     # a commit beyond its hold retires the org's lanes; its check reads the current epoch's
     rid = db.execute(reserve, (org, ws, seeded.platform_model, USAGE, "u1")).fetchone()

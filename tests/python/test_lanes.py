@@ -70,9 +70,8 @@ def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
             " from costwarden._lanes where org_id = %s",
             (seeded.org,),
         ).fetchone()
-        # one lane, the backend's own (a set gets lanes as its backends need them), a
-        # 64th of the headroom below the 80 % line (7 999 999 - 1 000)
-        assert lanes == (1, 7_998_999 // 64, 7_998_999 // 64, 0)
+        # 32 lanes, each a 64th of the headroom below the 80 % line (7 999 999 - 1 000)
+        assert lanes == (32, 7_998_999 // 64, 7_998_999 // 64, 0)
         later = [
             client.reserve(seeded.org, seeded.ws_platform, seeded.platform_model, out_tokens(1000))
             for _ in range(5)
@@ -86,7 +85,7 @@ def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
             " and scope_id = %s",
             (seeded.org, seeded.ws_platform),
         ).fetchone()
-        assert held == (1000 + 7_998_999 // 64,)
+        assert held == (1000 + 32 * (7_998_999 // 64),)
         for r in later:
             client.commit(r.reservation_id, out_tokens(600))
         client.release(first.reservation_id)
@@ -98,35 +97,26 @@ def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
 def test_a_reserve_takes_its_backends_own_lane_first_and_skips_it_when_busy(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
-    """A set's lanes are made as its backends need them: the backend's own lane
-    (pg_backend_pid() % 32) at its first admission, and the next one when another
-    transaction holds its own at an admission; a reserve never waits for a lane."""
     ws, model = far_limit(client, seeded)
     call = (seeded.org, ws, model, Jsonb(out_tokens(1000)), None, None)
-    lanes = "select array_agg(lane order by lane) from costwarden._lanes where org_id = %s"
+    client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves the lanes
     with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn) as b:
         row = a.execute("select pg_backend_pid() % 32").fetchone()
         assert row is not None
         own = int(row[0])
         first = a.execute(RESERVE, call).fetchone()
-        assert first is not None and lane_of(a, first[0]) is None  # the pools decide, and carve
-        assert a.execute(lanes, (seeded.org,)).fetchone() == ([own],)
-        second = a.execute(RESERVE, call).fetchone()
-        assert second is not None and lane_of(a, second[0]) == own
-        # another transaction holds the own lane: the reserve does not wait for it; with
-        # no other lane it goes to the pools, whose admission makes the next lane
+        assert first is not None and lane_of(a, first[0]) == own
+        # another transaction holds the own lane: the reserve neither waits nor goes to
+        # the pools, it takes the next lane
         b.execute(
             "select 1 from costwarden._lanes where org_id = %s and lane = %s for update",
             (seeded.org, own),
         )
-        third = a.execute(RESERVE, call).fetchone()
-        assert third is not None and lane_of(a, third[0]) is None
-        assert a.execute(lanes, (seeded.org,)).fetchone() == (sorted([own, (own + 1) % 32]),)
-        fourth = a.execute(RESERVE, call).fetchone()
-        assert fourth is not None and lane_of(a, fourth[0]) == (own + 1) % 32
+        second = a.execute(RESERVE, call).fetchone()
+        assert second is not None and lane_of(a, second[0]) == (own + 1) % 32
         b.rollback()
-        fifth = a.execute(RESERVE, call).fetchone()
-        assert fifth is not None and lane_of(a, fifth[0]) == own
+        third = a.execute(RESERVE, call).fetchone()
+        assert third is not None and lane_of(a, third[0]) == own
         check_counters(a)
 
 
