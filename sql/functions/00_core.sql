@@ -729,10 +729,16 @@ declare
 begin
     -- only the pools some lane may hold an unused grant on (_pools.lanes_unused,
     -- migration 0023): a pool whose grants were given back has none until the
-    -- next carve, and the org's pool is in every set of the org
-    select coalesce(array_agg(p.pool_id), '{}') into v_pools
-    from costwarden._pools as p
-    where p.pool_id = any (p_pool_ids) and p.lanes_unused;
+    -- next carve, and the org's pool is in every set of the org. Their flags are
+    -- cleared here, under the pools' locks, for the grants given back below: each
+    -- then is what its lane holds, and stays used up until a carve sets the flag
+    -- again under the same locks.
+    with cleared as (
+        update costwarden._pools as p set lanes_unused = false
+        where p.pool_id = any (p_pool_ids) and p.lanes_unused
+        returning p.pool_id
+    )
+    select coalesce(array_agg(c.pool_id), '{}') into v_pools from cleared as c;
     if cardinality(v_pools) = 0 then
         return false;
     end if;
@@ -777,9 +783,6 @@ begin
         where p.pool_id = v_back.pool_id and (v_back.micros <> 0 or v_back.tokens <> 0);
         v_any := true;
     end loop;
-    -- every grant on these pools is what its lane holds now, and stays used up
-    -- until a carve (which sets the flag again under the same locks)
-    update costwarden._pools as p set lanes_unused = false where p.pool_id = any (v_pools);
     return v_any;
 end
 $$;
