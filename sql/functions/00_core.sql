@@ -594,12 +594,15 @@ $$;
 -- * a limit check that would refuse, name a shadow limit or raise an alert with
 --   unused grants counted gives them back (_lanes_reclaim) and checks again, so
 --   that what it decides is decided on the holds alone;
--- * whatever adds spend beyond a hold (an overage, a late commit, an adjustment,
---   a spend report, a repair: _pool_add_spend calls _lanes_retire) and a change
---   of what an org's limits are (budgets, user groups, settings: triggers) bump
---   its lane_epoch: a lane of an older epoch admits nothing until carved anew,
---   and its grants stay counted until a check gives them back or a carve
---   replaces them.
+-- * spend beyond a hold (an overage, a late commit, a spend report, a repair)
+--   is followed by the limits' check of _spend_alerts: at or past an alert
+--   line (grants counted), the grants on the booked pools are given back; below
+--   every line, whatever the lanes admit still reaches none;
+-- * a ledger adjustment that adds spend (_lanes_retire) and a change of what an
+--   org's limits are (budgets, user groups, settings: triggers) bump its
+--   lane_epoch: a lane of an older epoch admits nothing until carved anew, and
+--   its grants stay counted until a check gives them back or a carve replaces
+--   them.
 --
 -- Lock order (docs/internals.md#lock-order): a lane is taken without waiting
 -- (SKIP LOCKED) by a caller that holds no pool lock and then waits for nothing
@@ -847,11 +850,13 @@ begin
 end
 $$;
 
--- Internal: spend beyond a hold was booked on p_pool_ids (_pool_add_spend): a
--- grant carved before it may now reach past an alert line or a limit, so the
--- org's lanes admit nothing more until an admission carves them again under
--- the new totals (their grants stay counted until then). The caller holds the
--- pools' locks; the org row is locked last.
+-- Internal: spend was booked on p_pool_ids beyond any hold by a caller that
+-- does not check the limits after it (a ledger adjustment; a charge, a spend
+-- report and a repair run _spend_alerts instead): a grant carved before it may
+-- now reach past an alert line or a limit, so the org's lanes admit nothing
+-- more until an admission carves them again under the new totals (their grants
+-- stay counted until then). The caller holds the pools' locks; the org row is
+-- locked last.
 create or replace function costwarden._lanes_retire(p_org_id text, p_pool_ids bigint[])
 returns void
 language plpgsql

@@ -148,6 +148,10 @@ $$;
 -- after one that started later, or a backdated booking) is put in its own
 -- minute too: a mark is opened there if needed and every later mark grows by
 -- the amount, so the marks always say what the ledger's created_at say.
+-- Spend beyond a hold (p_micros > p_held_micros, or tokens) may leave a lane's
+-- grant above an alert line or a limit: the caller then runs _spend_alerts,
+-- which gives the grants on the pools back when a limit of theirs reaches its
+-- alert line, or _lanes_retire (docs/internals.md#lanes).
 -- Generic plans, as the pool helpers of 00_core.sql (its statements on
 -- `pool_id = any (array)` were otherwise planned on every call).
 drop function if exists costwarden._pool_add_spend(bigint[], bigint, bigint, timestamptz);
@@ -176,11 +180,6 @@ begin
     -- its calendar month of p_at
     if p_org_id is null then
         select p.org_id into p_org_id from costwarden._pools as p where p.pool_id = p_pool_ids[1];
-    end if;
-    if p_micros > p_held_micros or p_tokens > p_held_tokens then
-        -- spend beyond a hold may leave a lane's grant above an alert line or a
-        -- limit: the org's lanes admit nothing more until carved again (docs/internals.md#lanes)
-        perform costwarden._lanes_retire(p_org_id, p_pool_ids);
     end if;
     v_month := costwarden._org_month_start(p_org_id, p_at);
     v_month_probe := date_bin(interval '1 hour', v_month, timestamptz '2000-01-01 00:00:00+00');

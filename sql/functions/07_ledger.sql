@@ -474,6 +474,10 @@ begin
     v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id);
     perform costwarden._lock_pools(v_pool_ids);
     perform costwarden._pool_add_spend(v_pool_ids, p_amount_micros, 0, now(), p_org_id => p_org_id);
+    if p_amount_micros > 0 then
+        -- spend without a hold: the lanes' grants may now reach past a line (docs/internals.md#lanes)
+        perform costwarden._lanes_retire(p_org_id, v_pool_ids);
+    end if;
 
     -- 3. the entry, then the audit record
     select a.seq, a.entry_hash into v_entry

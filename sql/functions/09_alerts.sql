@@ -98,9 +98,16 @@ begin
 end
 $$;
 
--- Internal: after spend was booked (a charge with overage, a late commit, a
--- spend report), alert on every limit of the context the new level crossed.
--- The caller holds the locks of p_pool_ids, the context's pools.
+-- Internal: after spend was booked beyond a hold (a charge with overage, a
+-- late commit, a spend report, a repair), alert on every limit of the context
+-- the new level crossed. The caller holds the locks of p_pool_ids, the
+-- context's pools. This is also what keeps the lanes' grants on those pools
+-- safe (docs/internals.md#lanes): a grant is headroom below every alert line,
+-- counted in the pool's held amount, so while spent + held (the grants
+-- counted) stays below the line of every limit of the context, whatever the
+-- lanes admit reaches no line and breaks no limit, and they go on admitting;
+-- once a limit is at or past its line (a zero limit always is), the grants on
+-- the pools are given back, and those lanes admit nothing until carved again.
 drop function if exists costwarden._spend_alerts(text, text, text, text);
 create or replace function costwarden._spend_alerts(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text, p_pool_ids bigint[]
@@ -111,11 +118,13 @@ as $$
 declare
     v_c record;
 begin
-    -- an alert line seen with lanes' unused grants counted is checked again without them
-    if exists (select from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, 0, 0) as l
-               where l.limit_value > 0 and (l.spent + l.held)::numeric * 5 >= l.limit_value::numeric * 4) then
-        perform costwarden._lanes_reclaim(p_pool_ids);
+    -- below every line with the lanes' unused grants counted: below it without them too
+    if not exists (select from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, 0, 0) as l
+                   where (l.spent + l.held)::numeric * 5 >= l.limit_value::numeric * 4) then
+        return;
     end if;
+    -- a line seen with the grants counted is checked again without them
+    perform costwarden._lanes_reclaim(p_pool_ids);
     for v_c in
         select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, 0, 0) as l
         where l.limit_value > 0 and (l.spent + l.held)::numeric * 5 >= l.limit_value::numeric * 4

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -134,7 +135,7 @@ def test_no_lane_is_carved_within_reach_of_an_alert_line_or_a_zero_limit(
         assert conn.execute("select count(*) from costwarden._lanes").fetchone() == (0,)
 
 
-def test_limit_changes_spend_beyond_a_hold_and_settings_retire_the_lanes(
+def test_spend_beyond_a_hold_keeps_the_lanes_below_every_alert_line_and_closes_them_at_one(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
     ws, model = far_limit(client, seeded)
@@ -146,33 +147,62 @@ def test_limit_changes_spend_beyond_a_hold_and_settings_retire_the_lanes(
         assert row is not None
         return int(row[0])
 
+    def unused(conn: Conn) -> int:
+        row = conn.execute(
+            "select unused_micros from costwarden._pools as p,"
+            " costwarden._pool_lane_grants(p.pool_id) as g"
+            " where p.org_id = %s and p.kind = 'workspace' and p.scope_id = %s",
+            (seeded.org, ws),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
     with psycopg.connect(dsn, autocommit=True) as conn:
         client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves
         r = client.reserve(seeded.org, ws, model, out_tokens(1000))
         assert lane_of(conn, r.reservation_id) is not None
         e0 = epoch(conn)
-        # a commit within its hold leaves them; one beyond it retires them
+        # a commit within its hold leaves the lanes as they are
         client.commit(r.reservation_id, out_tokens(900))
-        assert epoch(conn) == e0
         r = client.reserve(seeded.org, ws, model, out_tokens(1000))
         assert lane_of(conn, r.reservation_id) is not None
+        # one beyond it, with spent + held (the grants counted) still below the
+        # workspace limit's 80 % line: whatever the lanes admit reaches no line
         client.commit(r.reservation_id, out_tokens(5000))
-        assert epoch(conn) == e0 + 1
+        assert epoch(conn) == e0
+        assert unused(conn) > 0
+        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        assert lane_of(conn, r.reservation_id) is not None
+        # one that takes it to the line (spent ~4.1 M + ~4 M of grants >= 8 M): the
+        # grants on its pools are given back, and the pools decide the next reserve
+        client.commit(r.reservation_id, out_tokens(4_100_000))
+        assert unused(conn) == 0
+        assert epoch(conn) == e0
+        check_counters(conn)
         r = client.reserve(seeded.org, ws, model, out_tokens(1000))
         assert lane_of(conn, r.reservation_id) is None  # carved again under the new totals
         r = client.reserve(seeded.org, ws, model, out_tokens(1000))
         assert lane_of(conn, r.reservation_id) is not None
-        # a limit changed anywhere in the org, and the org's settings
+        # a spend report below every line leaves them too
+        client.report_spend(seeded.org, ws, "elsewhere", 2_000)  # spend without a hold
+        assert epoch(conn) == e0
+        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        assert lane_of(conn, r.reservation_id) is not None
+        # a limit changed anywhere in the org, and the org's settings, retire them
         client.set_budget(seeded.org, "org", None, "month", 50_000_000)
-        assert epoch(conn) == e0 + 2
+        assert epoch(conn) == e0 + 1
         r = client.reserve(seeded.org, ws, model, out_tokens(1000))
         assert lane_of(conn, r.reservation_id) is None
         client.upsert_org(seeded.org, {"timezone": "Europe/Paris"})
+        assert epoch(conn) == e0 + 2
+        client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves under e0 + 2
+        # so does a ledger adjustment that adds spend (it checks no limit after it)
+        client.ledger_adjust(seeded.org, ws, 2_000, "a correction")
         assert epoch(conn) == e0 + 3
-        check_counters(conn)
-        client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves under e0 + 3
-        client.report_spend(seeded.org, ws, "elsewhere", 2_000)  # spend without a hold
-        assert epoch(conn) == e0 + 4
+        client.ledger_adjust(seeded.org, ws, -2_000, "a refund")
+        assert epoch(conn) == e0 + 3
+        # the books, spend without reservations included (check_counters counts charges)
+        assert conn.execute("select * from costwarden._reconcile(null)").fetchall() == []
 
 
 def test_a_lowered_limit_refuses_exactly_where_it_would_without_lanes(
@@ -458,3 +488,66 @@ def test_concurrent_reservers_on_lanes_never_overshoot_and_keep_the_books(
     finally:
         for c in conns:
             c.close()
+
+
+def test_an_overage_past_the_limit_closes_the_lanes_to_every_reserve_after_it(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    """Spend beyond a hold leaves the lanes admitting while every limit stays below its
+    alert line, grants counted; one that takes a limit past its line gives the grants
+    back in the commit's own transaction. 16 connections reserve on lanes while one
+    commit takes the workspace past its limit: every reserve sent after that commit
+    returned is refused, none goes through a lane."""
+    ws, model = seeded.ws_platform, seeded.platform_model
+    limit = 3_000_000
+    client.set_budget(seeded.org, "workspace", ws, "day", limit)
+    first = client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves
+    big = client.reserve(seeded.org, ws, model, out_tokens(1000))
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(16)]
+    stop = threading.Event()
+    seen: list[tuple[float, str, int | None]] = []  # (sent at, status, lane)
+    lock = threading.Lock()
+    try:
+
+        def body(i: int) -> None:
+            c = conns[i]
+            while not stop.is_set():
+                sent = time.monotonic()
+                row = c.execute(
+                    RESERVE, (seeded.org, ws, model, Jsonb(out_tokens(1000)), None, None)
+                ).fetchone()
+                assert row is not None
+                lane = lane_of(c, row[0])
+                if row[1] == "held":
+                    c.execute("select * from costwarden.fn_cost_release(%s)", (row[0],))
+                with lock:
+                    seen.append((sent, row[1], lane))
+
+        errors: list[BaseException] = []
+        workers = threading.Thread(target=lambda: errors.extend(run_threads(16, body)))
+        workers.start()
+        time.sleep(0.5)
+        # a small overage first: below every line, the lanes go on admitting
+        small = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        client.commit(small.reservation_id, out_tokens(3000))
+        small_done = time.monotonic()
+        time.sleep(0.5)
+        client.commit(big.reservation_id, out_tokens(limit))
+        done = time.monotonic()
+        time.sleep(0.5)
+        stop.set()
+        workers.join()
+    finally:
+        stop.set()
+        for c in conns:
+            c.close()
+    assert errors == []
+    between = [s for s in seen if small_done < s[0] < done]
+    after = [s for s in seen if s[0] > done]
+    assert sum(1 for s in between if s[1] == "held" and s[2] is not None) > 20
+    assert after and all(status == "denied" and lane is None for _, status, lane in after)
+    client.release(first.reservation_id)
+    [status] = client.budget_status(seeded.org, "workspace", ws)
+    assert status.spent >= limit and status.held == 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        check_counters(conn)
