@@ -620,8 +620,10 @@ $$;
 -- Internal (reserve): hold p_micros / p_tokens on a lane of the call's set of
 -- pools that can take them and is not locked; its number, or null (no lane of
 -- the current epoch with room is free: the caller locks the pools).
+-- p_lane (a tick that grows a hold on its lane): that lane only.
+drop function if exists costwarden._lane_take(text, bigint[], bigint, bigint);
 create or replace function costwarden._lane_take(
-    p_org_id text, p_pool_ids bigint[], p_micros bigint, p_tokens bigint
+    p_org_id text, p_pool_ids bigint[], p_micros bigint, p_tokens bigint, p_lane smallint default null
 )
 returns smallint
 language plpgsql
@@ -642,13 +644,15 @@ begin
         select f.org_id, f.pool_ids, f.lane
         from costwarden._lanes as f
         where f.org_id = p_org_id and f.pool_ids = p_pool_ids
-          and f.lane = pg_backend_pid() % costwarden._lane_count()
+          and f.lane = coalesce(p_lane, pg_backend_pid() % costwarden._lane_count())
           and f.epoch = (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id)
           and f.cap_micros - f.held_micros >= p_micros and f.cap_tokens - f.held_tokens >= p_tokens
         for update skip locked)
     returning l.lane into v_lane;
     if v_lane is not null then
         return v_lane;
+    elsif p_lane is not null then
+        raise exception using errcode = 'CWX00';   -- not that lane: undo, its lock included
     end if;
     update costwarden._lanes as l
     set held_micros = l.held_micros + p_micros, held_tokens = l.held_tokens + p_tokens

@@ -419,7 +419,14 @@ begin
         'usage is cumulative and must not go backwards');
     v_extra := greatest(v_cost - v_r.amount_micros, 0);
     v_extra_tokens := greatest(v_tokens - v_r.tokens, 0);
-    if v_extra > 0 or v_extra_tokens > 0 then
+    if (v_extra > 0 or v_extra_tokens > 0) and v_r.lane is not null
+       and current_setting('costwarden.lanes', true) is distinct from 'off'
+       and costwarden._lane_take(v_r.org_id, v_r.pool_ids, v_extra, v_extra_tokens, v_r.lane) is not null then
+        -- the hold grows on its lane, which had room for the shortfall: a grant is
+        -- headroom below every alert line, so no limit would fail (docs/internals.md#lanes)
+        v_r.amount_micros := v_r.amount_micros + v_extra;
+        v_r.tokens := v_r.tokens + v_extra_tokens;
+    elsif v_extra > 0 or v_extra_tokens > 0 then
         -- try to extend the hold by the shortfall under every applicable limit
         perform costwarden._lock_pools(v_r.pool_ids);
         if v_r.lane is not null then
@@ -427,26 +434,27 @@ begin
             perform costwarden._lane_unhold(v_r.org_id, v_r.pool_ids, v_r.lane, v_r.amount_micros, v_r.tokens);
             v_r.lane := null;
         end if;
-        v_enforce := (costwarden._setting('billing_enforce'))::boolean;
-        -- a limit that fails with the lanes' unused grants counted is checked without them
+        -- a limit that fails with the lanes' unused grants counted is checked without
+        -- them (none that fails with them counted: none without)
         if exists (select from costwarden._check_limits(v_r.org_id, v_r.workspace_id, v_r.key_id, v_r.user_id,
                                                         v_extra, v_extra_tokens) as l
                    where l.fails) then
             perform costwarden._lanes_reclaim(v_r.pool_ids);
+            v_enforce := (costwarden._setting('billing_enforce'))::boolean;
+            for v_c in
+                select * from costwarden._check_limits(v_r.org_id, v_r.workspace_id, v_r.key_id, v_r.user_id,
+                                                       v_extra, v_extra_tokens)
+                where fails
+            loop
+                if v_enforce and v_c.mode = 'enforce' then
+                    v_action := 'abort';
+                else
+                    v_shadow := v_shadow || costwarden._limit_reason(
+                        v_c.metric, v_c.scope_kind, v_c.scope_id, v_c.period, v_c.window_kind,
+                        v_c.limit_value, v_c.spent, v_c.held, v_c.requested, false);
+                end if;
+            end loop;
         end if;
-        for v_c in
-            select * from costwarden._check_limits(v_r.org_id, v_r.workspace_id, v_r.key_id, v_r.user_id,
-                                                   v_extra, v_extra_tokens)
-            where fails
-        loop
-            if v_enforce and v_c.mode = 'enforce' then
-                v_action := 'abort';
-            else
-                v_shadow := v_shadow || costwarden._limit_reason(
-                    v_c.metric, v_c.scope_kind, v_c.scope_id, v_c.period, v_c.window_kind,
-                    v_c.limit_value, v_c.spent, v_c.held, v_c.requested, false);
-            end if;
-        end loop;
         if v_action = 'continue' then
             perform costwarden._pools_hold(v_r.pool_ids, v_extra, v_extra_tokens);
             v_r.amount_micros := v_r.amount_micros + v_extra;

@@ -224,20 +224,37 @@ def test_a_lowered_limit_refuses_exactly_where_it_would_without_lanes(
         check_counters(conn)
 
 
-def test_ticks_move_a_lane_hold_onto_the_pools_and_expiry_and_batches_keep_the_books(
+def test_ticks_grow_a_hold_on_its_lane_then_on_the_pools_and_expiry_and_batches_keep_the_books(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
     ws, model = far_limit(client, seeded)
+
+    def lane_held(conn: Conn, lane: int | None) -> int:
+        row = conn.execute(
+            "select held_micros from costwarden._lanes where org_id = %s and lane = %s",
+            (seeded.org, lane),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
     with psycopg.connect(dsn, autocommit=True) as conn:
         client.reserve(seeded.org, ws, model, out_tokens(1000))
         r = client.reserve(seeded.org, ws, model, out_tokens(1000))
-        assert lane_of(conn, r.reservation_id) is not None
+        lane = lane_of(conn, r.reservation_id)
+        assert lane is not None
         client.meter(r.reservation_id, out_tokens(500))  # within the hold: stays on its lane
-        assert lane_of(conn, r.reservation_id) is not None
-        tick = client.meter(r.reservation_id, out_tokens(3000))  # grows: onto the pools
-        assert tick.action == "continue" and lane_of(conn, r.reservation_id) is None
+        assert lane_of(conn, r.reservation_id) == lane
+        # grows by 2 000, which its lane has room for (a slice is 7 998 999 // 64): on it
+        tick = client.meter(r.reservation_id, out_tokens(3000))
+        assert (tick.action, tick.amount_micros) == ("continue", 3000)
+        assert lane_of(conn, r.reservation_id) == lane and lane_held(conn, lane) == 3000
         check_counters(conn)
-        client.commit(r.reservation_id, out_tokens(3000))
+        # grows past the lane's room: the hold moves onto the pools and grows there
+        tick = client.meter(r.reservation_id, out_tokens(200_000))
+        assert (tick.action, tick.amount_micros) == ("continue", 200_000)
+        assert lane_of(conn, r.reservation_id) is None and lane_held(conn, lane) == 0
+        check_counters(conn)
+        client.commit(r.reservation_id, out_tokens(200_000))
         # expiry of lane holds
         short = [
             client.reserve(seeded.org, ws, model, out_tokens(1000), ttl=timedelta(seconds=1))
