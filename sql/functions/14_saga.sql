@@ -136,6 +136,16 @@ $$;
 -- headroom below an alert line divided by twice _lane_count() (10^12 when no
 -- limit of that metric applies), under epoch, the org's lane_epoch read before
 -- the limits.
+-- A refusal after a refusal takes no lock: when the workspace's latest
+-- reservation before this one was refused (a caller running into a refusing
+-- budget again, as a loop that retries does), the limits are checked first on
+-- one snapshot, and when an enforced limit refuses the request there and no
+-- lane holds an unused grant on the pools (_pools.lanes_unused, read in the
+-- same snapshot), that is the decision -- the one a check under the locks
+-- would have made at that moment, before any hold or spend still to commit.
+-- Anything else is checked under the pools' locks, which are what an admission
+-- needs. Such callers are then refused in parallel instead of one at a time at
+-- the pools (docs/performance.md, row 46).
 drop function if exists costwarden._reserve_admit(text, text, text, text, bigint[], bigint, bigint);
 create or replace function costwarden._reserve_admit(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text, p_pool_ids bigint[],
@@ -144,6 +154,7 @@ create or replace function costwarden._reserve_admit(
     out lane_micros bigint, out lane_tokens bigint, out epoch bigint
 )
 language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_enforce boolean;      -- billing_enforce, read when a limit would refuse
@@ -151,18 +162,32 @@ declare
     v_c record;
     v_room numeric;
     v_reclaimed boolean := false;
+    v_locked boolean;       -- the pools are locked
+    v_unused boolean;       -- a lane holds an unused grant on a pool of the set
 begin
-    perform costwarden._lock_pools(p_pool_ids);
-    epoch := (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id);
+    -- (the index of a workspace's reservations by creation; this call's own row,
+    -- inserted in this transaction, has created_at = now())
+    v_locked := coalesce((select r.status <> 'denied' from costwarden._reservations as r
+                          where r.org_id = p_org_id and r.workspace_id = p_workspace_id and r.created_at < now()
+                          order by r.created_at desc limit 1), true);
+    if v_locked then
+        perform costwarden._lock_pools(p_pool_ids);
+        epoch := (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id);
+    end if;
     loop
         reasons := '[]'::jsonb;
         refused := false;
         alerts := '[]'::jsonb;
         lane_micros := null;
         lane_tokens := null;
+        v_unused := false;
         for v_c in
-            select * from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, p_micros, p_tokens)
+            -- one snapshot: the limits, and whether the held amounts count unused grants
+            select l.*, (select coalesce(bool_or(p.lanes_unused), false) from costwarden._pools as p
+                         where p.pool_id = any (p_pool_ids)) as unused
+            from costwarden._check_limits(p_org_id, p_workspace_id, p_key_id, p_user_id, p_micros, p_tokens) as l
         loop
+            v_unused := v_c.unused;
             if v_c.fails then
                 v_enforce := coalesce(v_enforce, (costwarden._setting('billing_enforce'))::boolean);
                 v_enforced := v_enforce and v_c.mode = 'enforce';
@@ -186,6 +211,13 @@ begin
                 lane_tokens := least(coalesce(lane_tokens, v_room), v_room);
             end if;
         end loop;
+        if not v_locked then
+            exit when refused and not v_unused;
+            perform costwarden._lock_pools(p_pool_ids);
+            epoch := (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id);
+            v_locked := true;
+            continue;
+        end if;
         exit when (reasons = '[]' and alerts = '[]') or v_reclaimed;
         v_reclaimed := true;
         exit when not costwarden._lanes_reclaim(p_pool_ids);

@@ -216,6 +216,46 @@ def test_128_concurrent_reserves_against_a_limit_that_fits_4(
         check_counters(conn)
 
 
+def test_a_refusal_after_a_refusal_waits_for_no_pool_lock(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    """A budget callers keep running into refuses them without the pools' locks
+    (_reserve_admit, docs/performance.md row 46): while another transaction holds the
+    workspace's pool, the first refusal waits for it, and a refusal after a refusal is
+    decided at once, on one snapshot, with the same reasons."""
+    usage = Jsonb({"input_tokens": 1000, "output_tokens": 500})  # 7500 micros
+    ws, model = seeded.ws_platform, seeded.platform_model
+    client.set_budget(seeded.org, "workspace", ws, "day", 10_000)  # fits one
+    args = (seeded.org, ws, model, usage, None, None, None)
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as c:
+        c.execute("set lock_timeout = '1s'")
+        first = c.execute(RESERVE, args).fetchone()
+        assert first is not None and first["status"] == "held"
+
+        def hold_the_pool(holder: psycopg.Connection[Any]) -> None:
+            holder.execute(
+                "select 1 from costwarden._pools where org_id = %s and kind = 'workspace'"
+                " and scope_id = %s for update",
+                (seeded.org, ws),
+            )
+
+        with psycopg.connect(dsn) as holder:
+            hold_the_pool(holder)
+            # the latest reservation was admitted: this refusal is decided under the locks
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                c.execute(RESERVE, args)
+        denied = c.execute(RESERVE, args).fetchone()  # under the locks, which are free
+        assert denied is not None and denied["status"] == "denied"
+        with psycopg.connect(dsn) as holder:
+            hold_the_pool(holder)
+            again = c.execute(RESERVE, args).fetchone()  # no wait
+            assert again is not None and again["status"] == "denied"
+            assert again["reasons"] == denied["reasons"]
+        (st,) = client.budget_status(seeded.org, "workspace", ws)
+        assert (st.held, st.spent) == (7500, 0)
+        check_counters(c)
+
+
 def _mixed_worker(
     dsn: str,
     s: Seeded,
