@@ -120,6 +120,10 @@ def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
                     perform costwarden.fn_budget_set(o, 'workspace', 'ws', 'day', big);
                 end loop;
                 perform costwarden.fn_budget_set('hot2', 'org', null, 'month', big, 'cost', cal);
+                -- a workspace whose daily limit fits no call (refused_reserve.sql)
+                perform costwarden.fn_org_upsert('refuse1');
+                perform costwarden.fn_workspace_upsert('refuse1', 'ws', 'bench/model');
+                perform costwarden.fn_budget_set('refuse1', 'workspace', 'ws', 'day', 1000);
                 perform costwarden.fn_budget_set('hot4', 'org', null, 'month', big, 'cost', cal);
                 perform costwarden.fn_budget_set('hot4', 'user', 'u', 'week', big);
                 perform costwarden.fn_budget_set('hot4', 'key', 'k', 'day', big);
@@ -473,6 +477,55 @@ def run_bench(
         replace(
             batch_figure,
             peer=f"(the batch: {batch_figure.value / tpcb8:.2f} x TPC-B tps)" if tpcb8 else "",
+        )
+    )
+
+    # What callers do that the pairs above do not (docs/performance.md, rows 43, 44, 46):
+    # each beside the workload it varies, no target; a ratio far below 1 is a path that
+    # costs more than its extra work.
+    echo(f"callers' workloads beside the ones they vary ({each})")
+    measured = in_rounds(
+        partial(rate, "saga_pair.sql", 8), {"over": partial(rate, "saga_pair_overage.sql", 8)}
+    )
+    add(
+        ratio_figure(
+            f"[callers] pairs whose commit runs over the hold, 8 clients, {orgs:,} orgs",
+            measured["over"],
+            "pairs/s",
+            "pairs within the hold, 8 clients",
+            None,
+            None,
+            True,
+        )
+    )
+    measured = in_rounds(
+        partial(rate, "hot_pair_tick.sql", 32, hot="2"),
+        {"grow": partial(rate, "hot_pair_tick_grow.sql", 32, hot="2")},
+    )
+    add(
+        ratio_figure(
+            "[callers] one hot workspace, pairs with a tick that grows the hold, 32 clients",
+            measured["grow"],
+            "pairs/s",
+            "pairs with a tick within the hold, 32 clients",
+            None,
+            None,
+            True,
+        )
+    )
+    measured = in_rounds(
+        partial(rate, "hot_reserve.sql", 8, hot="2"),
+        {"refused": partial(rate, "refused_reserve.sql", 8)},
+    )
+    add(
+        ratio_figure(
+            "[callers] refusals/s, 8 clients on a workspace whose limit fits no call",
+            measured["refused"],
+            "tps",
+            "reservations/s on one hot workspace, 8 clients",
+            None,
+            None,
+            True,
         )
     )
 

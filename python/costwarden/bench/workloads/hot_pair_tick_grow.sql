@@ -1,0 +1,5 @@
+-- A saga pair whose meter tick grows the hold (250 output tokens against 200 reserved;
+-- a streamed call reserved at an estimate), on the hot workspace of org hot:hot.
+select reservation_id from costwarden.fn_cost_reserve(p_org_id => 'hot' || :hot, p_workspace_id => 'ws', p_model => 'bench/model', p_usage => '{"input_tokens": 400, "output_tokens": 200}') \gset
+select action from costwarden.fn_cost_meter_tick(p_reservation_id => (:reservation_id)::uuid, p_usage => '{"input_tokens": 400, "output_tokens": 250}');
+select entry_seq from costwarden.fn_cost_commit(p_reservation_id => (:reservation_id)::uuid, p_usage => '{"input_tokens": 400, "output_tokens": 260}');
