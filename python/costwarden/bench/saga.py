@@ -484,50 +484,32 @@ def run_bench(
     # each beside the workload it varies, no target; a ratio far below 1 is a path that
     # costs more than its extra work.
     echo(f"callers' workloads beside the ones they vary ({each})")
-    measured = in_rounds(
-        partial(rate, "saga_pair.sql", 8), {"over": partial(rate, "saga_pair_overage.sql", 8)}
-    )
-    add(
-        ratio_figure(
+    callers: list[tuple[str, str, Callable[[], float], Callable[[], float], str]] = [
+        (
             f"[callers] pairs whose commit runs over the hold, 8 clients, {orgs:,} orgs",
-            measured["over"],
-            "pairs/s",
             "pairs within the hold, 8 clients",
-            None,
-            None,
-            True,
-        )
-    )
-    measured = in_rounds(
-        partial(rate, "hot_pair_tick.sql", 32, hot="2"),
-        {"grow": partial(rate, "hot_pair_tick_grow.sql", 32, hot="2")},
-    )
-    add(
-        ratio_figure(
-            "[callers] one hot workspace, pairs with a tick that grows the hold, 32 clients",
-            measured["grow"],
+            partial(rate, "saga_pair.sql", 8),
+            partial(rate, "saga_pair_overage.sql", 8),
             "pairs/s",
+        ),
+        (
+            "[callers] one hot workspace, pairs with a tick that grows the hold, 32 clients",
             "pairs with a tick within the hold, 32 clients",
-            None,
-            None,
-            True,
-        )
-    )
-    measured = in_rounds(
-        partial(rate, "hot_reserve.sql", 8, hot="2"),
-        {"refused": partial(rate, "refused_reserve.sql", 8)},
-    )
-    add(
-        ratio_figure(
+            partial(rate, "hot_pair_tick.sql", 32, hot="2"),
+            partial(rate, "hot_pair_tick_grow.sql", 32, hot="2"),
+            "pairs/s",
+        ),
+        (
             "[callers] refusals/s, 8 clients on a workspace whose limit fits no call",
-            measured["refused"],
-            "tps",
             "reservations/s on one hot workspace, 8 clients",
-            None,
-            None,
-            True,
-        )
-    )
+            partial(rate, "hot_reserve.sql", 8, hot="2"),
+            partial(rate, "refused_reserve.sql", 8),
+            "tps",
+        ),
+    ]
+    for name, baseline_name, baseline, workload, unit in callers:
+        measured = in_rounds(baseline, {"it": workload})
+        add(ratio_figure(name, measured["it"], unit, baseline_name, None, None, True))
 
     if ledger_rows > 0:
         # Two databases set up alike, one with a small ledger and one with a big one,
