@@ -147,9 +147,16 @@ $$;
 -- needs. Such callers are then refused in parallel instead of one at a time at
 -- the pools (docs/performance.md, row 46).
 drop function if exists costwarden._reserve_admit(text, text, text, text, bigint[], bigint, bigint);
+drop function if exists costwarden._reserve_admit(text, text, text, text, bigint[], bigint, bigint, boolean);
+-- The admission decision in two stages (docs/internals.md#pool-gates). p_probe:
+-- before the reservation is written, without locks; a refusal after a refusal of the
+-- workspace is decided here (refused true, final) when the limits refuse on one
+-- snapshot and no lane holds an unused grant on the set's pools; anything else returns
+-- refused null (undecided), and the caller decides under the pools' locks with
+-- p_probe false.
 create or replace function costwarden._reserve_admit(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text, p_pool_ids bigint[],
-    p_micros bigint, p_tokens bigint,
+    p_micros bigint, p_tokens bigint, p_probe boolean,
     out reasons jsonb, out refused boolean, out alerts jsonb,
     out lane_micros bigint, out lane_tokens bigint, out epoch bigint
 )
@@ -162,17 +169,20 @@ declare
     v_c record;
     v_room numeric;
     v_reclaimed boolean := false;
-    v_locked boolean;       -- the pools are locked
+    v_locked boolean := false;  -- the pools are locked
     v_unused boolean;       -- a lane holds an unused grant on a pool of the set
 begin
-    -- (the index of a workspace's reservations by creation; this call's own row,
-    -- inserted in this transaction, has created_at = now())
-    v_locked := coalesce((select r.status <> 'denied' from costwarden._reservations as r
-                          where r.org_id = p_org_id and r.workspace_id = p_workspace_id and r.created_at < now()
-                          order by r.created_at desc limit 1), true);
-    if v_locked then
+    if p_probe then
+        -- (the index of a workspace's reservations by creation)
+        if coalesce((select r.status <> 'denied' from costwarden._reservations as r
+                     where r.org_id = p_org_id and r.workspace_id = p_workspace_id
+                     order by r.created_at desc limit 1), true) then
+            return;
+        end if;
+    else
         perform costwarden._lock_pools(p_pool_ids);
         epoch := (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id);
+        v_locked := true;
     end if;
     loop
         reasons := '[]'::jsonb;
@@ -212,11 +222,10 @@ begin
             end if;
         end loop;
         if not v_locked then
-            exit when refused and not v_unused;
-            perform costwarden._lock_pools(p_pool_ids);
-            epoch := (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id);
-            v_locked := true;
-            continue;
+            if not (refused and not v_unused) then
+                refused := null;    -- undecided: the caller locks the pools
+            end if;
+            return;
         end if;
         exit when (reasons = '[]' and alerts = '[]') or v_reclaimed;
         v_reclaimed := true;
@@ -316,6 +325,22 @@ begin
         if v_lanes then
             v_lane := costwarden._lane_take(p_org_id, v_pool_ids, v_call.quoted_micros, v_call.quoted_tokens);
         end if;
+        -- 6a. a refusal after a refusal of the workspace: decided without locks, so
+        --     the denial is written once (the circuit is not consulted for a refusal)
+        if v_lane is null then
+            v_admit := costwarden._reserve_admit(
+                p_org_id, p_workspace_id, p_key_id, v_call.user_id, v_pool_ids,
+                v_call.quoted_micros, v_call.quoted_tokens, true);
+            if v_admit.refused then
+                if v_admit.alerts <> '[]' then
+                    perform costwarden._budget_alerts(p_org_id, v_admit.alerts, true);
+                end if;
+                v_reasons := v_reasons || v_admit.reasons;
+                v_refused := true;
+                v_expires := null;
+                v_pool_ids := '{}';
+            end if;
+        end if;
     end if;
     v_id := costwarden._reservation_id(p_org_id);
     insert into costwarden._reservations (
@@ -338,7 +363,7 @@ begin
         if v_lane is null then
             v_admit := costwarden._reserve_admit(
                 p_org_id, p_workspace_id, p_key_id, v_call.user_id, v_pool_ids,
-                v_call.quoted_micros, v_call.quoted_tokens);
+                v_call.quoted_micros, v_call.quoted_tokens, false);
         else
             select '[]'::jsonb as reasons, false as refused, '[]'::jsonb as alerts,
                    null::bigint as lane_micros, null::bigint as lane_tokens, null::bigint as epoch

@@ -222,7 +222,9 @@ def test_a_refusal_after_a_refusal_waits_for_no_pool_lock(
     """A budget callers keep running into refuses them without the pools' locks
     (_reserve_admit, docs/performance.md row 46): while another transaction holds the
     workspace's pool, the first refusal waits for it, and a refusal after a refusal is
-    decided at once, on one snapshot, with the same reasons."""
+    decided at once, on one snapshot, with the same reasons, before anything is
+    written: its denial is recorded by one insert, as the refusal under the locks
+    left its own (row 47)."""
     usage = Jsonb({"input_tokens": 1000, "output_tokens": 500})  # 7500 micros
     ws, model = seeded.ws_platform, seeded.platform_model
     client.set_budget(seeded.org, "workspace", ws, "day", 10_000)  # fits one
@@ -248,9 +250,31 @@ def test_a_refusal_after_a_refusal_waits_for_no_pool_lock(
         assert denied is not None and denied["status"] == "denied"
         with psycopg.connect(dsn) as holder:
             hold_the_pool(holder)
-            again = c.execute(RESERVE, args).fetchone()  # no wait
+            writes_sql = (
+                "select n_tup_ins, n_tup_upd from pg_stat_xact_user_tables"
+                " where relid = 'costwarden._reservations'::regclass"
+            )
+            with c.transaction():
+                before = c.execute(writes_sql).fetchone()
+                again = c.execute(RESERVE, args).fetchone()  # no wait
+                after = c.execute(writes_sql).fetchone()
+            # decided before anything is written: the denial is one insert
+            assert before is not None and after is not None
+            writes = {k: after[k] - before[k] for k in after}
             assert again is not None and again["status"] == "denied"
             assert again["reasons"] == denied["reasons"]
+            assert again["expires_at"] is None and again["amount_micros"] == 7500
+            assert writes == {"n_tup_ins": 1, "n_tup_upd": 0}
+        stored = c.execute(
+            "select status, amount_micros, tokens, pool_ids, lane, expires_at,"
+            " finished_at is not null as finished, reasons from costwarden._reservations"
+            " where reservation_id in (%s, %s) order by created_at",
+            (denied["reservation_id"], again["reservation_id"]),
+        ).fetchall()
+        assert stored[0] == stored[1]  # the same record as a refusal under the locks
+        assert stored[1]["status"] == "denied" and stored[1]["amount_micros"] == 0
+        assert stored[1]["pool_ids"] == [] and stored[1]["lane"] is None
+        assert stored[1]["expires_at"] is None and stored[1]["finished"]
         (st,) = client.budget_status(seeded.org, "workspace", ws)
         assert (st.held, st.spent) == (7500, 0)
         check_counters(c)
