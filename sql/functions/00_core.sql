@@ -801,21 +801,42 @@ $$;
 -- were). Each pool's held amount moves by what its grants moved. The caller
 -- holds the locks of p_pool_ids and has checked that _lane_count() such slices
 -- fit in half the headroom below every alert line of every pool of the set.
+-- A set's lanes are made as its callers need them (docs/internals.md#lanes):
+-- one at its first carve; twice as many (up to _lane_count()) when this
+-- admission came to the pools although a lane of the current epoch had room
+-- for its request (p_request_micros / p_request_tokens), that is, while every
+-- such lane was held by another transaction -- so a set one caller uses at a
+-- time (a user's, a key's) keeps one lane, and a busy one grows to all of them.
+drop function if exists costwarden._lanes_carve(text, bigint[], bigint, bigint, bigint);
 create or replace function costwarden._lanes_carve(
-    p_org_id text, p_pool_ids bigint[], p_epoch bigint, p_micros bigint, p_tokens bigint
+    p_org_id text, p_pool_ids bigint[], p_epoch bigint, p_micros bigint, p_tokens bigint,
+    p_request_micros bigint, p_request_tokens bigint
 )
 returns void
 language plpgsql
 as $$
 declare
     v_moved record;
+    v_lanes integer;        -- the set's lanes so far
+    v_grow integer := 0;    -- how many to add
 begin
-    if not exists (select from costwarden._lanes as l where l.org_id = p_org_id and l.pool_ids = p_pool_ids) then
+    v_lanes := (select count(*) from costwarden._lanes as l where l.org_id = p_org_id and l.pool_ids = p_pool_ids);
+    if v_lanes = 0 then
+        v_grow := 1;
+    elsif v_lanes < costwarden._lane_count() and exists (
+        select from costwarden._lanes as l
+        where l.org_id = p_org_id and l.pool_ids = p_pool_ids and l.epoch = p_epoch
+          and l.cap_micros - l.held_micros >= p_request_micros
+          and l.cap_tokens - l.held_tokens >= p_request_tokens
+    ) then
+        v_grow := least(v_lanes, costwarden._lane_count() - v_lanes);
+    end if;
+    if v_grow > 0 then
         insert into costwarden._lanes (org_id, pool_ids, lane, epoch, grant_micros, grant_tokens, cap_micros, cap_tokens)
         select p_org_id, p_pool_ids, g::smallint, p_epoch,
                array_fill(0::bigint, array[cardinality(p_pool_ids)]),
                array_fill(0::bigint, array[cardinality(p_pool_ids)]), 0, 0
-        from generate_series(0, costwarden._lane_count() - 1) as g
+        from generate_series(v_lanes, v_lanes + v_grow - 1) as g
         on conflict do nothing;
     end if;
     for v_moved in

@@ -133,9 +133,9 @@ $$;
 -- A check that finds any of these with the lanes' unused grants counted gives
 -- them back and checks again (docs/internals.md#lanes). lane_micros /
 -- lane_tokens: the slice each lane of the set may be carved, the least
--- headroom below an alert line divided by twice _lane_count() (10^12 when no
--- limit of that metric applies), under epoch, the org's lane_epoch read before
--- the limits.
+-- headroom below an alert line divided by twice _lane_count(), and at most
+-- 1 024 requests of this size (1 024 requests when no limit of that metric
+-- applies), under epoch, the org's lane_epoch read before the limits.
 -- A refusal after a refusal takes no lock: when the workspace's latest
 -- reservation before this one was refused (a caller running into a refusing
 -- budget again, as a loop that retries does), the limits are checked first on
@@ -231,9 +231,12 @@ begin
         v_reclaimed := true;
         exit when not costwarden._lanes_reclaim(p_pool_ids);
     end loop;
-    -- half of it over the lanes; a metric that no limit counts: a fixed slice
-    lane_micros := coalesce(lane_micros / (2 * costwarden._lane_count()), 1000000000000);
-    lane_tokens := coalesce(lane_tokens / (2 * costwarden._lane_count()), 1000000000000);
+    -- a lane's slice: half of it over the lanes (a set's lanes are made as its
+    -- callers need them: _lanes_carve), and no more than 1 024 requests of this
+    -- size, so that the sets of one org share its pools' headroom; a metric that
+    -- no limit counts: 1 024 requests
+    lane_micros := least(lane_micros / (2 * costwarden._lane_count()), greatest(p_micros, 1) * 1024);
+    lane_tokens := least(lane_tokens / (2 * costwarden._lane_count()), greatest(p_tokens, 1) * 1024);
 end
 $$;
 
@@ -402,7 +405,8 @@ begin
                   and v_admit.lane_tokens >= greatest(v_call.quoted_tokens, 1) then
                 -- 9. headroom for the lanes of the set, while the pools are locked
                 perform costwarden._lanes_carve(p_org_id, v_pool_ids, v_admit.epoch,
-                                                v_admit.lane_micros, v_admit.lane_tokens);
+                                                v_admit.lane_micros, v_admit.lane_tokens,
+                                                v_call.quoted_micros, v_call.quoted_tokens);
             end if;
         end if;
         v_reasons := v_reasons || v_admit.reasons;

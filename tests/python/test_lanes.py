@@ -71,8 +71,9 @@ def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
             " from costwarden._lanes where org_id = %s",
             (seeded.org,),
         ).fetchone()
-        # 32 lanes, each a 64th of the headroom below the 80 % line (7 999 999 - 1 000)
-        assert lanes == (32, 7_998_999 // 64, 7_998_999 // 64, 0)
+        # one lane (a set's lanes are made as its callers need them), a 64th of the
+        # headroom below the 80 % line (7 999 999 - 1 000)
+        assert lanes == (1, 7_998_999 // 64, 7_998_999 // 64, 0)
         later = [
             client.reserve(seeded.org, seeded.ws_platform, seeded.platform_model, out_tokens(1000))
             for _ in range(5)
@@ -86,7 +87,7 @@ def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
             " and scope_id = %s",
             (seeded.org, seeded.ws_platform),
         ).fetchone()
-        assert held == (1000 + 32 * (7_998_999 // 64),)
+        assert held == (1000 + 7_998_999 // 64,)
         for r in later:
             client.commit(r.reservation_id, out_tokens(600))
         client.release(first.reservation_id)
@@ -95,12 +96,69 @@ def test_a_reserve_far_from_every_limit_carves_lanes_and_the_next_ones_use_them(
         check_counters(conn)
 
 
+def lanes_of_set(conn: Conn, org: str) -> list[int]:
+    return [
+        int(r[0])
+        for r in conn.execute(
+            "select lane from costwarden._lanes where org_id = %s order by lane", (org,)
+        ).fetchall()
+    ]
+
+
+def grow_lanes(dsn: str, org: str, call: tuple[Any, ...]) -> list[int]:
+    """Reserve while another transaction holds every lane of the org's one set: the
+    reserve goes to the pools and, since a lane had room for it, doubles the set's
+    lanes. Returns the lane count after each round, until all 32 are made."""
+    counts = []
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn) as b:
+        while True:
+            b.execute("select 1 from costwarden._lanes where org_id = %s for update", (org,))
+            row = a.execute(RESERVE, call).fetchone()
+            assert row is not None and lane_of(a, row[0]) is None  # every lane was busy
+            b.rollback()
+            counts.append(len(lanes_of_set(a, org)))
+            if counts[-1] == 32 or len(counts) > 8:
+                return counts
+
+
+def test_a_sets_lanes_are_made_as_its_callers_need_them(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    """A set one caller uses at a time keeps one lane, however many calls it makes;
+    a call that finds every lane busy although one had room doubles them, up to 32
+    (_lanes_carve, docs/internals.md#lanes); a call that finds no lane with room
+    for it makes none."""
+    ws, model = far_limit(client, seeded)
+    call = (seeded.org, ws, model, Jsonb(out_tokens(1000)), None, None)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(20):
+            r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+            client.commit(r.reservation_id, out_tokens(1000))
+        assert lanes_of_set(conn, seeded.org) == [0]
+        # a request larger than any lane's room goes to the pools and makes no lane
+        big = client.reserve(seeded.org, ws, model, out_tokens(200_000))
+        assert lane_of(conn, big.reservation_id) is None
+        assert lanes_of_set(conn, seeded.org) == [0]
+        client.release(big.reservation_id)
+        assert grow_lanes(dsn, seeded.org, call) == [2, 4, 8, 16, 32]
+        assert lanes_of_set(conn, seeded.org) == list(range(32))
+        # all 32 busy: the pools decide, and no 33rd lane is made
+        with psycopg.connect(dsn) as b:
+            b.execute("select 1 from costwarden._lanes where org_id = %s for update", (seeded.org,))
+            row = conn.execute(RESERVE, call).fetchone()
+            assert row is not None and lane_of(conn, row[0]) is None
+        assert len(lanes_of_set(conn, seeded.org)) == 32
+        check_counters(conn)
+        assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (0,)
+
+
 def test_a_reserve_takes_its_backends_own_lane_first_and_skips_it_when_busy(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
     ws, model = far_limit(client, seeded)
     call = (seeded.org, ws, model, Jsonb(out_tokens(1000)), None, None)
-    client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves the lanes
+    client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves the first lane
+    grow_lanes(dsn, seeded.org, call)  # and all 32
     with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(dsn) as b:
         row = a.execute("select pg_backend_pid() % 32").fetchone()
         assert row is not None
@@ -173,29 +231,30 @@ def test_spend_beyond_a_hold_keeps_the_lanes_below_every_alert_line_and_closes_t
         assert unused(conn) > 0
         r = client.reserve(seeded.org, ws, model, out_tokens(1000))
         assert lane_of(conn, r.reservation_id) is not None
-        # one that takes it to the line (spent ~4.1 M + ~4 M of grants >= 8 M): the
-        # grants on its pools are given back, and the pools decide the next reserve
-        client.commit(r.reservation_id, out_tokens(4_100_000))
+        # one that takes it to the line (spent ~7.9 M + the lane's ~0.12 M grant >= 8 M):
+        # the grants on its pools are given back, and the pools decide the next reserve
+        client.commit(r.reservation_id, out_tokens(7_900_000))
         assert unused(conn) == 0
         assert epoch(conn) == e0
         check_counters(conn)
-        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        # (smaller calls from here: a 64th of the ~94 000 left below the line each)
+        r = client.reserve(seeded.org, ws, model, out_tokens(100))
         assert lane_of(conn, r.reservation_id) is None  # carved again under the new totals
-        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        r = client.reserve(seeded.org, ws, model, out_tokens(100))
         assert lane_of(conn, r.reservation_id) is not None
         # a spend report below every line leaves them too
         client.report_spend(seeded.org, ws, "elsewhere", 2_000)  # spend without a hold
         assert epoch(conn) == e0
-        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        r = client.reserve(seeded.org, ws, model, out_tokens(100))
         assert lane_of(conn, r.reservation_id) is not None
         # a limit changed anywhere in the org, and the org's settings, retire them
         client.set_budget(seeded.org, "org", None, "month", 50_000_000)
         assert epoch(conn) == e0 + 1
-        r = client.reserve(seeded.org, ws, model, out_tokens(1000))
+        r = client.reserve(seeded.org, ws, model, out_tokens(100))
         assert lane_of(conn, r.reservation_id) is None
         client.upsert_org(seeded.org, {"timezone": "Europe/Paris"})
         assert epoch(conn) == e0 + 2
-        client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves under e0 + 2
+        client.reserve(seeded.org, ws, model, out_tokens(100))  # carves under e0 + 2
         # so does a ledger adjustment that adds spend (it checks no limit after it)
         client.ledger_adjust(seeded.org, ws, 2_000, "a correction")
         assert epoch(conn) == e0 + 3

@@ -81,7 +81,9 @@ def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
     """1,000 orgs (org1..orgN), each with workspace ws (a daily limit), a calendar
     month org limit, user u (a weekly limit) and key k of ws and u (a daily limit);
     hot1 (a workspace limit only), hot2 (org + workspace limits) and hot4 (org,
-    workspace, user and key limits) for the hot-limit runs; the floor pair's table and
+    workspace, user and key limits) for the hot-limit runs; refuse1 (a workspace
+    limit that fits no call) and many (org and workspace limits, 256 users with a
+    weekly limit each) for the [callers] rows; the floor pair's table and
     the minimal design (minimal_design.sql, schema bench_minimal) beside them."""
     migrations.migrate(dsn, schedule=False, sql_dir=sql_dir)
     with Client(dsn, on_unavailable="closed") as c:
@@ -124,6 +126,15 @@ def setup_costwarden(dsn: str, orgs: int, sql_dir: Path | None = None) -> None:
                 perform costwarden.fn_org_upsert('refuse1');
                 perform costwarden.fn_workspace_upsert('refuse1', 'ws', 'bench/model');
                 perform costwarden.fn_budget_set('refuse1', 'workspace', 'ws', 'day', 1000);
+                -- an org of 256 users, each with a weekly limit (many_users_pair.sql)
+                perform costwarden.fn_org_upsert('many');
+                perform costwarden.fn_workspace_upsert('many', 'ws', 'bench/model');
+                perform costwarden.fn_budget_set('many', 'org', null, 'month', big, 'cost', cal);
+                perform costwarden.fn_budget_set('many', 'workspace', 'ws', 'day', big);
+                for i in 1..256 loop
+                    perform costwarden.fn_user_upsert('many', 'u' || i);
+                    perform costwarden.fn_budget_set('many', 'user', 'u' || i, 'week', big);
+                end loop;
                 perform costwarden.fn_budget_set('hot4', 'org', null, 'month', big, 'cost', cal);
                 perform costwarden.fn_budget_set('hot4', 'user', 'u', 'week', big);
                 perform costwarden.fn_budget_set('hot4', 'key', 'k', 'day', big);
@@ -480,7 +491,7 @@ def run_bench(
         )
     )
 
-    # What callers do that the pairs above do not (docs/performance.md, rows 43, 44, 46):
+    # What callers do that the pairs above do not (docs/performance.md, rows 43-48):
     # each beside the workload it varies, no target; a ratio far below 1 is a path that
     # costs more than its extra work.
     echo(f"callers' workloads beside the ones they vary ({each})")
@@ -497,6 +508,13 @@ def run_bench(
             "pairs with a tick within the hold, 32 clients",
             partial(rate, "hot_pair_tick.sql", 32, hot="2"),
             partial(rate, "hot_pair_tick_grow.sql", 32, hot="2"),
+            "pairs/s",
+        ),
+        (
+            "[callers] pairs in one org of 256 users (org, workspace, user limits), 8 clients",
+            f"pairs on {orgs:,} orgs, 8 clients",
+            partial(rate, "saga_pair.sql", 8),
+            partial(rate, "many_users_pair.sql", 8),
             "pairs/s",
         ),
         (
