@@ -137,8 +137,8 @@ $$;
 -- 1 024 requests of this size (1 024 requests when no limit of that metric
 -- applies), under epoch, the org's lane_epoch read before the limits.
 -- A refusal after a refusal takes no lock: when the workspace's latest
--- reservation before this one was refused (a caller running into a refusing
--- budget again, as a loop that retries does), the limits are checked first on
+-- reservation was refused (a caller running into a refusing budget again, as a
+-- loop that retries does; fn_cost_reserve probes it), the limits are checked first on
 -- one snapshot, and when an enforced limit refuses the request there and no
 -- lane holds an unused grant on the pools (_pools.lanes_unused, read in the
 -- same snapshot), that is the decision -- the one a check under the locks
@@ -148,12 +148,12 @@ $$;
 -- the pools (docs/performance.md, row 46).
 drop function if exists costwarden._reserve_admit(text, text, text, text, bigint[], bigint, bigint);
 drop function if exists costwarden._reserve_admit(text, text, text, text, bigint[], bigint, bigint, boolean);
--- The admission decision in two stages (docs/internals.md#pool-gates). p_probe:
--- before the reservation is written, without locks; a refusal after a refusal of the
--- workspace is decided here (refused true, final) when the limits refuse on one
--- snapshot and no lane holds an unused grant on the set's pools; anything else returns
--- refused null (undecided), and the caller decides under the pools' locks with
--- p_probe false.
+-- The admission decision in two stages (docs/internals.md#pool-gates). p_probe
+-- (a call after a refusal of the workspace): before anything is written, without
+-- locks; the refusal is decided here (refused true, final) when the limits refuse
+-- on one snapshot and no lane holds an unused grant on the set's pools; anything
+-- else returns refused null (undecided), and the caller decides under the pools'
+-- locks with p_probe false.
 create or replace function costwarden._reserve_admit(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text, p_pool_ids bigint[],
     p_micros bigint, p_tokens bigint, p_probe boolean,
@@ -172,14 +172,7 @@ declare
     v_locked boolean := false;  -- the pools are locked
     v_unused boolean;       -- a lane holds an unused grant on a pool of the set
 begin
-    if p_probe then
-        -- (the index of a workspace's reservations by creation)
-        if coalesce((select r.status <> 'denied' from costwarden._reservations as r
-                     where r.org_id = p_org_id and r.workspace_id = p_workspace_id
-                     order by r.created_at desc limit 1), true) then
-            return;
-        end if;
-    else
+    if not p_probe then
         perform costwarden._lock_pools(p_pool_ids);
         epoch := (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id);
         v_locked := true;
@@ -325,12 +318,14 @@ begin
         v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id, p_key_id, v_call.user_id);
         v_expires := now() + v_call.ttl;
         v_lanes := cardinality(v_pool_ids) > 0 and current_setting('costwarden.lanes', true) is distinct from 'off';
-        if v_lanes then
-            v_lane := costwarden._lane_take(p_org_id, v_pool_ids, v_call.quoted_micros, v_call.quoted_tokens);
-        end if;
-        -- 6a. a refusal after a refusal of the workspace: decided without locks, so
-        --     the denial is written once (the circuit is not consulted for a refusal)
-        if v_lane is null then
+        -- a refusal after a refusal of the workspace (its latest reservation: the
+        -- index of a workspace's reservations by creation) is decided without locks,
+        -- before a lane is tried (its grants were given back by that refusal) and
+        -- before anything is written: the denial is one insert (the circuit is not
+        -- consulted for a refusal)
+        if (select r.status = 'denied' from costwarden._reservations as r
+            where r.org_id = p_org_id and r.workspace_id = p_workspace_id
+            order by r.created_at desc limit 1) then
             v_admit := costwarden._reserve_admit(
                 p_org_id, p_workspace_id, p_key_id, v_call.user_id, v_pool_ids,
                 v_call.quoted_micros, v_call.quoted_tokens, true);
@@ -343,6 +338,9 @@ begin
                 v_expires := null;
                 v_pool_ids := '{}';
             end if;
+        end if;
+        if v_lanes and not v_refused then
+            v_lane := costwarden._lane_take(p_org_id, v_pool_ids, v_call.quoted_micros, v_call.quoted_tokens);
         end if;
     end if;
     v_id := costwarden._reservation_id(p_org_id);

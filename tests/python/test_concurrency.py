@@ -222,9 +222,9 @@ def test_a_refusal_after_a_refusal_waits_for_no_pool_lock(
     """A budget callers keep running into refuses them without the pools' locks
     (_reserve_admit, docs/performance.md row 46): while another transaction holds the
     workspace's pool, the first refusal waits for it, and a refusal after a refusal is
-    decided at once, on one snapshot, with the same reasons, before anything is
-    written: its denial is recorded by one insert, as the refusal under the locks
-    left its own (row 47)."""
+    decided at once, on one snapshot, with the same reasons, before a lane is tried
+    and before anything is written: its denial is recorded by one insert, as the
+    refusal under the locks left its own (rows 47 and 50)."""
     usage = Jsonb({"input_tokens": 1000, "output_tokens": 500})  # 7500 micros
     ws, model = seeded.ws_platform, seeded.platform_model
     client.set_budget(seeded.org, "workspace", ws, "day", 10_000)  # fits one
@@ -251,8 +251,11 @@ def test_a_refusal_after_a_refusal_waits_for_no_pool_lock(
         with psycopg.connect(dsn) as holder:
             hold_the_pool(holder)
             writes_sql = (
-                "select n_tup_ins, n_tup_upd from pg_stat_xact_user_tables"
-                " where relid = 'costwarden._reservations'::regclass"
+                "select r.n_tup_ins, r.n_tup_upd,"
+                " coalesce(l.idx_scan, 0) + l.seq_scan as lane_scans"
+                " from pg_stat_xact_user_tables as r, pg_stat_xact_user_tables as l"
+                " where r.relid = 'costwarden._reservations'::regclass"
+                " and l.relid = 'costwarden._lanes'::regclass"
             )
             with c.transaction():
                 before = c.execute(writes_sql).fetchone()
@@ -264,7 +267,8 @@ def test_a_refusal_after_a_refusal_waits_for_no_pool_lock(
             assert again is not None and again["status"] == "denied"
             assert again["reasons"] == denied["reasons"]
             assert again["expires_at"] is None and again["amount_micros"] == 7500
-            assert writes == {"n_tup_ins": 1, "n_tup_upd": 0}
+            # and no lane tried (the first refusal gave any grants back: row 50)
+            assert writes == {"n_tup_ins": 1, "n_tup_upd": 0, "lane_scans": 0}
         stored = c.execute(
             "select status, amount_micros, tokens, pool_ids, lane, expires_at,"
             " finished_at is not null as finished, reasons from costwarden._reservations"
