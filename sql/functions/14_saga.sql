@@ -136,24 +136,20 @@ $$;
 -- headroom below an alert line divided by twice _lane_count(), and at most
 -- 1 024 requests of this size (1 024 requests when no limit of that metric
 -- applies), under epoch, the org's lane_epoch read before the limits.
--- A refusal after a refusal takes no lock: when the workspace's latest
--- reservation was refused (a caller running into a refusing budget again, as a
--- loop that retries does; fn_cost_reserve probes it), the limits are checked first on
--- one snapshot, and when an enforced limit refuses the request there and no
--- lane holds an unused grant on the pools (_pools.lanes_unused, read in the
--- same snapshot), that is the decision -- the one a check under the locks
--- would have made at that moment, before any hold or spend still to commit.
--- Anything else is checked under the pools' locks, which are what an admission
--- needs. Such callers are then refused in parallel instead of one at a time at
--- the pools (docs/performance.md, row 46).
+-- A refusal after a refusal takes no lock (docs/internals.md#pool-gates): when
+-- the workspace's latest reservation was refused (a caller running into a
+-- refusing budget again, as a loop that retries does), fn_cost_reserve first
+-- calls this with p_probe, before anything is written: the limits are checked on
+-- one snapshot without locks, and when an enforced limit refuses the request
+-- there and no lane holds an unused grant on the pools (_pools.lanes_unused,
+-- read in the same snapshot), that is the decision (refused true) -- the one a
+-- check under the locks would have made at that moment, before any hold or spend
+-- still to commit. Anything else returns refused null (undecided) and is decided
+-- under the pools' locks (p_probe false), which are what an admission needs.
+-- Such callers are refused in parallel instead of one at a time at the pools
+-- (docs/performance.md, rows 46, 47 and 50).
 drop function if exists costwarden._reserve_admit(text, text, text, text, bigint[], bigint, bigint);
 drop function if exists costwarden._reserve_admit(text, text, text, text, bigint[], bigint, bigint, boolean);
--- The admission decision in two stages (docs/internals.md#pool-gates). p_probe
--- (a call after a refusal of the workspace): before anything is written, without
--- locks; the refusal is decided here (refused true, final) when the limits refuse
--- on one snapshot and no lane holds an unused grant on the set's pools; anything
--- else returns refused null (undecided), and the caller decides under the pools'
--- locks with p_probe false.
 create or replace function costwarden._reserve_admit(
     p_org_id text, p_workspace_id text, p_key_id text, p_user_id text, p_pool_ids bigint[],
     p_micros bigint, p_tokens bigint, p_probe boolean,
