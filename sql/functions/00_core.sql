@@ -159,6 +159,25 @@ begin
 end
 $$;
 
+-- Internal: the current transaction's commit waits for its WAL flush whatever
+-- the session's synchronous_commit: 'off' is raised to 'on' until the
+-- transaction ends (stricter values, such as remote_apply, are kept). Called by
+-- every write of a record that must outlive a crash once its caller has been
+-- told of it: a ledger entry, an admin change, a key release's trail. A
+-- reservation follows the session's setting (docs/saga.md#durability).
+-- PL/pgSQL, not SQL: a SQL function that is not inlined is planned again in
+-- every transaction (docs/performance.md, row 55).
+create or replace function costwarden._durable_commit()
+returns void
+language plpgsql volatile
+as $$
+begin
+    if current_setting('synchronous_commit') = 'off' then
+        perform set_config('synchronous_commit', 'on', true);
+    end if;
+end
+$$;
+
 -- Internal: record one admin change.
 create or replace function costwarden._audit(
     p_action text, p_org_id text, p_target jsonb, p_before jsonb, p_after jsonb
@@ -169,6 +188,7 @@ as $$
 declare
     v_actor record;
 begin
+    perform costwarden._durable_commit();
     select * into v_actor from costwarden._actor();
     insert into costwarden._audit_log (db_role, actor_org, actor_user, action, org_id, target, before, after)
     values (session_user, v_actor.org_id, v_actor.user_id, p_action, p_org_id, p_target, p_before, p_after);

@@ -183,6 +183,7 @@ begin
         perform costwarden._raise('CW004', format(
             'p_amount_micros must not be negative for a %s entry: only adjustments are signed', p_entry_type));
     end if;
+    perform costwarden._durable_commit();
     select * into v_head from costwarden._ledger_heads as h where h.org_id = p_org_id for update;
     if not found then
         insert into costwarden._ledger_heads (org_id) values (p_org_id) on conflict (org_id) do nothing;

@@ -45,6 +45,7 @@ returns boolean
 language plpgsql
 as $$
 begin
+    perform costwarden._durable_commit();
     insert into costwarden._byok_resolve_log (
         attempt, at, db_role, actor_org, actor_user, reservation_id, org_id, workspace_id, provider,
         legacy, outcome, reason, fingerprint, recorded_via

@@ -55,6 +55,9 @@ def test_the_saga_bench_reports_every_figure_beside_its_baseline(
         "[callers] one hot workspace, pairs with a tick that grows the hold, 32 clients",
         "[callers] pairs in one org of 256 users (org, workspace, user limits), 8 clients",
         "[callers] refusals/s, 8 clients on a workspace whose limit fits no call",
+        "[opt-in] pairs whose holds do not wait for their flush (the session's"
+        " synchronous_commit off), 8 clients",
+        "[opt-in] pair latency, holds not waiting for their flush, 1 client",
         "Python client ms per pair, 1 client",
     ]
     for name in expected:
