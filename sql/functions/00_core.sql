@@ -652,38 +652,23 @@ as $$
 declare
     v_lane smallint;
 begin
+    -- One statement: the lane the caller names (a tick growing its hold on its
+    -- own lane), else the first of the set that can hold the request, in an
+    -- order that starts at the backend's own lane (its pid modulo 32, else the
+    -- next one that exists), so that concurrent callers rarely skip. (Most sets
+    -- have one lane or a few, made as their callers need them, where a probe of
+    -- the own lane alone first would mostly miss: performance.md, row 51.)
     -- A lane whose row changed since the statement began is locked, read again and
     -- skipped when it has no room left (FOR UPDATE re-checks the latest version),
     -- and its lock is kept: a call that found no lane gives such locks back (the
     -- block's subtransaction) before it waits for the pools.
-    if p_lane is not null then
-        -- a tick growing its hold: that lane or none
-        update costwarden._lanes as l
-        set held_micros = l.held_micros + p_micros, held_tokens = l.held_tokens + p_tokens
-        where (l.org_id, l.pool_ids, l.lane) = (
-            select f.org_id, f.pool_ids, f.lane
-            from costwarden._lanes as f
-            where f.org_id = p_org_id and f.pool_ids = p_pool_ids and f.lane = p_lane
-              and f.epoch = (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id)
-              and f.cap_micros - f.held_micros >= p_micros and f.cap_tokens - f.held_tokens >= p_tokens
-            for update skip locked)
-        returning l.lane into v_lane;
-        if v_lane is null then
-            raise exception using errcode = 'CWX00';   -- not that lane: undo, its lock included
-        end if;
-        return v_lane;
-    end if;
-    -- each backend has a lane of its own (its pid modulo 32, else the next lane
-    -- that exists), tried first, then the others from it on, so that concurrent
-    -- callers rarely skip. One statement: most sets have one lane or a few (they
-    -- are made as callers need them), where a probe of the own lane alone would
-    -- mostly miss and cost a statement more
     update costwarden._lanes as l
     set held_micros = l.held_micros + p_micros, held_tokens = l.held_tokens + p_tokens
     where (l.org_id, l.pool_ids, l.lane) = (
         select f.org_id, f.pool_ids, f.lane
         from costwarden._lanes as f
         where f.org_id = p_org_id and f.pool_ids = p_pool_ids
+          and (p_lane is null or f.lane = p_lane)
           and f.epoch = (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id)
           and f.cap_micros - f.held_micros >= p_micros and f.cap_tokens - f.held_tokens >= p_tokens
         order by (f.lane + costwarden._lane_count() - pg_backend_pid() % costwarden._lane_count())

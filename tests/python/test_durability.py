@@ -66,6 +66,20 @@ def test_ledger_and_admin_writes_wait_for_their_flush_whatever_the_session_says(
         assert ends_with(conn, COMMIT, (rid, Jsonb(USAGE)))[1] == "remote_apply"
 
 
+def test_the_client_opts_in_through_its_connect_kwargs(dsn: str, seeded: Seeded) -> None:
+    """The example of docs/python.md: the pool's connections run with the setting off,
+    and the saga works through them."""
+    with costwarden.Client(
+        dsn, on_unavailable="closed", connect_kwargs={"options": "-c synchronous_commit=off"}
+    ) as client:
+        r = client.reserve(seeded.org, seeded.ws_platform, seeded.platform_model, USAGE)
+        committed = client.commit(r.reservation_id, USAGE)
+        assert r.status == "held" and (committed.entry_seq or 0) > 0
+        assert client._pool is not None
+        with client._pool.connection() as conn:
+            assert conn.execute("show synchronous_commit").fetchone() == ("off",)
+
+
 def test_a_key_release_trail_waits_for_its_flush(
     kek_client: costwarden.Client,  # noqa: F811
     admin_conn: psycopg.Connection[Any],
