@@ -307,8 +307,7 @@ begin
 
     -- 5. a lane of the call's pools that can hold the request and is free now
     --    admits it without the pools (docs/internals.md#lanes; not when the setting
-    --    costwarden.lanes is 'off', as inside a batch, which holds its pools
-    --    already); else the reservation is recorded first, so
+    --    costwarden.lanes is 'off'); else the reservation is recorded first, so
     --    that the admission lock below is held as briefly as possible
     if not v_refused then
         v_pool_ids := costwarden._context_pool_ids(p_org_id, p_workspace_id, p_key_id, v_call.user_id);

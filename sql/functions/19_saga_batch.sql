@@ -12,9 +12,11 @@
 -- element runs, a batch takes every lock of the level that its elements would
 -- take one by one, level by level in the documented order, each level sorted
 -- (docs/internals.md#lock-order): reserve -- the idempotency keys' keyed
--- locks (their _lock_stripes rows), then every pool (and no lane: docs/internals.md#lanes);
--- commit -- every reservation row, then every pool, then the lanes of their
--- holds, then every org's ledger head. The single calls then find their locks held.
+-- locks (their _lock_stripes rows), then every pool; its elements then take
+-- lanes as single calls do (docs/internals.md#lanes: with SKIP LOCKED, and the
+-- batch holds the pools of every set it takes a lane of); commit -- every
+-- reservation row, then every pool, then the lanes of their holds, then every
+-- org's ledger head. The single calls then find their locks held.
 --
 -- lock order: docs/internals.md#lock-order
 
@@ -92,7 +94,6 @@ as $$
 declare
     v_q jsonb;
     v_i integer;
-    v_lanes text;           -- the caller's costwarden.lanes, restored after the elements
     v_state text;
     v_message text;
     v_hint text;
@@ -120,10 +121,8 @@ begin
                                            where k.org_id = e ->> 'org_id' and k.key_id = e ->> 'key_id'))
             )) as p (pool_id)
         ));
-        -- 3. each element, in order, as a single call; none takes a lane (docs/internals.md#lanes:
-        --    a caller that holds a lane waits for nothing more, and this one holds pools)
-        v_lanes := current_setting('costwarden.lanes', true);
-        perform set_config('costwarden.lanes', 'off', true);
+        -- 3. each element, in order, as a single call: one may hold on a lane of its set,
+        --    whose pools this batch holds (docs/internals.md#lock-order, level 4b)
         v_i := 0;
         for v_q in select e.value from jsonb_array_elements(p_requests) with ordinality as e (value, n) order by e.n loop
             return query select * from costwarden.fn_cost_reserve(
@@ -134,7 +133,6 @@ begin
                 p_metadata => coalesce(v_q -> 'metadata', '{}'::jsonb));
             v_i := v_i + 1;
         end loop;
-        perform set_config('costwarden.lanes', coalesce(v_lanes, ''), true);
     exception when others then
         get stacked diagnostics v_state = returned_sqlstate, v_message = message_text, v_hint = pg_exception_hint;
         perform costwarden._batch_reraise('p_requests', v_i, v_state, v_message, v_hint);

@@ -3,11 +3,12 @@ docs/internals.md#lanes): slices of a set of pools' headroom that reservations h
 against without locking the pools.
 
 The guarantee: every decision is the one costwarden makes without lanes. The main test
-runs the same random sequence of reserves, ticks, commits (with overage), releases and
-limit changes in two databases, one with lanes and one with ``costwarden.lanes = off``,
-and compares every result, every reason, every alert and every figure of
-fn_budget_status. The others pin the mechanics: which calls use a lane, what gives
-grants back, and that concurrent reservers on lanes keep the books and the limits.
+runs the same random sequence of reserves (single calls and batches), ticks, commits
+(with overage), releases and limit changes in two databases, one with lanes and one
+with ``costwarden.lanes = off``, and compares every result, every reason, every alert
+and every figure of fn_budget_status. The others pin the mechanics: which calls use a
+lane, what gives grants back, and that concurrent reservers on lanes keep the books and
+the limits.
 """
 
 from __future__ import annotations
@@ -327,12 +328,12 @@ def test_ticks_grow_a_hold_on_its_lane_then_on_the_pools_and_expiry_and_batches_
         )
         assert client.expire() >= 3
         check_counters(conn)
-        # a batch reserve holds on the pools; a batch commit settles lane holds
+        # a batch reserve holds on lanes, as single calls do; a batch commit settles them
         batch = client.reserve_many(
             [{"org_id": seeded.org, "workspace_id": ws, "model": model, "usage": out_tokens(1000)}]
             * 3
         )
-        assert all(lane_of(conn, x.reservation_id) is None for x in batch)
+        assert all(lane_of(conn, x.reservation_id) is not None for x in batch)
         on_lanes = [client.reserve(seeded.org, ws, model, out_tokens(1000)) for _ in range(3)]
         assert all(lane_of(conn, x.reservation_id) is not None for x in on_lanes)
         client.commit_many(
@@ -420,23 +421,50 @@ def _run_script(dsn: str, s: Seeded, seed: int, lanes: bool) -> dict[str, Any]:
         for step in range(260):
             op = rng.random()
             if op < 0.55 or not held:
-                micros = rng.choice([500, 1000, 2000, 5000, 20_000])
-                key = rng.random() < 0.5
-                row = conn.execute(
-                    RESERVE,
-                    (
-                        s.org,
-                        s.ws_platform,
-                        s.platform_model,
-                        Jsonb(out_tokens(micros)),
-                        "alice" if key else None,
-                        s.key if key else None,
-                    ),
-                ).fetchone()
-                assert row is not None
-                results.append(("reserve", step, row[1], row[2], row[3], row[4]))
-                if row[1] == "held":
-                    held.append(row[0])
+                # one call, or (one time in five) a batch of two or three
+                calls = []
+                for _ in range(1 if rng.random() < 0.8 else rng.choice([2, 3])):
+                    micros = rng.choice([500, 1000, 2000, 5000, 20_000])
+                    key = rng.random() < 0.5
+                    calls.append((micros, key))
+                if len(calls) == 1:
+                    ((micros, key),) = calls
+                    rows = conn.execute(
+                        RESERVE,
+                        (
+                            s.org,
+                            s.ws_platform,
+                            s.platform_model,
+                            Jsonb(out_tokens(micros)),
+                            "alice" if key else None,
+                            s.key if key else None,
+                        ),
+                    ).fetchall()
+                else:
+                    rows = conn.execute(
+                        "select reservation_id, status, amount_micros, tokens, reasons"
+                        " from costwarden.fn_cost_reserve_many(%s)",
+                        (
+                            Jsonb(
+                                [
+                                    {
+                                        "org_id": s.org,
+                                        "workspace_id": s.ws_platform,
+                                        "model": s.platform_model,
+                                        "usage": out_tokens(micros),
+                                        "user_id": "alice" if key else None,
+                                        "key_id": s.key if key else None,
+                                    }
+                                    for micros, key in calls
+                                ]
+                            ),
+                        ),
+                    ).fetchall()
+                assert len(rows) == len(calls)
+                for row in rows:
+                    results.append(("reserve", step, len(calls), row[1], row[2], row[3], row[4]))
+                    if row[1] == "held":
+                        held.append(row[0])
             else:
                 rid = held.pop(rng.randrange(len(held)))
                 what = rng.random()
@@ -553,6 +581,78 @@ def test_concurrent_reservers_on_lanes_never_overshoot_and_keep_the_books(
             assert run_threads(32, body) == []
         assert monitor.violations == [] and monitor.samples > 0
         assert on_lanes[0] > 100
+        [status] = client.budget_status(seeded.org, "workspace", ws)
+        assert status.spent + status.held <= limit
+        assert limit - (status.spent + status.held) < 1000  # nothing more fits
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            check_counters(conn)
+            assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (
+                0,
+            )
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_batches_and_single_calls_on_lanes_at_once_never_overshoot_and_keep_the_books(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    """The elements of a batch of reserves take lanes as single calls do, holding the
+    pools of every set they may take a lane of (docs/internals.md#lock-order, 4b). 16
+    connections on one workspace, half sending batches of three (committed as a batch, in
+    reverse order), half single calls, then both reserving until the limit refuses: no
+    deadlock, the monitor never sees a limit passed, nothing more fits at the end, and the
+    counters, lanes included, recompute."""
+    ws, model = seeded.ws_platform, seeded.platform_model
+    limit = 2_000_000
+    client.set_budget(seeded.org, "workspace", ws, "day", limit)
+    client.reserve(seeded.org, ws, model, out_tokens(1000))  # carves
+    request = {"org_id": seeded.org, "workspace_id": ws, "model": model}
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(16)]
+    lock = threading.Lock()
+    batch_on_lanes = [0]
+    try:
+
+        def reserve(c: Conn, batch: bool) -> list[tuple[Any, str]]:
+            if not batch:
+                row = c.execute(
+                    RESERVE, (seeded.org, ws, model, Jsonb(out_tokens(1000)), None, None)
+                ).fetchone()
+                assert row is not None
+                return [(row[0], row[1])]
+            rows = c.execute(
+                "select reservation_id, status from costwarden.fn_cost_reserve_many(%s)",
+                (Jsonb([{**request, "usage": out_tokens(1000)}] * 3),),
+            ).fetchall()
+            with lock:
+                batch_on_lanes[0] += sum(lane_of(c, r[0]) is not None for r in rows)
+            return [(r[0], r[1]) for r in rows]
+
+        def body(i: int) -> None:
+            rng = random.Random(i)
+            c, batch = conns[i], i % 2 == 0
+            for _ in range(10):
+                held = [rid for rid, status in reserve(c, batch) if status == "held"]
+                commits = [
+                    {"reservation_id": str(rid), "usage": out_tokens(rng.choice([700, 1500]))}
+                    for rid in reversed(held)
+                ]
+                if batch and commits:
+                    c.execute(
+                        "select * from costwarden.fn_cost_commit_many(%s)", (Jsonb(commits),)
+                    ).fetchall()
+                for x in [] if batch else commits:
+                    c.execute(
+                        "select * from costwarden.fn_cost_commit(%s, %s)",
+                        (x["reservation_id"], Jsonb(x["usage"])),
+                    )
+            while any(status == "held" for _, status in reserve(c, batch)):
+                pass
+
+        with Monitor(dsn, [(seeded.org, "workspace", ws)]) as monitor:
+            assert run_threads(16, body) == []
+        assert monitor.violations == [] and monitor.samples > 0
+        assert batch_on_lanes[0] > 50
         [status] = client.budget_status(seeded.org, "workspace", ws)
         assert status.spent + status.held <= limit
         assert limit - (status.spent + status.held) < 1000  # nothing more fits
