@@ -711,6 +711,38 @@ begin
 end
 $$;
 
+-- Internal: give a hold back to its lane (a release whose call did not run),
+-- without the pools: only while the lane has room (cap above held, in either
+-- metric). Room on a lane means an unused grant on every pool of its set, so
+-- each of them is flagged lanes_unused (set by the carve that made the room;
+-- a give-back clears a flag only after it has locked and emptied every such
+-- lane), and the grant that grows here is one that a give-back will find.
+-- Returns false, locks given back, when the lane has no room (its grants were
+-- given back since the hold was taken: the caller then ends the hold under the
+-- pools' locks, _pools_unhold and _lane_unhold). A lane whose row changed since
+-- the statement began is locked and read again (FOR UPDATE's re-check), and a
+-- failed re-check keeps that lock: the block's subtransaction gives it back, so
+-- that the caller may wait for the pools (docs/internals.md#lock-order).
+create or replace function costwarden._lane_release(
+    p_org_id text, p_pool_ids bigint[], p_lane smallint, p_micros bigint, p_tokens bigint
+)
+returns boolean
+language plpgsql
+as $$
+begin
+    update costwarden._lanes as l
+    set held_micros = l.held_micros - p_micros, held_tokens = l.held_tokens - p_tokens
+    where l.org_id = p_org_id and l.pool_ids = p_pool_ids and l.lane = p_lane
+      and (l.cap_micros > l.held_micros or l.cap_tokens > l.held_tokens);
+    if not found then
+        raise exception using errcode = 'CWX00';   -- no room: undo, locks included
+    end if;
+    return true;
+exception when sqlstate 'CWX00' then
+    return false;
+end
+$$;
+
 -- Internal: lock the lanes that the held reservations p_reservation_ids hold
 -- on, in key order (expiry, a batch of commits: several holds ended in one
 -- transaction). The caller holds their pools' locks.
@@ -748,7 +780,8 @@ begin
     -- next carve, and the org's pool is in every set of the org. Their flags are
     -- cleared here, under the pools' locks, for the grants given back below: each
     -- then is what its lane holds, and stays used up until a carve sets the flag
-    -- again under the same locks.
+    -- again under the same locks (a release gives a hold back to its lane only
+    -- while the lane has room, so only while its pools are flagged: _lane_release).
     with cleared as (
         update costwarden._pools as p set lanes_unused = false
         where p.pool_id = any (p_pool_ids) and p.lanes_unused

@@ -624,6 +624,7 @@ as $$
 declare
     v_r costwarden._reservations;
     v_charge bigint := 0;
+    v_ran boolean;          -- meter ticks recorded usage: the call ran
 begin
     if p_reason is not null and length(p_reason) > 1000 then
         perform costwarden._raise('CW004', 'p_reason is longer than 1000 characters');
@@ -637,11 +638,17 @@ begin
         perform costwarden._raise('CW003', format('reservation %s is %s: it cannot be released',
                                                   p_reservation_id, v_r.status));
     end if;
-    perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
-    if v_r.lane is not null then
-        perform costwarden._lane_unhold(v_r.org_id, v_r.pool_ids, v_r.lane, v_r.amount_micros, v_r.tokens);
+    v_ran := v_r.metered_usage is not null and (v_r.metered_micros > 0 or v_r.metered_tokens > 0);
+    -- a lane hold of a call that did not run goes back to its lane, the pools neither
+    -- locked nor written, while the lane has room (docs/internals.md#lanes)
+    if v_r.lane is null or v_ran
+       or not costwarden._lane_release(v_r.org_id, v_r.pool_ids, v_r.lane, v_r.amount_micros, v_r.tokens) then
+        perform costwarden._pools_unhold(v_r.pool_ids, v_r.amount_micros, v_r.tokens);
+        if v_r.lane is not null then
+            perform costwarden._lane_unhold(v_r.org_id, v_r.pool_ids, v_r.lane, v_r.amount_micros, v_r.tokens);
+        end if;
     end if;
-    if v_r.metered_usage is not null and (v_r.metered_micros > 0 or v_r.metered_tokens > 0) then
+    if v_ran then
         -- the call ran: what the meter ticks recorded is charged, approximately
         perform costwarden._book_charge(v_r, v_r.metered_usage, v_r.metered_micros, v_r.metered_tokens,
                                         true, false);

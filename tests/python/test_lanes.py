@@ -348,6 +348,74 @@ def test_ticks_grow_a_hold_on_its_lane_then_on_the_pools_and_expiry_and_batches_
         assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (0,)
 
 
+def test_a_release_gives_a_lane_hold_back_to_its_lane_without_the_pools(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    """A release of a lane hold whose call did not run gives the hold back to the lane
+    (its room again, the grants as they were) and neither locks nor writes the pools: it
+    completes while another transaction holds every pool gate of the org. Once the
+    lane's grants have been given back, a release ends the hold under the pools' locks,
+    as a commit does."""
+    ws, model = far_limit(client, seeded)
+    org = seeded.org
+
+    def figures(conn: Conn) -> tuple[Any, ...]:
+        row = conn.execute(
+            "select (select array_agg(held_micros order by pool_id) from costwarden._pools"
+            "        where org_id = %s),"
+            " (select array_agg(array[held_micros, used_micros, cap_micros] order by lane)"
+            "  from costwarden._lanes where org_id = %s)",
+            (org, org),
+        ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        psycopg.connect(dsn, autocommit=True) as locker,
+    ):
+        client.reserve(org, ws, model, out_tokens(1000))  # carves
+        before = figures(conn)
+        [status_before] = client.budget_status(org, "workspace", ws)
+        r = client.reserve(org, ws, model, out_tokens(1000))
+        assert lane_of(conn, r.reservation_id) is not None
+        gates = (
+            "select from costwarden._pool_gates where pool_id in"
+            " (select pool_id from costwarden._pools where org_id = %s) for update"
+        )
+        release = "select released_micros from costwarden.fn_cost_release(%s)"
+        with locker.transaction():
+            locker.execute(gates, (org,))
+            conn.execute("set lock_timeout = '5s'")
+            assert conn.execute(release, (r.reservation_id,)).fetchone() == (1000,)
+        assert figures(conn) == before  # the lane's room back; pools untouched
+        [status] = client.budget_status(org, "workspace", ws)
+        assert status == status_before
+        check_counters(conn)
+
+        # grants given back (as an admission near a limit does, under the pools' locks):
+        # the lane has no room left, so a release goes through the pools
+        held = client.reserve(org, ws, model, out_tokens(1000))
+        assert lane_of(conn, held.reservation_id) is not None
+        pools = conn.execute(
+            "select array_agg(pool_id order by pool_id) from costwarden._pools where org_id = %s",
+            (org,),
+        ).fetchone()
+        assert pools is not None
+        with conn.transaction():
+            conn.execute("select costwarden._lock_pools(%s)", (pools[0],))
+            conn.execute("select costwarden._lanes_reclaim(%s)", (pools[0],))
+        with locker.transaction():
+            locker.execute(gates, (org,))
+            conn.execute("set lock_timeout = '300ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                conn.execute(release, (held.reservation_id,))
+        conn.execute("reset lock_timeout")
+        assert conn.execute(release, (held.reservation_id,)).fetchone() == (1000,)
+        check_counters(conn)
+        assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (0,)
+
+
 def test_a_lane_admission_the_circuit_refuses_gives_the_lane_its_room_back(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:

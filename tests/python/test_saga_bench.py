@@ -53,6 +53,8 @@ def test_the_saga_bench_reports_every_figure_beside_its_baseline(
         "batch 4: pairs/s (= calls/s of each batch RPC), 8 clients, 20 orgs",
         "[callers] pairs whose commit runs over the hold, 8 clients, 20 orgs",
         "[callers] one hot workspace, pairs with a tick that grows the hold, 32 clients",
+        "[callers] one hot workspace, pairs whose call did not happen (reserve, release),"
+        " 32 clients",
         "[callers] pairs in one org of 256 users (org, workspace, user limits), 8 clients",
         "[callers] refusals/s, 8 clients on a workspace whose limit fits no call",
         "[opt-in] pairs whose holds do not wait for their flush (the session's"

@@ -495,7 +495,7 @@ def run_bench(
         )
     )
 
-    # What callers do that the pairs above do not (docs/performance.md, rows 43-50),
+    # What callers do that the pairs above do not (docs/performance.md, rows 43-50, 60),
     # and the opt-in of docs/saga.md#durability (holds that do not wait for their flush),
     # apart from the figures above: each beside the workload it varies, no target; a
     # ratio far below 1 is a path that costs more than its extra work. Workloads that
@@ -536,6 +536,16 @@ def run_bench(
             {
                 "[callers] one hot workspace, pairs with a tick that grows the hold,"
                 " 32 clients": partial(rate, "hot_pair_tick_grow.sql", 32, hot="2"),
+            },
+            "pairs/s",
+            True,
+        ),
+        (
+            "pairs with a commit within the hold on one hot workspace, 32 clients",
+            partial(rate, "hot_pair.sql", 32, hot="2"),
+            {
+                "[callers] one hot workspace, pairs whose call did not happen (reserve,"
+                " release), 32 clients": partial(rate, "hot_pair_release.sql", 32, hot="2"),
             },
             "pairs/s",
             True,
