@@ -605,6 +605,19 @@ def test_every_decision_reason_alert_and_figure_is_the_one_without_lanes(
     assert a["on_lanes"] >= 10, a["on_lanes"]  # the lanes did admit
 
 
+def assert_filled_and_balanced(
+    dsn: str, client: costwarden.Client, org: str, ws: str, limit: int
+) -> None:
+    """After reservers ran a workspace up to its limit: within it, nothing more fits, and
+    the counters (lanes included) and the reconciliation agree."""
+    [status] = client.budget_status(org, "workspace", ws)
+    assert status.spent + status.held <= limit
+    assert limit - (status.spent + status.held) < 1000  # nothing more fits
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        check_counters(conn)
+        assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (0,)
+
+
 def test_concurrent_reservers_on_lanes_never_overshoot_and_keep_the_books(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
@@ -649,14 +662,7 @@ def test_concurrent_reservers_on_lanes_never_overshoot_and_keep_the_books(
             assert run_threads(32, body) == []
         assert monitor.violations == [] and monitor.samples > 0
         assert on_lanes[0] > 100
-        [status] = client.budget_status(seeded.org, "workspace", ws)
-        assert status.spent + status.held <= limit
-        assert limit - (status.spent + status.held) < 1000  # nothing more fits
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            check_counters(conn)
-            assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (
-                0,
-            )
+        assert_filled_and_balanced(dsn, client, seeded.org, ws, limit)
     finally:
         for c in conns:
             c.close()
@@ -721,14 +727,7 @@ def test_batches_and_single_calls_on_lanes_at_once_never_overshoot_and_keep_the_
             assert run_threads(16, body) == []
         assert monitor.violations == [] and monitor.samples > 0
         assert batch_on_lanes[0] > 50
-        [status] = client.budget_status(seeded.org, "workspace", ws)
-        assert status.spent + status.held <= limit
-        assert limit - (status.spent + status.held) < 1000  # nothing more fits
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            check_counters(conn)
-            assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (
-                0,
-            )
+        assert_filled_and_balanced(dsn, client, seeded.org, ws, limit)
     finally:
         for c in conns:
             c.close()
