@@ -23,6 +23,17 @@ begin
         -- the gates: the pools' rows are locked by the booking's update below
         perform costwarden._lock_pool_gates(p_r.pool_ids);
         if p_r.lane is not null then
+            -- spend beyond a lane hold that its lane has room for grows the hold there
+            -- first, as a tick's does (a grant is headroom below every alert line): the
+            -- booking is then within the hold, and no limit can have reached a line
+            -- (docs/internals.md#lanes)
+            if (p_micros > p_r.amount_micros or p_tokens > p_r.tokens)
+               and current_setting('costwarden.lanes', true) is distinct from 'off'
+               and costwarden._lane_take(p_r.org_id, p_r.pool_ids, greatest(p_micros - p_r.amount_micros, 0),
+                                         greatest(p_tokens - p_r.tokens, 0), p_r.lane) is not null then
+                p_r.amount_micros := greatest(p_r.amount_micros, p_micros);
+                p_r.tokens := greatest(p_r.tokens, p_tokens);
+            end if;
             perform costwarden._lane_unhold(p_r.org_id, p_r.pool_ids, p_r.lane, p_r.amount_micros, p_r.tokens);
         end if;
     end if;

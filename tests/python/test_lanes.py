@@ -416,6 +416,38 @@ def test_a_release_gives_a_lane_hold_back_to_its_lane_without_the_pools(
         assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (0,)
 
 
+def test_a_commit_over_a_lane_hold_grows_the_hold_on_its_lane_when_the_lane_has_room(
+    dsn: str, client: costwarden.Client, seeded: Seeded
+) -> None:
+    """Spend beyond a lane hold that the lane has room for is taken there first, as a
+    tick's growth is: the lane's grants are used by the whole charge. Spend beyond the
+    lane's room stays spend beyond the hold (the lane's grants used by the hold only)."""
+    ws, model = far_limit(client, seeded)
+    org = seeded.org
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def lane_figures(lane: int) -> tuple[int, int]:
+            row = conn.execute(
+                "select used_micros, held_micros from costwarden._lanes"
+                " where org_id = %s and lane = %s",
+                (org, lane),
+            ).fetchone()
+            assert row is not None
+            return int(row[0]), int(row[1])
+
+        client.reserve(org, ws, model, out_tokens(1000))  # carves
+        for charge, used in ((1500, 1500), (400_000, 1000)):  # a slice is ~125 000
+            r = client.reserve(org, ws, model, out_tokens(1000))
+            lane = lane_of(conn, r.reservation_id)
+            assert lane is not None
+            used_before, held_before = lane_figures(lane)
+            c = client.commit(r.reservation_id, out_tokens(charge))
+            assert (c.charged_micros, c.overage_micros) == (charge, charge - 1000)
+            assert lane_figures(lane) == (used_before + used, held_before - 1000)
+            check_counters(conn)
+        assert conn.execute("select count(*) from costwarden._reconcile(null)").fetchone() == (0,)
+
+
 def test_a_lane_admission_the_circuit_refuses_gives_the_lane_its_room_back(
     dsn: str, client: costwarden.Client, seeded: Seeded
 ) -> None:
