@@ -650,14 +650,18 @@ language plpgsql
 set plan_cache_mode = force_generic_plan
 as $$
 declare
+    -- where the look starts: the lane the caller names (a tick growing its hold
+    -- on its own lane), else the backend's own lane, its pid modulo 32
+    v_own smallint := coalesce(p_lane, (pg_backend_pid() % costwarden._lane_count())::smallint);
     v_lane smallint;
 begin
-    -- One statement: the lane the caller names (a tick growing its hold on its
-    -- own lane), else the first of the set that can hold the request, in an
-    -- order that starts at the backend's own lane (its pid modulo 32, else the
-    -- next one that exists), so that concurrent callers rarely skip. (Most sets
-    -- have one lane or a few, made as their callers need them, where a probe of
-    -- the own lane alone first would mostly miss: performance.md, row 51.)
+    -- The first lane of the set that can hold the request, from the own lane
+    -- down (an index scan of the set's lanes from v_own backwards, which stops
+    -- at the first free one with room), then, when none of those is, from the
+    -- own lane up: concurrent callers rarely skip each other, a set's lanes are
+    -- numbered from 0 as they are made (one, doubled as its callers collide), so
+    -- a set of one lane finds it first, and a busy set of 32 reads the own lane
+    -- alone (docs/performance.md, rows 51 and 63).
     -- A lane whose row changed since the statement began is locked, read again and
     -- skipped when it has no room left (FOR UPDATE re-checks the latest version),
     -- and its lock is kept: a call that found no lane gives such locks back (the
@@ -667,15 +671,28 @@ begin
     where (l.org_id, l.pool_ids, l.lane) = (
         select f.org_id, f.pool_ids, f.lane
         from costwarden._lanes as f
-        where f.org_id = p_org_id and f.pool_ids = p_pool_ids
+        where f.org_id = p_org_id and f.pool_ids = p_pool_ids and f.lane <= v_own
           and (p_lane is null or f.lane = p_lane)
           and f.epoch = (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id)
           and f.cap_micros - f.held_micros >= p_micros and f.cap_tokens - f.held_tokens >= p_tokens
-        order by (f.lane + costwarden._lane_count() - pg_backend_pid() % costwarden._lane_count())
-                 % costwarden._lane_count()
+        order by f.lane desc
         limit 1
         for update skip locked)
     returning l.lane into v_lane;
+    if v_lane is null and p_lane is null then
+        update costwarden._lanes as l
+        set held_micros = l.held_micros + p_micros, held_tokens = l.held_tokens + p_tokens
+        where (l.org_id, l.pool_ids, l.lane) = (
+            select f.org_id, f.pool_ids, f.lane
+            from costwarden._lanes as f
+            where f.org_id = p_org_id and f.pool_ids = p_pool_ids and f.lane > v_own
+              and f.epoch = (select o.lane_epoch from costwarden._orgs as o where o.org_id = p_org_id)
+              and f.cap_micros - f.held_micros >= p_micros and f.cap_tokens - f.held_tokens >= p_tokens
+            order by f.lane
+            limit 1
+            for update skip locked)
+        returning l.lane into v_lane;
+    end if;
     if v_lane is null then
         raise exception using errcode = 'CWX00';   -- no lane: undo, locks included
     end if;
@@ -929,8 +946,8 @@ returns void
 language plpgsql
 as $$
 begin
-    -- the lanes of the org's current epoch (index _lanes_org_epoch, migration
-    -- 0023), not every lane of the org: after a retirement none until a carve
+    -- the lanes of the org's current epoch (index _lanes_epoch_org, migrations
+    -- 0023 and 0024), not every lane of the org: after a retirement none until a carve
     if exists (
         select from costwarden._lanes as l
         where l.org_id = p_org_id

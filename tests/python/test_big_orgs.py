@@ -165,6 +165,33 @@ def test_an_org_with_many_sets_of_lanes_reads_the_lanes_of_the_call_only(
     assert lanes is not None and sets is not None
     assert sets[0] >= USERS_WITH_LANES and lanes[0] == sets[0]
 
+    # beside 3 000 small orgs of one lane each (the statistics then put one lane per
+    # org), a call within its hold reads its own lane, not every lane of the org: the
+    # take (its look-up and its update) and the commit's give-back name the lane by its
+    # key, and the epoch index does not match a look-up by org alone
+    # (docs/performance.md, row 63)
+    db.execute(
+        """
+        insert into costwarden._orgs (org_id) select 'one' || g from generate_series(1, 3000) as g;
+        insert into costwarden._lanes
+            (org_id, pool_ids, lane, epoch, grant_micros, grant_tokens, cap_micros, cap_tokens)
+        select 'one' || g, array[-g]::bigint[], 0, 0, '{0}', '{0}', 0, 0
+        from generate_series(1, 3000) as g;
+        analyze costwarden._lanes;
+        """
+    )
+    within = '{"input_tokens": 400, "output_tokens": 10}'
+    read, rid = lanes_read(db, reserve, org, ws, seeded.platform_model, USAGE, "u7")
+    assert rid is not None and rid[1] == "held"
+    lane = db.execute(
+        "select lane from costwarden._reservations where reservation_id = %s", (rid[0],)
+    ).fetchone()
+    assert lane is not None and lane[0] is not None  # held on its set's lane
+    assert read <= 2, f"{read} lanes read by a reserve of one lane's set"
+    read, row = lanes_read(db, commit, rid[0], within)
+    assert row is not None and row[0] == 0
+    assert read <= 1, f"{read} lanes read by a commit within its hold"
+
     # a commit beyond its hold retires the org's lanes; its check reads the current epoch's
     rid = db.execute(reserve, (org, ws, seeded.platform_model, USAGE, "u1")).fetchone()
     assert rid is not None

@@ -167,16 +167,24 @@ def test_a_reserve_takes_its_backends_own_lane_first_and_skips_it_when_busy(
         first = a.execute(RESERVE, call).fetchone()
         assert first is not None and lane_of(a, first[0]) == own
         # another transaction holds the own lane: the reserve neither waits nor goes to
-        # the pools, it takes the next lane
+        # the pools, it takes the next lane down (lane 1 when the own one is lane 0)
         b.execute(
             "select 1 from costwarden._lanes where org_id = %s and lane = %s for update",
             (seeded.org, own),
         )
         second = a.execute(RESERVE, call).fetchone()
-        assert second is not None and lane_of(a, second[0]) == (own + 1) % 32
+        assert second is not None and lane_of(a, second[0]) == (own - 1 if own > 0 else 1)
+        # every lane from the own one down held as well: the first free one above it
+        b.execute(
+            "select 1 from costwarden._lanes where org_id = %s and lane <= %s for update",
+            (seeded.org, own),
+        )
+        if own < 31:
+            third = a.execute(RESERVE, call).fetchone()
+            assert third is not None and lane_of(a, third[0]) == own + 1
         b.rollback()
-        third = a.execute(RESERVE, call).fetchone()
-        assert third is not None and lane_of(a, third[0]) == own
+        fourth = a.execute(RESERVE, call).fetchone()
+        assert fourth is not None and lane_of(a, fourth[0]) == own
         check_counters(a)
 
 
