@@ -191,6 +191,23 @@ def test_an_org_with_many_sets_of_lanes_reads_the_lanes_of_the_call_only(
     read, row = lanes_read(db, commit, rid[0], within)
     assert row is not None and row[0] == 0
     assert read <= 1, f"{read} lanes read by a commit within its hold"
+    # a tick that grows the hold on its lane, and a release of the call, the same
+    read, rid = lanes_read(db, reserve, org, ws, seeded.platform_model, USAGE, "u8")
+    assert rid is not None and rid[1] == "held" and read <= 2
+    tick = "select action from costwarden.fn_cost_meter_tick(%s, %s::jsonb)"
+    grown = '{"input_tokens": 1000, "output_tokens": 400}'
+    read, row = lanes_read(db, tick, rid[0], grown)
+    assert row == ("continue",)
+    lane = db.execute(
+        "select lane, amount_micros > quoted_micros from costwarden._reservations"
+        " where reservation_id = %s",
+        (rid[0],),
+    ).fetchone()
+    assert lane is not None and lane[0] is not None and lane[1]  # grown on its lane
+    assert read <= 2, f"{read} lanes read by a tick growing its hold on its lane"
+    read, row = lanes_read(db, "select costwarden.fn_cost_release(%s)", rid[0])
+    assert row is not None
+    assert read <= 2, f"{read} lanes read by a release"
 
     # a commit beyond its hold retires the org's lanes; its check reads the current epoch's
     rid = db.execute(reserve, (org, ws, seeded.platform_model, USAGE, "u1")).fetchone()
