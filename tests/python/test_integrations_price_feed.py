@@ -4,6 +4,7 @@ dry-run diff first, all or nothing (real PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import warnings
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -199,3 +200,13 @@ def test_an_error_while_applying_changes_nothing(
 def test_unknown_source(dsn: str) -> None:
     with pytest.raises(PriceFeedError, match="unknown price feed"):
         import_prices(dsn, source="nope")
+
+
+def test_an_import_chooses_its_own_outage_policy(dsn: str) -> None:
+    """The import opens its own client on its own connection: the warning that asks an
+    application to choose an outage policy (on_unavailable) is not the caller's to see."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        import_prices(dsn, text=text(FEED), effective_from=T0)  # dry run: a plan
+        done = import_prices(dsn, text=text(FEED), effective_from=T0, apply=True)
+    assert done.applied is not None

@@ -142,7 +142,7 @@ def _load(avg: tuple[float, float, float]) -> str:
 
 def _setup(dsn: str) -> None:
     migrate(dsn, schedule=False)
-    with Client(dsn) as cw:
+    with Client(dsn, on_unavailable="closed") as cw:
         load_catalogue(cw, read_catalogue(sample_catalogue_path()))
         cw.upsert_org(ORG)
         cw.upsert_workspace(ORG, WS)
@@ -213,7 +213,10 @@ def run_adapters_bench(
         server = server_facts(dsn)
         sdk = openai.OpenAI(base_url=fake.url + "/v1", api_key="sk-bench", max_retries=0)
         async_off = {"options": "-c synchronous_commit=off"}
-        with Client(dsn) as cw, Client(dsn, connect_kwargs=async_off) as cw_off:
+        with (
+            Client(dsn, on_unavailable="closed") as cw,
+            Client(dsn, connect_kwargs=async_off, on_unavailable="closed") as cw_off,
+        ):
             guarded = guard(sdk, cw, org_id=ORG, workspace_id=WS)
             instant = guard(sdk, _InstantClient(), org_id=ORG, workspace_id=WS)
             kwargs: dict[str, Any] = {

@@ -50,7 +50,7 @@ async def _drive(
 
 
 async def sql_pairs(dsn: str, clients: int, seconds: float, orgs: int) -> tuple[int, float]:
-    async with AsyncClient(dsn, pool_size=clients) as c:
+    async with AsyncClient(dsn, pool_size=clients, on_unavailable="closed") as c:
 
         async def pair(i: int, n: int) -> None:
             r = await c.reserve(f"org{1 + (i * 7919 + n) % orgs}", "ws", "bench/model", USAGE)

@@ -42,7 +42,7 @@ class ProxyFigures:
 
 
 def _seed_through_proxy(proxy_dsn: str, orgs: int) -> None:
-    with Client(proxy_dsn) as c:
+    with Client(proxy_dsn, on_unavailable="closed") as c:
         c.upsert_model("bench/model", platform_servable=True)
         c.set_pricing(
             "bench/model",

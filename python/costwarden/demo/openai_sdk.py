@@ -61,7 +61,7 @@ def demo_section(dsn: str, echo: Echo = print) -> OpenAIDemo:
     if importlib.util.find_spec("openai") is None:
         echo("skipped: the openai SDK is not installed (pip install 'costwarden[openai]')")
         return OpenAIDemo(skipped=True)
-    with Client(dsn) as cw, fake_provider() as fake:
+    with Client(dsn, on_unavailable="closed") as cw, fake_provider() as fake:
         return _demo(cw, fake, echo)
 
 

@@ -228,7 +228,7 @@ def apply_import(conn: psycopg.Connection[Any], plan: PriceImport) -> PriceImpor
     if not subset.models:
         return PriceImport(plan.catalogue, plan.changes, LoadReport(0, 0, 0))
     with conn.transaction():
-        report = load_catalogue(Client(conn), subset)
+        report = load_catalogue(Client(conn, on_unavailable="closed"), subset)
     return PriceImport(plan.catalogue, plan.changes, report)
 
 
@@ -252,7 +252,7 @@ def import_prices(
         raise PriceFeedError(f"unknown price feed {source!r} (known: litellm)")
     catalogue = catalogue_from_litellm(text, providers=providers, effective_from=effective_from)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        plan = plan_import(Client(conn), catalogue)
+        plan = plan_import(Client(conn, on_unavailable="closed"), catalogue)
         if preview is not None:
             preview(plan)
         return apply_import(conn, plan) if apply else plan
