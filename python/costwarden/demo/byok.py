@@ -15,6 +15,7 @@ from pathlib import Path
 from .._text import table
 from ..client import Client
 from ..errors import BudgetExceeded, Forbidden
+from .story import readiness_notes
 
 Echo = Callable[[str], None]
 
@@ -70,8 +71,9 @@ def demo_section(dsn: str, echo: Echo = print) -> None:
     with Client(dsn, kek=kek, on_unavailable="closed") as client:
         load_catalogue(client, read_catalogue(sample_catalogue_path()))
         client.upsert_org(ORG)
-        for ws, model in (PLATFORM_WS, BYOK_WS):
-            client.upsert_workspace(ORG, ws, model, "none")
+        with readiness_notes(echo):
+            for ws, model in (PLATFORM_WS, BYOK_WS):
+                client.upsert_workspace(ORG, ws, model, "none")
         byok_ws, byok_model = BYOK_WS
         provider = byok_model.split("/", 1)[0]
         client.revoke_key(ORG, byok_ws, provider)  # start from no key (a rerun)

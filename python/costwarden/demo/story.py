@@ -27,9 +27,11 @@ from __future__ import annotations
 import random
 import threading
 import time
+import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -38,7 +40,7 @@ from uuid import UUID
 from .._text import table as _table
 from .._text import usd as _usd
 from ..client import Client
-from ..errors import BudgetExceeded, NotFound
+from ..errors import BudgetExceeded, NotFound, ReadinessWarning
 from ..pricing import load_catalogue, read_catalogue, sample_catalogue_path
 from ..types import Reason, ReservationInfo
 
@@ -219,12 +221,28 @@ class DemoSummary:
 # -- 1. catalogue and quotes -----------------------------------------------------------------
 
 
-def setup_tenants(client: Client, run: Run) -> None:
+@contextmanager
+def readiness_notes(echo: Echo) -> Iterator[None]:
+    """The block's ReadinessWarnings as lines of the story: the calls succeeded, and the
+    warning says what a workspace still needs before it can reserve. Other warnings are
+    issued again as they came."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if issubclass(w.category, ReadinessWarning):
+            echo(f"readiness: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def setup_tenants(client: Client, run: Run, echo: Echo) -> None:
     load_catalogue(client, read_catalogue(sample_catalogue_path()))
     for base, settings in ORGS.items():
         client.upsert_org(run.org(base), settings)
-    for base, ws, model, override in WORKSPACES:
-        client.upsert_workspace(run.org(base), ws, model, override or "none")
+    with readiness_notes(echo):
+        for base, ws, model, override in WORKSPACES:
+            client.upsert_workspace(run.org(base), ws, model, override or "none")
 
 
 def quote_table(client: Client, run: Run, echo: Echo) -> None:
@@ -786,7 +804,7 @@ def run_story(
             "Usage: in / cached / cache_w (cache writes) / out / reasoning / audio_in / audio_out",
             "= tokens, audio_s = seconds, chars = characters.",
         )
-        setup_tenants(client, run)
+        setup_tenants(client, run, echo)
         quote_table(client, run, echo)
 
         _heading(
