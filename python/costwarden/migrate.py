@@ -322,12 +322,10 @@ DBLINK_FUNCTIONS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
+class _SqlFile:
+    """A file of the package's sql/ tree: its name and its text."""
+
     path: Path
-    checksum: str
 
     @property
     def filename(self) -> str:
@@ -338,20 +336,21 @@ class Migration:
 
 
 @dataclass(frozen=True)
-class FunctionFile:
+class Migration(_SqlFile):
+    version: int
+    name: str
+    path: Path
+    checksum: str
+
+
+@dataclass(frozen=True)
+class FunctionFile(_SqlFile):
     """One file of sql/functions/: re-applied as a whole, in file-name order."""
 
     order: int
     name: str
     path: Path
     checksum: str
-
-    @property
-    def filename(self) -> str:
-        return self.path.name
-
-    def sql(self) -> str:
-        return self.path.read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
