@@ -16,6 +16,11 @@ from ._common import Context, echo_json, json_option, pass_ctx
 BENCH_DATA_DIR = Path(".costwarden/bench-pg/pgdata")
 
 
+def _progress(line: str) -> None:
+    """A bench's progress line: on stderr, so that stdout holds the report alone."""
+    click.echo(line, err=True)
+
+
 def _server(ctx: Context) -> tuple[str, Path | None]:
     """(admin DSN, PostgreSQL bin directory or None) of the server to bench on."""
     if ctx.has_dsn():
@@ -67,7 +72,7 @@ def bench(
     ctx = click_ctx.find_object(Context)
     assert ctx is not None
     dsn, bindir = _server(ctx)
-    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    echo = _progress if as_json else click.echo
     figures = run_bench(
         dsn,
         bindir=bindir,
@@ -132,7 +137,7 @@ def bench_soak(
         clients=clients,
         orgs=orgs,
         interval=interval,
-        echo=lambda line: click.echo(line, err=True),
+        echo=_progress,
     )
     result = {
         "minutes": minutes,
@@ -179,7 +184,7 @@ def bench_http(ctx: Context, seconds: int, clients: int, orgs: int, as_json: boo
         seconds=seconds,
         clients=clients,
         orgs=orgs,
-        echo=lambda line: click.echo(line, err=True),
+        echo=_progress,
     )
     if as_json:
         echo_json({"figures": figures})
@@ -222,7 +227,7 @@ def bench_ledger(
         seconds=seconds,
         orgs=orgs,
         keep=keep,
-        echo=lambda line: click.echo(line, err=True),
+        echo=_progress,
     )
     if as_json:
         echo_json(result)
@@ -241,9 +246,7 @@ def bench_proxy(seconds: int, orgs: int, as_json: bool) -> None:
     On a 2-core machine this measures the proxy's overhead, not a speed-up."""
     from ..bench.proxy import markdown, run_proxy_bench
 
-    figures = run_proxy_bench(
-        seconds=seconds, orgs=orgs, echo=lambda line: click.echo(line, err=True)
-    )
+    figures = run_proxy_bench(seconds=seconds, orgs=orgs, echo=_progress)
     if as_json:
         echo_json(figures)
     else:
@@ -282,7 +285,7 @@ def bench_spend(
         calls=calls,
         repeat=repeat,
         keep=keep,
-        echo=lambda line: click.echo(line, err=True),
+        echo=_progress,
     )
     if as_json:
         echo_json(result)
@@ -303,9 +306,7 @@ def bench_adapters(ctx: Context, calls: int, warmup: int, keep: bool, as_json: b
     from ..bench.adapters import run_adapters_bench
 
     dsn, _bindir = _server(ctx)
-    figures = run_adapters_bench(
-        dsn, calls=calls, warmup=warmup, keep=keep, echo=lambda line: click.echo(line, err=True)
-    )
+    figures = run_adapters_bench(dsn, calls=calls, warmup=warmup, keep=keep, echo=_progress)
     if as_json:
         echo_json(
             {
