@@ -47,6 +47,7 @@ NAMES = {
     "asynccontextmanager": "contextmanager",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
+    "exact_json_connection_async": "exact_json_connection",
 }
 
 #: asyncio.<attr> -> (sync module, attr)

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg.types.json import set_json_loads
 
 from . import _sql as q
 from .errors import READINESS_WARNING_SQLSTATE, ReadinessWarning
@@ -23,6 +24,18 @@ _DECODER = json.JSONDecoder(parse_float=Decimal)
 def exact_loads(data: str | bytes) -> Any:
     """JSON numbers with a fraction load as Decimal: prices and usage stay exact."""
     return _DECODER.decode(data.decode() if isinstance(data, bytes) else data)
+
+
+def exact_json_connection(conn: psycopg.Connection[Any]) -> None:
+    """The ``configure`` of a pool the client owns: its connections read JSON exactly
+    (:func:`exact_loads`) once, instead of each call's cursor setting it. A connection or
+    pool the caller passes in keeps its own loaders: the client sets them per cursor."""
+    set_json_loads(exact_loads, conn)
+
+
+async def exact_json_connection_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """:func:`exact_json_connection` for an async pool."""
+    set_json_loads(exact_loads, conn)
 
 
 class ServerWarnings:

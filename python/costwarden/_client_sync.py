@@ -31,6 +31,7 @@ from ._client_core import (
     ServerWarnings,
     connection_kwargs,
     default_timeout,
+    exact_json_connection,
     exact_loads,
 )
 from .errors import BudgetExceeded, CostwardenError, DatabaseUnavailable, Forbidden, wrap_errors
@@ -95,6 +96,7 @@ class Client(ClientBase):
                 open=False,
                 name="costwarden",
                 kwargs=kwargs,
+                configure=exact_json_connection,
                 timeout=timeout if timeout is not None else default_timeout(on_unavailable),
                 reconnect_timeout=RECONNECT_TIMEOUT,
             )
@@ -144,7 +146,8 @@ class Client(ClientBase):
             self._transaction(conn, call),
             conn.cursor(row_factory=dict_row) as cur,
         ):
-            set_json_loads(exact_loads, cur)
+            if self._owned_pool is None:
+                set_json_loads(exact_loads, cur)
             if self._needs_context:
                 cur.execute(q.SET_CONTEXT, self._context)
             if self._sets_timeout:

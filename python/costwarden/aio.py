@@ -60,6 +60,7 @@ from ._client_core import (
     ServerWarnings,
     connection_kwargs,
     default_timeout,
+    exact_json_connection_async,
     exact_loads,
 )
 from .errors import BudgetExceeded, CostwardenError, DatabaseUnavailable, Forbidden, wrap_errors
@@ -128,6 +129,7 @@ class AsyncClient(ClientBase):
                 open=False,
                 name="costwarden",
                 kwargs=kwargs,
+                configure=exact_json_connection_async,
                 timeout=timeout if timeout is not None else default_timeout(on_unavailable),
                 reconnect_timeout=RECONNECT_TIMEOUT,
             )
@@ -177,7 +179,9 @@ class AsyncClient(ClientBase):
                         self._transaction(conn, call),
                         conn.cursor(row_factory=dict_row) as cur,
                     ):
-                        set_json_loads(exact_loads, cur)
+                        # a pool the client owns reads JSON exactly already
+                        if self._owned_pool is None:
+                            set_json_loads(exact_loads, cur)
                         if self._needs_context:
                             await cur.execute(q.SET_CONTEXT, self._context)
                         if self._sets_timeout:

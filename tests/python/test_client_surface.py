@@ -5,14 +5,17 @@ signatures, and every method runs a statement of costwarden/_sql.py."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import importlib.util
 import inspect
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import psycopg
 import pytest
 
 import costwarden
@@ -178,3 +181,38 @@ def test_one_classifier_of_unavailable() -> None:
         if path.name != "errors.py":
             assert "def is_unavailable" not in text, path.name
             assert '"57P01"' not in text, path.name
+
+
+def test_prices_read_exactly_whoever_owns_the_connection(
+    dsn: str, client: costwarden.Client, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """JSON numbers load as exact Decimals through a client on its own pool (whose
+    connections are configured once) and through one given a connection or pool of the
+    caller's (set per cursor) — sync and async — and the caller's connection keeps its
+    own loaders for its own queries."""
+    price = Decimal("0.0000001234567890123456789")  # more digits than a float keeps
+    client.upsert_model("exact/m")
+    client.set_pricing("exact/m", {"input_tokens": price})
+
+    def read(c: costwarden.Client) -> Any:
+        return c.pricing("exact/m")[0].prices["input_tokens"]
+
+    async def read_async(c: aio.AsyncClient) -> Any:
+        return (await c.pricing("exact/m"))[0].prices["input_tokens"]
+
+    async def both_async() -> list[Any]:
+        async with aio.AsyncClient(dsn, on_unavailable="closed") as owned:
+            a = await read_async(owned)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            b = await read_async(aio.AsyncClient(aconn, on_unavailable="closed"))
+            cur = await aconn.execute("select '{\"x\": 0.1}'::jsonb")
+            row = await cur.fetchone()
+            assert row is not None and type(row[0]["x"]) is float
+        return [a, b]
+
+    given = costwarden.Client(admin_conn, on_unavailable="closed")
+    found = [read(client), read(given), *asyncio.run(both_async())]
+    assert all(type(v) is Decimal and v == price for v in found), found
+    # the caller's connection: its own loaders, untouched by the client's calls on it
+    row = admin_conn.execute("select '{\"x\": 0.1}'::jsonb").fetchone()
+    assert row is not None and type(row[0]["x"]) is float
