@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -93,6 +94,22 @@ class ReadinessWarning(CostwardenError, UserWarning):
     ``Client.workspace_readiness`` lists the problems."""
 
     sqlstate = READINESS_WARNING_SQLSTATE
+
+
+@contextmanager
+def readiness_told(tell: Callable[[str], None]) -> Iterator[None]:
+    """Run the block with its :class:`ReadinessWarning` s handed to ``tell`` (their
+    text), once the block is done, instead of to the warnings machinery: for a command
+    line or a story that says them in its own words. Other warnings are issued again
+    as they came."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if issubclass(w.category, ReadinessWarning):
+            tell(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 class BudgetExceeded(CostwardenError):

@@ -434,7 +434,8 @@ $$;
 
 comment on function costwarden.fn_byok_key_revoke(text, text, text) is
 'Revoke the live BYOK key of (org, workspace, provider): its ciphertexts are destroyed, its record '
-'kept. False when there was none.';
+'kept. False when there was none. A workspace left in byok without a key for its provider is '
+'reported with a WARNING (SQLSTATE 01CW0).';
 
 create or replace function costwarden.fn_byok_key_list(
     p_org_id text default null, p_workspace_id text default null, p_include_revoked boolean default false

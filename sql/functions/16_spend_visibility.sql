@@ -368,30 +368,41 @@ begin
 end
 $$;
 
--- A workspace whose model or billing override changes (fn_workspace_upsert,
--- fn_workspace_seed_model) into byok without a key for its provider is
+-- Internal: a workspace left in byok without a live key for its provider is
 -- reported at once: a WARNING with SQLSTATE 01CW0 that psql prints and the
 -- Python client turns into a costwarden.ReadinessWarning (the CLI prints it).
 -- Reserve still refuses (byok_credential_missing): the warning changes nothing.
-create or replace function costwarden._workspaces_byok_warning()
-returns trigger
+-- Sent when its model or billing override changes (fn_workspace_upsert,
+-- fn_workspace_seed_model) and when its key is revoked (fn_byok_key_revoke; not
+-- a key replaced by fn_byok_key_put): the two triggers below.
+create or replace function costwarden._byok_readiness_warning(p_ws costwarden._workspaces)
+returns void
 language plpgsql
 as $$
 declare
     v_r record;
 begin
-    if tg_op = 'UPDATE' and old.model is not distinct from new.model
-       and old.billing_override is not distinct from new.billing_override then
-        return null;
-    end if;
     for v_r in
-        select r.detail from costwarden._workspace_readiness(new) as r where r.problem = 'byok_credential_missing'
+        select r.detail from costwarden._workspace_readiness(p_ws) as r where r.problem = 'byok_credential_missing'
     loop
         raise warning '%', v_r.detail using
             errcode = '01CW0',
             hint = 'store a key (costwarden keys put) or choose another billing mode; '
                    'fn_workspace_readiness lists what refuses reserves';
     end loop;
+end
+$$;
+
+create or replace function costwarden._workspaces_byok_warning()
+returns trigger
+language plpgsql
+as $$
+begin
+    if tg_op = 'UPDATE' and old.model is not distinct from new.model
+       and old.billing_override is not distinct from new.billing_override then
+        return null;
+    end if;
+    perform costwarden._byok_readiness_warning(new);
     return null;
 end
 $$;
@@ -399,6 +410,24 @@ $$;
 create or replace trigger _workspaces_byok_warning
 after insert or update of model, billing_override on costwarden._workspaces
 for each row execute function costwarden._workspaces_byok_warning();
+
+create or replace function costwarden._byok_keys_revoke_warning()
+returns trigger
+language plpgsql
+as $$
+begin
+    perform costwarden._byok_readiness_warning(w)
+    from costwarden._workspaces as w
+    where w.org_id = new.org_id and w.workspace_id = new.workspace_id;
+    return null;
+end
+$$;
+
+create or replace trigger _byok_keys_revoke_warning
+after update of revoked_at on costwarden._byok_keys
+for each row
+when (old.revoked_at is null and new.revoked_at is not null and new.revoke_reason = 'revoked')
+execute function costwarden._byok_keys_revoke_warning();
 
 grant execute on function
     costwarden.fn_spend_summary(text, text, text, text, text, timestamptz)

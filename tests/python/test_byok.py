@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -168,7 +169,9 @@ def test_put_replaces_the_live_key_and_keeps_history(
     first = kek_client.put_key(seeded.org, seeded.ws_vendor, "anthropic", SECRET)
     assert first == "sk-…9f2a"
     second_secret = "sk-ant-api03-SECOND-abcdefghijklmnop-1b2c"
-    second = kek_client.put_key(seeded.org, seeded.ws_vendor, "anthropic", second_secret)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # replaced, never without a key: no readiness warning
+        second = kek_client.put_key(seeded.org, seeded.ws_vendor, "anthropic", second_secret)
     assert second == "sk-…1b2c"
     live = kek_client.list_keys(seeded.org)
     assert [(k.provider, k.fingerprint, k.status) for k in live] == [("anthropic", second, "live")]
@@ -195,8 +198,15 @@ def test_put_replaces_the_live_key_and_keeps_history(
 
 
 def test_revoke(kek_client: costwarden.Client, seeded: Seeded, vendor_key: str) -> None:
-    assert kek_client.revoke_key(seeded.org, seeded.ws_vendor, "anthropic") is True
-    assert kek_client.revoke_key(seeded.org, seeded.ws_vendor, "anthropic") is False
+    # the byok workspace is left without a key: said at once (01CW0), as a switch to
+    # byok without one is (docs/byok.md)
+    with pytest.warns(
+        costwarden.ReadinessWarning, match="bills byok \\(model\\) but has no anthropic"
+    ):
+        assert kek_client.revoke_key(seeded.org, seeded.ws_vendor, "anthropic") is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing revoked: nothing to say
+        assert kek_client.revoke_key(seeded.org, seeded.ws_vendor, "anthropic") is False
     assert kek_client.list_keys(seeded.org) == []
     (row,) = kek_client.list_keys(seeded.org, include_revoked=True)
     assert (row.fingerprint, row.status, row.revoke_reason) == (vendor_key, "revoked", "revoked")

@@ -60,7 +60,12 @@ def test_put_list_revoke(dsn: str, seeded: Seeded) -> None:
     assert len(lines) == 5 and "live" in lines[2] and "revoked (replaced)" in lines[3]
     revoke = keys(dsn, "revoke", org, ws, "anthropic")
     assert revoke.exit_code == 0 and "revoked" in revoke.output
-    assert "no live anthropic key" in keys(dsn, "revoke", org, ws, "anthropic").output
+    # the byok workspace now refuses every reserve: said on stderr, the revoke done
+    assert f"warning: workspace {org}/{ws} bills byok (model) but has no anthropic key" in (
+        revoke.output
+    )
+    again = keys(dsn, "revoke", org, ws, "anthropic")
+    assert "no live anthropic key" in again.output and "warning" not in again.output
     assert "live" not in keys(dsn, "list").output.splitlines()[-1]
 
 

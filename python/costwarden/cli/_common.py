@@ -184,6 +184,12 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def warn_readiness(message: str) -> None:
+    """A change left a workspace unable to reserve (a ReadinessWarning): on stderr, the
+    command itself having succeeded (``with readiness_told(warn_readiness): ...``)."""
+    click.echo(f"warning: {message}", err=True)
+
+
 def echo_json(value: Any) -> None:
     """Print ``value`` as JSON on stdout (one document)."""
     click.echo(json.dumps(jsonable(value), indent=2, ensure_ascii=False))

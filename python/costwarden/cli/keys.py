@@ -17,8 +17,9 @@ from uuid import UUID
 import click
 
 from ..client import Client
+from ..errors import readiness_told
 from ..types import KekRotateBatch
-from ._common import Context, ProgressBar, echo_json, json_option, pass_ctx, table
+from ._common import Context, ProgressBar, echo_json, json_option, pass_ctx, table, warn_readiness
 
 KEK_ENV = "COSTWARDEN_KEK"
 NEW_KEK_ENV = "COSTWARDEN_NEW_KEK"
@@ -100,7 +101,8 @@ def keys_put(
 @pass_ctx
 def keys_revoke(ctx: Context, org_id: str, workspace_id: str, provider: str) -> None:
     """Revoke the live key of WORKSPACE_ID for PROVIDER (its ciphertext is destroyed)."""
-    with _client(ctx) as c:
+    # a byok workspace left without a key for its provider: every reserve will be refused
+    with _client(ctx) as c, readiness_told(warn_readiness):
         revoked = c.revoke_key(org_id, workspace_id, provider)
     if revoked:
         click.echo(f"revoked the {provider} key of {org_id}/{workspace_id}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from decimal import Decimal
 from typing import Any
 
 import click
 
-from ..errors import ReadinessWarning
-from ._common import Context, DecimalParam, echo_json, json_option, pass_ctx
+from ..errors import readiness_told
+from ._common import Context, DecimalParam, echo_json, json_option, pass_ctx, warn_readiness
 
 
 @click.group()
@@ -81,12 +80,10 @@ def workspaces_set(
 ) -> None:
     """Create a workspace or change its model / billing override; prints the billing
     mode it resolves to."""
-    with ctx.client() as c, warnings.catch_warnings(record=True) as warned:
-        warnings.simplefilter("always", ReadinessWarning)
+    # e.g. byok without a key for its provider: every reserve will be refused
+    with ctx.client() as c, readiness_told(warn_readiness):
         c.upsert_workspace(org, workspace, model, billing_override)
         mode = c.billing_mode(org, workspace)
-    for w in warned:  # e.g. byok without a key for its provider: reserves will be refused
-        click.echo(f"warning: {w.message}", err=True)
     if as_json:
         echo_json(mode)
         return

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from .._text import table
 from ..client import Client
-from ..errors import BudgetExceeded, Forbidden
-from .story import readiness_notes
+from ..errors import BudgetExceeded, Forbidden, readiness_told
 
 Echo = Callable[[str], None]
 
@@ -71,12 +70,12 @@ def demo_section(dsn: str, echo: Echo = print) -> None:
     with Client(dsn, kek=kek, on_unavailable="closed") as client:
         load_catalogue(client, read_catalogue(sample_catalogue_path()))
         client.upsert_org(ORG)
-        with readiness_notes(echo):
-            for ws, model in (PLATFORM_WS, BYOK_WS):
-                client.upsert_workspace(ORG, ws, model, "none")
         byok_ws, byok_model = BYOK_WS
         provider = byok_model.split("/", 1)[0]
-        client.revoke_key(ORG, byok_ws, provider)  # start from no key (a rerun)
+        with readiness_told(lambda message: echo(f"readiness: {message}")):
+            for ws, model in (PLATFORM_WS, BYOK_WS):
+                client.upsert_workspace(ORG, ws, model, "none")
+            client.revoke_key(ORG, byok_ws, provider)  # start from no key (a rerun)
 
         echo("")
         echo("Two workspaces side by side; the billing mode has one source of truth")

@@ -27,11 +27,9 @@ from __future__ import annotations
 import random
 import threading
 import time
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -40,7 +38,7 @@ from uuid import UUID
 from .._text import table as _table
 from .._text import usd as _usd
 from ..client import Client
-from ..errors import BudgetExceeded, NotFound, ReadinessWarning
+from ..errors import BudgetExceeded, NotFound, readiness_told
 from ..pricing import load_catalogue, read_catalogue, sample_catalogue_path
 from ..types import Reason, ReservationInfo
 
@@ -221,26 +219,11 @@ class DemoSummary:
 # -- 1. catalogue and quotes -----------------------------------------------------------------
 
 
-@contextmanager
-def readiness_notes(echo: Echo) -> Iterator[None]:
-    """The block's ReadinessWarnings as lines of the story: the calls succeeded, and the
-    warning says what a workspace still needs before it can reserve. Other warnings are
-    issued again as they came."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        if issubclass(w.category, ReadinessWarning):
-            echo(f"readiness: {w.message}")
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-
 def setup_tenants(client: Client, run: Run, echo: Echo) -> None:
     load_catalogue(client, read_catalogue(sample_catalogue_path()))
     for base, settings in ORGS.items():
         client.upsert_org(run.org(base), settings)
-    with readiness_notes(echo):
+    with readiness_told(lambda message: echo(f"readiness: {message}")):
         for base, ws, model, override in WORKSPACES:
             client.upsert_workspace(run.org(base), ws, model, override or "none")
 
