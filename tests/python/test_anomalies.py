@@ -125,12 +125,18 @@ def test_a_running_detection_makes_a_second_one_return_at_once(
     client: costwarden.Client, seeded: Seeded, admin_conn: Conn, dsn: str
 ) -> None:
     client.report_spend("acme", seeded.ws_platform, "batch", 2_000_000)
-    with psycopg.connect(dsn) as other:
+    # "at once": a detection that waited for the lock would fail here instead of hanging
+    with (
+        costwarden.Client(
+            dsn, statement_timeout=2, connect_kwargs={"options": "-c lock_timeout=2s"}
+        ) as impatient,
+        psycopg.connect(dsn) as other,
+    ):
         # what a running detection holds: the row lock of its _locks row
         other.execute(
             "select from costwarden._locks where lock_name = 'detect_spend_anomalies' for update"
         )
-        assert client.detect_spend_anomalies() == -1  # did not run, and says so
+        assert impatient.detect_spend_anomalies() == -1  # did not run, and says so
     assert client.detect_spend_anomalies() == 1
 
 

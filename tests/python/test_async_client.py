@@ -142,20 +142,30 @@ def test_async_open_spools_and_replay_books_exactly_once(
 
     asyncio.run(spool_while_down())
     spool = Spool(spool_dir)
-    assert [
-        (r["kind"], r["final"]) for r in map(json.loads, spool.path.read_text().splitlines())
-    ] == [("usage", False), ("usage", True), ("usage", False), ("usage", True), ("usage", True)]
+    records = [json.loads(line) for line in spool.path.read_text().splitlines()]
+    assert [(r["kind"], r["final"]) for r in records] == [
+        ("usage", False),
+        ("usage", True),
+        ("usage", False),
+        ("usage", True),
+        ("usage", True),
+    ]
     assert spool.pending() == 5
     assert spend_reports(admin_conn) == []
 
     async def replay() -> tuple[ReplayReport, ReplayReport]:
         async with costwarden.AsyncClient(dsn, spool_dir=spool_dir) as up:
-            return await up.replay_spool(), await up.replay_spool()
+            first = await up.replay_spool()
+            # a second replay of the same records books nothing (their ids are recorded)
+            spool._save_state({"offset": 0})
+            spool.path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            return first, await up.replay_spool()
 
     report, again = asyncio.run(replay())
     assert (report.replayed, report.rejected, report.remaining) == (5, 0, 0)
     assert report.booked_micros == CHAT_MICROS + 6_000 + 33
-    assert (again.replayed, again.booked_micros) == (0, 0)
+    assert (again.replayed, again.rejected, again.remaining) == (5, 0, 0)
+    assert again.booked_micros == 0
     assert booked_by_workspace(admin_conn) == {
         seeded.ws_platform: CHAT_MICROS,
         seeded.ws_vendor: 6_000,

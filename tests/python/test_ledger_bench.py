@@ -1,23 +1,17 @@
-"""`costwarden bench ledger` runs end to end (tiny sizes). Slow and CPU-hungry: skipped
-unless COSTWARDEN_SLOW_TESTS=1. The figures in docs/ledger.md come from a full run."""
+"""`costwarden bench ledger` runs end to end (tiny sizes, a few seconds). The figures in
+docs/ledger.md come from a full run."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from cwtest import PgServer
 
 COSTWARDEN = Path(sys.executable).parent / "costwarden"
 
 
-@pytest.mark.skipif(
-    os.environ.get("COSTWARDEN_SLOW_TESTS") != "1", reason="set COSTWARDEN_SLOW_TESTS=1"
-)
 def test_ledger_bench_runs(pg_server: PgServer) -> None:
     out = subprocess.run(
         [str(COSTWARDEN), "--dsn", pg_server.dsn("postgres"), "bench", "ledger",

@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import costwarden
 from costwarden import migrate as cw_migrate
 from costwarden import worker
+from costwarden.cli import main
 from cwtest import PgServer, Seeded
 
 KEK = "managed-kek-0123456789abcdefghijklmnopqr"
@@ -96,7 +98,18 @@ def test_a_non_superuser_database_owner_migrates_and_runs_everything(
     assert cw_migrate.migrate(managed, schedule=False) == []
 
 
-def test_without_pg_cron_status_says_so(managed: str) -> None:
-    cw_migrate.migrate(managed, schedule=False)
+def test_without_pg_cron_status_says_so(managed: str, pg_server: PgServer) -> None:
+    # the default migrate schedules when it can; here it cannot, and does not fail
+    assert cw_migrate.migrate(managed)
     st = cw_migrate.status(managed)
-    assert st.cron.jobs == ()
+    assert st.up_to_date
+    assert st.cron == cw_migrate.CronStatus(available=False, database=None, jobs=())
+    # nothing was scheduled for this database, as a superuser (who sees pg_cron) finds
+    as_superuser = pg_server.dsn(str(conninfo_to_dict(managed)["dbname"]))
+    assert cw_migrate.cron_status(as_superuser).jobs == ()
+
+    result = CliRunner().invoke(main, ["--dsn", managed, "status"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "pg_cron: not available (run `costwarden worker` for scheduled jobs)" in (
+        result.stdout.splitlines()
+    )
