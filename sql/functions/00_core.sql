@@ -405,6 +405,70 @@ as $$
         'costwarden_service', 'MEMBER')
 $$;
 
+-- Internal: who may reach an org (SPEC §9, §12; docs/operations.md#roles-and-the-actor).
+-- A caller whose actor names an org -- a token's org_id, the actor settings of a
+-- trusted session, a login binding -- is confined to that org whatever its role:
+-- every RPC that names an org, or reaches one through a reservation, an anomaly or a
+-- report, calls this first with that org, and a call that names none (p_org_id
+-- null: every org) is refused to it. A privileged caller (service, admin) with no
+-- actor is not restricted. A tenant may only reach its own org, its own user scope
+-- and its own keys.
+-- p_arg names the argument the org came from (a reservation's, an anomaly's id).
+drop function if exists costwarden._tenant_guard(text, text, text);
+create or replace function costwarden._tenant_guard(
+    p_org_id text, p_scope_kind text default null, p_scope_id text default null, p_arg text default 'p_org_id'
+)
+returns void
+language plpgsql stable
+as $$
+declare
+    v_actor record;
+begin
+    v_actor := costwarden._actor();
+    if v_actor.org_id is null then
+        if costwarden._caller_is_privileged() then
+            return;
+        end if;
+        perform costwarden._raise('CW005', 'no actor: a costwarden_authenticator session sets request.jwt.claims or costwarden.actor_org / actor_user; another login needs a binding (fn_tenant_login_bind)');
+    end if;
+    if p_org_id is null then
+        perform costwarden._raise('CW005', format(
+            '%s: the actor belongs to one org, and a call for every org needs a caller without an actor', p_arg));
+    end if;
+    if p_org_id <> v_actor.org_id then
+        perform costwarden._raise('CW005', format('%s: the actor belongs to another org', p_arg));
+    end if;
+    if p_scope_kind not in ('user', 'key') or costwarden._caller_is_privileged() then
+        return;
+    end if;
+    if v_actor.user_id is null then
+        perform costwarden._raise('CW005', 'a tenant actor needs a user (JWT sub or costwarden.actor_user)');
+    end if;
+    if p_scope_kind = 'user' and p_scope_id is distinct from v_actor.user_id then
+        perform costwarden._raise('CW005', 'p_scope_id: a tenant may only read its own user scope');
+    end if;
+    if p_scope_kind = 'key' and not exists (
+        select from costwarden._keys as k
+        where k.org_id = p_org_id and k.key_id = p_scope_id and k.user_id = v_actor.user_id
+    ) then
+        perform costwarden._raise('CW005', 'p_scope_id: a tenant may only read its own keys');
+    end if;
+end
+$$;
+
+-- Internal: a change that every org shares (a setting, a model, a price, a
+-- circuit, the KEK) is refused to a caller confined to one org (_tenant_guard).
+create or replace function costwarden._shared_guard()
+returns void
+language plpgsql stable
+as $$
+begin
+    if (costwarden._actor()).org_id is not null then
+        perform costwarden._raise('CW005', 'the actor belongs to one org: a change every org shares needs a caller without an actor');
+    end if;
+end
+$$;
+
 -- Internal: a named lock (a row of the private table _locks; no other role
 -- can lock it): exclusive (FOR UPDATE) or shared (FOR SHARE), held to the end
 -- of the transaction.

@@ -17,6 +17,7 @@ returns table (
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_limit(p_limit);
     return query
     select a.audit_id, a.at, a.db_role, a.actor_org, a.actor_user, a.action, a.org_id,

@@ -75,6 +75,7 @@ declare
     v_value jsonb := costwarden._setting_validate(p_key, p_value);
     v_before jsonb := costwarden._setting(p_key);
 begin
+    perform costwarden._shared_guard();
     insert into costwarden._settings as s (key, value)
     values (p_key, v_value)
     on conflict (key) do update set value = excluded.value, updated_at = now();

@@ -64,6 +64,7 @@ declare
     v_before jsonb;
     v_after jsonb;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_text(p_org_id, 'p_org_id');
     select settings into v_before from costwarden._orgs where org_id = p_org_id for no key update;
     v_after := costwarden._org_settings_merge(v_before, p_settings);
@@ -92,6 +93,7 @@ declare
     v_before costwarden._workspaces;
     v_after costwarden._workspaces;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_org(p_org_id);
     perform costwarden._require_text(p_workspace_id, 'p_workspace_id');
     if p_model is not null then
@@ -133,6 +135,7 @@ as $$
 declare
     v_set boolean;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_workspace(p_org_id, p_workspace_id);
     perform costwarden._require_model(p_model);
     update costwarden._workspaces
@@ -159,6 +162,7 @@ declare
     v_before text[];
     v_existed boolean;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_org(p_org_id);
     perform costwarden._require_text(p_user_id, 'p_user_id');
     if p_groups is not null then
@@ -201,6 +205,7 @@ as $$
 declare
     v_before costwarden._keys;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_org(p_org_id);
     perform costwarden._require_text(p_key_id, 'p_key_id');
     if p_workspace_id is not null then
@@ -232,6 +237,7 @@ as $$
 declare
     v_before costwarden._models;
 begin
+    perform costwarden._shared_guard();
     perform costwarden._require_text(p_model, 'p_model');
     if p_model !~ '^[A-Za-z0-9][A-Za-z0-9_.-]*/[^[:space:]]+$' then
         perform costwarden._raise('CW004', format('p_model must look like provider/model, got %L', p_model));

@@ -35,6 +35,7 @@ returns table (billing_mode text, source text)
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     return query select b.billing_mode, b.source
     from costwarden._billing_mode(costwarden._require_workspace(p_org_id, p_workspace_id)) as b;
 end

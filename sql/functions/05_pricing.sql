@@ -106,6 +106,7 @@ declare
     v_id bigint;
     v_prices jsonb;
 begin
+    perform costwarden._shared_guard();
     perform costwarden._require_model(p_model);
     perform costwarden._prices_check(p_prices);
     if p_effective_from is null then
@@ -280,6 +281,7 @@ declare
     v_ws costwarden._workspaces := costwarden._require_workspace(p_org_id, p_workspace_id);
     v_q record;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_model(p_model);
     select * into v_q from costwarden._quote(p_model, p_usage);
     return query select v_q.amount_micros, v_q.tokens, v_q.snapshot_id,

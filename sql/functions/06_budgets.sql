@@ -469,6 +469,7 @@ declare
     v_scope_id text;
     v_before costwarden._budgets;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_org(p_org_id);
     v_scope_id := costwarden._budget_scope_id(p_scope_kind, p_scope_id);
     perform costwarden._require_period_window(p_period, p_window);
@@ -526,45 +527,6 @@ begin
             jsonb_build_object('limit', v_before.limit_value, 'mode', v_before.mode) end,
         case when p_limit is not null then jsonb_build_object('limit', p_limit, 'mode', p_mode) end
     );
-end
-$$;
-
--- Internal: a tenant caller may only read its own org, its own user scope and
--- its own keys (SPEC §9). Privileged callers (service, admin) without an
--- actor are not restricted; with an actor set they are held to its org.
-create or replace function costwarden._tenant_guard(p_org_id text, p_scope_kind text default null, p_scope_id text default null)
-returns void
-language plpgsql stable
-as $$
-declare
-    v_actor record;
-    v_privileged boolean := costwarden._caller_is_privileged();
-begin
-    select * into v_actor from costwarden._actor();
-    if v_actor.org_id is null and v_privileged then
-        return;
-    end if;
-    if v_actor.org_id is null then
-        perform costwarden._raise('CW005', 'no actor: a costwarden_authenticator session sets request.jwt.claims or costwarden.actor_org / actor_user; another login needs a binding (fn_tenant_login_bind)');
-    end if;
-    if p_org_id is distinct from v_actor.org_id then
-        perform costwarden._raise('CW005', 'p_org_id: the actor belongs to another org');
-    end if;
-    if v_privileged or p_scope_kind not in ('user', 'key') then
-        return;
-    end if;
-    if v_actor.user_id is null then
-        perform costwarden._raise('CW005', 'a tenant actor needs a user (JWT sub or costwarden.actor_user)');
-    end if;
-    if p_scope_kind = 'user' and p_scope_id is distinct from v_actor.user_id then
-        perform costwarden._raise('CW005', 'p_scope_id: a tenant may only read its own user scope');
-    end if;
-    if p_scope_kind = 'key' and not exists (
-        select from costwarden._keys as k
-        where k.org_id = p_org_id and k.key_id = p_scope_id and k.user_id = v_actor.user_id
-    ) then
-        perform costwarden._raise('CW005', 'p_scope_id: a tenant may only read its own keys');
-    end if;
 end
 $$;
 

@@ -253,6 +253,7 @@ declare
     v_head_hash bytea;
     v_head_found boolean;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._optional_org(p_org_id);
     for v_org in
         select o.org_id from costwarden._ledger_orgs() as o (org_id)
@@ -362,6 +363,7 @@ returns table (org_id text, seq bigint, entry_hash text, taken_at timestamptz)
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     if p_org_id is not null then
         perform costwarden._require_org(p_org_id);
         return query
@@ -408,6 +410,7 @@ returns table (
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._optional_org(p_org_id);
     if p_after_seq is null or p_after_seq < 0 then
         perform costwarden._raise('CW004', 'p_after_seq must be 0 or more');
@@ -450,6 +453,7 @@ declare
     v_pool_ids bigint[];
     v_entry record;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     -- 1. validate: nothing is written before every argument is checked
     perform costwarden._require_workspace(p_org_id, p_workspace_id);
     if p_amount_micros is null then

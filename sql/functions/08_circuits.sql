@@ -204,6 +204,7 @@ as $$
 declare
     v_c costwarden._circuits;
 begin
+    perform costwarden._shared_guard();
     perform costwarden._require_provider(p_provider);
     v_c := costwarden._circuit_lock(p_provider);
     update costwarden._circuits as c

@@ -27,6 +27,9 @@ begin
     if not found then
         perform costwarden._raise('CW002', format('p_alert_id: unknown alert %s', p_alert_id));
     end if;
+    if v_a.org_id is not null then
+        perform costwarden._tenant_guard(v_a.org_id, p_arg => 'p_alert_id');
+    end if;
     return query select v_a.alert_id, v_a.at, v_a.kind, v_a.level, v_a.org_id, v_a.payload;
 end
 $$;

@@ -356,6 +356,7 @@ declare
     v_before costwarden._byok_keys;
     v_actor record;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     -- 1. arguments (nothing is written before every one is checked)
     v_ws := costwarden._require_workspace(p_org_id, p_workspace_id);
     perform costwarden._require_provider(p_provider, 'p_provider: no model of provider %L in the catalogue');
@@ -410,6 +411,7 @@ as $$
 declare
     v_before costwarden._byok_keys;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_workspace(p_org_id, p_workspace_id);
     perform costwarden._require_provider(p_provider, 'p_provider: no model of provider %L in the catalogue');
     perform costwarden._byok_slot_lock(p_org_id, p_workspace_id, p_provider);
@@ -447,6 +449,7 @@ returns table (
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     if p_workspace_id is not null then
         perform costwarden._require_workspace(p_org_id, p_workspace_id);
     elsif p_org_id is not null then
@@ -504,6 +507,7 @@ declare
     v_n integer := 0;
     v_left bigint;
 begin
+    perform costwarden._shared_guard();
     perform costwarden._require_limit(p_batch, 100000, 'p_batch');
     v_old := costwarden._byok_kek('costwarden.kek');
     v_new := costwarden._byok_kek('costwarden.kek_new');

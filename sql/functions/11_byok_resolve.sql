@@ -435,6 +435,7 @@ as $$
 declare
     v_last bigint;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_limit(p_limit);
     if p_org_id is not null or p_reservation_id is not null then
         return query

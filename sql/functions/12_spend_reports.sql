@@ -37,6 +37,7 @@ as $$
 declare
     v_before costwarden._spend_sources;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_workspace(p_org_id, p_workspace_id);
     perform costwarden._require_text(p_source, 'p_source');
     perform costwarden._context_user(p_org_id, p_workspace_id, p_user_id, p_key_id);
@@ -97,6 +98,7 @@ declare
     v_anomaly_id bigint;
     v_freeze boolean;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_workspace(p_org_id, p_workspace_id);
     perform costwarden._require_text(p_source, 'p_source');
     if p_cumulative_micros is null then
@@ -170,6 +172,7 @@ returns table (
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._optional_org(p_org_id);
     return query
     select s.org_id, s.workspace_id, s.source, s.key_id, s.user_id, s.last_cumulative_micros, s.reports,

@@ -133,6 +133,7 @@ begin
     if not found then
         perform costwarden._raise('CW002', format('p_anomaly_id: unknown anomaly %s', p_anomaly_id));
     end if;
+    perform costwarden._tenant_guard(v_a.org_id, p_arg => 'p_anomaly_id');
     if v_a.acked_at is not null then
         return;                             -- already acknowledged: nothing to do, nothing written
     end if;
@@ -164,6 +165,7 @@ returns table (
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._optional_org(p_org_id);
     if p_open_only is null then
         perform costwarden._raise('CW004', 'p_open_only must be true or false');

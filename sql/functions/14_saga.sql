@@ -271,6 +271,7 @@ declare
     v_id uuid;
     v_expires timestamptz;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     -- 1. validate (nothing is written before every argument is checked)
     v_call := costwarden._reserve_validate(
         p_org_id, p_workspace_id, p_model, p_usage, p_user_id, p_key_id, p_ttl, p_metadata,
@@ -471,6 +472,7 @@ declare
     v_shadow jsonb := '[]'::jsonb;
 begin
     v_r := costwarden._reservation_for_update(p_reservation_id);
+    perform costwarden._tenant_guard(v_r.org_id, p_arg => 'p_reservation_id');
     if v_r.status <> 'held' then
         perform costwarden._raise('CW003', format('reservation %s is %s, not held: it cannot be metered',
                                                   p_reservation_id, v_r.status));
@@ -564,6 +566,7 @@ begin
         perform costwarden._raise('CW004', 'p_approximate must be true or false');
     end if;
     v_r := costwarden._reservation_for_update(p_reservation_id);
+    perform costwarden._tenant_guard(v_r.org_id, p_arg => 'p_reservation_id');
     if v_r.commit_usage is not null then
         if v_r.commit_usage = p_usage and v_r.commit_approximate = p_approximate then
             return query select (v_r.commit_result ->> 'entry_seq')::bigint,
@@ -641,6 +644,7 @@ begin
         perform costwarden._raise('CW004', 'p_reason is longer than 1000 characters');
     end if;
     v_r := costwarden._reservation_for_update(p_reservation_id);
+    perform costwarden._tenant_guard(v_r.org_id, p_arg => 'p_reservation_id');
     if v_r.status in ('released', 'expired') then
         return query select 0::bigint;
         return;
@@ -793,6 +797,7 @@ returns table (
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._optional_org(p_org_id);
     return query select * from costwarden._reservations_page(p_org_id, null, p_status, p_limit, 100000);
 end

@@ -20,6 +20,7 @@ returns table (
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_org(p_org_id);
     if p_from is null or p_to is null then
         perform costwarden._raise('CW004', 'p_from and p_to are required');

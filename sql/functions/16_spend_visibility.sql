@@ -235,6 +235,7 @@ returns table (
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_org(p_org_id);
     return query
     select q.report_id, q.org_id, q.workspace_id, q.source, q.delta_micros, q.reported_at
@@ -270,6 +271,7 @@ begin
     if not found then
         perform costwarden._raise('CW002', format('p_report_id: unknown quarantined spend report %s', p_report_id));
     end if;
+    perform costwarden._tenant_guard(v_q.org_id, p_arg => 'p_report_id');
     select * into v_s from costwarden._spend_sources as s
     where s.org_id = v_q.org_id and s.workspace_id = v_q.workspace_id and s.source = v_q.source
     for update;
@@ -362,6 +364,7 @@ returns table (problem text, detail text)
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform costwarden._tenant_guard(p_org_id);
     return query
     select r.problem, r.detail
     from costwarden._workspace_readiness(costwarden._require_workspace(p_org_id, p_workspace_id)) as r;

@@ -16,6 +16,7 @@ declare
     v_role pg_catalog.pg_roles;
     v_before costwarden._tenant_logins;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_text(p_login, 'p_login', 63);
     select * into v_role from pg_catalog.pg_roles as r where r.rolname = p_login;
     if not found then
@@ -57,6 +58,8 @@ declare
     v_before costwarden._tenant_logins;
 begin
     perform costwarden._require_text(p_login, 'p_login', 63);
+    perform costwarden._tenant_guard(
+        (select b.org_id from costwarden._tenant_logins as b where b.login = p_login), p_arg => 'p_login');
     delete from costwarden._tenant_logins as b where b.login = p_login returning * into v_before;
     if not found then
         return false;

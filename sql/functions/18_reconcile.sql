@@ -242,6 +242,7 @@ declare
     v_rows jsonb;
     v_n integer;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._optional_org(p_org_id);
     -- one statement: one snapshot of the counters, the reservations and the ledger
     select coalesce(jsonb_agg(to_jsonb(x)), '[]'::jsonb), count(*)::integer into v_rows, v_n
@@ -291,6 +292,7 @@ declare
     v_spent_micros bigint;
     v_spent_tokens bigint;
 begin
+    perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_org(p_org_id);
     if p_pool_id is null then
         perform costwarden._raise('CW004', 'p_pool_id is required');
@@ -534,6 +536,7 @@ begin
     if not found then
         perform costwarden._raise('CW002', format('p_reservation_id: unknown reservation %s', p_reservation_id));
     end if;
+    perform costwarden._tenant_guard(v_r.org_id, p_arg => 'p_reservation_id');
 
     -- the operation's row first: a concurrent replay of the same operation waits here
     insert into costwarden._replayed_operations (operation_id, org_id, kind, reservation_id, called_at)
@@ -608,6 +611,7 @@ declare
     v_delta_tokens bigint;
     v_pool_ids bigint[];
 begin
+    perform costwarden._tenant_guard(p_org_id);
     if p_operation_id is null then
         perform costwarden._raise('CW004', 'p_operation_id is required');
     end if;

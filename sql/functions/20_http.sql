@@ -17,11 +17,14 @@ create or replace function costwarden.fn_metrics()
 returns table (metric text, labels jsonb, value numeric)
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
+declare
+    -- a caller confined to one org (its actor, _tenant_guard) sees that org's samples
+    v_org text := (costwarden._actor()).org_id;
 begin
     return query
     select 'costwarden_reservations_held'::text, '{}'::jsonb, count(*)::numeric
     from costwarden._reservations as r
-    where r.status = 'held';
+    where r.status = 'held' and (v_org is null or r.org_id = v_org);
 
     return query
     select 'costwarden_reservations_last_hour'::text,
@@ -33,6 +36,7 @@ begin
         where r.org_id = o.org_id and r.created_at > now() - interval '1 hour'
         group by r.status
     ) as c
+    where v_org is null or o.org_id = v_org
     order by o.org_id, c.status;
 
     return query
@@ -47,6 +51,7 @@ begin
           and r.status = 'denied' and (e ->> 'enforced')::boolean is not false
         group by 1
     ) as d
+    where v_org is null or o.org_id = v_org
     order by o.org_id, d.code;
 
     return query
@@ -54,6 +59,7 @@ begin
         select distinct b.org_id, b.scope_kind, nullif(b.scope_id, '') as scope_id
         from costwarden._budgets as b
         where b.mode = 'enforce' and b.scope_kind in ('org', 'workspace', 'key', 'user')
+          and (v_org is null or b.org_id = v_org)
     ),
     limits as (
         select s.org_id, s.scope_kind, s.scope_id, st.period, st.metric, st.window_kind,
@@ -129,7 +135,7 @@ begin
     if not found then
         perform costwarden._raise('CW002', format('p_reservation_id: unknown reservation %s', p_reservation_id));
     end if;
-    perform costwarden._tenant_guard(v_row.org_id, 'user', v_row.user_id);
+    perform costwarden._tenant_guard(v_row.org_id, 'user', v_row.user_id, 'p_reservation_id');
     -- amount_micros is the quoted amount, as in the reservation listings (_reservations_page)
     return query
     select v_row.reservation_id, v_row.org_id, v_row.workspace_id, v_row.user_id, v_row.key_id, v_row.model,

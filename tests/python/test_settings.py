@@ -209,10 +209,21 @@ def test_every_change_is_audited(client: costwarden.Client) -> None:
 
 
 def test_audit_records_the_actor(dsn: str) -> None:
-    with costwarden.Client(dsn, actor_org="ops", actor_user="carol") as c:
+    with costwarden.Client(dsn, actor_user="carol") as c:
         c.set_setting("anomaly_sigma", 3)
         (entry,) = c.audit(action="setting_set")
-    assert (entry.actor_org, entry.actor_user) == ("ops", "carol")
+    assert (entry.actor_org, entry.actor_user) == (None, "carol")
+
+
+def test_an_actor_of_one_org_cannot_change_a_setting(dsn: str, client: costwarden.Client) -> None:
+    """Settings are every org's: a caller confined to one org may not change them."""
+    with (
+        costwarden.Client(dsn, actor_org="ops", actor_user="carol") as c,
+        pytest.raises(costwarden.Forbidden, match="every org shares"),
+    ):
+        c.set_setting("anomaly_sigma", 3)
+    assert client.get_setting("anomaly_sigma") != 3
+    assert client.audit(action="setting_set") == []
 
 
 def test_failed_set_is_not_audited(client: costwarden.Client) -> None:
