@@ -526,12 +526,14 @@ begin
             perform costwarden._pools_hold(v_r.pool_ids, v_extra, v_extra_tokens);
             v_r.amount_micros := v_r.amount_micros + v_extra;
             v_r.tokens := v_r.tokens + v_extra_tokens;
-            v_r.reasons := v_r.reasons || v_shadow;
+            if v_shadow <> '[]' then
+                v_r.tick_reasons := coalesce(v_r.tick_reasons, '[]'::jsonb) || v_shadow;
+            end if;
         end if;
     end if;
     update costwarden._reservations as r
     set metered_usage = p_usage, metered_micros = v_cost, metered_tokens = v_tokens,
-        amount_micros = v_r.amount_micros, tokens = v_r.tokens, reasons = v_r.reasons, lane = v_r.lane,
+        amount_micros = v_r.amount_micros, tokens = v_r.tokens, tick_reasons = v_r.tick_reasons, lane = v_r.lane,
         expires_at = greatest(r.expires_at, now() + r.ttl)
     where r.reservation_id = v_r.reservation_id;
     return query select v_cost, v_r.amount_micros::bigint, greatest(v_r.amount_micros - v_cost, 0), v_action;
@@ -753,7 +755,8 @@ begin
     perform costwarden._require_limit(p_limit, p_max);
     return query
     select r.reservation_id, r.org_id, r.workspace_id, r.user_id, r.key_id, r.model, r.status::text,
-           r.quoted_micros, r.metered_micros::bigint, r.charged_micros::bigint, r.created_at, r.expires_at, r.reasons
+           r.quoted_micros, r.metered_micros::bigint, r.charged_micros::bigint, r.created_at, r.expires_at,
+           r.reasons || coalesce(r.tick_reasons, '[]'::jsonb)
     from costwarden._reservations as r
     where (p_org_id is null or r.org_id = p_org_id)
       and (p_user_id is null or r.user_id = p_user_id)

@@ -36,7 +36,7 @@ begin
                sum((e ->> 'requested')::numeric) as requested,
                max(r.quoted_micros) as quoted_micros, min(r.created_at) as created_at
         from costwarden._reservations as r
-        cross join lateral jsonb_array_elements(r.reasons) as e
+        cross join lateral jsonb_array_elements(r.reasons || coalesce(r.tick_reasons, '[]'::jsonb)) as e
         where r.org_id = p_org_id and r.created_at >= p_from and r.created_at < p_to
           and e ->> 'enforced' = 'false'
           and e ->> 'code' in ('budget_exceeded', 'token_quota_exceeded')

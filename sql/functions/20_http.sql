@@ -140,7 +140,7 @@ begin
     return query
     select v_row.reservation_id, v_row.org_id, v_row.workspace_id, v_row.user_id, v_row.key_id, v_row.model,
            v_row.status::text, v_row.quoted_micros, v_row.metered_micros::bigint, v_row.charged_micros::bigint,
-           v_row.created_at, v_row.expires_at, v_row.reasons;
+           v_row.created_at, v_row.expires_at, v_row.reasons || coalesce(v_row.tick_reasons, '[]'::jsonb);
 end
 $$;
 

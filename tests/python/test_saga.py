@@ -237,6 +237,28 @@ def test_idempotent_reserve(client: costwarden.Client, seeded: Seeded) -> None:
     assert d1.status == d2.status == "denied" and d1.reservation_id == d2.reservation_id
 
 
+def test_a_repeat_returns_the_reserve_unchanged_after_a_shadow_tick(
+    client: costwarden.Client, seeded: Seeded, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """A tick's would-be refusal is kept for the shadow report, not in the answer that a
+    repeat of the reserve's idempotency key returns."""
+    client.set_budget(seeded.org, "workspace", seeded.ws_platform, "day", COST, mode="shadow")
+    first = reserve(client, seeded, idempotency_key="req-tick")
+    assert first.status == "held" and not first.reasons
+    tick = client.meter(first.reservation_id, {"input_tokens": 1000, "output_tokens": 1000})
+    assert tick.action == "continue" and tick.amount_micros > COST  # extended past the limit
+    again = reserve(client, seeded, idempotency_key="req-tick")
+    assert again == first
+    # the tick's failure is where the shadow report and the listings find it
+    (row,) = client.shadow_report(seeded.org)
+    assert (row.scope_id, row.code, row.refusals) == (seeded.ws_platform, "budget_exceeded", 1)
+    listed = admin_conn.execute(
+        "select reasons from costwarden.fn_reservation_get(%s)", [first.reservation_id]
+    ).fetchone()
+    assert listed is not None
+    assert [(x["code"], x["enforced"]) for x in listed[0]] == [("budget_exceeded", False)]
+
+
 def test_commit_idempotency_and_transitions(client: costwarden.Client, seeded: Seeded) -> None:
     r = reserve(client, seeded)
     first = client.commit(r.reservation_id, USAGE)
