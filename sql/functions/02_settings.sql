@@ -54,6 +54,9 @@ begin
         if v_interval <= interval '0' then
             perform costwarden._raise('CW004', format('p_value: setting %s must be a positive interval', p_key));
         end if;
+        if v_interval > v_def.max_interval then
+            perform costwarden._raise('CW004', format('p_value: setting %s must be at most %s', p_key, v_def.max_interval));
+        end if;
         return to_jsonb(btrim(p_value #>> '{}'));  -- as written ("10 minutes"), like the defaults
     when 'enum' then
         if jsonb_typeof(p_value) <> 'string' or not (p_value #>> '{}') = any (v_def.allowed) then

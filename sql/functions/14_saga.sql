@@ -98,6 +98,11 @@ begin
         perform costwarden._raise('CW004', 'p_metadata must be a JSON object');
     end if;
     v_q := costwarden._quote_price(p_model, p_usage);   -- validates the usage
+    -- a hold is at most 2^53 - 1 micro-USD (and tokens): the pools' sums of holds and
+    -- lanes stay far inside bigint
+    if v_q.amount_micros > 9007199254740991 or v_q.tokens > 9007199254740991 then
+        perform costwarden._raise('CW004', 'p_usage: a reservation holds at most 9007199254740991 micro-USD and as many tokens');
+    end if;
     quoted_micros := v_q.amount_micros;
     quoted_tokens := v_q.tokens;
     snapshot_id := v_q.snapshot_id;
@@ -234,9 +239,11 @@ begin
     -- a lane's slice: half of it over the lanes (a set's lanes are made as its
     -- callers need them: _lanes_carve), and no more than 1 024 requests of this
     -- size, so that the sets of one org share its pools' headroom; a metric that
-    -- no limit counts: 1 024 requests
-    lane_micros := least(lane_micros / (2 * costwarden._lane_count()), greatest(p_micros, 1) * 1024);
-    lane_tokens := least(lane_tokens / (2 * costwarden._lane_count()), greatest(p_tokens, 1) * 1024);
+    -- no limit counts: 1 024 requests; at most a hold's largest amount (_reserve_validate)
+    lane_micros := least(lane_micros / (2 * costwarden._lane_count()), greatest(p_micros, 1) * 1024,
+                         9007199254740991);
+    lane_tokens := least(lane_tokens / (2 * costwarden._lane_count()), greatest(p_tokens, 1) * 1024,
+                         9007199254740991);
 end
 $$;
 
@@ -484,6 +491,9 @@ begin
     from costwarden._reservation_price(v_r.pricing_snapshot_id, p_usage) as p;
     perform costwarden._usage_not_below(p_usage, v_r.metered_usage,
         'usage is cumulative and must not go backwards');
+    if v_cost > 9007199254740991 or v_tokens > 9007199254740991 then   -- as a reserve's (_reserve_validate)
+        perform costwarden._raise('CW004', 'p_usage: a reservation holds at most 9007199254740991 micro-USD and as many tokens');
+    end if;
     v_extra := greatest(v_cost - v_r.amount_micros, 0);
     v_extra_tokens := greatest(v_tokens - v_r.tokens, 0);
     if (v_extra > 0 or v_extra_tokens > 0) and v_r.lane is not null

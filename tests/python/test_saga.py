@@ -259,6 +259,25 @@ def test_a_repeat_returns_the_reserve_unchanged_after_a_shadow_tick(
     assert [(x["code"], x["enforced"]) for x in listed[0]] == [("budget_exceeded", False)]
 
 
+def test_a_hold_too_large_for_the_pools_is_cw004(
+    client: costwarden.Client, seeded: Seeded, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """A hold is at most 2^53 - 1 micro-USD and tokens: above, CW004 naming p_usage and
+    nothing written; below, several of them share a workspace's pools and lanes."""
+    before = table_snapshot(admin_conn)
+    for usage in ({"input_tokens": 10**16}, {"input_tokens": 4 * 10**15}):  # 2.5 micros each
+        with pytest.raises(InvalidArgument, match="p_usage: a reservation holds at most"):
+            reserve(client, seeded, usage)
+    assert table_snapshot(admin_conn) == before
+    big = {"input_tokens": 3 * 10**15}  # 7.5e15 micros
+    held = [reserve(client, seeded, big) for _ in range(4)]
+    assert [r.status for r in held] == ["held"] * 4
+    with pytest.raises(InvalidArgument, match="p_usage: a reservation holds at most"):
+        client.meter(held[0].reservation_id, {"input_tokens": 4 * 10**15})
+    for r in held:
+        assert client.commit(r.reservation_id, big).charged_micros == 7_500_000_000_000_000
+
+
 def test_commit_idempotency_and_transitions(client: costwarden.Client, seeded: Seeded) -> None:
     r = reserve(client, seeded)
     first = client.commit(r.reservation_id, USAGE)

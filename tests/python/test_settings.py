@@ -122,6 +122,24 @@ def test_interval_settings_are_kept_as_written(client: costwarden.Client) -> Non
     assert client.get_setting("default_ttl") == "90 seconds"
 
 
+@pytest.mark.parametrize("key", ["default_ttl", "circuit_cooldown"])
+def test_interval_settings_have_a_largest_value(
+    client: costwarden.Client, admin_conn: psycopg.Connection[Any], key: str
+) -> None:
+    """A value that every later reserve (or circuit) could not use is refused when set."""
+    client.set_setting(key, "7 days")
+    before = table_snapshot(admin_conn)
+    for bad in ("7 days 1 second", "8 days", "1 month", "300000 years"):
+        with pytest.raises(costwarden.InvalidArgument, match=f"setting {key} must be at most"):
+            client.set_setting(key, bad)
+    assert table_snapshot(admin_conn) == before
+    # the largest value still works: an open circuit's status
+    client.upsert_model("openai/gpt-4o")
+    client.set_setting("circuit_failure_threshold", 1)
+    client.report_provider("openai", ok=False, error="down")
+    assert {c.provider: c.state for c in client.circuits()}["openai"] == "open"
+
+
 def test_wrong_types_are_cw004_and_write_nothing(admin_conn: psycopg.Connection[Any]) -> None:
     before = table_snapshot(admin_conn)
     for d in _defs(admin_conn):
