@@ -80,6 +80,16 @@ def default_timeout(on_unavailable: str) -> float:
 RECONNECT_TIMEOUT = 1.0
 
 
+#: psycopg's ``prepare_threshold`` of a client's own connections: None, no server-side
+#: prepared statements (SPEC §12). psycopg's default (5: prepare a statement after its
+#: fifth run on a connection) breaks behind a pooler in transaction mode, whose
+#: transactions land on any server connection: a statement prepared on one is missing
+#: on the next, or its name is another client's statement there. What it would save a
+#: reserve + commit pair on a direct connection is measured in docs/python.md#poolers;
+#: a caller opts in with ``connect_kwargs={"prepare_threshold": 5}``.
+PREPARE_THRESHOLD: int | None = None
+
+
 def connection_kwargs(
     connect_timeout: float,
     statement_timeout: float | None,
@@ -87,11 +97,13 @@ def connection_kwargs(
 ) -> dict[str, Any]:
     """The keyword arguments of a client's own connections: the caller's
     ``connect_kwargs``, then autocommit, libpq's ``connect_timeout`` (whole seconds, at
-    least 2, as libpq counts them; the caller's wins) and the ``statement_timeout`` of
-    every statement, set at connection start (no round trip; added to the caller's
+    least 2, as libpq counts them; the caller's wins), ``prepare_threshold`` (the
+    caller's wins: :data:`PREPARE_THRESHOLD`) and the ``statement_timeout`` of every
+    statement, set at connection start (no round trip; added to the caller's
     ``options``)."""
     kwargs: dict[str, Any] = {
         "connect_timeout": max(2, math.ceil(connect_timeout)),
+        "prepare_threshold": PREPARE_THRESHOLD,
         **(extra or {}),
         "autocommit": True,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -68,6 +69,33 @@ def _json(value: Any, arg: str = "p_usage") -> Jsonb | None:
         return None
     text = exact_json(value, arg)
     return Jsonb(value, dumps=lambda _obj: text)
+
+
+#: The values of a SQL ``integer`` and a SQL ``bigint``.
+INTEGER_RANGE = (-(2**31), 2**31 - 1)
+BIGINT_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _int(value: Any, arg: str, *, bigint: bool = True) -> int | None:
+    """An integer parameter of SQL type ``bigint`` (else ``integer``), checked before
+    anything is sent: out of its type's range the server would answer with a bare
+    22003 (numeric_value_out_of_range) or 42883 (no function takes a numeric), and SPEC
+    §0 wants no input to surface as one. InvalidArgument names the argument, as the
+    SQL's own messages do. None stays NULL (the function's own CW004 when it needs a
+    value)."""
+    if value is None:
+        return None
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None:
+        raise InvalidArgument(f"{arg} must be an integer, got {type(value).__name__}")
+    low, high = BIGINT_RANGE if bigint else INTEGER_RANGE
+    if not low <= number <= high:
+        kind = "bigint" if bigint else "integer"
+        raise InvalidArgument(f"{arg} must be between {low} and {high} ({kind}), got {number}")
+    return number
 
 
 # -- session context ---------------------------------------------------------
@@ -229,7 +257,12 @@ def audit_list(
     return Call(
         "select * from costwarden.fn_audit_list(p_org_id => %(org_id)s, p_action => %(action)s, "
         "p_since => %(since)s, p_limit => %(limit)s)",
-        {"org_id": org_id, "action": action, "since": since, "limit": limit},
+        {
+            "org_id": org_id,
+            "action": action,
+            "since": since,
+            "limit": _int(limit, "p_limit", bigint=False),
+        },
         _many(t.AuditEntry),
     )
 
@@ -340,7 +373,7 @@ def cost_release(reservation_id: UUID, reason: str | None) -> Call[int]:
 def cost_expire(batch: int) -> Call[int]:
     return Call(
         "select costwarden.fn_cost_expire_reservations(p_batch => %(batch)s) as n",
-        {"batch": batch},
+        {"batch": _int(batch, "p_batch", bigint=False)},
         lambda rows: int(_scalar(rows)),
     )
 
@@ -353,7 +386,7 @@ def my_reservations(status: str | None, limit: int) -> Call[list[t.ReservationIn
     return Call(
         "select * from costwarden.fn_get_my_cost_reservations(p_status => %(status)s, "
         "p_limit => %(limit)s)",
-        {"status": status, "limit": limit},
+        {"status": status, "limit": _int(limit, "p_limit", bigint=False)},
         _many(t.ReservationInfo),
     )
 
@@ -364,7 +397,7 @@ def reservations_list(
     return Call(
         "select * from costwarden.fn_reservations_list(p_org_id => %(org_id)s, "
         "p_status => %(status)s, p_limit => %(limit)s)",
-        {"org_id": org_id, "status": status, "limit": limit},
+        {"org_id": org_id, "status": status, "limit": _int(limit, "p_limit", bigint=False)},
         _many(t.ReservationInfo),
     )
 
@@ -391,7 +424,7 @@ def budget_set(
             "scope_kind": scope_kind,
             "scope_id": scope_id,
             "period": period,
-            "limit": limit,
+            "limit": _int(limit, "p_limit"),
             "metric": metric,
             "window": window,
             "mode": mode,
@@ -443,7 +476,12 @@ def ledger_adjust(
         "select * from costwarden.fn_ledger_adjust(p_org_id => %(org_id)s, "
         "p_workspace_id => %(workspace_id)s, p_amount_micros => %(amount)s::bigint, "
         "p_reason => %(reason)s)",
-        {"org_id": org_id, "workspace_id": workspace_id, "amount": amount_micros, "reason": reason},
+        {
+            "org_id": org_id,
+            "workspace_id": workspace_id,
+            "amount": _int(amount_micros, "p_amount_micros"),
+            "reason": reason,
+        },
         _one(t.LedgerAdjustment),
     )
 
@@ -455,7 +493,12 @@ def ledger_export(
         "select * from costwarden.fn_ledger_export(p_org_id => %(org_id)s, "
         "p_after_org_id => %(after_org_id)s, p_after_seq => %(after_seq)s::bigint, "
         "p_limit => %(limit)s::integer)",
-        {"org_id": org_id, "after_org_id": after_org_id, "after_seq": after_seq, "limit": limit},
+        {
+            "org_id": org_id,
+            "after_org_id": after_org_id,
+            "after_seq": _int(after_seq, "p_after_seq"),
+            "limit": _int(limit, "p_limit", bigint=False),
+        },
         _many(t.LedgerEntry),
     )
 
@@ -553,7 +596,7 @@ def byok_kek_status() -> Call[list[t.KekGeneration]]:
 def byok_kek_rotate(new_kek: str, batch: int) -> Call[t.KekRotateBatch]:
     return Call(
         "select * from costwarden.fn_byok_kek_rotate(p_batch => %(batch)s)",
-        {"batch": batch},
+        {"batch": _int(batch, "p_batch", bigint=False)},
         _one(t.KekRotateBatch),
         staged={"kek_new": new_kek},
         needs_kek=True,
@@ -574,7 +617,7 @@ def byok_resolve_audit(
     return Call(
         "select * from costwarden.fn_byok_resolve_audit(p_org_id => %(org_id)s, "
         "p_reservation_id => %(rid)s, p_limit => %(limit)s)",
-        {"org_id": org_id, "rid": reservation_id, "limit": limit},
+        {"org_id": org_id, "rid": reservation_id, "limit": _int(limit, "p_limit", bigint=False)},
         _many(t.ResolveAttempt),
     )
 
@@ -602,7 +645,7 @@ def provider_report(provider: str, ok: bool, error: str | None) -> Call[str]:
 def alert_get(alert_id: int) -> Call[t.Alert]:
     return Call(
         "select * from costwarden.fn_alert_get(p_alert_id => %(alert_id)s)",
-        {"alert_id": alert_id},
+        {"alert_id": _int(alert_id, "p_alert_id")},
         _one(t.Alert),
     )
 
@@ -615,7 +658,7 @@ def circuit_history(provider: str | None, limit: int) -> Call[list[t.CircuitEven
     return Call(
         "select * from costwarden.fn_circuit_history(p_provider => %(provider)s, "
         "p_limit => %(limit)s)",
-        {"provider": provider, "limit": limit},
+        {"provider": provider, "limit": _int(limit, "p_limit", bigint=False)},
         _many(t.CircuitEvent),
     )
 
@@ -639,7 +682,7 @@ def spend_report_cumulative(
             "org_id": org_id,
             "workspace_id": workspace_id,
             "source": source,
-            "cumulative": cumulative_micros,
+            "cumulative": _int(cumulative_micros, "p_cumulative_micros"),
         },
         lambda rows: int(_scalar(rows)),
     )
@@ -680,7 +723,7 @@ def detect_spend_anomalies() -> Call[int]:
 def anomaly_ack(anomaly_id: int) -> Call[None]:
     return Call(
         "select costwarden.fn_anomaly_ack(p_anomaly_id => %(anomaly_id)s::bigint)",
-        {"anomaly_id": anomaly_id},
+        {"anomaly_id": _int(anomaly_id, "p_anomaly_id")},
         _none,
     )
 
@@ -689,7 +732,7 @@ def anomalies_list(org_id: str | None, open_only: bool, limit: int) -> Call[list
     return Call(
         "select * from costwarden.fn_anomalies_list(p_org_id => %(org_id)s, "
         "p_open_only => %(open_only)s, p_limit => %(limit)s)",
-        {"org_id": org_id, "open_only": open_only, "limit": limit},
+        {"org_id": org_id, "open_only": open_only, "limit": _int(limit, "p_limit", bigint=False)},
         _many(t.Anomaly),
     )
 
@@ -721,7 +764,7 @@ def reconcile_repair(org_id: str, pool_id: int, reason: str) -> Call[list[t.Reco
     return Call(
         "select * from costwarden.fn_reconcile_repair(p_org_id => %(org_id)s, "
         "p_pool_id => %(pool_id)s, p_reason => %(reason)s)",
-        {"org_id": org_id, "pool_id": pool_id, "reason": reason},
+        {"org_id": org_id, "pool_id": _int(pool_id, "p_pool_id"), "reason": reason},
         _many(t.ReconcileDrift),
     )
 
@@ -837,7 +880,7 @@ def spend_report_resolve(report_id: int, accept: bool) -> Call[int]:
     return Call(
         "select costwarden.fn_spend_report_resolve(p_report_id => %(report_id)s::bigint, "
         "p_accept => %(accept)s) as booked",
-        {"report_id": report_id, "accept": accept},
+        {"report_id": _int(report_id, "p_report_id"), "accept": accept},
         lambda rows: int(_scalar(rows)),
     )
 

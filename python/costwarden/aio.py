@@ -81,9 +81,10 @@ class AsyncClient(ClientBase):
     ``connect_timeout``: seconds to open one (5); ``statement_timeout``: seconds
     each call may run (None: the server's setting). ``connect_kwargs``: passed to
     every connection of the pool the client opens for a DSN, e.g.
-    ``application_name`` or ``prepare_threshold=None`` (no server-side prepared
-    statements: needed behind PgBouncer in transaction mode before 1.21,
-    docs/python.md#poolers)."""
+    ``application_name``. The client's own connections prepare no statement on the
+    server (``prepare_threshold`` None: safe behind a pooler in transaction mode,
+    SPEC §12); ``connect_kwargs={"prepare_threshold": 5}`` opts in on a direct
+    connection (docs/python.md#poolers)."""
 
     def __init__(
         self,

@@ -10,7 +10,8 @@ proxy database. ``CLUSTER.toml``::
 
 The partition DSNs are the operator's (they migrate, split and report status); the
 proxy connects to each partition as ``router_user`` (password from
-``$COSTWARDEN_ROUTER_PASSWORD``, kept in PL/Proxy's user mapping).
+``$COSTWARDEN_ROUTER_PASSWORD``, kept in PL/Proxy's user mapping; sent as COPY data,
+never statement text: :func:`set_router_password`).
 
 Everything the proxy database runs is generated here from the catalogue of a migrated
 partition: for every RPC (``costwarden.fn_*``) of ``ROUTES``,
@@ -28,6 +29,7 @@ RPC needs a routing decision.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import tomllib
@@ -779,22 +781,53 @@ def configure_server(conn: Conn, config: ClusterConfig) -> None:
     conn.execute(sql.SQL("create user mapping if not exists for public server {}").format(name))
     password = os.environ.get("COSTWARDEN_ROUTER_PASSWORD")
     if password:
-        conn.execute(
-            sql.SQL("alter user mapping for public server {} options ({} password {})").format(
-                name,
-                sql.SQL("set" if _has_password(conn, config.name) else "add"),
-                sql.Literal(password),
-            )
-        )
+        set_router_password(conn, config.name, password)
 
 
-def _has_password(conn: Conn, server: str) -> bool:
-    row = conn.execute(
-        "select exists (select from pg_user_mappings as m, unnest(m.umoptions) as o "
-        "where m.srvname = %s and o like 'password=%%')",
-        (server,),
-    ).fetchone()
-    return bool(row and row[0])
+#: The router password from the temporary table into the user mapping (``add`` or
+#: ``set``). No statement text carries it: log_statement logs top-level statements only,
+#: pg_stat_statements keeps only them (its default track = top), and an error of the
+#: ALTER is raised again without the CONTEXT that would quote it.
+_SET_ROUTER_PASSWORD = """
+do $password$
+declare
+    v_server constant text := {server};
+    v_state text;
+    v_message text;
+begin
+    execute format(
+        'alter user mapping for public server %I options (%s password %L)',
+        v_server,
+        case when exists (select from pg_catalog.pg_user_mappings as m,
+                                      unnest(m.umoptions) as o
+                          where m.srvname = v_server and m.umuser = 0
+                            and o like 'password=%')
+             then 'set' else 'add' end,
+        (select convert_from(decode(s.line, 'base64'), 'UTF8')
+         from pg_temp._costwarden_router_secret as s));
+exception when others then
+    get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+    raise exception using errcode = v_state,
+        message = format('the router password of server %s: %s', v_server, v_message);
+end
+$password$
+"""
+
+
+def set_router_password(conn: Conn, server: str, password: str) -> None:
+    """Keep ``password`` in the public user mapping of PL/Proxy's ``server``. It travels
+    as COPY data (base64: a line COPY can never reject, and so never quote in an error)
+    into a temporary table, from which a DO block applies it: it is never statement
+    text, so ``log_statement`` and pg_stat_statements never see it (as the audit link's
+    password, costwarden.audit_link)."""
+    encoded = base64.b64encode(password.encode("utf-8", "surrogatepass")).decode("ascii")
+    with conn.transaction():
+        conn.execute("create temporary table _costwarden_router_secret (line text) on commit drop")
+        with conn.cursor().copy("copy pg_temp._costwarden_router_secret (line) from stdin") as copy:
+            copy.write_row((encoded,))
+        del encoded
+        conn.execute(sql.SQL(_SET_ROUTER_PASSWORD).format(server=sql.Literal(server)))
+        conn.execute("drop table pg_temp._costwarden_router_secret")
 
 
 #: Everything in the proxy database is owned by costwarden_owner, as on a partition

@@ -146,6 +146,39 @@ SQLSTATE_EXCEPTIONS: dict[str, type[CostwardenError]] = {
 UNAVAILABLE_SQLSTATES = ("57P01", "57P02", "57P03")
 
 
+#: SQLSTATEs of a statement that names a server-side prepared statement its connection
+#: does not have (invalid_sql_statement_name) or prepares one under a name the
+#: connection already has (duplicate_prepared_statement).
+PREPARED_STATEMENT_SQLSTATES = ("26000", "42P05")
+
+#: What the note on such an error says to do.
+PREPARED_STATEMENT_NOTE = (
+    "costwarden: the connection's server-side prepared statements are not the ones "
+    "psycopg prepared on it, typically a pooler in transaction mode with "
+    "prepare_threshold set: leave it None, the client's default, or have the pooler "
+    "track prepared statements (docs/python.md#poolers)"
+)
+
+
+def is_prepared_statement_mismatch(exc: BaseException) -> bool:
+    """Does this error mean the server-side prepared statements of the connection are not
+    the ones the client prepared? A prepared statement missing (SQLSTATE 26000), its
+    name taken (42P05), or a Bind whose parameters do not fit the statement under that
+    name ("bind message supplies 3 parameters, but prepared statement "_pg3_0" requires
+    9": a protocol_violation, 08P01, told from a pooler's own 08P01 errors by the server
+    routine that raised it, never by its message, which the server may translate): what
+    a client that prepares statements meets behind a pooler in transaction mode. A
+    configuration error, never :func:`is_unavailable`: the database answered, and a
+    client under on_unavailable='open' fails closed on it instead of letting the call
+    through unenforced."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state in PREPARED_STATEMENT_SQLSTATES:
+        return True
+    return state == "08P01" and exc.diag.source_function == "exec_bind_message"
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Does this error mean the database cannot be reached?
 
@@ -154,10 +187,11 @@ def is_unavailable(exc: BaseException) -> bool:
     ``on_unavailable`` policy (costwarden.spool) spools exactly on them. True for a
     :class:`DatabaseUnavailable` itself and for a ``psycopg.OperationalError`` with no
     SQLSTATE (refused connection, timeout, psycopg_pool.PoolTimeout), a class 08
-    SQLSTATE or one of :data:`UNAVAILABLE_SQLSTATES`."""
+    SQLSTATE or one of :data:`UNAVAILABLE_SQLSTATES`, unless it is a
+    :func:`is_prepared_statement_mismatch` (a class 08 protocol violation)."""
     if isinstance(exc, DatabaseUnavailable):
         return True
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, psycopg.OperationalError) and not is_prepared_statement_mismatch(exc):
         state = exc.sqlstate
         return state is None or state.startswith("08") or state in UNAVAILABLE_SQLSTATES
     return False
@@ -179,6 +213,10 @@ def translate(exc: psycopg.Error) -> Exception:
         )
         timeout.__cause__ = exc
         return timeout
+    if is_prepared_statement_mismatch(exc):
+        if PREPARED_STATEMENT_NOTE not in getattr(exc, "__notes__", ()):
+            exc.add_note(PREPARED_STATEMENT_NOTE)
+        return exc
     if is_unavailable(exc):
         unavailable = DatabaseUnavailable(str(exc))
         unavailable.__cause__ = exc

@@ -216,3 +216,74 @@ def test_prices_read_exactly_whoever_owns_the_connection(
     # the caller's connection: its own loaders, untouched by the client's calls on it
     row = admin_conn.execute("select '{\"x\": 0.1}'::jsonb").fetchone()
     assert row is not None and type(row[0]["x"]) is float
+
+
+def _call_builders() -> dict[str, Callable[..., Any]]:
+    """Every builder of costwarden._sql that takes an integer argument."""
+    return {
+        name: fn
+        for name, fn in inspect.getmembers(_sql, inspect.isfunction)
+        if fn.__module__ == _sql.__name__
+        and str(inspect.signature(fn).return_annotation).startswith("Call[")
+        and any(
+            p.annotation in ("int", "int | None") for p in inspect.signature(fn).parameters.values()
+        )
+    }
+
+
+def _placeholder(annotation: str) -> Any:
+    if annotation == "bool":
+        return False
+    if "None" in annotation:
+        return None
+    return {"str": "x", "int": 1}[annotation]
+
+
+def test_every_integer_argument_is_checked_before_it_is_sent(
+    admin_conn: psycopg.Connection[Any],
+) -> None:
+    """SPEC §0: no input surfaces as a bare PostgreSQL error. An integer no SQL bigint
+    (or integer) parameter holds would be 22003 or 42883 from the server; every builder
+    refuses it first with InvalidArgument naming the SQL argument, and what it lets
+    through (up to its parameter's bound) the server takes: at worst a CW error."""
+    builders = _call_builders()
+    assert len(builders) >= 17, sorted(builders)
+    low, high = -(2**63), 2**63 - 1  # a SQL bigint; an integer: -(2**31) .. 2**31 - 1
+    values = [2**31, -(2**31) - 1, high, high + 1, low - 1]
+    for name, builder in builders.items():
+        params = inspect.signature(builder).parameters.values()
+        defaults = {p.name: _placeholder(p.annotation) for p in params}
+        for arg in (p.name for p in params if p.annotation in ("int", "int | None")):
+            for value in [*values, True, 1.0]:
+                try:
+                    call = builder(**{**defaults, arg: value})
+                except costwarden.InvalidArgument as exc:
+                    assert re.match(r"p_[a-z_]+ must be ", exc.message), (name, arg, exc)
+                    continue
+                assert type(value) is int and low <= value <= high, (name, arg, value)
+                try:
+                    with admin_conn.transaction(force_rollback=True):
+                        admin_conn.execute(call.sql, call.params)
+                except psycopg.Error as exc:
+                    assert (exc.sqlstate or "").startswith("CW"), (name, arg, value, exc)
+
+
+def test_the_clients_refuse_an_integer_no_bigint_holds(
+    dsn: str, client: costwarden.Client, admin_conn: psycopg.Connection[Any]
+) -> None:
+    client.upsert_org("o1")
+    client.upsert_key("o1", "k2")
+    with pytest.raises(costwarden.InvalidArgument, match=r"^p_limit must be between"):
+        client.set_budget("o1", "key", "k2", "day", 2**63)
+    with pytest.raises(costwarden.InvalidArgument, match=r"^p_anomaly_id must be between"):
+        client.ack_anomaly(10**20)
+
+    async def refused() -> None:
+        async with aio.AsyncClient(dsn, on_unavailable="closed") as c:
+            with pytest.raises(costwarden.InvalidArgument, match=r"^p_amount_micros must be"):
+                await c.ledger_adjust("o1", "w", -(2**63) - 1, "refund")
+            with pytest.raises(costwarden.InvalidArgument, match=r"^p_limit must be an integer"):
+                await c.audit(limit=True)
+
+    asyncio.run(refused())
+    assert client.budget_list("o1") == []

@@ -4,6 +4,7 @@ behave as on a single node."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import uuid
@@ -396,3 +397,46 @@ def test_a_bound_login_acts_through_the_proxy_as_on_its_node(
             "select costwarden.fn_tenant_login_unbind(%s)", (login,)
         ).fetchone() == (True,)
     assert _as_login(cwp.proxy_dsn, login, mine) == "CW005"
+
+
+def test_the_router_password_reaches_the_user_mapping_and_never_a_log(
+    proxy_servers: Servers,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """$COSTWARDEN_ROUTER_PASSWORD goes into PL/Proxy's user mapping as COPY data, never
+    as statement text: the servers log every statement (log_statement = 'all'), and
+    neither the first password (install: add) nor the next (install again: set) is in
+    their logs, nor their base64."""
+    first, second = (f"router-{uuid.uuid4().hex}-é" for _ in range(2))
+    monkeypatch.setenv("COSTWARDEN_ROUTER_PASSWORD", first)
+    c = make_cluster(proxy_servers, "cwpw", 2)
+
+    def mapping() -> list[str]:
+        with psycopg.connect(c.proxy_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "select umoptions from pg_user_mappings where srvname = %s and umuser = 0",
+                (c.config.name,),
+            ).fetchone()
+        assert row is not None
+        return list(row[0])
+
+    assert f"password={first}" in mapping()
+    monkeypatch.setenv("COSTWARDEN_ROUTER_PASSWORD", second)
+    cl.install(c.proxy_dsn, c.config, schedule=False, migrate_partitions=False)
+    assert [o for o in mapping() if o.startswith("password=")] == [f"password={second}"]
+    with c.client() as client:  # the proxy reaches its partitions with it
+        seed_catalogue(client)
+        assert client.pricing(MODEL)[0].model == MODEL
+    # an ALTER that fails says why, without the CONTEXT that would quote it
+    third = f"router-{uuid.uuid4().hex}"
+    with (
+        psycopg.connect(c.proxy_dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.UndefinedObject, match="no_such_cluster") as failed,
+    ):
+        cl.set_router_password(conn, "no_such_cluster", third)
+    assert third not in str(failed.value) and third not in (failed.value.diag.context or "")
+    logs = proxy_servers.logs()
+    for password in (first, second, third):
+        assert password not in logs
+        assert base64.b64encode(password.encode()).decode() not in logs
+    assert "copy pg_temp._costwarden_router_secret" in logs  # statements are logged

@@ -8,17 +8,20 @@ import asyncio
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote_plus
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from costwarden import Client
 from costwarden import _sql as q
 from costwarden.server import ServerConfig, create_app
 from costwarden.server.auth import Identity
+from costwarden.server.dashboard import csrf_token
 from costwarden.server.db import Database
 from cwtest import Seeded
-from http_helpers import SECRET, auth, login_dsn
+from http_helpers import SECRET, auth, login_dsn, token
 
 __all__ = ["login_dsn"]
 
@@ -477,3 +480,117 @@ def test_serve_runs_on_the_c_http_parser_and_event_loop(login_dsn: str) -> None:
         assert isinstance(loop, uvloop.Loop)
     finally:
         loop.close()
+
+
+def test_integers_out_of_range_are_refused_before_the_database(
+    api: TestClient, admin_conn: psycopg.Connection[Any], table_snapshot: Callable[..., Any]
+) -> None:
+    """SPEC §0: no input surfaces as a bare PostgreSQL error (22003, 42883: a 500). A
+    budget limit no bigint holds is 400 naming it, as a negative one (§13); a hold's
+    ttl_seconds outside what fn_cost_reserve grants (1 s to 7 days) and an anomaly id no
+    bigint holds are 422 naming them, as any other bad value of a body or path."""
+    before = table_snapshot(admin_conn)
+    for body in (
+        {"period": "day", "limit": 100000000000000000000},
+        {"period": "day", "limit": 2**63},
+        {"period": "day", "limit": -(2**63) - 1},
+    ):
+        r = api.patch("/v1/orgs/acme/budgets/key/key-1", json=body, headers=ADMIN)
+        assert r.status_code == 400, r.text
+        assert r.json()["field"] == "limit" and r.json()["sqlstate"] == "CW004"
+    r = api.put(
+        "/v1/orgs/acme/user-limits/user/alice",
+        json={"period": "day", "limit": 9223372036854775808},
+        headers=ADMIN,
+    )
+    assert r.status_code == 400 and r.json()["field"] == "limit", r.text
+    r = api.put(
+        "/v1/orgs/acme/user-limits/default", json={"period": "day", "limit": 2**64}, headers=ADMIN
+    )
+    assert r.status_code == 400 and r.json()["field"] == "limit", r.text
+    r = api.post("/v1/anomalies/100000000000000000000/ack", headers=ADMIN)
+    assert r.status_code == 422 and r.json()["field"] == "anomaly_id", r.text
+    for ttl in (10**20, 7 * 24 * 3600 + 1, 0, -1):
+        r = api.post("/v1/reservations", json=reserve_body(ttl_seconds=ttl), headers=SERVICE)
+        assert r.status_code == 422 and r.json()["field"] == "ttl_seconds", r.text
+    assert table_snapshot(admin_conn) == before
+
+    # the bounds themselves pass
+    top = api.patch(
+        "/v1/orgs/acme/budgets/key/key-1", json={"period": "day", "limit": 2**63 - 1}, headers=ADMIN
+    )
+    assert top.status_code == 200 and top.json()[0]["limit_value"] == 2**63 - 1, top.text
+    assert api.post(f"/v1/anomalies/{2**63 - 1}/ack", headers=ADMIN).status_code == 404
+    week = api.post(
+        "/v1/reservations", json=reserve_body(ttl_seconds=7 * 24 * 3600), headers=SERVICE
+    )
+    assert week.status_code == 201, week.text
+
+    # the dashboard's form: an amount no bigint of micros holds is said on the page
+    raw = token("costwarden_admin")
+    form = api.post(
+        "/budgets",
+        data={
+            "csrf": csrf_token(raw),
+            "org": "acme",
+            "scope_kind": "org",
+            "period": "day",
+            "window": "calendar",
+            "limit_usd": "100000000000000",
+        },
+        headers={"Authorization": f"Bearer {raw}"},
+        follow_redirects=False,
+    )
+    assert form.status_code == 303, form.text
+    assert "p_limit" in unquote_plus(form.headers["location"])
+    assert api.get("/v1/orgs/acme/budgets/org", headers=ADMIN).json() == []
+
+
+def test_a_budget_change_and_its_read_back_are_one_transaction(
+    api: TestClient, admin_conn: psycopg.Connection[Any], table_snapshot: Callable[..., Any]
+) -> None:
+    """PATCH budgets and PUT / DELETE user-limits set a limit and answer the scope's
+    status after it: one transaction, so a refused read-back (here: fn_budget_status no
+    longer granted) rolls the write back instead of following it committed."""
+    assert (
+        api.put(
+            "/v1/orgs/acme/user-limits/user/bob",
+            json={"period": "day", "limit": 9000},
+            headers=ADMIN,
+        ).status_code
+        == 200
+    )
+    admin_conn.execute(
+        """
+        do $$
+        declare
+            f regprocedure;
+        begin
+            for f in select p.oid::regprocedure from pg_proc as p
+                     where p.proname = 'fn_budget_status'
+                       and p.pronamespace = 'costwarden'::regnamespace loop
+                execute format('revoke execute on function %s from public, costwarden_admin, '
+                               'costwarden_service, costwarden_tenant', f);
+            end loop;
+        end
+        $$
+        """
+    )
+    assert api.get("/v1/orgs/acme/budgets/org", headers=ADMIN).status_code == 403
+    before = table_snapshot(admin_conn)
+    refused = [
+        api.patch("/v1/orgs/acme/budgets/org", json={"period": "day", "limit": 1}, headers=ADMIN),
+        api.put(
+            "/v1/orgs/acme/user-limits/user/alice",
+            json={"period": "day", "limit": 5},
+            headers=ADMIN,
+        ),
+        api.put(
+            "/v1/orgs/acme/user-limits/default", json={"period": "day", "limit": 7}, headers=ADMIN
+        ),
+        api.delete("/v1/orgs/acme/user-limits/user/bob?period=day", headers=ADMIN),
+    ]
+    assert [r.status_code for r in refused] == [403] * 4, [r.text for r in refused]
+    assert table_snapshot(admin_conn) == before
+    limits = Client(admin_conn, on_unavailable="closed").budget_list("acme")
+    assert [(b.scope_kind, b.scope_id, b.limit_value) for b in limits] == [("user", "bob", 9000)]

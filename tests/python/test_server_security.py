@@ -16,10 +16,12 @@ from typing import Any
 
 import jwt
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from costwarden.cli.main import main as cli
 from costwarden.server import ServerConfig, create_app
 from costwarden.server.auth import NotPermitted, TokenVerifier, Unauthenticated
 from cwtest import Seeded
@@ -346,3 +348,28 @@ def test_a_refused_token_is_not_kept(decodes: CountingDecode) -> None:
         with pytest.raises(NotPermitted):
             verifier.verify(foreign)
     assert decodes.calls == 2
+
+
+def test_an_hs256_secret_shorter_than_32_bytes_is_refused_at_startup() -> None:
+    """docs/http.md: an HS256 secret of 32 bytes or more. A shorter one is refused when
+    the service starts (ServerConfig, so `costwarden serve` exits at once), by a message
+    that says what is wrong without the secret."""
+    short = "hunter2-is-a-weak-jwt-secret!!"  # 30 bytes
+    with pytest.raises(ValueError, match="at least 32 bytes") as refused:
+        ServerConfig(dsn="unused", jwt_secret=short)
+    assert short not in str(refused.value)
+    with pytest.raises(ValueError, match="COSTWARDEN_JWT_SECRET is too short"):
+        ServerConfig.from_env("unused", {"COSTWARDEN_JWT_SECRET": short})
+    # bytes, not characters: 16 two-byte characters are enough
+    assert ServerConfig(dsn="unused", jwt_secret="é" * 16).jwt_secret == "é" * 16
+    assert ServerConfig(dsn="unused", jwt_secret="x" * 32).jwt_secret == "x" * 32
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        ServerConfig(dsn="unused", jwt_secret="é" * 15 + "x")
+
+    result = CliRunner().invoke(
+        cli,
+        ["--dsn", "host=/nonexistent", "serve", "--port", "1"],
+        env={"COSTWARDEN_JWT_SECRET": short, "COSTWARDEN_JWKS": ""},
+    )
+    assert result.exit_code != 0
+    assert "at least 32 bytes" in result.output and short not in result.output

@@ -325,9 +325,19 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     Caller = Annotated[Identity, Depends(identity)]
 
-    async def run(caller: Identity, call: q.Call[Any], *, invalid_status: int = 422) -> Any:
+    async def run(
+        caller: Identity,
+        call: q.Call[Any],
+        *,
+        invalid_status: int = 422,
+        then: q.Call[Any] | None = None,
+    ) -> Any:
+        """``call`` as ``caller``; with ``then``, both in one transaction, answering
+        what ``then`` returns (Database.run_then)."""
         try:
-            return await db.run(caller, call)
+            if then is None:
+                return await db.run(caller, call)
+            return await db.run_then(caller, call, then)
         except CostwardenError as exc:
             raise from_costwarden(exc, invalid_status=invalid_status) from exc
 
@@ -457,14 +467,41 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def budget_get(org: str, scope_kind: str, scope_id: str | None, caller: Identity) -> Any:
         return Json(await run(caller, q.budget_status(org, scope_kind, scope_id)))
 
+    async def budget_write(
+        caller: Identity,
+        org: str,
+        scope_kind: str,
+        scope_id: str | None,
+        period: str,
+        limit: int | None,
+        metric: str,
+        window: str,
+        mode: str,
+    ) -> Any:
+        """fn_budget_set, then the scope's fn_budget_status, in one transaction: a read
+        refused rolls the write back. A bad limit (negative, or no bigint) or period
+        is 400 (SPEC §13)."""
+        try:
+            call = q.budget_set(org, scope_kind, scope_id, period, limit, metric, window, mode)
+        except InvalidArgument as exc:  # a limit no bigint holds: checked before sending
+            raise from_costwarden(exc, invalid_status=400) from exc
+        status = q.budget_status(org, scope_kind, scope_id)
+        return Json(await run(caller, call, then=status, invalid_status=400))
+
     async def budget_patch(
         org: str, scope_kind: str, scope_id: str | None, body: m.BudgetPatch, caller: Identity
     ) -> Any:
-        call = q.budget_set(
-            org, scope_kind, scope_id, body.period, body.limit, body.metric, body.window, body.mode
+        return await budget_write(
+            caller,
+            org,
+            scope_kind,
+            scope_id,
+            body.period,
+            body.limit,
+            body.metric,
+            body.window,
+            body.mode,
         )
-        await run(caller, call, invalid_status=400)
-        return Json(await run(caller, q.budget_status(org, scope_kind, scope_id)))
 
     budget_doc: dict[str, Any] = {
         "response_model": list[t.BudgetStatus],
@@ -536,9 +573,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         window: Annotated[str, Query()] = "rolling",
     ) -> Any:
         """Remove one limit of a user or group."""
-        call = q.budget_set(org, kind, scope_id, period, None, metric, window, "enforce")
-        await run(caller, call, invalid_status=400)
-        return Json(await run(caller, q.budget_status(org, kind, scope_id)))
+        return await budget_write(
+            caller, org, kind, scope_id, period, None, metric, window, "enforce"
+        )
 
     # -- §11 spend visibility
     @app.get(
@@ -651,7 +688,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         responses=_errors(404),
         tags=["guardrails"],
     )
-    async def ack_anomaly(anomaly_id: int, caller: Caller) -> Response:
+    async def ack_anomaly(anomaly_id: m.BigintPath, caller: Caller) -> Response:
         """Acknowledge an anomaly, lifting its freeze (fn_anomaly_ack)."""
         await run(caller, q.anomaly_ack(anomaly_id))
         return Response(status_code=204)

@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 #: The roles a token may name (the PostgREST convention: the claim ``role``).
 ROLES = ("costwarden_admin", "costwarden_service", "costwarden_tenant")
 
+#: The shortest HS256 secret accepted, in bytes (UTF-8): RFC 7518 §3.2 wants a key at
+#: least as long as the hash, and a shorter one is open to an offline search from any
+#: one token (docs/http.md#configuration).
+MIN_JWT_SECRET_BYTES = 32
+
 #: Largest accepted request body (bytes); larger is 413. Usage objects and budget
 #: changes are a few hundred bytes; metadata is the only free-form field.
 DEFAULT_MAX_BODY = 64 * 1024
@@ -19,9 +24,10 @@ class ServerConfig:
     """Everything the application needs; :meth:`from_env` reads the environment.
 
     ``dsn``: the login role (a member of ``costwarden_authenticator`` and of the three
-    roles of :data:`ROLES`). One of ``jwt_secret`` (HS256) or ``jwks`` (a JWKS file
-    path or an http(s) URL: RS256 / ES256) verifies tokens; ``issuer`` / ``audience``,
-    when set, must match the token's ``iss`` / ``aud``. ``kek``: the BYOK key-encryption
+    roles of :data:`ROLES`). One of ``jwt_secret`` (HS256, at least
+    :data:`MIN_JWT_SECRET_BYTES` bytes) or ``jwks`` (a JWKS file path or an http(s)
+    URL: RS256 / ES256) verifies tokens; ``issuer`` / ``audience``, when set, must match
+    the token's ``iss`` / ``aud``. ``kek``: the BYOK key-encryption
     key for key put (the service's own configuration, never a request field).
     ``cors_origins``: empty (the default) means no CORS headers at all."""
 
@@ -50,6 +56,13 @@ class ServerConfig:
             )
         if self.jwt_secret and self.jwks:
             raise ValueError("set only one of COSTWARDEN_JWT_SECRET and COSTWARDEN_JWKS")
+        if self.jwt_secret and len(self.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            # never the secret, nor its length, in the message: it reaches logs
+            raise ValueError(
+                f"COSTWARDEN_JWT_SECRET is too short: an HS256 secret must be at least "
+                f"{MIN_JWT_SECRET_BYTES} bytes (e.g. python -c 'import secrets; "
+                f"print(secrets.token_urlsafe(32))')"
+            )
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
         if self.jwt_cache_seconds < 0:

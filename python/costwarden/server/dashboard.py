@@ -25,6 +25,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from .. import _sql as q
 from .. import types as t
+from ..errors import InvalidArgument
 from .auth import Identity, NotPermitted, TokenVerifier, Unauthenticated
 from .models import HTTPError
 
@@ -333,11 +334,11 @@ def mount_dashboard(
         back = {"org": org, "period": period, "window": window}
         try:
             limit = micros_from_usd(limit_usd)
-        except ValueError as exc:
+            call = q.budget_set(
+                org, scope_kind, scope_id or None, period, limit, "cost", window, "enforce"
+            )
+        except (ValueError, InvalidArgument) as exc:  # not an amount, or none a bigint holds
             return RedirectResponse("/?" + urlencode({**back, "error": str(exc)}), 303)
-        call = q.budget_set(
-            org, scope_kind, scope_id or None, period, limit, "cost", window, "enforce"
-        )
         try:
             await run(caller, call)
         except HTTPError as exc:

@@ -1,7 +1,8 @@
 """The database side of `costwarden serve`: one pool logged in as a member of
 ``costwarden_authenticator``, and per request one transaction that takes the
 token's role and claims, then runs one costwarden function (the PostgREST
-convention, SPEC §12/§13)::
+convention, SPEC §12/§13), or a write and its read-back (``run_then``: a budget
+change and the scope's status after it)::
 
     BEGIN;
     SELECT set_config('role', <claim role>, true),            -- SET LOCAL ROLE
@@ -11,14 +12,15 @@ convention, SPEC §12/§13)::
 
 sent as one simple-protocol query (one round trip, one implicit transaction) when
 nothing has to be staged; a call that sends a secret first (BYOK key put) runs in an
-explicit transaction with the COPY in between. The
+explicit transaction with the COPY in between. No statement is prepared on the server
+(``prepare_threshold`` None): the service works through a pooler in transaction mode. The
 statements are the :mod:`costwarden._sql` calls the Python clients run: no rule is
 re-implemented here. Errors leave as the exceptions of :mod:`costwarden.errors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -57,7 +59,9 @@ class Database:
             timeout=config.pool_timeout,
             open=False,
             name="costwarden-serve",
-            kwargs={"autocommit": True},
+            # no server-side prepared statements (SPEC §12: behind a pooler in
+            # transaction mode too); most calls are client-side bound anyway
+            kwargs={"autocommit": True, "prepare_threshold": None},
             configure=_configure,
         )
 
@@ -83,39 +87,62 @@ class Database:
 
     async def run(self, identity: Identity, call: q.Call[R]) -> R:
         """Run ``call`` as ``identity``, in its own transaction."""
+        [rows] = await self._rows(identity, (call,))
+        return call.parse(rows)
+
+    async def run_then(self, identity: Identity, first: q.Call[Any], then: q.Call[R]) -> R:
+        """Run ``first``, then ``then``, as ``identity`` in one transaction (one round
+        trip when nothing is staged): a write and its read-back, so that a refused read
+        never follows a committed write (the write rolls back with it) and the read sees
+        the write and nothing committed after it. Returns what ``then`` returns."""
+        first_rows, then_rows = await self._rows(identity, (first, then))
+        first.parse(first_rows)
+        return then.parse(then_rows)
+
+    async def _rows(
+        self, identity: Identity, calls: Sequence[q.Call[Any]]
+    ) -> list[list[dict[str, Any]]]:
+        """The rows of each of ``calls``, run in order in one transaction."""
         identity_params = {"cw_role": identity.role, "cw_claims": identity.claims_json()}
-        staged = self._secrets._staged(call)
+        staged: dict[str, str] = {}
+        for call in calls:
+            staged.update(self._secrets._staged(call))
         with wrap_errors():
             async with self._connection() as conn:
                 if staged:
-                    rows = await self._run_staged(conn, identity_params, staged, call)
-                else:
-                    # one simple-protocol message: the two statements are one implicit
-                    # transaction, so set_config(..., true) holds for the call and no
-                    # longer; parameters are bound client-side (ClientCursor).
-                    async with psycopg.AsyncClientCursor(conn, row_factory=dict_row) as cur:
-                        await cur.execute(
-                            f"{SET_IDENTITY}; {call.sql}", {**call.params, **identity_params}
-                        )
+                    return await self._run_staged(conn, identity_params, staged, calls)
+                # one simple-protocol message: its statements are one implicit
+                # transaction, so set_config(..., true) holds for the calls and no
+                # longer, and an error in any statement rolls back every one;
+                # parameters are bound client-side (ClientCursor), each statement's own.
+                async with psycopg.AsyncClientCursor(conn, row_factory=dict_row) as cur:
+                    statements = [cur.mogrify(SET_IDENTITY, identity_params)]
+                    statements += [cur.mogrify(call.sql, call.params) for call in calls]
+                    await cur.execute("; ".join(statements))
+                    results = []
+                    for _call in calls:
                         cur.nextset()
-                        rows = await cur.fetchall()
-        return call.parse(rows)
+                        results.append(await cur.fetchall())
+                    return results
 
     async def _run_staged(
         self,
         conn: psycopg.AsyncConnection[Any],
         identity_params: dict[str, str],
         staged: dict[str, str],
-        call: q.Call[Any],
-    ) -> list[dict[str, Any]]:
-        """A call with secrets sent first through COPY: an explicit transaction."""
+        calls: Sequence[q.Call[Any]],
+    ) -> list[list[dict[str, Any]]]:
+        """Calls with secrets sent first through COPY: an explicit transaction."""
         async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(SET_IDENTITY, identity_params)
             async with cur.copy(q.STAGE_SECRETS) as copy:
                 for name, value in staged.items():
                     await copy.write_row((q.stage_line(name, value),))
-            await cur.execute(call.sql, call.params)
-            return await cur.fetchall()
+            results = []
+            for call in calls:
+                await cur.execute(call.sql, call.params)
+                results.append(await cur.fetchall())
+            return results
 
     async def run_as_service(self, call: q.Call[R]) -> R:
         """``call`` under costwarden_service without claims (health checks)."""
