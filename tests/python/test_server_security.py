@@ -201,6 +201,52 @@ def test_a_tenant_reads_its_own(api: TestClient, seeded: Seeded) -> None:
     assert api.get("/v1/orgs/acme/budgets/org", headers=other_service).status_code == 403
 
 
+def test_an_org_scoped_admin_or_service_token_cannot_change_another_org(
+    api: TestClient, seeded: Seeded
+) -> None:
+    """A token with an org_id is held to that org on writes as on reads: 403 and
+    nothing changed (the SQL guard: test_actor_confinement.py)."""
+    acme_admin = auth("costwarden_admin", "acme", "ops")
+    unscoped = auth("costwarden_admin")
+
+    def globex_state() -> tuple[Any, ...]:
+        return (
+            api.get("/v1/orgs/globex/budgets/org", headers=unscoped).json(),
+            api.get("/v1/orgs/globex/audit", headers=unscoped).json(),
+        )
+
+    before = globex_state()
+    for method, path, body in (
+        ("PATCH", "/v1/orgs/globex/budgets/org", {"period": "day", "limit": 0}),
+        ("PUT", "/v1/orgs/globex/user-limits/default", {"period": "day", "limit": 0}),
+        ("DELETE", "/v1/orgs/globex/workspaces/ws-main/keys/openai", None),
+        ("GET", "/v1/orgs/globex/audit", None),
+    ):
+        r = api.request(method, path, headers=acme_admin, json=body)
+        assert r.status_code == 403, (method, path, r.status_code, r.text)
+    assert globex_state() == before
+    # a service token of acme can neither reserve in globex nor commit globex's holds
+    acme_service = auth("costwarden_service", "acme")
+    call = {
+        "org_id": "globex",
+        "workspace_id": "ws-main",
+        "model": "openai/gpt-4o",
+        "usage": {"input_tokens": 1},
+    }
+    assert api.post("/v1/reservations", json=call, headers=acme_service).status_code == 403
+    held = api.post("/v1/reservations", json=call, headers=auth("costwarden_service"))
+    rid = held.json()["reservation_id"]
+    commit = {"usage": {"input_tokens": 1}}
+    r = api.post(f"/v1/reservations/{rid}/commit", json=commit, headers=acme_service)
+    assert r.status_code == 403
+    assert api.get(f"/v1/reservations/{rid}", headers=unscoped).json()["status"] == "held"
+    # its own org it still runs
+    ok = api.patch(
+        "/v1/orgs/acme/budgets/org", json={"period": "day", "limit": 10**9}, headers=acme_admin
+    )
+    assert ok.status_code == 200 and ok.json()[0]["limit_value"] == 10**9
+
+
 def test_body_over_the_bound_is_413(login_dsn: str, seeded: Seeded) -> None:
     app = create_app(ServerConfig(dsn=login_dsn, jwt_secret=SECRET, max_body_bytes=1024))
     with TestClient(app) as client:
