@@ -419,3 +419,18 @@ def test_an_hs256_secret_shorter_than_32_bytes_is_refused_at_startup() -> None:
     )
     assert result.exit_code != 0
     assert "at least 32 bytes" in result.output and short not in result.output
+
+
+@pytest.mark.parametrize(
+    ("base_url", "secure"), [("https://cw.example", True), ("http://127.0.0.1", False)]
+)
+def test_the_dashboard_cookie_is_secure_when_signed_in_over_https(
+    login_dsn: str, base_url: str, secure: bool
+) -> None:
+    app = create_app(ServerConfig(dsn=login_dsn, jwt_secret=SECRET))
+    with TestClient(app, base_url=base_url) as client:
+        r = client.post("/login", data={"token": token("costwarden_admin")}, follow_redirects=False)
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert ("; secure" in cookie) is secure

@@ -180,7 +180,7 @@ def mount_dashboard(
         return sign_in(None, 200)
 
     @app.post("/login", include_in_schema=False)
-    async def login(token: str = Form(...)) -> Response:
+    async def login(request: Request, token: str = Form(...)) -> Response:
         try:
             verifier.verify_token(token.strip())
         except (Unauthenticated, NotPermitted) as exc:
@@ -192,7 +192,9 @@ def mount_dashboard(
             httponly=True,
             samesite="strict",
             path="/",
-            secure=False,  # served on 127.0.0.1 in tests; put TLS in front in production
+            # sent back over https only when it came over https (behind a TLS proxy,
+            # uvicorn's proxy headers tell the scheme); plain http on 127.0.0.1 works
+            secure=request.url.scheme == "https",
         )
         return response
 
