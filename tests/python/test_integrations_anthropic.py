@@ -22,7 +22,7 @@ from adapter_helpers import (
     setup_costwarden,
 )
 from costwarden import BudgetExceeded
-from costwarden.integrations import StreamAborted
+from costwarden.integrations import SizingError, StreamAborted
 from costwarden.integrations.anthropic import guard, usage_from_anthropic
 from costwarden.integrations.testing import FakeProvider, Reply, fake_provider, sse
 
@@ -221,6 +221,70 @@ def test_denied_before_any_request(
     ):
         pass
     assert fake.requests == []
+
+
+WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+FILE_DOC = {
+    "role": "user",
+    "content": [
+        {"type": "document", "source": {"type": "file", "file_id": "file_abc"}},
+        {"type": "text", "text": "Summarize it."},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("what", "extra"),
+    [
+        ("web_search_20250305 tool", {"tools": [WEB_SEARCH]}),
+        ("document by file id or URL", {"messages": [FILE_DOC]}),
+        ("container", {"container": "container_abc"}),
+    ],
+)
+def test_a_prompt_on_the_server_needs_an_explicit_bound(
+    what: str,
+    extra: dict[str, Any],
+    guarded: Any,
+    fake: FakeProvider,
+    client: costwarden.Client,
+) -> None:
+    kwargs = {"model": MODEL, "messages": MESSAGES, "max_tokens": 100, **extra}
+    with pytest.raises(SizingError, match=f"{what}.*costwarden_prompt_tokens"):
+        guarded.messages.create(**kwargs)
+    with pytest.raises(SizingError, match=what):
+        guarded.messages.stream(**kwargs)
+    assert fake.requests == [] and reservation_states(client) == []
+
+
+def test_the_explicit_prompt_bound_sizes_the_reservation(
+    guarded: Any, fake: FakeProvider, client: costwarden.Client, admin_conn: Conn
+) -> None:
+    # web search results are read as input, in as many sampling turns as the model needs
+    fake.add(Reply(body=message(usage(42_000, 300))))
+    guarded.messages.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=400,
+        tools=[WEB_SEARCH],
+        costwarden_prompt_tokens=50_000,
+    )
+    assert "costwarden_prompt_tokens" not in fake.requests[0][1]
+    ((status, held, charged),) = reservation_states(client)
+    assert status == "committed" and charged == ledger(admin_conn)[0]["amount_micros"]
+    assert held >= charged
+    # the bound at the priciest input price (cache writes, 3.75), 400 output tokens at 15
+    assert held == -(-(50_000 * 375 + 400 * 1500) // 100)
+
+
+def test_client_side_tools_need_no_bound(guarded: Any, fake: FakeProvider) -> None:
+    fake.add(Reply(body=message(usage(900, 20))))
+    tools = [
+        {"type": "bash_20250124", "name": "bash"},
+        {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+        {"name": "lookup", "input_schema": {"type": "object"}},
+    ]
+    guarded.messages.create(model=MODEL, messages=MESSAGES, max_tokens=100, tools=tools)
+    assert len(fake.requests) == 1
 
 
 def test_sdk_error_releases_and_reraises(

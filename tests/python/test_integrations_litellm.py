@@ -25,9 +25,11 @@ from costwarden.integrations import Limits, ModelLimits
 from costwarden.integrations.litellm import (
     CallContext,
     CostwardenHook,
+    SyncCallRefused,
     VirtualKeyRule,
     usage_from_litellm,
 )
+from costwarden.integrations.testing import Reply, chat_completion, fake_provider, openai_usage
 from costwarden.pricing import load_catalogue, parse_catalogue
 
 Conn = psycopg.Connection[Any]
@@ -268,3 +270,56 @@ def test_usage_from_litellm_usage_objects() -> None:
         "cache_write_tokens": 600,
         "output_tokens": 40,
     }
+
+
+def test_sync_calls_are_stopped_before_they_are_sent(
+    client: costwarden.Client, admin_conn: Conn
+) -> None:
+    """LiteLLM runs no hook that can refuse a synchronous call: rather than letting it
+    through unreserved and unrecorded, the hook stops it before its request."""
+    setup(client)
+    hook = CostwardenHook(client, limits=LIMITS)
+    litellm.callbacks = [hook]
+    router = Router(model_list=[{"model_name": "m", "litellm_params": PARAMS}], num_retries=0)
+    meta = {"org_id": ORG, "workspace_id": WS}
+    mock = {"model": PARAMS["model"], "mock_response": "Hello", "messages": MESSAGES}
+    calls = {
+        "completion": lambda: litellm.completion(**mock, max_tokens=20, metadata=meta),
+        "completion(stream=True)": lambda: list(
+            litellm.completion(**mock, max_tokens=20, stream=True, metadata=meta)
+        ),
+        "Router.completion": lambda: router.completion(
+            model="m", messages=MESSAGES, max_tokens=20, metadata=meta
+        ),
+    }
+    for name, call in calls.items():
+        with pytest.raises(SyncCallRefused, match="acompletion") as err:
+            call()
+        assert err.value.call_type == "completion", name
+    assert reservation_states(client) == [] and ledger(admin_conn) == []
+
+    async def main() -> None:  # the async path, same hook, same process: reserved and committed
+        await router.acompletion(model="m", messages=MESSAGES, max_tokens=20, metadata=meta)
+        for _ in range(50):
+            if not hook._held:
+                break
+            await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert [s for s, _, _ in reservation_states(client)] == ["committed"]
+    assert len(ledger(admin_conn)) == 1
+
+
+def test_sync_calls_over_http_send_nothing(client: costwarden.Client) -> None:
+    """The same with real requests (to the local fake API): none leaves LiteLLM."""
+    setup(client)
+    litellm.callbacks = [CostwardenHook(client, limits=LIMITS)]
+    meta = {"org_id": ORG, "workspace_id": WS}
+    with fake_provider(Reply(body=chat_completion(openai_usage(10, 20)))) as fake:
+        http = {"model": PARAMS["model"], "api_key": "sk-test", "api_base": fake.url + "/v1"}
+        with pytest.raises(SyncCallRefused):
+            litellm.completion(**http, messages=MESSAGES, max_tokens=20, metadata=meta)
+        with pytest.raises(SyncCallRefused, match=r"\(responses\)"):
+            litellm.responses(**http, input="hello", max_output_tokens=20, metadata=meta)
+        assert fake.requests == []
+    assert reservation_states(client) == []

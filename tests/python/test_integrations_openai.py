@@ -4,11 +4,12 @@ reserving, metering and committing on a real PostgreSQL (SPEC §0, §14)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import openai
 import psycopg
+import pydantic
 import pytest
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion
@@ -26,7 +27,7 @@ from adapter_helpers import (
     setup_costwarden,
 )
 from costwarden import BudgetExceeded
-from costwarden.integrations import SizingError, StreamAborted
+from costwarden.integrations import NotGuarded, SizingError, StreamAborted
 from costwarden.integrations._sizing import MESSAGE_OVERHEAD, REQUEST_OVERHEAD, json_bytes
 from costwarden.integrations.openai import guard, usage_from_openai
 from costwarden.integrations.testing import FakeProvider, Reply, fake_provider, sse
@@ -522,14 +523,35 @@ def test_responses_create_commits_mapped_usage(
     }
 
 
-def test_responses_stream_commits_the_completed_event(
-    guarded: Any, fake: FakeProvider, admin_conn: Conn
-) -> None:
-    created = response_body(RESP_USAGE) | {"status": "in_progress", "output": [], "usage": None}
+def response_events(u: dict[str, Any]) -> list[tuple[str | None, Any]]:
+    """A streamed response: created, two text deltas, completed with the usage ``u``."""
+    created = response_body(u) | {"status": "in_progress", "output": [], "usage": None}
+    item = {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant"}
+    part = {"type": "output_text", "text": "", "annotations": []}
     events: list[tuple[str | None, Any]] = [
         (
             "response.created",
             {"type": "response.created", "response": created, "sequence_number": 0},
+        ),
+        (
+            "response.output_item.added",
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": item | {"content": []},
+                "sequence_number": 1,
+            },
+        ),
+        (
+            "response.content_part.added",
+            {
+                "type": "response.content_part.added",
+                "item_id": "msg_1",
+                "output_index": 0,
+                "content_index": 0,
+                "part": part,
+                "sequence_number": 2,
+            },
         ),
     ]
     for i, piece in enumerate(["Hi", " there"]):
@@ -543,7 +565,7 @@ def test_responses_stream_commits_the_completed_event(
                     "content_index": 0,
                     "delta": piece,
                     "logprobs": [],
-                    "sequence_number": i + 1,
+                    "sequence_number": i + 3,
                 },
             )
         )
@@ -552,11 +574,18 @@ def test_responses_stream_commits_the_completed_event(
             "response.completed",
             {
                 "type": "response.completed",
-                "response": response_body(RESP_USAGE),
-                "sequence_number": 3,
+                "response": response_body(u),
+                "sequence_number": 5,
             },
         )
     )
+    return events
+
+
+def test_responses_stream_commits_the_completed_event(
+    guarded: Any, fake: FakeProvider, admin_conn: Conn
+) -> None:
+    events = response_events(RESP_USAGE)
     fake.add(sse(events))
     stream = guarded.responses.create(
         model="gpt-4o-mini",
@@ -625,3 +654,429 @@ def test_the_fake_provider_example_in_the_docs_runs() -> None:
     code = after.split("```python\n", 1)[1].split("```", 1)[0]
     assert "fake_provider()" in code
     exec(compile(code, "docs/integrations.md", "exec"), {})
+
+
+# -- every method that sends a model request is guarded (or refused) ----------------------
+
+
+class Greeting(pydantic.BaseModel):
+    greeting: str
+
+
+CHAT = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16}
+RESP = {"model": "gpt-4o-mini", "input": "Hello", "max_output_tokens": 16}
+
+
+def entered(manager: Any) -> Any:
+    with manager as stream:
+        return stream
+
+
+SYNC_CALLS: dict[str, Callable[[Any], Any]] = {
+    "chat.completions.create": lambda g: g.chat.completions.create(**CHAT),
+    "chat.completions.parse": lambda g: g.chat.completions.parse(**CHAT, response_format=Greeting),
+    "chat.completions.stream": lambda g: entered(g.chat.completions.stream(**CHAT)),
+    "chat.completions.with_raw_response.create": lambda g: (
+        g.chat.completions.with_raw_response.create(**CHAT)
+    ),
+    "chat.completions.with_raw_response.parse": lambda g: (
+        g.chat.completions.with_raw_response.parse(**CHAT, response_format=Greeting)
+    ),
+    "responses.create": lambda g: g.responses.create(**RESP),
+    "responses.parse": lambda g: g.responses.parse(**RESP, text_format=Greeting),
+    "responses.stream": lambda g: entered(g.responses.stream(**RESP)),
+    "responses.with_raw_response.create": lambda g: g.responses.with_raw_response.create(**RESP),
+    "responses.with_raw_response.parse": lambda g: g.responses.with_raw_response.parse(**RESP),
+    "responses.compact": lambda g: g.responses.compact(model="gpt-4o-mini", input="Hello"),
+    "responses.with_raw_response.compact": lambda g: g.responses.with_raw_response.compact(
+        model="gpt-4o-mini", input="Hello"
+    ),
+    "beta.chat.completions.parse": lambda g: g.beta.chat.completions.parse(**CHAT),
+    "beta.responses.create": lambda g: g.beta.responses.create(**RESP),
+    "with_raw_response.chat.completions.create": lambda g: (
+        g.with_raw_response.chat.completions.create(**CHAT)
+    ),
+    "chat.with_raw_response.completions.parse": lambda g: (
+        g.chat.with_raw_response.completions.parse(**CHAT)
+    ),
+    "with_raw_response.responses.create": lambda g: g.with_raw_response.responses.create(**RESP),
+    "beta.with_raw_response.responses.create": lambda g: g.beta.with_raw_response.responses.create(
+        **RESP
+    ),
+    "with_options(...).responses.parse": lambda g: g.with_options(timeout=5).responses.parse(
+        **RESP
+    ),
+    "copy(...).chat.completions.parse": lambda g: g.copy(timeout=5).chat.completions.parse(**CHAT),
+}
+
+
+@pytest.mark.parametrize("call", list(SYNC_CALLS))
+def test_every_model_call_is_reserved_first_and_refused_over_the_limit(
+    call: str, sdk: openai.OpenAI, client: costwarden.Client, fake: FakeProvider
+) -> None:
+    setup_costwarden(client, budget_micros=0)
+    g = guard(sdk, client, org_id=ORG, workspace_id=WS, limits=limits())
+    with pytest.raises(BudgetExceeded):
+        SYNC_CALLS[call](g)
+    assert fake.requests == []
+    assert [s for s, _, _ in reservation_states(client)] == ["denied"]
+
+
+ASYNC_CALLS: dict[str, Callable[[Any], Awaitable[Any]]] = {
+    "chat.completions.parse": lambda g: g.chat.completions.parse(**CHAT, response_format=Greeting),
+    "chat.completions.with_raw_response.create": lambda g: (
+        g.chat.completions.with_raw_response.create(**CHAT)
+    ),
+    "responses.parse": lambda g: g.responses.parse(**RESP, text_format=Greeting),
+    "responses.with_raw_response.create": lambda g: g.responses.with_raw_response.create(**RESP),
+    "responses.compact": lambda g: g.responses.compact(model="gpt-4o-mini", input="Hello"),
+    "beta.responses.create": lambda g: g.beta.responses.create(**RESP),
+}
+
+
+async def async_entered(manager: Any) -> Any:
+    async with manager as stream:
+        return stream
+
+
+ASYNC_CALLS["chat.completions.stream"] = lambda g: async_entered(g.chat.completions.stream(**CHAT))
+ASYNC_CALLS["responses.stream"] = lambda g: async_entered(g.responses.stream(**RESP))
+
+
+@pytest.mark.parametrize("call", list(ASYNC_CALLS))
+def test_every_async_model_call_is_reserved_first_and_refused_over_the_limit(
+    call: str, dsn: str, client: costwarden.Client, fake: FakeProvider
+) -> None:
+    setup_costwarden(client, budget_micros=0)
+
+    async def main() -> None:
+        sdk = openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key="sk", max_retries=0)
+        async with costwarden.AsyncClient(dsn) as acw:
+            g = guard(sdk, acw, org_id=ORG, workspace_id=WS, limits=limits())
+            with pytest.raises(BudgetExceeded):
+                await ASYNC_CALLS[call](g)
+        await sdk.close()
+
+    asyncio.run(main())
+    assert fake.requests == []
+    assert [s for s, _, _ in reservation_states(client)] == ["denied"]
+
+
+REFUSED: dict[str, Callable[[Any], Any]] = {
+    "chat.completions.with_streaming_response.create": lambda g: (
+        g.chat.completions.with_streaming_response.create(**CHAT)
+    ),
+    "chat.completions.with_streaming_response.parse": lambda g: (
+        g.chat.completions.with_streaming_response.parse(**CHAT)
+    ),
+    "responses.with_streaming_response.create": lambda g: (
+        g.responses.with_streaming_response.create(**RESP)
+    ),
+    "with_streaming_response.responses.compact": lambda g: (
+        g.with_streaming_response.responses.compact(model="gpt-4o-mini", input="Hello")
+    ),
+    "chat.completions.with_raw_response.create(stream=True)": lambda g: (
+        g.chat.completions.with_raw_response.create(**CHAT, stream=True)
+    ),
+    "responses.with_raw_response.create(stream=True)": lambda g: (
+        g.responses.with_raw_response.create(**RESP, stream=True)
+    ),
+    "responses.parse(stream=True)": lambda g: g.responses.parse(**RESP, stream=True),
+    "responses.connect": lambda g: g.responses.connect(),
+    "responses.create(background=True)": lambda g: g.responses.create(**RESP, background=True),
+    "responses.stream(background=True)": lambda g: entered(
+        g.responses.stream(**RESP, background=True)
+    ),
+}
+
+
+@pytest.mark.parametrize("call", list(REFUSED))
+def test_what_cannot_be_committed_is_refused_before_sending(
+    call: str, guarded: Any, fake: FakeProvider, client: costwarden.Client
+) -> None:
+    with pytest.raises(NotGuarded) as err:
+        REFUSED[call](guarded)
+    named = "background" if "background" in call else call.split("(")[0].rsplit(".", 1)[-1]
+    assert named in str(err.value) and "use " in str(err.value)
+    assert fake.requests == [] and reservation_states(client) == []
+
+
+def test_an_unknown_method_of_a_guarded_resource_is_not_passed_through(guarded: Any) -> None:
+    with pytest.raises(AttributeError, match=r"chat\.completions\.create_and_poll is not known"):
+        guarded.chat.completions.create_and_poll  # noqa: B018
+    with pytest.raises(AttributeError, match=r"responses\.with_raw_response\.stream is not known"):
+        guarded.responses.with_raw_response.stream  # noqa: B018
+    # the methods that send no model request are the SDK's own
+    assert guarded.chat.completions.retrieve.__self__ is guarded._inner.chat.completions
+    assert guarded.responses.input_tokens is guarded._inner.responses.input_tokens
+
+
+def test_chat_parse_commits_the_usage_and_returns_the_parsed_completion(
+    guarded: Any, fake: FakeProvider, client: costwarden.Client, admin_conn: Conn
+) -> None:
+    fake.add(Reply(body=completion(usage(400, 9, cached=256))))
+    fake.add(Reply(body=completion(usage(400, 9))))
+    msg = {"role": "assistant", "content": '{"greeting":"Bonjour"}', "refusal": None}
+    fake.add(Reply(body=completion(usage(500, 12, cached=256), msg)))
+    guarded.chat.completions.create(**CHAT)
+    guarded.chat.completions.create(**CHAT, response_format={"type": "json_object"})
+    parsed = guarded.chat.completions.parse(**CHAT, response_format=Greeting)
+    assert parsed.choices[0].message.parsed == Greeting(greeting="Bonjour")
+    sent = fake.requests[2][1]
+    assert sent["response_format"]["json_schema"]["name"] == "Greeting"
+    entry = ledger(admin_conn)[2]
+    assert entry["usage"] == {"input_tokens": 244, "cached_input_tokens": 256, "output_tokens": 12}
+    assert entry["approximate"] is False
+    holds = [held for _, held, _ in reservation_states(client)]
+    # the hold covers the JSON schema the SDK sends, not the type's name
+    schema_bytes, _ = json_bytes(sent["response_format"])
+    assert holds[2] - holds[0] >= -(-schema_bytes * 15 // 100)
+
+
+def test_a_parsing_error_after_the_provider_billed_still_commits(
+    guarded: Any, fake: FakeProvider, client: costwarden.Client, admin_conn: Conn
+) -> None:
+    body = completion(usage(300, 16))
+    body["choices"][0]["finish_reason"] = "length"
+    body["choices"][0]["message"]["content"] = '{"greeting": "Bonj'
+    fake.add(Reply(body=body))
+    with pytest.raises(openai.LengthFinishReasonError):
+        guarded.chat.completions.parse(**CHAT, response_format=Greeting)
+    (entry,) = ledger(admin_conn)
+    assert entry["usage"] == {"input_tokens": 300, "output_tokens": 16}
+    assert [s for s, _, _ in reservation_states(client)] == ["committed"]
+
+
+def test_raw_response_create_commits_the_usage_of_its_body(
+    guarded: Any, fake: FakeProvider, client: costwarden.Client, admin_conn: Conn
+) -> None:
+    fake.add(Reply(body=completion(usage(2000, 12, cached=1536))))
+    fake.add(Reply(body=response_body(RESP_USAGE)))
+    raw = guarded.chat.completions.with_raw_response.create(**CHAT)
+    assert raw.headers["content-type"] == "application/json"
+    assert raw.parse().choices[0].message.content == "Hello!"
+    raw = guarded.with_raw_response.responses.create(**RESP)
+    assert raw.parse().output_text == "Hi there"
+    assert [e["usage"] for e in ledger(admin_conn)] == [
+        {"input_tokens": 464, "cached_input_tokens": 1536, "output_tokens": 12},
+        {
+            "input_tokens": 520,
+            "cached_input_tokens": 1024,
+            "cache_write_tokens": 256,
+            "output_tokens": 40,
+        },
+    ]
+    assert [s for s, _, _ in reservation_states(client)] == ["committed", "committed"]
+
+
+def test_a_raw_response_error_releases(
+    guarded: Any, fake: FakeProvider, client: costwarden.Client
+) -> None:
+    fake.add(Reply(status=429, body={"error": {"message": "slow down", "type": "rate_limit"}}))
+    with pytest.raises(openai.RateLimitError):
+        guarded.responses.with_raw_response.parse(**RESP)
+    assert [s for s, _, _ in reservation_states(client)] == ["released"]
+
+
+def test_chat_stream_helper_is_metered_and_commits_the_usage_chunk(
+    guarded: Any, fake: FakeProvider, admin_conn: Conn
+) -> None:
+    fake.add(text_stream(["Bon", "jour"], usage(900, 2, cached=512)))
+    manager = guarded.chat.completions.stream(**CHAT)
+    assert fake.requests == []  # sent (and reserved) when entered
+    with manager as stream:
+        text = "".join(e.delta for e in stream if e.type == "content.delta")
+    assert text == "Bonjour"
+    assert fake.requests[0][1]["stream_options"] == {"include_usage": True}
+    (entry,) = ledger(admin_conn)
+    assert entry["usage"] == {"input_tokens": 388, "cached_input_tokens": 512, "output_tokens": 2}
+    assert entry["approximate"] is False
+    assert manager.costwarden.result.charged_micros == entry["amount_micros"]
+
+
+def test_leaving_a_stream_helper_early_commits_what_was_read(
+    guarded: Any, fake: FakeProvider, client: costwarden.Client, admin_conn: Conn
+) -> None:
+    fake.add(text_stream([f"word{i} " for i in range(50)], usage(900, 100)))
+    with guarded.chat.completions.stream(**CHAT) as stream:
+        for event in stream:
+            if event.type == "content.delta" and event.delta:
+                break
+    (entry,) = ledger(admin_conn)
+    assert entry["approximate"] is True and entry["usage"]["output_tokens"] >= 1
+    assert [s for s, _, _ in reservation_states(client)] == ["committed"]
+
+
+def test_responses_stream_helper_and_parse_commit(
+    guarded: Any, fake: FakeProvider, admin_conn: Conn
+) -> None:
+    fake.add(sse(response_events(RESP_USAGE)))
+    fake.add(Reply(body=response_body(RESP_USAGE, text='{"greeting":"Salut"}')))
+    with guarded.responses.stream(**RESP) as stream:
+        final = stream.get_final_response()
+    assert final.output_text == "Hi there"
+    parsed = guarded.responses.parse(**RESP, text_format=Greeting)
+    assert parsed.output_parsed == Greeting(greeting="Salut")
+    assert fake.requests[0][1]["stream"] is True
+    assert fake.requests[1][1]["text"]["format"]["name"] == "Greeting"
+    entries = ledger(admin_conn)
+    assert [e["approximate"] for e in entries] == [False, False]
+    assert all(e["usage"]["cached_input_tokens"] == 1024 for e in entries)
+
+
+def test_compact_commits_its_usage(guarded: Any, fake: FakeProvider, admin_conn: Conn) -> None:
+    fake.add(
+        Reply(
+            body={
+                "id": "cmp_1",
+                "object": "response.compaction",
+                "created_at": 1733000000,
+                "output": [],
+                "usage": RESP_USAGE,
+            }
+        )
+    )
+    guarded.responses.compact(model="gpt-4o-mini", input="A long exchange to compact.")
+    assert fake.requests[0][0] == "/v1/responses/compact"
+    (entry,) = ledger(admin_conn)
+    assert entry["usage"]["input_tokens"] == 520 and entry["approximate"] is False
+
+
+def test_async_parse_raw_and_stream_helper_commit(
+    dsn: str, client: costwarden.Client, fake: FakeProvider, admin_conn: Conn
+) -> None:
+    setup_costwarden(client)
+    msg = {"role": "assistant", "content": '{"greeting":"Hallo"}', "refusal": None}
+    fake.add(Reply(body=completion(usage(100, 7), msg)))
+    fake.add(Reply(body=completion(usage(110, 8))))
+    fake.add(text_stream(["a", "b"], usage(120, 2)))
+    fake.add(sse(response_events(RESP_USAGE)))
+
+    async def main() -> list[Any]:
+        sdk = openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key="sk", max_retries=0)
+        async with costwarden.AsyncClient(dsn) as acw:
+            g = guard(sdk, acw, org_id=ORG, workspace_id=WS, limits=limits())
+            parsed = await g.chat.completions.parse(**CHAT, response_format=Greeting)
+            raw = await g.chat.completions.with_raw_response.create(**CHAT)
+            async with g.chat.completions.stream(**CHAT) as stream:
+                text = [e.delta async for e in stream if e.type == "content.delta"]
+            async with g.responses.stream(**RESP) as events:
+                final = await events.get_final_response()
+        await sdk.close()
+        return [parsed.choices[0].message.parsed, raw.parse().usage.prompt_tokens, text, final]
+
+    parsed, prompt, text, final = asyncio.run(main())
+    assert parsed == Greeting(greeting="Hallo") and prompt == 110 and "".join(text) == "ab"
+    assert final.output_text == "Hi there"
+    assert [e["usage"] for e in ledger(admin_conn)][:3] == [
+        {"input_tokens": 100, "output_tokens": 7},
+        {"input_tokens": 110, "output_tokens": 8},
+        {"input_tokens": 120, "output_tokens": 2},
+    ]
+    assert [s for s, _, _ in reservation_states(client)] == ["committed"] * 4
+
+
+# -- a prompt partly on OpenAI's side -----------------------------------------------------
+
+
+SERVER_SIDE: dict[str, dict[str, Any]] = {
+    "previous_response_id": {"input": "and then?", "previous_response_id": "resp_abc"},
+    "conversation": {"input": "and then?", "conversation": "conv_abc"},
+    "prompt": {"input": "x", "prompt": {"id": "pmpt_abc", "variables": {"city": "Paris"}}},
+    "item_reference": {"input": [{"type": "item_reference", "id": "msg_abc"}]},
+    "web_search tool": {"input": "news?", "tools": [{"type": "web_search"}]},
+    "file_search tool": {
+        "input": "find it",
+        "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}],
+    },
+    "mcp tool": {
+        "input": "x",
+        "tools": [{"type": "mcp", "server_label": "s", "server_url": "https://mcp.example"}],
+    },
+    "code_interpreter tool": {
+        "input": "x",
+        "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}],
+    },
+    "input_file by id or URL": {
+        "input": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "Summarize"},
+                    {"type": "input_file", "file_id": "file-abc"},
+                ],
+            }
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("what", list(SERVER_SIDE))
+def test_a_prompt_on_the_server_needs_an_explicit_bound(
+    what: str, guarded: Any, fake: FakeProvider, client: costwarden.Client
+) -> None:
+    kwargs = {"model": "gpt-4o-mini", "max_output_tokens": 100, **SERVER_SIDE[what]}
+    with pytest.raises(SizingError, match=f"{what}.*costwarden_prompt_tokens"):
+        guarded.responses.create(**kwargs)
+    with pytest.raises(SizingError, match=what):
+        guarded.responses.stream(**kwargs).__enter__()
+    assert fake.requests == [] and reservation_states(client) == []
+
+
+def test_the_explicit_prompt_bound_sizes_the_reservation(
+    guarded: Any, fake: FakeProvider, client: costwarden.Client, admin_conn: Conn
+) -> None:
+    # the provider bills the stored conversation: 120,000 prompt tokens for "and then?"
+    billed = {
+        "input_tokens": 120_000,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 100,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 120_100,
+    }
+    fake.add(Reply(body=response_body(billed)))
+    guarded.responses.create(
+        model="gpt-4o-mini",
+        input="and then?",
+        previous_response_id="resp_abc",
+        max_output_tokens=100,
+        costwarden_prompt_tokens=128_000,
+    )
+    assert "costwarden_prompt_tokens" not in fake.requests[0][1]
+    ((status, held, charged),) = reservation_states(client)
+    assert status == "committed" and charged == ledger(admin_conn)[0]["amount_micros"]
+    assert held >= charged  # never too small
+    assert held == -(-(128_000 * 15 + 100 * 60) // 100)  # the bound, at the input price
+    with pytest.raises(SizingError, match="non-negative integer"):
+        guarded.responses.create(**RESP, costwarden_prompt_tokens=-1)
+
+
+def test_client_side_tools_and_inline_content_need_no_bound(
+    guarded: Any, fake: FakeProvider
+) -> None:
+    fake.add(Reply(body=response_body(RESP_USAGE)))
+    fake.add(Reply(body=completion(usage(20, 3))))
+    guarded.responses.create(
+        **RESP,
+        tools=[{"type": "function", "name": "f", "parameters": {}}, {"type": "local_shell"}],
+    )
+    guarded.chat.completions.create(
+        **CHAT, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    )
+    assert len(fake.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"web_search_options": {}},
+        {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]}]},
+        {"messages": [*MESSAGES, {"role": "assistant", "audio": {"id": "audio_abc"}}]},
+    ],
+)
+def test_chat_prompt_on_the_server_needs_an_explicit_bound(
+    extra: dict[str, Any], guarded: Any, fake: FakeProvider
+) -> None:
+    with pytest.raises(SizingError, match="costwarden_prompt_tokens"):
+        guarded.chat.completions.create(**{**CHAT, **extra})
+    assert fake.requests == []

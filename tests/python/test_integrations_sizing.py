@@ -120,6 +120,28 @@ def test_output_cap_request_then_catalogue_then_refusal() -> None:
         plan_call(limits=limits.get("openai/other"), max_output=None, **kw)
 
 
+def test_a_prompt_on_the_server_is_sized_only_from_the_callers_bound() -> None:
+    kw: dict[str, Any] = {
+        "model": "openai/m",
+        "limits": ModelLimits(4096, {}),
+        "messages": ["x" * 1000],
+        "message_count": 1,
+        "max_output": 10,
+        "image_tokens": 0,
+    }
+    own = plan_call(**kw).prompt_bound
+    with pytest.raises(SizingError, match="previous_response_id, web_search tool"):
+        plan_call(**kw, server_side=["previous_response_id", "web_search tool"])
+    on_server = {**kw, "server_side": ["previous_response_id"]}
+    assert plan_call(**on_server, prompt_tokens=90_000).prompt_bound == 90_000
+    # never below what the request's own content bounds
+    assert plan_call(**on_server, prompt_tokens=5).prompt_bound == own
+    assert plan_call(**kw, prompt_tokens=90_000).prompt_bound == 90_000
+    for bad in (-1, 1.5, "100", True):
+        with pytest.raises(SizingError, match="costwarden_prompt_tokens"):
+            plan_call(**kw, prompt_tokens=bad)
+
+
 def test_the_priciest_units_carry_the_bound() -> None:
     prices = {
         "input_tokens": 1,

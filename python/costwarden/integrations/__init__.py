@@ -14,7 +14,7 @@ The SDKs are imported only by the module that needs them. docs/integrations.md
 has the usage mapping tables and the sizing rule.
 """
 
-from ._saga import StreamAborted
-from ._sizing import Limits, ModelLimits, SizingError
+from ._saga import NotGuarded, StreamAborted
+from ._sizing import PROMPT_TOKENS, Limits, ModelLimits, SizingError
 
-__all__ = ["Limits", "ModelLimits", "SizingError", "StreamAborted"]
+__all__ = ["PROMPT_TOKENS", "Limits", "ModelLimits", "NotGuarded", "SizingError", "StreamAborted"]

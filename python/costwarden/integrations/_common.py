@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 #: The SDKs' "not given" sentinels have these class names; treat them as absent.
@@ -30,6 +30,20 @@ def count(obj: Any, *path: str) -> int:
 def given(kwargs: Mapping[str, Any], name: str) -> Any:
     value = kwargs.get(name)
     return None if type(value).__name__ in _NOT_GIVEN else value
+
+
+def mappings(value: Any) -> Iterator[Mapping[str, Any]]:
+    """Every mapping in ``value``, itself included, however deeply nested in mappings
+    and lists (an SDK object counts as its ``model_dump()``)."""
+    if hasattr(value, "model_dump") and not isinstance(value, type):
+        value = value.model_dump()
+    if isinstance(value, Mapping):
+        yield value
+        for item in value.values():
+            yield from mappings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from mappings(item)
 
 
 def is_async(method: Any) -> bool:

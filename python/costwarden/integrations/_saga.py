@@ -43,6 +43,11 @@ class StreamAborted(CostwardenError):
         self.commit = commit
 
 
+class NotGuarded(CostwardenError, TypeError):
+    """A call the guarded client cannot reserve and commit, refused before anything
+    is sent; the message names what to use instead."""
+
+
 @dataclass(frozen=True)
 class GuardConfig:
     """Who a guarded client's calls are charged to and how they are metered."""

@@ -15,6 +15,16 @@ fixed overheads per message, per tool and per request. Images are not text:
 each one gets a fixed allowance (``image_tokens``), and its data or URL is left
 out of the byte count.
 
+**Prompt on the provider's side.** A request can make the provider read more
+than it carries: a stored conversation (OpenAI's ``previous_response_id``,
+``conversation``, item references), a stored prompt, a file referenced by id or
+URL, a server-side tool (web or file search, code execution, MCP) whose results
+the model reads, in as many sampling turns as it needs. The request's bytes do
+not bound that, so such a call is refused with :class:`SizingError` unless the
+caller bounds the whole prompt with the per-call keyword ``costwarden_prompt_tokens``
+(:data:`PROMPT_TOKENS`); the prompt bound is then the larger of it and the
+request's own bound.
+
 **Output.** The request's ``max_tokens`` / ``max_completion_tokens`` /
 ``max_output_tokens`` (times ``n`` choices), or the catalogue's documented
 ``max_output_tokens`` for the model. With neither, there is no bound and the
@@ -61,8 +71,14 @@ OUTPUT_UNITS = ("output_tokens", "reasoning_tokens", "audio_output_tokens")
 IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
 
 
+#: The per-call keyword of a guarded SDK method that bounds the call's whole prompt,
+#: in tokens; the adapters take it out of the call before it reaches the SDK.
+PROMPT_TOKENS = "costwarden_prompt_tokens"
+
+
 class SizingError(CostwardenError, ValueError):
-    """A request cannot be sized: it gives no output cap and the catalogue has none."""
+    """A request cannot be sized: it gives no output cap and the catalogue has none, or
+    part of its prompt is on the provider's side and no ``costwarden_prompt_tokens`` bounds it."""
 
 
 @dataclass(frozen=True)
@@ -174,8 +190,24 @@ def plan_call(
     max_output: int | None,
     choices: int = 1,
     image_tokens: int,
+    server_side: Iterable[str] = (),
+    prompt_tokens: Any = None,
 ) -> Plan:
-    """Size one call. ``messages``/``tools``/``extra`` are the request's content."""
+    """Size one call. ``messages``/``tools``/``extra`` are the request's content;
+    ``server_side`` names what of the prompt the provider adds (stored state,
+    server-side tools), which only ``prompt_tokens`` (the caller's bound on the whole
+    prompt) can bound."""
+    if prompt_tokens is not None and (
+        not isinstance(prompt_tokens, int) or isinstance(prompt_tokens, bool) or prompt_tokens < 0
+    ):
+        raise SizingError(f"{PROMPT_TOKENS} must be a non-negative integer, not {prompt_tokens!r}")
+    on_server = list(dict.fromkeys(server_side))
+    if on_server and prompt_tokens is None:
+        raise SizingError(
+            f"{model}: part of the prompt is on the provider's side ({', '.join(on_server)}), "
+            "so the request's own bytes do not bound it and the call cannot be reserved "
+            f"safely; pass {PROMPT_TOKENS}=N, the most prompt tokens the call can bill"
+        )
     content_bytes, images = json_bytes([messages, list(extra)])
     tool_list = list(tools) if tools else []
     tool_bytes, tool_images = json_bytes(tool_list) if tool_list else (0, 0)
@@ -190,6 +222,8 @@ def plan_call(
     bills_images = "images" in limits.prices
     if not bills_images:
         prompt += image_tokens * images
+    if prompt_tokens is not None:
+        prompt = max(prompt, prompt_tokens)
     cap = max_output if max_output is not None else limits.max_output_tokens
     if cap is None:
         raise SizingError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._common import count, field, given, is_async, provider_model
+from ._common import count, field, given, is_async, mappings, provider_model
 from ._saga import (
     AsyncMeteredStream,
     AsyncSession,
@@ -28,7 +28,15 @@ from ._saga import (
     call_sync,
     merge,
 )
-from ._sizing import Limits, Plan, SizingError, default_limits, plan_call, utf8_len
+from ._sizing import (
+    PROMPT_TOKENS,
+    Limits,
+    Plan,
+    SizingError,
+    default_limits,
+    plan_call,
+    utf8_len,
+)
 
 __all__ = ["SizingError", "StreamAborted", "guard", "usage_from_anthropic"]
 
@@ -97,7 +105,30 @@ def _observe(event: Any, tracker: Tracker) -> bool:
     return False
 
 
-def _plan(cfg: GuardConfig, kwargs: Mapping[str, Any]) -> Plan:
+#: Anthropic-defined tools that run in the caller's code (bash, text editor, memory,
+#: computer use): the model reads only what requests carry. Every other typed tool (web
+#: search and fetch, code execution, tool search, ...) runs on Anthropic's side and feeds
+#: the model input the request cannot bound, in as many sampling turns as it needs.
+_CLIENT_TOOL_PREFIXES = ("bash_", "text_editor_", "memory_", "computer_")
+
+
+def _server_side(kwargs: Mapping[str, Any]) -> list[str]:
+    """What of the call's prompt Anthropic adds from its side (empty: the request has it all)."""
+    found = ["container"] if given(kwargs, "container") else []
+    for tool in given(kwargs, "tools") or ():
+        kind = field(tool, "type")
+        if kind not in (None, "custom") and not str(kind).startswith(_CLIENT_TOOL_PREFIXES):
+            found.append(f"{kind} tool")
+    for block in mappings([given(kwargs, "messages"), given(kwargs, "system")]):
+        kind = block.get("type")
+        if kind == "document" and field(block.get("source"), "type") in ("file", "url"):
+            found.append("document by file id or URL")
+        elif kind == "container_upload":
+            found.append("container_upload")
+    return found
+
+
+def _plan(cfg: GuardConfig, kwargs: Mapping[str, Any], bound: Any = None) -> Plan:
     model = provider_model("anthropic", str(kwargs["model"]))
     messages = list(given(kwargs, "messages") or ())
     system = given(kwargs, "system")
@@ -111,6 +142,8 @@ def _plan(cfg: GuardConfig, kwargs: Mapping[str, Any]) -> Plan:
         message_count=len(messages) + (1 if system else 0),
         max_output=given(kwargs, "max_tokens"),
         image_tokens=cfg.image_tokens,
+        server_side=_server_side(kwargs),
+        prompt_tokens=bound,
     )
 
 
@@ -188,7 +221,8 @@ class _Messages(Passthrough):
         self._cfg = cfg
 
     def create(self, **kwargs: Any) -> Any:
-        plan = _plan(self._cfg, kwargs)
+        bound = kwargs.pop(PROMPT_TOKENS, None)
+        plan = _plan(self._cfg, kwargs, bound)
         inner_create = self._inner.create
         run = call_async if is_async(inner_create) else call_sync
         return run(
@@ -202,7 +236,8 @@ class _Messages(Passthrough):
         )
 
     def stream(self, **kwargs: Any) -> Any:
-        plan = _plan(self._cfg, kwargs)
+        bound = kwargs.pop(PROMPT_TOKENS, None)
+        plan = _plan(self._cfg, kwargs, bound)
         manager = self._inner.stream(**kwargs)
         if hasattr(manager, "__aenter__"):
             return _AsyncStreamManager(manager, self._cfg, plan)
@@ -235,7 +270,9 @@ def guard(
 ) -> Any:
     """Wrap an ``Anthropic`` (with ``costwarden.Client``) or ``AsyncAnthropic`` (with
     ``costwarden.AsyncClient``) client; the keywords are those of
-    :func:`costwarden.integrations.openai.guard`."""
+    :func:`costwarden.integrations.openai.guard`, and so is the per-call
+    ``costwarden_prompt_tokens=N`` (required with server tools, a ``container``, or a
+    document by file id or URL)."""
     cfg = GuardConfig(
         cw_client,
         org_id,

@@ -12,6 +12,13 @@ One hook instance serves both places LiteLLM runs:
 
 Success events commit the response's usage (:func:`usage_from_litellm`);
 failure events release. Calls are matched by LiteLLM's ``litellm_call_id``.
+
+Synchronous calls (``litellm.completion``, ``Router.completion``, ...) cannot be
+guarded: LiteLLM runs no hook before a synchronous request that can refuse it
+(``log_pre_api_call`` logs and drops what it raises). So that they are not sent
+unreserved and unrecorded, the hook stops them before the request is sent with
+:class:`SyncCallRefused`, which derives from ``BaseException`` to get past those
+handlers.
 """
 
 from __future__ import annotations
@@ -23,13 +30,50 @@ from dataclasses import dataclass
 from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.utils import CallTypes
 
 from ._common import count, field, given
 from ._saga import merge
 from ._sizing import Limits, Plan, default_limits, plan_call
 from .openai import usage_from_openai
 
-__all__ = ["CallContext", "CostwardenHook", "VirtualKeyRule", "usage_from_litellm"]
+__all__ = [
+    "CallContext",
+    "CostwardenHook",
+    "SyncCallRefused",
+    "VirtualKeyRule",
+    "usage_from_litellm",
+]
+
+_CALL_TYPES = frozenset(c.value for c in CallTypes)
+#: LiteLLM's synchronous call types: those with an async twin ("completion" / "acompletion")
+_SYNC_CALL_TYPES = frozenset(c for c in _CALL_TYPES if "a" + c in _CALL_TYPES)
+
+
+class SyncCallRefused(BaseException):
+    """A synchronous LiteLLM call, stopped before its request was sent: the hook can
+    refuse only the async calls (``acompletion``, ``Router.acompletion``, the proxy).
+
+    It derives from ``BaseException``, like ``KeyboardInterrupt``: LiteLLM logs and
+    drops every ``Exception`` raised before a synchronous request, which would let the
+    call through unreserved and unrecorded. Catch it by name.
+    """
+
+    def __init__(self, call_type: str) -> None:
+        super().__init__(
+            f"costwarden: CostwardenHook cannot reserve a synchronous LiteLLM call "
+            f"({call_type}): LiteLLM runs no hook that can refuse a synchronous request, "
+            "so it was stopped before it was sent; use the async API (litellm.acompletion, "
+            "Router.acompletion), or guard the provider SDK's client with "
+            "costwarden.integrations.openai.guard / costwarden.integrations.anthropic.guard"
+        )
+        self.call_type = call_type
+
+
+def _sync_call_type(call_type: Any) -> str | None:
+    """The call type's name when it is one of LiteLLM's synchronous ones."""
+    name = str(getattr(call_type, "value", call_type))
+    return name if name in _SYNC_CALL_TYPES else None
 
 
 @dataclass(frozen=True)
@@ -184,8 +228,18 @@ class CostwardenHook(CustomLogger):
         self, kwargs: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
         """SDK / Router: reserve (raises ``BudgetExceeded`` on a denial)."""
+        sync = _sync_call_type(call_type)
+        if sync is not None:  # LiteLLM runs this hook for some synchronous calls too
+            raise SyncCallRefused(sync)
         await self._reserve(kwargs, self.context(kwargs))
         return None
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
+        """Every call, just before its request is sent: a synchronous one is stopped
+        (:class:`SyncCallRefused`); an async one was reserved by the hooks above."""
+        sync = _sync_call_type(kwargs.get("call_type"))
+        if sync is not None:
+            raise SyncCallRefused(sync)
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any

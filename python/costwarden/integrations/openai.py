@@ -1,8 +1,14 @@
 """OpenAI SDK adapter: ``guard(openai_client, cw_client, ...)`` (SPEC §14).
 
 The guarded client is used exactly like the ``OpenAI`` / ``AsyncOpenAI`` client
-it wraps. ``chat.completions.create`` and ``responses.create`` (plain and
-``stream=True``) are reserved, metered and committed; everything else passes
+it wraps. Every method of ``chat.completions`` and ``responses`` (and of their
+``beta`` twins) that sends a model request is reserved, metered and committed:
+``create`` (plain and ``stream=True``), ``parse``, ``stream(...)``,
+``responses.compact`` and the same methods under ``with_raw_response``. The
+few that cannot be (``with_streaming_response``, ``with_raw_response`` with
+``stream=True``, ``responses.connect``, background responses) raise
+:class:`NotGuarded` before anything is sent, and so does any method of those
+two resources this adapter does not know. The rest of the client passes
 through unchanged. A streamed chat completion is sent with
 ``stream_options={"include_usage": True}`` so that its last chunk carries the
 usage (the caller's own ``stream_options`` are kept; a chunk with no choices
@@ -11,23 +17,35 @@ and the usage then arrives last). See docs/integrations.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._common import count, field, given, is_async, provider_model
+from ._common import count, field, given, is_async, mappings, provider_model
 from ._saga import (
     GuardConfig,
+    NotGuarded,
+    Observer,
     Passthrough,
     StreamAborted,
     Tracker,
     Usage,
+    UsageOf,
     call_async,
     call_sync,
     merge,
 )
-from ._sizing import Limits, Plan, SizingError, default_limits, plan_call, utf8_len
+from ._sizing import (
+    PROMPT_TOKENS,
+    Limits,
+    Plan,
+    SizingError,
+    default_limits,
+    plan_call,
+    utf8_len,
+)
 
-__all__ = ["SizingError", "StreamAborted", "guard", "usage_from_openai"]
+__all__ = ["NotGuarded", "SizingError", "StreamAborted", "guard", "usage_from_openai"]
 
 #: The most tokens OpenAI bills for one image in a prompt (gpt-4o-mini, detail
 #: "high", 8 tiles: 2,833 + 8 x 5,667). Pass ``image_tokens=`` for a smaller
@@ -73,6 +91,16 @@ def _usage_of(response: Any) -> Usage | None:
     return None if usage is None else usage_from_openai(usage)
 
 
+def _body_usage_of(raw: Any) -> Usage | None:
+    """The usage of a ``with_raw_response`` result: the ``usage`` of its JSON body, the
+    same document the SDK parses (read without running the SDK's parser)."""
+    try:
+        body = raw.http_response.json()
+    except ValueError:
+        return None
+    return _usage_of(body)
+
+
 def _text_bytes(value: Any) -> int:
     return utf8_len(value) if isinstance(value, str) else 0
 
@@ -108,11 +136,80 @@ def _observe_response(event: Any, tracker: Tracker) -> bool:
     return False
 
 
-def _chat_plan(cfg: GuardConfig, kwargs: Mapping[str, Any]) -> Plan:
+# -- sizing -------------------------------------------------------------------------------
+
+#: Responses tools that run in the caller's code: the model reads only what requests
+#: carry. Every other tool type (web and file search, code interpreter, MCP, image
+#: generation, hosted shell or tool search, ...) runs on OpenAI's side and feeds the
+#: model input the request cannot bound, in as many sampling turns as it needs.
+_CLIENT_TOOLS = frozenset(
+    {"function", "custom", "computer", "computer_use_preview", "local_shell", "apply_patch"}
+)
+#: Chat completions tools (all run in the caller's code).
+_CHAT_TOOLS = frozenset({"function", "custom"})
+
+
+def _client_tool(tool: Any, chat: bool) -> bool:
+    kind = field(tool, "type")
+    if chat:
+        return kind in _CHAT_TOOLS
+    if kind in _CLIENT_TOOLS:
+        return True
+    if kind == "namespace":
+        return all(_client_tool(t, chat) for t in field(tool, "tools") or ())
+    if kind == "shell":
+        return field(field(tool, "environment"), "type") in (None, "local")
+    if kind == "tool_search":
+        return bool(field(tool, "execution") == "client")
+    return False
+
+
+def _server_side(kwargs: Mapping[str, Any], chat: bool) -> list[str]:
+    """What of the call's prompt OpenAI adds from its side (empty: the request carries it all)."""
+    found: list[str] = []
+    if not chat:
+        found += [k for k in ("previous_response_id", "conversation", "prompt") if given(kwargs, k)]
+    elif given(kwargs, "web_search_options") is not None:
+        found.append("web_search_options")
+    tools = list(given(kwargs, "tools") or ())
+    content = given(kwargs, "messages" if chat else "input")
+    items = [] if chat or isinstance(content, str) else list(content or ())
+    for item in items:
+        kind = field(item, "type")
+        if kind == "item_reference" or (
+            kind is None and field(item, "id") and field(item, "role") is None
+        ):
+            found.append("item_reference")
+        elif kind == "additional_tools":
+            tools += list(field(item, "tools") or ())
+    found += [f"{field(t, 'type')} tool" for t in tools if not _client_tool(t, chat)]
+    for part in mappings(content):
+        kind = part.get("type")
+        if kind == "input_file" and not part.get("file_data"):
+            found.append("input_file by id or URL")
+        elif kind == "file" and not field(part.get("file"), "file_data"):
+            found.append("file by id")
+        elif part.get("role") == "assistant" and field(part.get("audio"), "id"):
+            found.append("assistant audio by id")
+    return found
+
+
+def _format_param(value: Any) -> Any:
+    """A ``response_format`` / ``text_format`` given as a type (``parse``) as the SDK sends
+    it: its strict JSON schema (the request's bytes, not the type's name, are sized)."""
+    if not isinstance(value, type):
+        return value
+    from openai.lib._parsing import type_to_response_format_param
+
+    return type_to_response_format_param(value)
+
+
+def _chat_plan(cfg: GuardConfig, kwargs: Mapping[str, Any], bound: Any = None) -> Plan:
     model = provider_model("openai", str(kwargs["model"]))
     messages = list(given(kwargs, "messages") or ())
     cap = given(kwargs, "max_completion_tokens") or given(kwargs, "max_tokens")
-    extra = [given(kwargs, k) for k in ("functions", "response_format", "prediction", "audio")]
+    extra = [given(kwargs, k) for k in ("functions", "prediction", "audio")]
+    extra.append(_format_param(given(kwargs, "response_format")))
     return plan_call(
         model=model,
         limits=cfg.limits.get(model),
@@ -123,14 +220,17 @@ def _chat_plan(cfg: GuardConfig, kwargs: Mapping[str, Any]) -> Plan:
         max_output=cap,
         choices=given(kwargs, "n") or 1,
         image_tokens=cfg.image_tokens,
+        server_side=_server_side(kwargs, chat=True),
+        prompt_tokens=bound,
     )
 
 
-def _responses_plan(cfg: GuardConfig, kwargs: Mapping[str, Any]) -> Plan:
+def _responses_plan(cfg: GuardConfig, kwargs: Mapping[str, Any], bound: Any = None) -> Plan:
     model = provider_model("openai", str(kwargs["model"]))
     items = given(kwargs, "input")
     messages = [items] if isinstance(items, str) else list(items or ())
     extra = [given(kwargs, k) for k in ("instructions", "text", "prompt")]
+    extra.append(_format_param(given(kwargs, "text_format")))
     return plan_call(
         model=model,
         limits=cfg.limits.get(model),
@@ -140,6 +240,8 @@ def _responses_plan(cfg: GuardConfig, kwargs: Mapping[str, Any]) -> Plan:
         message_count=len(messages) + (1 if given(kwargs, "instructions") else 0),
         max_output=given(kwargs, "max_output_tokens"),
         image_tokens=cfg.image_tokens,
+        server_side=_server_side(kwargs, chat=False),
+        prompt_tokens=bound,
     )
 
 
@@ -149,50 +251,372 @@ def _with_usage_option(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "stream_options": options}
 
 
-class _Create(Passthrough):
-    """A resource (chat.completions or responses) whose ``create`` is guarded."""
+# -- the guarded resources ----------------------------------------------------------------
 
-    def __init__(self, inner: Any, cfg: GuardConfig, endpoint: str) -> None:
+
+def _unknown(resource: str, name: str) -> AttributeError:
+    return AttributeError(
+        f"costwarden: {resource}.{name} is not known to the guard, so it is not sent "
+        "unreserved; call it on the unguarded client if it sends no model request"
+    )
+
+
+class _Resource(Passthrough):
+    """``chat.completions`` or ``responses``: the methods that send a model request are
+    reserved and committed, the known others pass through, anything else is refused."""
+
+    #: the methods that send no model request (stored objects, token counts)
+    PASSTHROUGH: frozenset[str] = frozenset()
+    observe: Observer
+
+    def __init__(self, inner: Any, cfg: GuardConfig, name: str) -> None:
         super().__init__(inner)
         self._cfg = cfg
-        self._endpoint = endpoint
+        self._name = name
+        self._endpoint = "openai." + name
 
-    def create(self, **kwargs: Any) -> Any:
-        chat = self._endpoint == "openai.chat.completions"
-        stream = bool(given(kwargs, "stream"))
-        plan = _chat_plan(self._cfg, kwargs) if chat else _responses_plan(self._cfg, kwargs)
-        if chat and stream:
-            kwargs = _with_usage_option(kwargs)
-        inner_create = self._inner.create
-        run = call_async if is_async(inner_create) else call_sync
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in self.PASSTHROUGH:
+            return getattr(self._inner, name)
+        raise _unknown(self._name, name)
+
+    def _plan(self, kwargs: Mapping[str, Any], bound: Any) -> Plan:
+        raise NotImplementedError
+
+    def _prepare(self, method: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Plan]:
+        """The SDK's keywords (``costwarden_prompt_tokens`` taken out) and the call's plan."""
+        kwargs = dict(kwargs)
+        bound = kwargs.pop(PROMPT_TOKENS, None)
+        if given(kwargs, "background"):
+            raise NotGuarded(
+                f"costwarden: {self._name}.{method}(background=True) is not guarded: a "
+                "background response runs and is billed after the call returns, so its "
+                "usage cannot be committed; use a foreground call instead (stream=True "
+                "for a long one)"
+            )
+        return kwargs, self._plan(kwargs, bound)
+
+    def _run(
+        self,
+        method: Callable[..., Any],
+        kwargs: dict[str, Any],
+        plan: Plan,
+        *,
+        stream: bool = False,
+        usage_of: UsageOf = _usage_of,
+        endpoint: str | None = None,
+    ) -> Any:
+        run = call_async if is_async(method) else call_sync
         return run(
             self._cfg,
             plan,
-            self._endpoint,
-            lambda: inner_create(**kwargs),
+            endpoint or self._endpoint,
+            lambda: method(**kwargs),
             stream=stream,
-            usage_of=_usage_of,
-            observe=_observe_chat if chat else _observe_response,
+            usage_of=usage_of,
+            observe=self.observe,
+        )
+
+    def create(self, **kwargs: Any) -> Any:
+        kwargs, plan = self._prepare("create", kwargs)
+        stream = bool(given(kwargs, "stream"))
+        if stream and isinstance(self, _ChatCompletions):
+            kwargs = _with_usage_option(kwargs)
+        return self._run(self._inner.create, kwargs, plan, stream=stream)
+
+    def _raw(self, method: str, kwargs: dict[str, Any]) -> Any:
+        """``with_raw_response.<method>``: the usage comes from the raw JSON body."""
+        if given(kwargs, "stream"):
+            raise NotGuarded(
+                f"costwarden: {self._name}.with_raw_response.{method}(stream=True) is not "
+                f"guarded: use {self._name}.create(stream=True), whose stream's .response "
+                "is the raw HTTP response (status, headers)"
+            )
+        kwargs, plan = self._prepare(method, kwargs)
+        endpoint = self._endpoint + (".compact" if method == "compact" else "")
+        send = getattr(self._inner.with_raw_response, method)
+        return self._run(send, kwargs, plan, usage_of=_body_usage_of, endpoint=endpoint)
+
+    def parse(self, **kwargs: Any) -> Any:
+        """``parse``: sent as ``with_raw_response.parse`` and committed from the body, then
+        parsed, so that a parsing error (``LengthFinishReasonError``, a schema mismatch)
+        comes after the commit of a call the provider billed."""
+        if given(kwargs, "stream"):
+            raise NotGuarded(
+                f"costwarden: {self._name}.parse(stream=True) is not guarded: use "
+                f"{self._name}.stream(...), which parses as it streams"
+            )
+        raw = self._raw("parse", kwargs)
+        if inspect.isawaitable(raw):
+            return _parse_async(raw)
+        return raw.parse()
+
+    def stream(self, **kwargs: Any) -> Any:
+        """``stream(...)``: the SDK's helper, sending its request through the guarded
+        ``create``; its context manager commits when left."""
+        bound = kwargs.pop(PROMPT_TOKENS, None)
+        request = _StreamRequest(self, bound)
+        manager = type(self._inner).stream(request, **kwargs)
+        if hasattr(manager, "__aenter__"):
+            return _AsyncStreamManager(manager, request)
+        return _StreamManager(manager, request)
+
+    @property
+    def with_raw_response(self) -> _RawResource:
+        return _RawResource(self)
+
+    @property
+    def with_streaming_response(self) -> _StreamingResponseResource:
+        return _StreamingResponseResource(self)
+
+
+async def _parse_async(raw: Any) -> Any:
+    return (await raw).parse()
+
+
+class _ChatCompletions(_Resource):
+    PASSTHROUGH = frozenset({"retrieve", "update", "list", "delete", "messages"})
+    observe = staticmethod(_observe_chat)
+
+    def __init__(self, inner: Any, cfg: GuardConfig) -> None:
+        super().__init__(inner, cfg, "chat.completions")
+
+    def _plan(self, kwargs: Mapping[str, Any], bound: Any) -> Plan:
+        return _chat_plan(self._cfg, kwargs, bound)
+
+
+class _Responses(_Resource):
+    PASSTHROUGH = frozenset({"retrieve", "delete", "cancel", "input_items", "input_tokens"})
+    observe = staticmethod(_observe_response)
+
+    def __init__(self, inner: Any, cfg: GuardConfig) -> None:
+        super().__init__(inner, cfg, "responses")
+
+    def _plan(self, kwargs: Mapping[str, Any], bound: Any) -> Plan:
+        return _responses_plan(self._cfg, kwargs, bound)
+
+    def compact(self, **kwargs: Any) -> Any:
+        kwargs, plan = self._prepare("compact", kwargs)
+        return self._run(self._inner.compact, kwargs, plan, endpoint="openai.responses.compact")
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotGuarded(
+            "costwarden: responses.connect (the Responses WebSocket) is not guarded: "
+            "use responses.create(stream=True)"
         )
 
 
-class _Chat(Passthrough):
-    def __init__(self, inner: Any, cfg: GuardConfig) -> None:
+class _RawResource(Passthrough):
+    """``<resource>.with_raw_response``: ``create``, ``parse`` and ``compact`` are
+    reserved and committed (from the usage in the response body); ``parse()`` of the
+    raw response gives what the plain method returns."""
+
+    VIEW = "with_raw_response"
+
+    def __init__(self, owner: _Resource) -> None:
+        super().__init__(owner._inner.with_raw_response)
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in self._owner.PASSTHROUGH:
+            return getattr(self._inner, name)
+        raise _unknown(f"{self._owner._name}.{self.VIEW}", name)
+
+    def create(self, **kwargs: Any) -> Any:
+        return self._owner._raw("create", kwargs)
+
+    def parse(self, **kwargs: Any) -> Any:
+        return self._owner._raw("parse", kwargs)
+
+    def compact(self, **kwargs: Any) -> Any:
+        return self._owner._raw("compact", kwargs)
+
+
+class _StreamingResponseResource(Passthrough):
+    """``<resource>.with_streaming_response``: it leaves the body unread, so there is no
+    usage to commit; its model-calling methods are refused."""
+
+    VIEW = "with_streaming_response"
+
+    def __init__(self, owner: _Resource) -> None:
+        super().__init__(owner._inner.with_streaming_response)
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in self._owner.PASSTHROUGH:
+            return getattr(self._inner, name)
+        raise _unknown(f"{self._owner._name}.{self.VIEW}", name)
+
+    def _refuse(self, method: str) -> NotGuarded:
+        name = self._owner._name
+        return NotGuarded(
+            f"costwarden: {name}.with_streaming_response.{method} is not guarded: it leaves "
+            f"the response body, and so the usage, unread; use {name}.with_raw_response."
+            f"{method} (the raw HTTP response, body read) or {name}.create(stream=True)"
+        )
+
+    def create(self, **kwargs: Any) -> Any:
+        raise self._refuse("create")
+
+    def parse(self, **kwargs: Any) -> Any:
+        raise self._refuse("parse")
+
+    def compact(self, **kwargs: Any) -> Any:
+        raise self._refuse("compact")
+
+
+class _StreamRequest:
+    """The resource as the SDK's ``stream(...)`` helper sees it: the request it sends goes
+    through the guarded ``create`` (reserved when sent, metered, committed)."""
+
+    def __init__(self, owner: _Resource, bound: Any) -> None:
+        self._owner = owner
+        self._bound = bound
+        self.sent: Any = None  # the metered stream, once the request is sent
+
+    def create(self, **kwargs: Any) -> Any:
+        if self._bound is not None:
+            kwargs[PROMPT_TOKENS] = self._bound
+        result = self._owner.create(**kwargs)
+        if inspect.isawaitable(result):
+            return self._sent_async(result)
+        self.sent = result
+        return result
+
+    async def _sent_async(self, pending: Any) -> Any:
+        self.sent = await pending
+        return self.sent
+
+    def retrieve(self, *args: Any, **kwargs: Any) -> Any:
+        # stream(response_id=...): resuming an existing response sends no new model request
+        return self._owner._inner.retrieve(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        owner = self._owner._name
+        raise NotGuarded(
+            f"costwarden: this openai SDK's {owner}.stream helper uses {name}, which the "
+            f"guard does not know; use {owner}.create(stream=True)"
+        )
+
+
+class _StreamManager:
+    """``stream(...)``'s context manager: the SDK's own, whose stream reads the metered one;
+    leaving it commits what was read when the stream was not read to its end."""
+
+    def __init__(self, manager: Any, request: _StreamRequest) -> None:
+        self._manager = manager
+        self._request = request
+
+    @property
+    def costwarden(self) -> Any:
+        """The call's session (reservation, tracker, commit result), once sent."""
+        sent = self._request.sent
+        return None if sent is None else sent.costwarden
+
+    def __enter__(self) -> Any:
+        try:
+            return self._manager.__enter__()
+        except BaseException:
+            self._settle()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._manager.__exit__(*exc)
+        finally:
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._request.sent is not None:
+            self._request.sent.close()
+
+
+class _AsyncStreamManager:
+    def __init__(self, manager: Any, request: _StreamRequest) -> None:
+        self._manager = manager
+        self._request = request
+
+    @property
+    def costwarden(self) -> Any:
+        sent = self._request.sent
+        return None if sent is None else sent.costwarden
+
+    async def __aenter__(self) -> Any:
+        try:
+            return await self._manager.__aenter__()
+        except BaseException:
+            await self._settle()
+            raise
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self._manager.__aexit__(*exc)
+        finally:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        if self._request.sent is not None:
+            await self._request.sent.close()
+
+
+# -- namespaces ---------------------------------------------------------------------------
+
+
+class _View(Passthrough):
+    """An SDK namespace with some members replaced by guarded ones."""
+
+    def __init__(self, inner: Any, members: Mapping[str, Any]) -> None:
         super().__init__(inner)
-        self.completions = _Create(inner.completions, cfg, "openai.chat.completions")
+        vars(self).update(members)
 
 
-class GuardedOpenAI(Passthrough):
+class _Namespace(Passthrough):
+    """An SDK namespace (the client, ``chat``, ``beta``) whose model-calling resources are
+    guarded, under ``with_raw_response`` / ``with_streaming_response`` too."""
+
+    def __init__(self, inner: Any, children: Mapping[str, Any]) -> None:
+        super().__init__(inner)
+        self._children = dict(children)
+        vars(self).update(self._children)
+
+    @property
+    def with_raw_response(self) -> _View:
+        kids = {n: c.with_raw_response for n, c in self._children.items()}
+        return _View(self._inner.with_raw_response, kids)
+
+    @property
+    def with_streaming_response(self) -> _View:
+        kids = {n: c.with_streaming_response for n, c in self._children.items()}
+        return _View(self._inner.with_streaming_response, kids)
+
+
+def _guarded_members(inner: Any, cfg: GuardConfig) -> dict[str, Any]:
+    """``chat.completions`` and ``responses`` of a client or of its ``beta``, guarded."""
+    members: dict[str, Any] = {}
+    chat = getattr(inner, "chat", None)
+    if chat is not None:
+        members["chat"] = _Namespace(chat, {"completions": _ChatCompletions(chat.completions, cfg)})
+    responses = getattr(inner, "responses", None)
+    if responses is not None:
+        members["responses"] = _Responses(responses, cfg)
+    return members
+
+
+class GuardedOpenAI(_Namespace):
     """An ``OpenAI`` / ``AsyncOpenAI`` client whose calls are reserved and committed."""
 
     def __init__(self, inner: Any, cfg: GuardConfig) -> None:
-        super().__init__(inner)
+        members = _guarded_members(inner, cfg)
+        beta = getattr(inner, "beta", None)
+        if beta is not None:
+            members["beta"] = _Namespace(beta, _guarded_members(beta, cfg))
+        super().__init__(inner, members)
         self.costwarden = cfg
-        self.chat = _Chat(inner.chat, cfg)
-        self.responses = _Create(inner.responses, cfg, "openai.responses")
 
     def with_options(self, **kwargs: Any) -> GuardedOpenAI:
         return GuardedOpenAI(self._inner.with_options(**kwargs), self.costwarden)
+
+    copy = with_options
 
 
 def guard(
@@ -214,6 +638,11 @@ def guard(
     sample pricing catalogue; pass ``Limits.from_file(path)`` for your own).
     ``meter_every``: a stream is metered every this many (estimated) output
     tokens. ``image_tokens``: the tokens reserved per prompt image.
+
+    Every guarded method also takes ``costwarden_prompt_tokens=N``: a bound on the
+    call's whole prompt, required when part of it is on OpenAI's side
+    (``previous_response_id``, ``conversation``, a stored ``prompt``, server-side
+    tools, files by id); see docs/integrations.md.
     """
     cfg = GuardConfig(
         cw_client,
