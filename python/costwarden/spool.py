@@ -164,6 +164,16 @@ def _loads(line: bytes) -> dict[str, Any]:
     return record
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` anew, readable by its owner only (like the spool's records, whatever
+    the directory's mode or the umask), and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(text.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
     """Make a rename or a new file durable (POSIX; Windows cannot open a directory,
     and NTFS journals the rename itself)."""
@@ -233,9 +243,7 @@ class Spool:
         with _locked(self._append_lock):
             if not path.exists():
                 tmp = path.with_suffix(".tmp")
-                tmp.write_text(f"spool-{uuid.uuid4()}\n")
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
+                _write_private(tmp, f"spool-{uuid.uuid4()}\n")
                 os.replace(tmp, path)
                 _fsync_dir(self.directory)
             return path.read_text().strip()
@@ -299,10 +307,7 @@ class Spool:
 
     def _save_state(self, state: Mapping[str, Any]) -> None:
         tmp = self.state_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_private(tmp, json.dumps(state, sort_keys=True))
         os.replace(tmp, self.state_path)
         _fsync_dir(self.directory)
 

@@ -6,8 +6,10 @@ One test stops and restarts a real server mid-way (test_outage.py: under load)."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -306,6 +308,26 @@ def test_the_spool_is_portable() -> None:
     source = inspect.getsource(spool)
     assert "import fcntl" not in source and "fcntl." not in source
     assert "from filelock import FileLock" in source
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+def test_the_spool_files_are_its_owners_alone(tmp_path: Path) -> None:
+    """Records, state and source are 0600 whatever the umask and the directory's mode
+    (an existing directory keeps its own)."""
+    directory = tmp_path / "shared"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    old = os.umask(0o022)
+    try:
+        spool = Spool(directory)
+        spool.append({"kind": "usage", "org_id": "acme", "workspace_id": "ws", "final": True})
+        spool._save_state({"offset": 0})
+    finally:
+        os.umask(old)
+    files = sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+    assert files == ["source", "spool.jsonl", "state.json"]
+    for name in files:
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
 
 
 def test_a_release_sends_the_ticks_the_database_did_not_see(
