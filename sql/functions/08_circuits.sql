@@ -8,21 +8,35 @@
 select costwarden._append_only('costwarden._circuit_events', '_circuit_events_no_update_delete', 'update or delete');
 
 -- Internal: record a circuit event and announce it on costwarden_alerts.
+-- p_error_org: the actor org of the caller whose report carried p_error (migration 0027).
+drop function if exists costwarden._circuit_event(text, text, text, text, integer, text);
 create or replace function costwarden._circuit_event(
-    p_provider text, p_from text, p_to text, p_reason text, p_failures integer, p_error text
+    p_provider text, p_from text, p_to text, p_reason text, p_failures integer, p_error text,
+    p_error_org text default null
 )
 returns void
 language plpgsql
 as $$
 begin
-    insert into costwarden._circuit_events (provider, from_state, to_state, reason, consecutive_failures, error)
-    values (p_provider, p_from, p_to, p_reason, p_failures, p_error);
+    insert into costwarden._circuit_events (provider, from_state, to_state, reason, consecutive_failures, error, error_org)
+    values (p_provider, p_from, p_to, p_reason, p_failures, p_error, p_error_org);
     perform costwarden._alert_emit('circuit',
         case p_to when 'open' then 'critical' when 'half_open' then 'warning' else 'info' end, null,
         jsonb_build_object(
         'kind', 'circuit', 'provider', p_provider, 'from_state', p_from, 'to_state', p_to,
-        'reason', p_reason, 'consecutive_failures', p_failures, 'error', p_error, 'at', now()));
+        'reason', p_reason, 'consecutive_failures', p_failures, 'error', p_error, 'error_org', p_error_org,
+        'at', now()));
 end
+$$;
+
+-- Internal: may the caller read a provider's error text reported by a caller of
+-- p_error_org (null: one with no actor)? A caller confined to an org (_tenant_guard)
+-- reads only its own org's; a caller with no actor reads every one.
+create or replace function costwarden._error_readable(p_error_org text, p_reader_org text)
+returns boolean
+language sql immutable parallel safe
+as $$
+    select p_reader_org is null or p_error_org = p_reader_org
 $$;
 
 -- Internal: a provider's circuit row, created (closed) when absent, locked
@@ -96,6 +110,7 @@ as $$
 declare
     v_c costwarden._circuits;
     v_error text := left(p_error, 1000);
+    v_error_org text;                       -- the reporter's actor org (migration 0027)
     v_threshold numeric;
     v_failures integer;
 begin
@@ -124,21 +139,25 @@ begin
 
     v_failures := least(v_c.consecutive_failures, 2147483646) + 1;
     v_threshold := (costwarden._setting('circuit_failure_threshold'))::text::numeric;
+    v_error_org := (costwarden._actor()).org_id;
     update costwarden._circuits as c
-    set consecutive_failures = v_failures, last_error = v_error, last_failure_at = now(), updated_at = now()
+    set consecutive_failures = v_failures, last_error = v_error, last_error_org = v_error_org,
+        last_failure_at = now(), updated_at = now()
     where c.provider = p_provider;
     if v_c.state = 'closed' and v_failures >= v_threshold then
         update costwarden._circuits as c
         set state = 'open', opened_at = now(), probe_at = null
         where c.provider = p_provider;
-        perform costwarden._circuit_event(p_provider, 'closed', 'open', 'failure_threshold', v_failures, v_error);
+        perform costwarden._circuit_event(p_provider, 'closed', 'open', 'failure_threshold', v_failures, v_error,
+                                          v_error_org);
         return 'open';
     end if;
     if v_c.state = 'half_open' then
         update costwarden._circuits as c
         set state = 'open', opened_at = now(), probe_at = null
         where c.provider = p_provider;
-        perform costwarden._circuit_event(p_provider, 'half_open', 'open', 'probe_failed', v_failures, v_error);
+        perform costwarden._circuit_event(p_provider, 'half_open', 'open', 'probe_failed', v_failures, v_error,
+                                          v_error_org);
         return 'open';
     end if;
     return v_c.state;                       -- closed below the threshold, or open (no effect)
@@ -157,13 +176,15 @@ as $$
 declare
     v_cooldown interval := (costwarden._setting('circuit_cooldown') #>> '{}')::interval;
     v_threshold bigint := (costwarden._setting('circuit_failure_threshold'))::text::numeric::bigint;
+    v_org text := (costwarden._actor()).org_id;
 begin
     return query
     select p.provider, coalesce(c.state, 'closed'), coalesce(c.consecutive_failures, 0), v_threshold,
            c.opened_at, c.probe_at,
            case c.state when 'open' then c.opened_at + v_cooldown
                         when 'half_open' then c.probe_at + v_cooldown end,
-           c.last_error, c.last_failure_at, c.updated_at
+           case when costwarden._error_readable(c.last_error_org, v_org) then c.last_error end,
+           c.last_failure_at, c.updated_at
     from (
         select m.provider from costwarden._models as m
         union
@@ -182,13 +203,16 @@ returns table (
 )
 language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
+declare
+    v_org text := (costwarden._actor()).org_id;
 begin
     if p_provider is not null then
         perform costwarden._require_provider(p_provider);
     end if;
     perform costwarden._require_limit(p_limit);
     return query
-    select e.event_id, e.provider, e.at, e.from_state, e.to_state, e.reason, e.consecutive_failures, e.error
+    select e.event_id, e.provider, e.at, e.from_state, e.to_state, e.reason, e.consecutive_failures,
+           case when costwarden._error_readable(e.error_org, v_org) then e.error end
     from costwarden._circuit_events as e
     where p_provider is null or e.provider = p_provider
     order by e.event_id desc

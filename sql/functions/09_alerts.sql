@@ -29,6 +29,9 @@ begin
     end if;
     if v_a.org_id is not null then
         perform costwarden._tenant_guard(v_a.org_id, p_arg => 'p_alert_id');
+    elsif v_a.payload ? 'error'
+          and not costwarden._error_readable(v_a.payload ->> 'error_org', (costwarden._actor()).org_id) then
+        v_a.payload := v_a.payload || jsonb_build_object('error', null);  -- another org's text
     end if;
     return query select v_a.alert_id, v_a.at, v_a.kind, v_a.level, v_a.org_id, v_a.payload;
 end

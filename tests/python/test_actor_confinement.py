@@ -258,3 +258,48 @@ def test_every_rpc_that_reaches_an_org_confines_an_actor(admin_conn: Conn) -> No
     assert unguarded == []
     stale = sorted(NOT_ORG_KEYED - {name for name, _ in rows})
     assert stale == []
+
+
+def test_a_providers_error_text_is_read_by_its_reporters_org_only(
+    admin_conn: Conn, seeded: Seeded
+) -> None:
+    """A provider error can quote a fragment of the key of the call that failed: a caller
+    confined to one org reads only the texts its own org's callers reported (circuits,
+    their history, their alerts); a caller with no actor reads them all."""
+    admin_conn.execute("select costwarden.fn_setting_set('circuit_failure_threshold', '1')")
+    with admin_conn.transaction():
+        admin_conn.execute("set local role costwarden_service")
+        claims = {"org_id": "globex", "sub": "svc", "role": "costwarden_service"}
+        admin_conn.execute(
+            "select set_config('request.jwt.claims', %s, true)", [json.dumps(claims)]
+        )
+        admin_conn.execute(
+            "select costwarden.fn_provider_report('openai', false, 'bad key sk-...9f3a')"
+        )
+    alert = admin_conn.execute(
+        "select max(alert_id) from costwarden._alert_events where kind = 'circuit'"
+    ).fetchone()
+    assert alert is not None and alert[0] is not None
+
+    def seen(role: str, org: str | None) -> tuple[Any, Any, Any]:
+        with acting(admin_conn, role, org) as conn:
+            status = conn.execute(
+                "select last_error from costwarden.fn_circuit_status() where provider = 'openai'"
+            ).fetchone()
+            alert_error = conn.execute(
+                "select payload -> 'error' from costwarden.fn_alert_get(%s)", [alert[0]]
+            ).fetchone()
+            history = None
+            if role == "costwarden_admin":
+                history = conn.execute(
+                    "select error from costwarden.fn_circuit_history('openai', 1)"
+                ).fetchone()
+        assert status is not None and alert_error is not None
+        return status[0], alert_error[0], None if history is None else history[0]
+
+    text = "bad key sk-...9f3a"
+    assert seen("costwarden_service", "globex") == (text, text, None)
+    assert seen("costwarden_admin", "globex") == (text, text, text)
+    assert seen("costwarden_admin", None) == (text, text, text)
+    assert seen("costwarden_service", "acme") == (None, None, None)
+    assert seen("costwarden_admin", "acme") == (None, None, None)
