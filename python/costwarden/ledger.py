@@ -257,9 +257,9 @@ def canonical_payload(row: Mapping[str, Any]) -> bytes:
             + canon_timestamp(row["created_at"])
             + "\n"
         )
-    except (KeyError, LedgerFormatError):
+        return text.encode("utf-8")
+    except (KeyError, LedgerFormatError, ValueError):  # UnicodeEncodeError is a ValueError
         return _canonical_payload_slowly(row)  # raises, naming the field
-    return text.encode("utf-8")
 
 
 def _canonical_payload_slowly(row: Mapping[str, Any]) -> bytes:
@@ -269,9 +269,11 @@ def _canonical_payload_slowly(row: Mapping[str, Any]) -> bytes:
         if name not in row:
             raise LedgerFormatError(f"field {name} is missing")
         try:
-            parts.append(prefix + encode(row[name]))
-        except LedgerFormatError as exc:
+            part = prefix + encode(row[name])
+            part.encode("utf-8")  # a lone surrogate has no UTF-8 form
+        except (LedgerFormatError, ValueError) as exc:
             raise LedgerFormatError(f"{name}: {exc}") from None
+        parts.append(part)
     parts.append("")
     return "\n".join(parts).encode("utf-8")
 
@@ -339,17 +341,39 @@ def _no_constant(name: str) -> Any:
     raise LedgerFormatError(f"{name} is not a number")
 
 
-_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constant)
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: a line that names a field twice could
+    be read one way by a person or a tool and verified another way."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise LedgerFormatError(f"field {key} appears twice")
+            seen.add(key)
+    return out
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=Decimal, parse_constant=_no_constant, object_pairs_hook=_object
+)
+_EXPORT_KEYS = frozenset(EXPORT_FIELDS)
 
 
 def loads_row(line: str) -> dict[str, Any]:
-    """Parse one export line; numbers stay exact (int or Decimal)."""
+    """Parse one export line; numbers stay exact (int or Decimal). A line is an object of
+    the export's fields only, each once."""
     try:
         raw = _DECODER.decode(line)
     except json.JSONDecodeError as exc:
         raise LedgerFormatError(f"not JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of over 4 300 digits
+        raise LedgerFormatError(f"not readable: {exc}") from None
     if not isinstance(raw, dict):
         raise LedgerFormatError("a line must be a JSON object")
+    unknown = sorted(set(raw) - _EXPORT_KEYS)
+    if unknown:
+        raise LedgerFormatError(f"unknown field {unknown[0]}")
     return raw
 
 

@@ -132,8 +132,13 @@ begin
         || 'late=' || p_entry.late::text || E'\n'
         || 'source=' || coalesce(to_json(p_entry.source)::text, 'null') || E'\n'
         || 'reason=' || coalesce(to_json(p_entry.reason)::text, 'null') || E'\n'
-        || 'created_at=' || to_json(to_char(p_entry.created_at at time zone 'UTC',
-                                            'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text || E'\n';
+        -- years 0001-9999: to_char's YYYY has no era, so an instant outside them has no
+        -- canonical form (null: it can never hash as the entry did when appended)
+        || 'created_at=' || case when p_entry.created_at >= timestamptz '0001-01-01 00:00:00+00'
+                                      and p_entry.created_at < timestamptz '10000-01-01 00:00:00+00'
+                                 then to_json(to_char(p_entry.created_at at time zone 'UTC',
+                                                      'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text
+                                 else 'null' end || E'\n';
 end
 $$;
 
@@ -427,7 +432,9 @@ begin
         'select l.org_id, l.seq::bigint, l.entry_type::text, l.reservation_id, l.workspace_id, l.user_id, l.key_id,
                 l.model, l.billing_mode, l.usage, l.tokens, l.amount_micros, l.pricing_snapshot_id,
                 l.approximate, l.late, l.source, l.reason,
-                to_char(l.created_at at time zone ''UTC'', ''YYYY-MM-DD"T"HH24:MI:SS.US"Z"''),
+                case when l.created_at >= timestamptz ''0001-01-01 00:00:00+00''
+                          and l.created_at < timestamptz ''10000-01-01 00:00:00+00''
+                     then to_char(l.created_at at time zone ''UTC'', ''YYYY-MM-DD"T"HH24:MI:SS.US"Z"'') end,
                 encode(l.prev_hash, ''hex''), encode(l.entry_hash, ''hex'')
          from costwarden._ledger as l
          where ' || case when p_org_id is not null then 'l.org_id = $1 and l.seq > $3'

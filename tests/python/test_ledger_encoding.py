@@ -108,6 +108,9 @@ def test_payload_errors_name_the_field() -> None:
         ledger.canonical_payload({**row, "usage": {"images": "2"}})
     with pytest.raises(ledger.LedgerFormatError, match=r"^reservation_id: "):
         ledger.canonical_payload({**row, "reservation_id": "not-a-uuid"})
+    # a lone surrogate has no UTF-8 form: a format error naming the field, not a crash
+    with pytest.raises(ledger.LedgerFormatError, match=r"^workspace_id: "):
+        ledger.canonical_payload({**row, "workspace_id": "w\ud800"})
 
 
 def test_export_lines_round_trip_exactly() -> None:
@@ -122,6 +125,24 @@ def test_export_lines_round_trip_exactly() -> None:
         ledger.loads_row('{"amount_micros": NaN}')
     with pytest.raises(ledger.LedgerFormatError):
         ledger.loads_row("[1]")
+
+
+def test_an_export_line_is_read_one_way_only() -> None:
+    """A field named twice (which a reader could take either way), a field the export
+    does not have, or a number Python will not read is a format error, never a verdict
+    or a crash."""
+    (row,) = make_chain(1)
+    line = ledger.dumps_row(row)
+    twice = '{"amount_micros":999999999,' + line[1:]
+    with pytest.raises(ledger.LedgerFormatError, match="field amount_micros appears twice"):
+        ledger.loads_row(twice)
+    nested = line.replace('"usage":{', '"usage":{"input_tokens":1,', 1)
+    with pytest.raises(ledger.LedgerFormatError, match="appears twice"):
+        ledger.loads_row(nested)
+    with pytest.raises(ledger.LedgerFormatError, match="unknown field note"):
+        ledger.loads_row('{"note":"forged",' + line[1:])
+    with pytest.raises(ledger.LedgerFormatError, match="not readable"):
+        ledger.loads_row(line.replace('"tokens":', '"tokens":' + "9" * 5000 + ",\"x\":", 1))
 
 
 def test_head_checks() -> None:

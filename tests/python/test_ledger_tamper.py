@@ -151,6 +151,13 @@ CASES: dict[str, Case] = {
         "update costwarden._ledger set seq = 1005 - seq where org_id = 'acme' and seq > 1000",
         2, 2, 2,
     ),
+    # to_char's YYYY has no era: the same date BC would print as the entry did
+    "move a created_at to the same date BC": Case(
+        "update costwarden._ledger set created_at ="
+        " (created_at at time zone 'UTC' - interval '4051 years') at time zone 'UTC' "
+        "where org_id = 'acme' and seq = 2",
+        2, 2, 2,
+    ),
     "corrupt a usage's type": Case(
         "update costwarden._ledger set usage = '{\"input_tokens\": \"many\"}' "
         "where org_id = 'acme' and seq = 1",
