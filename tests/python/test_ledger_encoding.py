@@ -142,7 +142,7 @@ def test_an_export_line_is_read_one_way_only() -> None:
     with pytest.raises(ledger.LedgerFormatError, match="unknown field note"):
         ledger.loads_row('{"note":"forged",' + line[1:])
     with pytest.raises(ledger.LedgerFormatError, match="not readable"):
-        ledger.loads_row(line.replace('"tokens":', '"tokens":' + "9" * 5000 + ",\"x\":", 1))
+        ledger.loads_row(line.replace('"tokens":', '"tokens":' + "9" * 5000 + ',"x":', 1))
 
 
 def test_head_checks() -> None:
