@@ -2,16 +2,29 @@
 
 One hook instance serves both places LiteLLM runs:
 
-- **SDK / Router** (``litellm.acompletion``, ``Router.acompletion``): the hook's
-  ``async_pre_call_deployment_hook`` runs after the deployment is chosen and
-  before the request is sent; it reserves, and a denial raises
-  ``costwarden.BudgetExceeded`` out of the LiteLLM call.
+- **SDK / Router** (``litellm.acompletion``, ``Router.acompletion``, ``aresponses``,
+  ``atext_completion``, ``aembedding``, ``litellm.anthropic.messages.acreate``): the
+  hook's ``async_pre_call_deployment_hook`` runs for every attempt, after the
+  deployment is chosen and before its request is sent; it reserves, and a denial
+  raises ``costwarden.BudgetExceeded`` out of the LiteLLM call.
 - **Proxy** (``config.yaml`` ``litellm_settings.callbacks``): ``async_pre_call_hook``
   reserves for the virtual key's org / workspace / user / key
-  (:class:`VirtualKeyRule`) and rejects over budget.
+  (:class:`VirtualKeyRule`) and rejects over budget; the request's first attempt
+  takes that reservation over.
+
+Each call type is sized from the fields it sends (chat ``messages``, Responses
+``input``, text completion ``prompt``, embedding ``input``, Anthropic ``messages`` and
+``system``), never too small; an embedding has no output. A call whose prompt is
+partly on the provider's side needs ``costwarden_prompt_tokens`` in its metadata.
+Call types that send no model request (retrieving, listing, deleting or cancelling
+stored objects, moderation) pass unreserved; any other is stopped with
+:class:`NotGuarded` rather than sent unreserved.
 
 Success events commit the response's usage (:func:`usage_from_litellm`);
-failure events release. Calls are matched by LiteLLM's ``litellm_call_id``.
+failure events release. Calls are matched by LiteLLM's ``litellm_call_id``, which
+the attempts of one call (Router retries and fallbacks, the proxy's request) share:
+every attempt holds its own reservation, a success commits the latest one and a
+failure releases the oldest, whatever order LiteLLM reports them in.
 
 Synchronous calls (``litellm.completion``, ``Router.completion``, ...) cannot be
 guarded: LiteLLM runs no hook before a synchronous request that can refuse it
@@ -24,7 +37,9 @@ handlers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,21 +48,26 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.utils import CallTypes
 
 from ._common import count, field, given
-from ._saga import merge
-from ._sizing import Limits, Plan, default_limits, plan_call
-from .openai import usage_from_openai
+from ._saga import NotGuarded, merge
+from ._sizing import PROMPT_TOKENS, Limits, ModelLimits, Plan, default_limits, plan_call
+from .anthropic import messages_plan
+from .openai import chat_plan, responses_plan, usage_from_openai
 
 __all__ = [
     "CallContext",
     "CostwardenHook",
+    "NotGuarded",
     "SyncCallRefused",
     "VirtualKeyRule",
     "usage_from_litellm",
 ]
 
 _CALL_TYPES = frozenset(c.value for c in CallTypes)
-#: LiteLLM's synchronous call types: those with an async twin ("completion" / "acompletion")
-_SYNC_CALL_TYPES = frozenset(c for c in _CALL_TYPES if "a" + c in _CALL_TYPES)
+#: LiteLLM's synchronous call types: those with an async twin ("completion" / "acompletion");
+#: not "anthropic_messages", the call type of the async ``litellm.anthropic.messages.acreate``
+_SYNC_CALL_TYPES = frozenset(c for c in _CALL_TYPES if "a" + c in _CALL_TYPES) - {
+    "anthropic_messages"
+}
 
 
 class SyncCallRefused(BaseException):
@@ -74,6 +94,55 @@ def _sync_call_type(call_type: Any) -> str | None:
     """The call type's name when it is one of LiteLLM's synchronous ones."""
     name = str(getattr(call_type, "value", call_type))
     return name if name in _SYNC_CALL_TYPES else None
+
+
+#: the proxy's names for call types that LiteLLM's SDK spells otherwise
+_PROXY_NAMES = {"embeddings": "embedding", "aembeddings": "embedding"}
+
+
+def _call_kind(call_type: Any) -> str:
+    """A call type without its async ``a`` prefix: ``acompletion`` -> ``completion``."""
+    name = str(getattr(call_type, "value", call_type) or "")
+    name = _PROXY_NAMES.get(name, name)
+    return name[1:] if name.startswith("a") and name[1:] in _CALL_TYPES else name
+
+
+#: Call types that send no model request: stored objects retrieved, listed, deleted or
+#: cancelled, files and videos downloaded, MCP tools listed or called, moderation (free).
+_NO_MODEL_REQUEST = re.compile(
+    r"(^|_)(retrieve|list|delete|cancel|get)(_|$)|"
+    r"^(file_content|video_content|vector_store_file_content|call_mcp_tool|moderation)$"
+)
+
+
+def _sends_no_model_request(kind: str) -> bool:
+    candidates = [kind, kind[1:]] if kind.startswith("a") else [kind]
+    return any(_NO_MODEL_REQUEST.search(k) for k in candidates if k)
+
+
+def _prompt_bound(kwargs: Mapping[str, Any]) -> Any:
+    """``costwarden_prompt_tokens`` from the call's metadata (an integer, or its decimal
+    string: the Responses API forwards ``metadata`` to OpenAI, which takes strings)."""
+    for name in ("metadata", "litellm_metadata"):
+        meta = given(kwargs, name)
+        if isinstance(meta, Mapping) and meta.get(PROMPT_TOKENS) is not None:
+            value = meta[PROMPT_TOKENS]
+            if isinstance(value, str) and value.strip().isdigit():
+                return int(value)
+            return value
+    return None
+
+
+def _listed(value: Any) -> list[Any]:
+    """A prompt / input field as a list of its items (a string, or a flat list of token
+    ids, is one item)."""
+    if value is None:
+        return []
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        return [value]
+    if value and all(isinstance(v, int) for v in value):
+        return [list(value)]
+    return list(value)
 
 
 @dataclass(frozen=True)
@@ -142,10 +211,20 @@ def usage_from_litellm(usage: Any) -> dict[str, int]:
     return merge(mapped)
 
 
+#: the call types (without the async prefix) the hook sizes
+_SIZED = frozenset(
+    {"completion", "text_completion", "responses", "compact_responses", "embedding"}
+    | {"anthropic_messages"}
+)
+
+
 @dataclass
 class _Held:
     reservation_id: Any
     plan: Plan
+    #: False while a reservation the proxy's pre-call hook made waits for the attempt
+    #: (the Router's deployment hook) that sends the request
+    attempt: bool = True
 
 
 class CostwardenHook(CustomLogger):
@@ -173,7 +252,7 @@ class CostwardenHook(CustomLogger):
         self.key_rule = key_rule or VirtualKeyRule()
         self.limits = limits if limits is not None else default_limits()
         self.image_tokens = image_tokens
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, list[_Held]] = {}
 
     # -- costwarden calls, whichever client was given
     async def _cw(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -190,48 +269,121 @@ class CostwardenHook(CustomLogger):
             return model
         return f"{provider}/{model}"
 
-    def _plan(self, kwargs: Mapping[str, Any]) -> Plan:
+    def _plan(self, kwargs: Mapping[str, Any], kind: str) -> Plan:
+        """Size a call from the fields its call type sends (``kind``: the call type
+        without its async prefix)."""
         model = self.model_id(kwargs)
-        messages = list(given(kwargs, "messages") or ())
+        limits = self.limits.get(model)
+        bound = _prompt_bound(kwargs)
+        sized = {
+            "model": model,
+            "limits": limits,
+            "image_tokens": self.image_tokens,
+            "bound": bound,
+        }
+        if kind in ("responses", "compact_responses"):
+            if given(kwargs, "background"):
+                raise NotGuarded(
+                    f"costwarden: a LiteLLM {kind} call with background=True is not guarded: "
+                    "a background response runs and is billed after the call returns, so its "
+                    "usage cannot be committed; use a foreground call (stream=True for a long one)"
+                )
+            return responses_plan(kwargs, **sized)
+        if kind == "anthropic_messages":
+            return messages_plan(kwargs, **sized)
+        if kind == "text_completion":
+            return self._text_plan(kwargs, model, limits, bound)
+        if kind == "embedding":
+            return self._embedding_plan(kwargs, model, limits, bound)
+        return chat_plan(kwargs, **sized)
+
+    def _text_plan(
+        self, kwargs: Mapping[str, Any], model: str, limits: ModelLimits, bound: Any
+    ) -> Plan:
+        prompts = _listed(given(kwargs, "prompt"))
+        suffix = given(kwargs, "suffix")
+        # best_of completions are generated (and billed) server-side, n of them returned
+        choices = max(int(given(kwargs, "n") or 1), int(given(kwargs, "best_of") or 1))
         return plan_call(
             model=model,
-            limits=self.limits.get(model),
-            messages=messages,
-            tools=given(kwargs, "tools"),
-            extra=[x for x in (given(kwargs, "response_format"),) if x is not None],
-            message_count=len(messages),
-            max_output=given(kwargs, "max_completion_tokens") or given(kwargs, "max_tokens"),
-            choices=given(kwargs, "n") or 1,
+            limits=limits,
+            messages=prompts,
+            extra=[suffix] if suffix is not None else [],
+            message_count=len(prompts),
+            max_output=given(kwargs, "max_tokens"),
+            choices=choices,
             image_tokens=self.image_tokens,
+            prompt_tokens=bound,
         )
 
-    async def _reserve(self, kwargs: Mapping[str, Any], ctx: CallContext) -> None:
+    def _embedding_plan(
+        self, kwargs: Mapping[str, Any], model: str, limits: ModelLimits, bound: Any
+    ) -> Plan:
+        items = _listed(given(kwargs, "input"))
+        plan = plan_call(
+            model=model,
+            limits=limits,
+            messages=items,
+            message_count=len(items),
+            max_output=0,  # an embedding has no output tokens
+            image_tokens=self.image_tokens,
+            prompt_tokens=bound,
+        )
+        usage = {unit: n for unit, n in plan.reserve_usage.items() if n}
+        return dataclasses.replace(plan, reserve_usage=usage)
+
+    async def _reserve(
+        self,
+        kwargs: Mapping[str, Any],
+        call_type: Any,
+        ctx: Callable[[], CallContext],
+        *,
+        attempt: bool,
+    ) -> None:
+        """Reserve for one attempt (``attempt``) or for the proxy's request, which its first
+        attempt takes over."""
+        kind = _call_kind(call_type)
+        if kind not in _SIZED:
+            if _sends_no_model_request(kind):
+                return
+            raise NotGuarded(
+                f"costwarden: CostwardenHook cannot size a LiteLLM {kind or 'untyped'} call "
+                "(it sizes completion, text_completion, responses, embedding and "
+                "anthropic_messages calls), so it was stopped before it was sent rather than "
+                "sent unreserved; make the call where the hook is not installed, or guard the "
+                "provider SDK's client (costwarden.integrations.openai.guard / .anthropic.guard)"
+            )
         call_id = str(kwargs.get("litellm_call_id") or "")
-        if call_id and call_id in self._held:
-            return  # a retry of a call that holds a reservation already
-        plan = self._plan(kwargs)
+        held = self._held.get(call_id, []) if call_id else []
+        if attempt:
+            waiting = next((h for h in held if not h.attempt), None)
+            if waiting is not None:  # the proxy's reservation: this attempt sends it
+                waiting.attempt = True
+                return
+        context = ctx()
+        plan = self._plan(kwargs, kind)
         r = await self._cw(
             "reserve",
-            ctx.org_id,
-            ctx.workspace_id,
+            context.org_id,
+            context.workspace_id,
             plan.model,
             plan.reserve_usage,
-            user_id=ctx.user_id,
-            key_id=ctx.key_id,
+            user_id=context.user_id,
+            key_id=context.key_id,
             metadata={"adapter": "litellm"},
         )  # a denial raises BudgetExceeded: LiteLLM does not send the request
         if call_id:
-            self._held[call_id] = _Held(r.reservation_id, plan)
+            self._held.setdefault(call_id, []).append(_Held(r.reservation_id, plan, attempt))
 
     # -- before the call
     async def async_pre_call_deployment_hook(
         self, kwargs: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
-        """SDK / Router: reserve (raises ``BudgetExceeded`` on a denial)."""
+        """SDK / Router, every attempt: reserve (raises ``BudgetExceeded`` on a denial)."""
         sync = _sync_call_type(call_type)
         if sync is not None:  # LiteLLM runs this hook for some synchronous calls too
             raise SyncCallRefused(sync)
-        await self._reserve(kwargs, self.context(kwargs))
+        await self._reserve(kwargs, call_type, lambda: self.context(kwargs), attempt=True)
         return None
 
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
@@ -245,16 +397,30 @@ class CostwardenHook(CustomLogger):
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any]:
         """Proxy: reserve for the virtual key's tenancy (raises on a denial)."""
-        try:
-            ctx = self.context(data)
-        except ValueError:
-            ctx = self.key_rule.context(user_api_key_dict)
-        await self._reserve(data, ctx)
+
+        def ctx() -> CallContext:
+            try:
+                return self.context(data)
+            except ValueError:
+                return self.key_rule.context(user_api_key_dict)
+
+        await self._reserve(data, call_type, ctx, attempt=False)
         return data
 
     # -- after the call
-    def _take(self, kwargs: Mapping[str, Any]) -> _Held | None:
-        return self._held.pop(str(kwargs.get("litellm_call_id") or ""), None)
+    def _take(self, kwargs: Mapping[str, Any], *, latest: bool) -> _Held | None:
+        """The reservation an outcome settles: a success is the call's latest attempt (no
+        attempt follows one that succeeded); a failure its oldest attempt still held."""
+        call_id = str(kwargs.get("litellm_call_id") or "")
+        held = self._held.get(call_id)
+        if not held:
+            return None
+        started = [h for h in held if h.attempt] or held
+        taken = started[-1] if latest else started[0]
+        held.remove(taken)
+        if not held:
+            del self._held[call_id]
+        return taken
 
     @staticmethod
     def _usage(response_obj: Any, held: _Held) -> tuple[dict[str, int], bool]:
@@ -267,7 +433,7 @@ class CostwardenHook(CustomLogger):
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        held = self._take(kwargs)
+        held = self._take(kwargs, latest=True)
         if held is not None:
             usage, approximate = self._usage(response_obj, held)
             await self._cw("commit", held.reservation_id, usage, approximate=approximate)
@@ -275,14 +441,13 @@ class CostwardenHook(CustomLogger):
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        held = self._take(kwargs)
+        held = self._take(kwargs, latest=False)
         if held is not None:
             await self._cw("release", held.reservation_id, "litellm call failed")
 
     async def async_post_call_failure_hook(
         self, request_data: dict[str, Any], original_exception: Exception, *args: Any, **kw: Any
     ) -> None:
-        """Proxy: a request that failed after the pre-call hook releases its hold."""
-        held = self._take(request_data)
-        if held is not None:
+        """Proxy: the request failed for good; every hold it still has is released."""
+        while (held := self._take(request_data, latest=False)) is not None:
             await self._cw("release", held.reservation_id, "litellm call failed")

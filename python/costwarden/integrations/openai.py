@@ -18,26 +18,16 @@ and the usage then arrives last). See docs/integrations.md.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from ._common import count, field, given, is_async, mappings, provider_model
-from ._saga import (
-    GuardConfig,
-    NotGuarded,
-    Observer,
-    Passthrough,
-    StreamAborted,
-    Tracker,
-    Usage,
-    UsageOf,
-    call_async,
-    call_sync,
-    merge,
-)
+from ._common import count, field, given, mappings, provider_model
+from ._resource import GuardedResource, Namespace
+from ._saga import GuardConfig, NotGuarded, StreamAborted, Tracker, Usage, merge
 from ._sizing import (
     PROMPT_TOKENS,
     Limits,
+    ModelLimits,
     Plan,
     SizingError,
     default_limits,
@@ -89,16 +79,6 @@ def usage_from_openai(usage: Any) -> Usage:
 def _usage_of(response: Any) -> Usage | None:
     usage = field(response, "usage")
     return None if usage is None else usage_from_openai(usage)
-
-
-def _body_usage_of(raw: Any) -> Usage | None:
-    """The usage of a ``with_raw_response`` result: the ``usage`` of its JSON body, the
-    same document the SDK parses (read without running the SDK's parser)."""
-    try:
-        body = raw.http_response.json()
-    except ValueError:
-        return None
-    return _usage_of(body)
 
 
 def _text_bytes(value: Any) -> int:
@@ -204,44 +184,62 @@ def _format_param(value: Any) -> Any:
     return type_to_response_format_param(value)
 
 
-def _chat_plan(cfg: GuardConfig, kwargs: Mapping[str, Any], bound: Any = None) -> Plan:
-    model = provider_model("openai", str(kwargs["model"]))
+def chat_plan(
+    kwargs: Mapping[str, Any], *, model: str, limits: ModelLimits, image_tokens: int, bound: Any
+) -> Plan:
+    """The plan of a chat completion request (``kwargs`` as the SDK takes them)."""
     messages = list(given(kwargs, "messages") or ())
     cap = given(kwargs, "max_completion_tokens") or given(kwargs, "max_tokens")
     extra = [given(kwargs, k) for k in ("functions", "prediction", "audio")]
     extra.append(_format_param(given(kwargs, "response_format")))
     return plan_call(
         model=model,
-        limits=cfg.limits.get(model),
+        limits=limits,
         messages=messages,
         tools=given(kwargs, "tools"),
         extra=[x for x in extra if x is not None],
         message_count=len(messages),
         max_output=cap,
         choices=given(kwargs, "n") or 1,
-        image_tokens=cfg.image_tokens,
+        image_tokens=image_tokens,
         server_side=_server_side(kwargs, chat=True),
         prompt_tokens=bound,
     )
 
 
-def _responses_plan(cfg: GuardConfig, kwargs: Mapping[str, Any], bound: Any = None) -> Plan:
-    model = provider_model("openai", str(kwargs["model"]))
+def responses_plan(
+    kwargs: Mapping[str, Any], *, model: str, limits: ModelLimits, image_tokens: int, bound: Any
+) -> Plan:
+    """The plan of a Responses API request (``kwargs`` as the SDK takes them)."""
     items = given(kwargs, "input")
     messages = [items] if isinstance(items, str) else list(items or ())
     extra = [given(kwargs, k) for k in ("instructions", "text", "prompt")]
     extra.append(_format_param(given(kwargs, "text_format")))
     return plan_call(
         model=model,
-        limits=cfg.limits.get(model),
+        limits=limits,
         messages=messages,
         tools=given(kwargs, "tools"),
         extra=[x for x in extra if x is not None],
         message_count=len(messages) + (1 if given(kwargs, "instructions") else 0),
         max_output=given(kwargs, "max_output_tokens"),
-        image_tokens=cfg.image_tokens,
+        image_tokens=image_tokens,
         server_side=_server_side(kwargs, chat=False),
         prompt_tokens=bound,
+    )
+
+
+def _chat_plan(cfg: GuardConfig, kwargs: Mapping[str, Any], bound: Any = None) -> Plan:
+    model = provider_model("openai", str(kwargs["model"]))
+    limits = cfg.limits.get(model)
+    return chat_plan(kwargs, model=model, limits=limits, image_tokens=cfg.image_tokens, bound=bound)
+
+
+def _responses_plan(cfg: GuardConfig, kwargs: Mapping[str, Any], bound: Any = None) -> Plan:
+    model = provider_model("openai", str(kwargs["model"]))
+    limits = cfg.limits.get(model)
+    return responses_plan(
+        kwargs, model=model, limits=limits, image_tokens=cfg.image_tokens, bound=bound
     )
 
 
@@ -254,39 +252,16 @@ def _with_usage_option(kwargs: dict[str, Any]) -> dict[str, Any]:
 # -- the guarded resources ----------------------------------------------------------------
 
 
-def _unknown(resource: str, name: str) -> AttributeError:
-    return AttributeError(
-        f"costwarden: {resource}.{name} is not known to the guard, so it is not sent "
-        "unreserved; call it on the unguarded client if it sends no model request"
-    )
-
-
-class _Resource(Passthrough):
+class _Resource(GuardedResource):
     """``chat.completions`` or ``responses``: the methods that send a model request are
     reserved and committed, the known others pass through, anything else is refused."""
 
-    #: the methods that send no model request (stored objects, token counts)
-    PASSTHROUGH: frozenset[str] = frozenset()
-    observe: Observer
+    usage_of = staticmethod(_usage_of)
 
     def __init__(self, inner: Any, cfg: GuardConfig, name: str) -> None:
-        super().__init__(inner)
-        self._cfg = cfg
-        self._name = name
-        self._endpoint = "openai." + name
+        super().__init__(inner, cfg, name, "openai")
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in self.PASSTHROUGH:
-            return getattr(self._inner, name)
-        raise _unknown(self._name, name)
-
-    def _plan(self, kwargs: Mapping[str, Any], bound: Any) -> Plan:
-        raise NotImplementedError
-
-    def _prepare(self, method: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Plan]:
-        """The SDK's keywords (``costwarden_prompt_tokens`` taken out) and the call's plan."""
-        kwargs = dict(kwargs)
-        bound = kwargs.pop(PROMPT_TOKENS, None)
+    def _check(self, method: str, kwargs: Mapping[str, Any]) -> None:
         if given(kwargs, "background"):
             raise NotGuarded(
                 f"costwarden: {self._name}.{method}(background=True) is not guarded: a "
@@ -294,62 +269,6 @@ class _Resource(Passthrough):
                 "usage cannot be committed; use a foreground call instead (stream=True "
                 "for a long one)"
             )
-        return kwargs, self._plan(kwargs, bound)
-
-    def _run(
-        self,
-        method: Callable[..., Any],
-        kwargs: dict[str, Any],
-        plan: Plan,
-        *,
-        stream: bool = False,
-        usage_of: UsageOf = _usage_of,
-        endpoint: str | None = None,
-    ) -> Any:
-        run = call_async if is_async(method) else call_sync
-        return run(
-            self._cfg,
-            plan,
-            endpoint or self._endpoint,
-            lambda: method(**kwargs),
-            stream=stream,
-            usage_of=usage_of,
-            observe=self.observe,
-        )
-
-    def create(self, **kwargs: Any) -> Any:
-        kwargs, plan = self._prepare("create", kwargs)
-        stream = bool(given(kwargs, "stream"))
-        if stream and isinstance(self, _ChatCompletions):
-            kwargs = _with_usage_option(kwargs)
-        return self._run(self._inner.create, kwargs, plan, stream=stream)
-
-    def _raw(self, method: str, kwargs: dict[str, Any]) -> Any:
-        """``with_raw_response.<method>``: the usage comes from the raw JSON body."""
-        if given(kwargs, "stream"):
-            raise NotGuarded(
-                f"costwarden: {self._name}.with_raw_response.{method}(stream=True) is not "
-                f"guarded: use {self._name}.create(stream=True), whose stream's .response "
-                "is the raw HTTP response (status, headers)"
-            )
-        kwargs, plan = self._prepare(method, kwargs)
-        endpoint = self._endpoint + (".compact" if method == "compact" else "")
-        send = getattr(self._inner.with_raw_response, method)
-        return self._run(send, kwargs, plan, usage_of=_body_usage_of, endpoint=endpoint)
-
-    def parse(self, **kwargs: Any) -> Any:
-        """``parse``: sent as ``with_raw_response.parse`` and committed from the body, then
-        parsed, so that a parsing error (``LengthFinishReasonError``, a schema mismatch)
-        comes after the commit of a call the provider billed."""
-        if given(kwargs, "stream"):
-            raise NotGuarded(
-                f"costwarden: {self._name}.parse(stream=True) is not guarded: use "
-                f"{self._name}.stream(...), which parses as it streams"
-            )
-        raw = self._raw("parse", kwargs)
-        if inspect.isawaitable(raw):
-            return _parse_async(raw)
-        return raw.parse()
 
     def stream(self, **kwargs: Any) -> Any:
         """``stream(...)``: the SDK's helper, sending its request through the guarded
@@ -361,18 +280,6 @@ class _Resource(Passthrough):
             return _AsyncStreamManager(manager, request)
         return _StreamManager(manager, request)
 
-    @property
-    def with_raw_response(self) -> _RawResource:
-        return _RawResource(self)
-
-    @property
-    def with_streaming_response(self) -> _StreamingResponseResource:
-        return _StreamingResponseResource(self)
-
-
-async def _parse_async(raw: Any) -> Any:
-    return (await raw).parse()
-
 
 class _ChatCompletions(_Resource):
     PASSTHROUGH = frozenset({"retrieve", "update", "list", "delete", "messages"})
@@ -383,6 +290,9 @@ class _ChatCompletions(_Resource):
 
     def _plan(self, kwargs: Mapping[str, Any], bound: Any) -> Plan:
         return _chat_plan(self._cfg, kwargs, bound)
+
+    def _stream_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return _with_usage_option(kwargs)
 
 
 class _Responses(_Resource):
@@ -404,65 +314,6 @@ class _Responses(_Resource):
             "costwarden: responses.connect (the Responses WebSocket) is not guarded: "
             "use responses.create(stream=True)"
         )
-
-
-class _RawResource(Passthrough):
-    """``<resource>.with_raw_response``: ``create``, ``parse`` and ``compact`` are
-    reserved and committed (from the usage in the response body); ``parse()`` of the
-    raw response gives what the plain method returns."""
-
-    VIEW = "with_raw_response"
-
-    def __init__(self, owner: _Resource) -> None:
-        super().__init__(owner._inner.with_raw_response)
-        self._owner = owner
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in self._owner.PASSTHROUGH:
-            return getattr(self._inner, name)
-        raise _unknown(f"{self._owner._name}.{self.VIEW}", name)
-
-    def create(self, **kwargs: Any) -> Any:
-        return self._owner._raw("create", kwargs)
-
-    def parse(self, **kwargs: Any) -> Any:
-        return self._owner._raw("parse", kwargs)
-
-    def compact(self, **kwargs: Any) -> Any:
-        return self._owner._raw("compact", kwargs)
-
-
-class _StreamingResponseResource(Passthrough):
-    """``<resource>.with_streaming_response``: it leaves the body unread, so there is no
-    usage to commit; its model-calling methods are refused."""
-
-    VIEW = "with_streaming_response"
-
-    def __init__(self, owner: _Resource) -> None:
-        super().__init__(owner._inner.with_streaming_response)
-        self._owner = owner
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in self._owner.PASSTHROUGH:
-            return getattr(self._inner, name)
-        raise _unknown(f"{self._owner._name}.{self.VIEW}", name)
-
-    def _refuse(self, method: str) -> NotGuarded:
-        name = self._owner._name
-        return NotGuarded(
-            f"costwarden: {name}.with_streaming_response.{method} is not guarded: it leaves "
-            f"the response body, and so the usage, unread; use {name}.with_raw_response."
-            f"{method} (the raw HTTP response, body read) or {name}.create(stream=True)"
-        )
-
-    def create(self, **kwargs: Any) -> Any:
-        raise self._refuse("create")
-
-    def parse(self, **kwargs: Any) -> Any:
-        raise self._refuse("parse")
-
-    def compact(self, **kwargs: Any) -> Any:
-        raise self._refuse("compact")
 
 
 class _StreamRequest:
@@ -562,54 +413,26 @@ class _AsyncStreamManager:
 # -- namespaces ---------------------------------------------------------------------------
 
 
-class _View(Passthrough):
-    """An SDK namespace with some members replaced by guarded ones."""
-
-    def __init__(self, inner: Any, members: Mapping[str, Any]) -> None:
-        super().__init__(inner)
-        vars(self).update(members)
-
-
-class _Namespace(Passthrough):
-    """An SDK namespace (the client, ``chat``, ``beta``) whose model-calling resources are
-    guarded, under ``with_raw_response`` / ``with_streaming_response`` too."""
-
-    def __init__(self, inner: Any, children: Mapping[str, Any]) -> None:
-        super().__init__(inner)
-        self._children = dict(children)
-        vars(self).update(self._children)
-
-    @property
-    def with_raw_response(self) -> _View:
-        kids = {n: c.with_raw_response for n, c in self._children.items()}
-        return _View(self._inner.with_raw_response, kids)
-
-    @property
-    def with_streaming_response(self) -> _View:
-        kids = {n: c.with_streaming_response for n, c in self._children.items()}
-        return _View(self._inner.with_streaming_response, kids)
-
-
 def _guarded_members(inner: Any, cfg: GuardConfig) -> dict[str, Any]:
     """``chat.completions`` and ``responses`` of a client or of its ``beta``, guarded."""
     members: dict[str, Any] = {}
     chat = getattr(inner, "chat", None)
     if chat is not None:
-        members["chat"] = _Namespace(chat, {"completions": _ChatCompletions(chat.completions, cfg)})
+        members["chat"] = Namespace(chat, {"completions": _ChatCompletions(chat.completions, cfg)})
     responses = getattr(inner, "responses", None)
     if responses is not None:
         members["responses"] = _Responses(responses, cfg)
     return members
 
 
-class GuardedOpenAI(_Namespace):
+class GuardedOpenAI(Namespace):
     """An ``OpenAI`` / ``AsyncOpenAI`` client whose calls are reserved and committed."""
 
     def __init__(self, inner: Any, cfg: GuardConfig) -> None:
         members = _guarded_members(inner, cfg)
         beta = getattr(inner, "beta", None)
         if beta is not None:
-            members["beta"] = _Namespace(beta, _guarded_members(beta, cfg))
+            members["beta"] = Namespace(beta, _guarded_members(beta, cfg))
         super().__init__(inner, members)
         self.costwarden = cfg
 
