@@ -17,7 +17,14 @@ A run is one transaction: the bookkeeping tables, the lock, every pending migrat
 the function files, the drops and the PUBLIC lockdown commit together or not at all.
 Two migrators serialise on ``LOCK TABLE costwarden._migrations`` (a lock only the
 owner of that private table can take, held to commit, which works through a pooler in
-transaction mode): the second one waits, then finds nothing to do.
+transaction mode): the second one waits, then finds nothing to do. A database that
+holds a migration this package does not have was migrated by a newer costwarden: the
+run refuses it (MigrationError, nothing changed) rather than put older function files
+over the newer schema, and status() reports it (``unknown``, not up to date).
+
+The server's WARNINGs and NOTICEs during a run (migration 0008 warns when a
+non-superuser cannot set ``log_parameter_max_length = 0``) are passed on after the
+commit, to ``migrate(warn=...)``, else to its ``progress``.
 
 Installs made before the split (sql/0001-0010 in one directory) are recognised by
 the exact checksums of those ten files (LEGACY_CHECKSUMS) and upgraded in one run.
@@ -47,6 +54,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -179,11 +187,19 @@ _DROP_ORDER = ("trigger", "materialized view", "view", "procedure", "aggregate",
 #: Run at the end of every run, in its transaction. Per-schema default privileges
 #: cannot take away the global default EXECUTE of PUBLIC on new functions, so it is
 #: revoked explicitly: callers get EXECUTE only through the grants to
-#: costwarden_admin / _service / _tenant in the function files.
+#: costwarden_admin / _service / _tenant in the function files. A non-superuser cannot
+#: revoke on the members of an extension it does not own (pgcrypto, a trusted extension,
+#: created in schema costwarden by a database owner: its functions belong to the
+#: bootstrap superuser), and the server says "no privileges could be revoked" for each of
+#: them at every run; those functions keep the PUBLIC EXECUTE of every pgcrypto install,
+#: so the revoke runs with client_min_messages = error, and the run passes on no such
+#: WARNING (the run's other server messages are passed on, see migrate()).
 LOCKDOWN = """
+set local client_min_messages = error;
 revoke all on all functions in schema costwarden from public;
 revoke all on all tables in schema costwarden from public;
 revoke all on all sequences in schema costwarden from public;
+set local client_min_messages = warning;
 """
 
 #: pg_cron jobs costwarden schedules: (name, schedule, function). A job is
@@ -380,10 +396,13 @@ class MigrationStatus:
     functions_outdated: tuple[str, ...] = ()
     #: applied with the layout before the split; the next migrate upgrades it
     legacy: bool = False
+    #: applied migrations this package does not have: a newer costwarden migrated the
+    #: database (migrate refuses it; upgrade the package)
+    unknown: tuple[AppliedMigration, ...] = ()
 
     @property
     def up_to_date(self) -> bool:
-        return not self.pending and not self.changed and not self.functions_outdated
+        return not (self.pending or self.changed or self.functions_outdated or self.unknown)
 
 
 def default_sql_dir() -> Path:
@@ -480,6 +499,18 @@ def _changed(migrations: list[Migration], applied: dict[int, AppliedMigration]) 
     return out
 
 
+def _unknown(
+    migrations: list[Migration], applied: dict[int, AppliedMigration]
+) -> list[AppliedMigration]:
+    """The applied migrations that ``migrations`` does not have (a newer costwarden's)."""
+    known = {m.version for m in migrations}
+    return [applied[v] for v in sorted(applied) if v not in known]
+
+
+def _label(m: Migration | AppliedMigration) -> str:
+    return f"{m.version:04d}_{m.name}"
+
+
 def _outdated(functions: list[FunctionFile], recorded: dict[str, str]) -> tuple[str, ...]:
     current = {f.filename: f.checksum for f in functions}
     names = sorted(set(current) | set(recorded))
@@ -492,25 +523,33 @@ def migrate(
     sql_dir: Path | None = None,
     schedule: bool = True,
     progress: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Migration]:
     """Apply pending migrations and changed function files, in one transaction.
 
     Returns the migrations this call applied. ``progress`` hears, after the commit, one
     line per applied migration, and otherwise what else the run did (adopted legacy
-    rows, function files applied again, objects dropped).
+    rows, function files applied again, objects dropped). ``warn`` (default:
+    ``progress``) hears, after the commit too, each WARNING or NOTICE the server sent
+    during the run, as ``warning: <message>`` / ``notice: <message>`` (migration 0008
+    warns when a non-superuser cannot set log_parameter_max_length = 0).
+
+    A database migrated by a newer costwarden (a version in ``_migrations`` that
+    ``sql_dir`` does not have) is refused: MigrationError, nothing changed.
     """
     migrations = load_migrations(sql_dir)
     functions = load_functions(sql_dir)
     say = progress or (lambda _msg: None)
+    tell = warn or say
     for attempt in range(_BOOKKEEPING_ATTEMPTS):
+        heard: list[str] = []
         try:
             # no server-side prepared statements: they would outlive the transaction on a
             # pooled (PgBouncer transaction mode) server connection
-            with (
-                psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn,
-                conn.transaction(),
-            ):
-                applied_now, said = _run(conn, migrations, functions)
+            with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+                conn.add_notice_handler(partial(_hear, heard))
+                with conn.transaction():
+                    applied_now, said = _run(conn, migrations, functions)
             break
         except _BookkeepingRace:
             if attempt == _BOOKKEEPING_ATTEMPTS - 1:
@@ -520,9 +559,28 @@ def migrate(
                 ) from None
     for line in said:
         say(line)
+    for line in heard:
+        tell(line)
     if schedule:
         schedule_jobs(dsn)
     return applied_now
+
+
+#: The server messages a run passes on (its ``client_min_messages`` is ``warning``, so
+#: a NOTICE arrives only from a statement that raises the level itself).
+_HEARD_SEVERITIES = frozenset({"WARNING", "NOTICE"})
+
+
+def _hear(heard: list[str], diag: psycopg.errors.Diagnostic) -> None:
+    """The run's notice handler: keep a WARNING or NOTICE as ``warning: <message>`` /
+    ``notice: <message>`` (psycopg drops the messages of a connection without one)."""
+    severity = diag.severity_nonlocalized or diag.severity or ""
+    if severity not in _HEARD_SEVERITIES:
+        return
+    line = f"{severity.lower()}: {diag.message_primary}"
+    if diag.message_hint:
+        line += f" (hint: {diag.message_hint})"
+    heard.append(line)
 
 
 class _BookkeepingRace(MigrationError):
@@ -544,10 +602,20 @@ def _run(
     except psycopg.errors.InsufficientPrivilege as exc:
         raise MigrationError(str(exc)) from exc
     conn.execute(LOCK)
+    applied = _applied(conn)
+    unknown = _unknown(migrations, applied)
+    if unknown:
+        raise MigrationError(
+            f"the database has migration(s) {', '.join(_label(a) for a in unknown)} "
+            "applied that this costwarden does not have (its newest is "
+            f"{_label(migrations[-1]) if migrations else 'none'}): a newer costwarden "
+            "migrated it, and this older one would put its older functions over the newer "
+            "schema. Refusing, nothing was changed: upgrade the costwarden package "
+            "(docs/operations.md#upgrading)"
+        )
     said.extend(_create_dblink(conn))
     _pgcrypto_wrappers(conn)
     conn.execute(BOOKKEEPING_COMMENTS)
-    applied = _applied(conn)
 
     changed = _changed(migrations, applied)
     if changed:
@@ -905,7 +973,8 @@ def cron_status(dsn: str) -> CronStatus:
 
 
 def status(dsn: str, *, sql_dir: Path | None = None) -> MigrationStatus:
-    """What migrate would do: pending and edited migrations, outdated function files."""
+    """What migrate would do: pending and edited migrations, outdated function files,
+    and applied migrations this package does not have (then migrate refuses)."""
     migrations = load_migrations(sql_dir)
     functions = load_functions(sql_dir)
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
@@ -927,6 +996,7 @@ def status(dsn: str, *, sql_dir: Path | None = None) -> MigrationStatus:
         cron=cron_status(dsn),
         functions_outdated=_outdated(functions, recorded),
         legacy=legacy,
+        unknown=tuple(_unknown(migrations, applied)),
     )
 
 

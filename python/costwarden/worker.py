@@ -7,6 +7,10 @@ number of drift findings; `costwarden books check` shows them). Each
 job is safe to run concurrently with itself (SKIP LOCKED / row locks),
 so a worker beside pg_cron does no harm. Correctness never waits for the
 timer: an expired hold that is not yet swept can only refuse early.
+
+A job that fails is reported and the others still run, in the loop and in
+``run_once`` alike; an anomaly run that finds another one running returns -1,
+shown as "did not run (another run is in progress)" (:data:`DID_NOT_RUN`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,17 @@ from .errors import CostwardenError
 Echo = Callable[[str], None]
 
 log = logging.getLogger("costwarden.worker")
+
+
+#: How a job whose function did not run (returned -1: fn_detect_spend_anomalies when
+#: another run holds its lock) is shown, by the loop, ``worker --once`` (its JSON too)
+#: and ``anomalies detect``.
+DID_NOT_RUN = "did not run (another run is in progress)"
+
+
+def describe(n: int) -> int | str:
+    """A job's result as the command line shows it: the count, or DID_NOT_RUN for -1."""
+    return DID_NOT_RUN if n < 0 else n
 
 
 @dataclass
@@ -67,9 +82,37 @@ def default_jobs() -> list[Job]:
     ]
 
 
-def run_once(client: Client, jobs: list[Job] | None = None) -> dict[str, int]:
-    """Run every job once; returns what each did."""
-    return {job.name: job.run(client) for job in (jobs or default_jobs())}
+@dataclass(frozen=True)
+class Outcome:
+    """What one run of a job did: its function's result, or the error it failed with."""
+
+    result: int | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def shown(self) -> int | str:
+        """As ``worker`` prints it: the count, DID_NOT_RUN, or ``failed: <error>``."""
+        if self.error is not None or self.result is None:
+            return f"failed: {self.error}"
+        return describe(self.result)
+
+
+def run_job(client: Client, job: Job) -> Outcome:
+    """Run ``job`` once; an error of the database is its outcome (its first line: the
+    message without the server's LINE and HINT), not raised."""
+    try:
+        return Outcome(result=job.run(client))
+    except (CostwardenError, psycopg.Error) as exc:
+        return Outcome(error=(str(exc).splitlines() or [type(exc).__name__])[0])
+
+
+def run_once(client: Client, jobs: list[Job] | None = None) -> dict[str, Outcome]:
+    """Run every job once, in order, each even when one before it failed; returns what
+    each did."""
+    return {job.name: run_job(client, job) for job in (jobs or default_jobs())}
 
 
 def run_forever(
@@ -89,15 +132,9 @@ def run_forever(
             if now < job.next_at:
                 continue
             job.next_at = now + job.every_seconds
-            try:
-                n = job.run(client)
-            except (CostwardenError, psycopg.Error) as exc:
-                echo(f"{job.name}: failed: {exc}")
-                continue
-            if n < 0:  # the job could not run (e.g. another anomaly run holds its lock)
-                echo(f"{job.name}: did not run (another run is in progress)")
-            elif n:
-                echo(f"{job.name}: {n}")
+            outcome = run_job(client, job)
+            if outcome.result != 0:  # said when it did something, did not run or failed
+                echo(f"{job.name}: {outcome.shown()}")
         done += 1
         if iterations is None or done < iterations:
             time.sleep(tick)

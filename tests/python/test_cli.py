@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +207,30 @@ def test_status_names_an_outdated_function_file(
     assert data["functions_outdated"] == [edited.name]
     ok(dsn, "migrate", "--no-schedule")
     assert "state: up to date" in ok(dsn, "status")
+
+
+def test_status_prints_no_secret_of_the_dsn(dsn: str) -> None:
+    """Only where the database is and who logs in: neither the password nor any other
+    secret of the connection string (sslpassword unlocks the client's key)."""
+    secret_dsn = f"{dsn} password=pw-s3cret sslpassword=sslpw-s3cret application_name=x"
+    out = ok(secret_dsn, "status")
+    data = json.loads(ok(secret_dsn, "status", "--json"))
+    for shown in (out.splitlines()[0], data["database"]):
+        assert "s3cret" not in shown and "password" not in shown and "application" not in shown
+        assert "dbname=" in shown and "host=" in shown and "port=" in shown and "user=" in shown
+    assert "s3cret" not in out
+
+
+def test_output_cut_short_by_a_closed_pipe_ends_quietly(dsn: str) -> None:
+    """`costwarden status | head -3`: the reader is gone before the command writes; no
+    message (click's convention: exit code 1)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "costwarden.cli", "--dsn", dsn, "status"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before the command has written anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err == ""

@@ -4,14 +4,18 @@ their declared order, and each of them works (and reruns) on its own."""
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 import costwarden
 from costwarden import demo
+from costwarden.cli import main
 from costwarden.demo import byok as byok_demo
 from costwarden.demo import guardrails as guardrails_demo
 from costwarden.demo import ledger as ledger_demo
@@ -127,31 +131,83 @@ def test_sections_run_in_their_declared_order(dsn: str) -> None:
 
 
 def test_demo_command_creates_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`make demo` on a fresh machine: no DSN, no cluster yet -> it creates one, twice OK."""
+    """`make demo` on a fresh machine: no DSN, no cluster yet -> it creates one, twice OK;
+    its demo KEK is kept beside the data directory in use (--data-dir), not in the
+    working directory's .costwarden."""
     import shutil
     import tempfile
-    from pathlib import Path
 
-    from click.testing import CliRunner
-
-    from costwarden.cli import main
     from costwarden.embedded import EmbeddedCluster
 
     base = Path(tempfile.mkdtemp(prefix="cw-demo-", dir="/tmp"))
     base.chmod(0o755)  # the server runs as the postgres user when we are root
-    monkeypatch.delenv("COSTWARDEN_DSN", raising=False)
-    monkeypatch.setenv("COSTWARDEN_KEK", "demo-test-kek-0123456789abcdef0123456789")
-    data_dir = base / "pgdata"
+    for name in ("COSTWARDEN_DSN", "COSTWARDEN_KEK", "COSTWARDEN_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(base)
+    data_dir = base / "elsewhere" / "pgdata"
     try:
         for run in (1, 2):
             result = CliRunner().invoke(main, ["--data-dir", str(data_dir), "demo"])
             assert result.exit_code == 0, result.output
             assert f"run {run}" in result.output
+            assert f"KEK: DEMO ONLY, generated and kept in elsewhere{os.sep}demo-kek" in (
+                result.output
+            )
+            assert "is held: resolve -> anthropic key" in result.output  # the rerun too
+        kek = base / "elsewhere" / "demo-kek"
+        assert kek.stat().st_mode & 0o777 == 0o600
+        assert not (base / ".costwarden").exists()
         status = CliRunner().invoke(main, ["--data-dir", str(data_dir), "status"])
         assert "up to date" in status.output
     finally:
         EmbeddedCluster(data_dir).stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("named_by", ["--dsn", "COSTWARDEN_DSN"])
+def test_demo_refuses_a_database_it_was_not_told_is_scratch(
+    dsn: str, admin_conn: Conn, monkeypatch: pytest.MonkeyPatch, named_by: str
+) -> None:
+    """The demo resets circuits, re-flags models, changes settings and writes synthetic
+    spend marks: on a database of --dsn / COSTWARDEN_DSN only with --scratch. Without
+    it: one line, exit code 2 (a usage error), nothing written."""
+    before = table_snapshot(admin_conn)
+    monkeypatch.delenv("COSTWARDEN_DSN", raising=False)
+    if named_by == "--dsn":
+        result = CliRunner().invoke(main, ["--dsn", f"{dsn} password=pw-s3cret", "demo"])
+    else:
+        monkeypatch.setenv("COSTWARDEN_DSN", f"{dsn} password=pw-s3cret")
+        result = CliRunner().invoke(main, ["demo"])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    says = f"Error: the demo writes sample data into the database it runs on, and {named_by}"
+    assert line.startswith(f"{says} names one (")
+    assert "--scratch" in line and "s3cret" not in line
+    assert f"dbname={admin_conn.info.dbname}" in line
+    assert table_snapshot(admin_conn) == before
+
+
+def test_demo_on_a_scratch_database_says_which_one(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With --scratch it runs there, and first prints where it writes (no secret)."""
+    told: list[tuple[str, Path | None]] = []
+
+    def run_demo(dsn: str, echo: Any, *, data_dir: Path | None = None) -> None:
+        told.append((dsn, data_dir))
+
+    monkeypatch.setattr(demo, "run_demo", run_demo)  # what the command runs, not the story
+    data_dir = tmp_path / "pgdata"
+    secret_dsn = f"{dsn} password=pw-s3cret"
+    result = CliRunner().invoke(
+        main, ["--dsn", secret_dsn, "--data-dir", str(data_dir), "demo", "--scratch"]
+    )
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("scratch database (the demo writes into it): user=")
+    assert "dbname=" in first and "s3cret" not in result.output
+    assert told == [(secret_dsn, data_dir)]
 
 
 # -- the BYOK section ---------------------------------------------------------------------

@@ -286,3 +286,21 @@ def test_module_cli(running: EmbeddedCluster) -> None:
     assert cli("dsn", "--dbname", "other").stdout.strip() == running.dsn_for("other")
     assert cli("port").stdout.strip() == str(running.port)
     assert Path(cli("log").stdout.strip()) == running.log_file()
+
+
+def test_module_cli_reports_an_unusable_data_dir_in_one_line(base_dir: Path) -> None:
+    """A data directory under a regular file cannot be created: one ``error:`` line and
+    exit code 1, never a traceback."""
+    (base_dir / "a-file").write_text("not a directory\n")
+    data_dir = base_dir / "a-file" / "pgdata"
+    done = subprocess.run(
+        [sys.executable, "-m", "costwarden.embedded", "up", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "Not a directory" in done.stderr and "Traceback" not in done.stderr

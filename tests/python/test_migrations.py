@@ -3,6 +3,7 @@ migrators, upgrade path == fresh install, pg_cron scheduling."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -532,3 +533,50 @@ def test_the_gate_migration_gives_every_existing_pool_its_gate(
             "full join costwarden._pool_gates g using (pool_id) order by 1"
         ).fetchall()
     assert len(rows) == 4 and all(p == g for p, g in rows)
+
+
+def test_a_schema_migrated_by_a_newer_costwarden_is_refused(dsn: str) -> None:
+    """A newer costwarden's migration and function, then this (older) package: migrate
+    refuses, names the version and changes nothing (it would put its older function
+    files over the newer schema and drop the newer function); status reports it, not
+    up to date."""
+    from click.testing import CliRunner
+
+    from costwarden.cli import main
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "insert into costwarden._migrations (version, name, checksum) "
+            "values (9999, 'from_the_future', repeat('f', 64))"
+        )
+        # what that newer release also installed: a function of its own, and its own
+        # function files' checksums
+        conn.execute(
+            "create function costwarden.fn_from_the_future() returns int language sql as 'select 1'"
+        )
+        conn.execute("update costwarden._repeatables set checksum = repeat('e', 64)")
+    objects = schema_objects(dsn)
+    with pytest.raises(m.MigrationError, match=r"migration\(s\) 9999_from_the_future applied"):
+        m.migrate(dsn, schedule=False)
+    assert schema_objects(dsn) == objects
+    assert "costwarden.fn_from_the_future()" in [name for name, _acl in objects["functions"]]
+
+    st = m.status(dsn)
+    assert [(u.version, u.name) for u in st.unknown] == [(9999, "from_the_future")]
+    assert st.version == 9999 and not st.up_to_date
+
+    result = CliRunner().invoke(main, ["--dsn", dsn, "migrate", "--no-schedule"])
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: the database has migration(s) 9999_from_the_future applied")
+    assert "nothing was changed" in line and "schema is up to date" not in result.output
+    result = CliRunner().invoke(main, ["--dsn", dsn, "status"])
+    assert result.exit_code == 1
+    assert "state: newer than this package (upgrade costwarden; migrate refuses)" in result.stdout
+    assert "  UNKNOWN  9999_from_the_future  " in result.stdout
+    result = CliRunner().invoke(main, ["--dsn", dsn, "status", "--json"])
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["up_to_date"] is False
+    assert [(u["version"], u["name"]) for u in doc["unknown"]] == [(9999, "from_the_future")]
+    assert schema_objects(dsn) == objects

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -129,3 +130,70 @@ def test_worker_loop_runs_jobs_on_schedule(client: costwarden.Client, seeded: Se
         "costwarden-maintenance",
         "costwarden-reconcile",
     }
+
+
+def test_worker_once_runs_every_job_even_after_one_fails(
+    dsn: str, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """The first job fails (its function is gone): it is reported, the three after it
+    still run, and the command exits 1 at the end; in --json too."""
+    admin_conn.execute(
+        "alter function costwarden.fn_cost_expire_reservations rename to fn_gone_for_a_test"
+    )
+    result = cli(dsn, "worker", "--once")
+    assert result.exit_code == 1
+    [failed] = result.stderr.splitlines()
+    assert failed.startswith("costwarden-expire: failed: ")
+    assert "fn_cost_expire_reservations" in failed
+    assert result.stdout.splitlines() == [
+        "costwarden-anomalies: 0",
+        "costwarden-maintenance: 0",
+        "costwarden-reconcile: 0",
+    ]
+    result = cli(dsn, "worker", "--once", "--json")
+    assert result.exit_code == 1
+    done = json.loads(result.stdout)
+    assert done["costwarden-expire"].startswith("failed: ")
+    assert {k: v for k, v in done.items() if k != "costwarden-expire"} == {
+        "costwarden-anomalies": 0,
+        "costwarden-maintenance": 0,
+        "costwarden-reconcile": 0,
+    }
+
+
+def test_run_once_reports_a_failing_job_and_runs_the_rest(client: costwarden.Client) -> None:
+    def fails(_c: costwarden.Client) -> int:
+        raise costwarden.InvalidArgument("p_x: broken")
+
+    done = run_once(client, [Job("a", 60, fails), Job("b", 60, lambda c: 3)])
+    assert done["a"].failed and done["a"].shown() == "failed: p_x: broken"
+    assert not done["b"].failed and done["b"].result == 3 and done["b"].shown() == 3
+
+
+def test_a_skipped_anomaly_run_says_it_did_not_run(dsn: str, seeded: Seeded) -> None:
+    """Another detection holds the lock: fn_detect_spend_anomalies returns -1 at once;
+    the commands say "did not run", never "-1"."""
+    with psycopg.connect(dsn) as other:
+        # what a running detection holds: the row lock of its _locks row
+        other.execute(
+            "select from costwarden._locks where lock_name = 'detect_spend_anomalies' for update"
+        )
+        result = cli(dsn, "worker", "--once")
+        assert result.exit_code == 0, result.output
+        assert "costwarden-anomalies: did not run (another run is in progress)" in (
+            result.stdout.splitlines()
+        )
+        assert "-1" not in result.stdout
+        result = cli(dsn, "worker", "--once", "--json")
+        assert result.exit_code == 0, result.output
+        skipped = json.loads(result.stdout)["costwarden-anomalies"]
+        assert skipped == "did not run (another run is in progress)"
+        result = cli(dsn, "anomalies", "detect")
+        assert (result.exit_code, result.stdout) == (
+            0,
+            "did not run (another run is in progress)\n",
+        )
+        result = cli(dsn, "anomalies", "detect", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == {"recorded": "did not run (another run is in progress)"}
+    assert cli(dsn, "anomalies", "detect").stdout == "0 anomaly(ies) recorded\n"

@@ -341,6 +341,7 @@ def test_healthz_and_metrics(api: TestClient) -> None:
         "schema_up_to_date": True,
         "pending_migrations": [],
         "outdated_functions": [],
+        "unknown_migrations": [],
     }
     api.patch("/v1/orgs/acme/budgets/org", json={"period": "month", "limit": 10000}, headers=ADMIN)
     api.post("/v1/reservations", json=reserve_body(), headers=SERVICE)
@@ -362,6 +363,20 @@ def test_healthz_and_metrics(api: TestClient) -> None:
     assert (
         api.get("/metrics", headers=auth("costwarden_tenant", "acme", "alice")).status_code == 403
     )
+
+
+def test_healthz_is_503_on_a_schema_newer_than_the_service(
+    api: TestClient, admin_conn: psycopg.Connection[Any]
+) -> None:
+    """A migration this service does not ship was applied (a newer costwarden migrated
+    the database): its code is older than the schema, so it is not healthy."""
+    admin_conn.execute(
+        "insert into costwarden._migrations (version, name, checksum) "
+        "values (9999, '9999_from_a_newer_costwarden.sql', 'x')"
+    )
+    h = api.get("/healthz")
+    assert h.status_code == 503
+    assert h.json()["unknown_migrations"] == [9999] and h.json()["schema_up_to_date"] is False
 
 
 def test_database_down_is_503(seeded: Seeded) -> None:

@@ -5,6 +5,7 @@ Exit codes (docs/operations.md, "Exit codes"): 0 success; 1 an error (the databa
 refused, a file is bad, a check failed, `status` found the schema not up to date);
 2 a usage error (an unknown option, a malformed value). No input prints a traceback:
 anything unexpected is reported in one line (``COSTWARDEN_DEBUG=1`` re-raises it).
+Output cut short by a closed pipe ends quietly (exit code 1, no message).
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Context:
-    """``ctx.obj`` of every command: where the database is."""
+    """``ctx.obj`` of every command: where the database is (``dsn_from``: who named it,
+    ``--dsn`` or ``COSTWARDEN_DSN``)."""
 
-    def __init__(self, dsn: str | None, data_dir: Path | None) -> None:
+    def __init__(self, dsn: str | None, data_dir: Path | None, *, dsn_from: str = "--dsn") -> None:
         self._dsn = dsn
         self.data_dir = data_dir
+        self.dsn_from = dsn_from
 
     def has_dsn(self) -> bool:
         return bool(self._dsn)
@@ -94,11 +97,18 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+#: The connection parameters ``safe_dsn`` shows: where the database is and who logs in.
+#: Every other one is left out, whether it carries a secret (password, sslpassword) or
+#: not: a parameter added to libpq later cannot leak either.
+SHOWN_DSN_KEYS = ("host", "hostaddr", "port", "user", "dbname")
+
+
 def safe_dsn(dsn: str) -> str:
-    """The DSN without its password."""
+    """The DSN as commands print it: its host, port, user and database only."""
     info = psycopg.conninfo.conninfo_to_dict(dsn)
-    info.pop("password", None)
-    return psycopg.conninfo.make_conninfo("", **{k: v for k, v in info.items() if v is not None})
+    return psycopg.conninfo.make_conninfo(
+        "", **{k: v for k, v in info.items() if k in SHOWN_DSN_KEYS and v is not None}
+    )
 
 
 # -- errors and exit codes -------------------------------------------------------------------
@@ -131,12 +141,19 @@ def error_message(exc: BaseException) -> str | None:
 
 class CostwardenGroup(click.Group):
     """The root group: every error a command raises ends here, as one line on stderr
-    and exit code 1 (click's own usage errors exit 2)."""
+    and exit code 1 (click's own usage errors exit 2). Output whose reader went away
+    (``costwarden status | head -3``) is not an error to report: click ends the command
+    quietly with exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+        except (
+            click.exceptions.ClickException,
+            click.exceptions.Exit,
+            click.Abort,
+            BrokenPipeError,  # click's main: no message, exit code 1
+        ):
             raise
         except KeyboardInterrupt:
             raise click.Abort() from None

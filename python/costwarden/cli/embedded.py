@@ -1,6 +1,7 @@
 """`python -m costwarden.embedded up|down|status|dsn|port|log|bindir --data-dir DIR`:
 the embedded server for scripts (scripts/test.sh, the Makefile). Each command prints
-one value on stdout; an error is one ``error: ...`` line on stderr and exit code 1.
+one value on stdout; an error (the server's, or a data directory that cannot be created)
+is one ``error: ...`` line on stderr and exit code 1.
 
 ``status`` prints ``running <dsn>`` (exit 0), ``stopped`` (exit 3) or ``absent``
 (exit 4). People use ``costwarden up`` / ``costwarden down`` instead."""
@@ -23,7 +24,8 @@ EXIT_ABSENT = 4
 
 
 def _cluster_command(fn: F) -> F:
-    """--data-dir, and EmbeddedError as ``error: ...`` with exit code 1."""
+    """--data-dir, and EmbeddedError or an OSError (a data directory that cannot be
+    created or read) as ``error: ...`` with exit code 1."""
 
     @click.option(
         "--data-dir",
@@ -37,6 +39,10 @@ def _cluster_command(fn: F) -> F:
             return fn(*args, data_dir=data_dir or default_data_dir(), **kwargs)
         except EmbeddedError as exc:
             click.echo(f"error: {exc}", err=True)
+            raise SystemExit(1) from exc
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             raise SystemExit(1) from exc
 
     return wrapper  # type: ignore[return-value]

@@ -194,11 +194,18 @@ def anomalies_ack(ctx: Context, anomaly_id: int) -> None:
 @json_option
 @pass_ctx
 def anomalies_detect(ctx: Context, as_json: bool) -> None:
-    """Run the detector once (pg_cron runs it every 5 minutes)."""
+    """Run the detector once (pg_cron runs it every 5 minutes).
+
+    When another run is in progress it does not wait and says so: "did not run
+    (another run is in progress)" (--json: "recorded" holds that sentence)."""
+    from ..worker import DID_NOT_RUN, describe
+
     with ctx.client() as c:
-        found = c.detect_spend_anomalies()
+        found = describe(c.detect_spend_anomalies())
     if as_json:
         echo_json({"recorded": found})
+    elif found == DID_NOT_RUN:
+        click.echo(DID_NOT_RUN)
     else:
         click.echo(f"{found} anomaly(ies) recorded")
 

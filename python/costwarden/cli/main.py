@@ -48,7 +48,8 @@ def main(ctx: click.Context, dsn: str | None, data_dir: Path | None) -> None:
     Exit codes: 0 success, 1 error (including `status` with migrations pending),
     2 usage error. Commands that print data take --json.
     """
-    ctx.obj = Context(dsn, data_dir)
+    from_env = ctx.get_parameter_source("dsn") is click.core.ParameterSource.ENVIRONMENT
+    ctx.obj = Context(dsn, data_dir, dsn_from="COSTWARDEN_DSN" if from_env else "--dsn")
 
 
 #: Every command of ``costwarden``, by module, in the order of ``costwarden --help``'s

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ._common import (
+    EXIT_ERROR,
     Context,
     DecimalParam,
     echo_json,
@@ -217,9 +218,13 @@ def expire(ctx: Context, batch: int, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def worker(ctx: Context, once: bool, iterations: int | None, as_json: bool) -> None:
-    """Run scheduled jobs (expiry, anomalies, housekeeping) where pg_cron is absent.
+    """Run scheduled jobs (expiry, anomalies, housekeeping, reconciliation) where
+    pg_cron is absent.
 
-    --json (with --once) prints what each job did."""
+    --once runs each job once, each even when one before it failed, and exits 1 when
+    one failed; --json (with --once) prints what each job did: a count, or the
+    sentence saying why it did not (did not run (another run is in progress),
+    failed: ...)."""
     from ..worker import run_forever, run_once
 
     if as_json and not once:
@@ -228,10 +233,12 @@ def worker(ctx: Context, once: bool, iterations: int | None, as_json: bool) -> N
         if once:
             done = run_once(c)
             if as_json:
-                echo_json(done)
-                return
-            for name, n in done.items():
-                click.echo(f"{name}: {n}")
+                echo_json({name: outcome.shown() for name, outcome in done.items()})
+            else:
+                for name, outcome in done.items():
+                    click.echo(f"{name}: {outcome.shown()}", err=outcome.failed)
+            if any(outcome.failed for outcome in done.values()):
+                click.get_current_context().exit(EXIT_ERROR)
             return
         click.echo("costwarden worker: Ctrl-C to stop", err=True)
         try:

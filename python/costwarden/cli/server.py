@@ -17,6 +17,10 @@ _PROXY_OPTION = click.option(
 )
 
 
+def _to_stderr(line: str) -> None:
+    click.echo(line, err=True)
+
+
 @click.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="TCP port.")
 @click.option("--fast", is_flag=True, help="fsync off: for throwaway test clusters only.")
@@ -28,7 +32,7 @@ def up(ctx: Context, port: int | None, fast: bool, do_migrate: bool) -> None:
 
     dsn = EmbeddedCluster(ctx.embedded_data_dir(), port=port, fast=fast).start()
     if do_migrate:
-        applied = migrations.migrate(dsn)
+        applied = migrations.migrate(dsn, warn=_to_stderr)
         if applied:
             click.echo(f"applied {len(applied)} migration(s)", err=True)
     click.echo(dsn)
@@ -65,8 +69,13 @@ def migrate(ctx: Context, schedule: bool, proxy: Path | None, as_json: bool) -> 
 
         proxy_migrate(ctx, proxy, schedule=schedule, as_json=as_json)
         return
+    # what the run did on stdout, the server's warnings on stderr; with --json, stdout
+    # holds the JSON document alone and every note goes to stderr
     applied = migrations.migrate(
-        ctx.dsn(), schedule=schedule, progress=None if as_json else click.echo
+        ctx.dsn(),
+        schedule=schedule,
+        progress=_to_stderr if as_json else click.echo,
+        warn=_to_stderr,
     )
     if as_json:
         echo_json({"applied": [m.filename for m in applied]})
@@ -81,9 +90,10 @@ def migrate(ctx: Context, schedule: bool, proxy: Path | None, as_json: bool) -> 
 def status(ctx: Context, proxy: Path | None, as_json: bool) -> None:
     """Schema version, applied and pending migrations, function files, pg_cron.
 
-    Exits 1 while migrations are pending, an applied file changed or a function file
-    is not yet applied, so that it can gate a deploy. With --proxy CLUSTER.toml: each
-    partition's schema version and jobs, and the proxy's routing."""
+    Exits 1 while migrations are pending, an applied file changed, a function file
+    is not yet applied or the database holds a migration this package does not have
+    (a newer costwarden migrated it), so that it can gate a deploy. With --proxy
+    CLUSTER.toml: each partition's schema version and jobs, and the proxy's routing."""
     if proxy is not None:
         from .cluster import proxy_status
 
@@ -102,6 +112,10 @@ def status(ctx: Context, proxy: Path | None, as_json: bool) -> None:
                 ],
                 "pending": [p.filename for p in st.pending],
                 "changed": [c.filename for c in st.changed],
+                "unknown": [
+                    {"version": u.version, "name": u.name, "applied_at": u.applied_at}
+                    for u in st.unknown
+                ],
                 "functions_outdated": list(st.functions_outdated),
                 "legacy_layout": st.legacy,
                 "cron": {
@@ -123,11 +137,23 @@ def status(ctx: Context, proxy: Path | None, as_json: bool) -> None:
 def _print_status(ctx: Context, st: migrations.MigrationStatus) -> None:
     click.echo(f"database: {safe_dsn(ctx.dsn())}")
     click.echo(f"schema version: {st.version if st.version is not None else 'not installed'}")
-    click.echo(f"state: {'up to date' if st.up_to_date else 'migrations pending'}")
+    if st.unknown:
+        state = "newer than this package (upgrade costwarden; migrate refuses)"
+    else:
+        state = "up to date" if st.up_to_date else "migrations pending"
+    click.echo(f"state: {state}")
     if st.legacy:
         click.echo("  layout   installed before the split of sql/ (the next migrate adopts it)")
+    unknown = {u.version for u in st.unknown}
     for a in st.applied:
-        click.echo(f"  applied  {a.version:04d}_{a.name}  {a.applied_at:%Y-%m-%d %H:%M:%S%z}")
+        when = f"{a.applied_at:%Y-%m-%d %H:%M:%S%z}"
+        if a.version in unknown:
+            click.echo(
+                f"  UNKNOWN  {a.version:04d}_{a.name}  {when} "
+                "(not in this package: applied by a newer costwarden)"
+            )
+        else:
+            click.echo(f"  applied  {a.version:04d}_{a.name}  {when}")
     for p in st.pending:
         click.echo(f"  pending  {p.filename}")
     for c in st.changed:

@@ -9,6 +9,9 @@ public client API only. Not part of the library: ``import costwarden`` never loa
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
 from . import byok, guardrails, ledger, openai_sdk
 from .story import MAX_CALLS, DemoSummary, Echo, Section, run_story
 
@@ -24,6 +27,18 @@ SECTIONS: tuple[tuple[str, Section], ...] = (
 )
 
 
-def run_demo(dsn: str, echo: Echo = print, *, hooks: bool = True) -> DemoSummary:
-    """The whole demo; ``hooks=False`` tells the story (sections 1-7) only."""
-    return run_story(dsn, echo, sections=SECTIONS if hooks else ())
+def run_demo(
+    dsn: str, echo: Echo = print, *, hooks: bool = True, data_dir: Path | None = None
+) -> DemoSummary:
+    """The whole demo; ``hooks=False`` tells the story (sections 1-7) only.
+    ``data_dir``: the embedded server's data directory in use (default:
+    default_data_dir()); the BYOK section keeps its demo KEK beside it."""
+    sections: tuple[tuple[str, Section], ...] = SECTIONS if hooks else ()
+    if data_dir is not None:
+        sections = tuple(
+            (name, partial(byok.demo_section, data_dir=data_dir))
+            if section is byok.demo_section
+            else (name, section)
+            for name, section in sections
+        )
+    return run_story(dsn, echo, sections=sections)

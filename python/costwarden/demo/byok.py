@@ -24,17 +24,25 @@ BYOK_WS = ("research", "anthropic/claude-3-5-sonnet")  # a vendor model: the ten
 USAGE = {"input_tokens": 2000, "output_tokens": 500}
 
 
-def demo_kek(echo: Echo) -> str:
+def kek_file(data_dir: Path | None = None) -> Path:
+    """Where the demo keeps its KEK: beside the embedded server's data directory
+    ``data_dir`` (default: default_data_dir(), so .costwarden/demo-kek)."""
+    if data_dir is None:
+        from ..embedded import default_data_dir
+
+        data_dir = default_data_dir()
+    return data_dir.expanduser().absolute().parent / "demo-kek"
+
+
+def demo_kek(echo: Echo, data_dir: Path | None = None) -> str:
     """COSTWARDEN_KEK when set; else a demo-only KEK, generated once and kept next to
-    the embedded server's data (.costwarden/demo-kek, mode 0600) so a rerun can
-    still decrypt the keys it stored. Never use it for anything real."""
+    the embedded server's data directory in use (:func:`kek_file`, mode 0600) so a
+    rerun can still decrypt the keys it stored. Never use it for anything real."""
     kek = os.environ.get("COSTWARDEN_KEK")
     if kek:
         echo("KEK: from COSTWARDEN_KEK")
         return kek
-    from ..embedded import default_data_dir
-
-    path = default_data_dir().parent / "demo-kek"
+    path = kek_file(data_dir)
     try:
         kek = path.read_text(encoding="utf-8").strip()
     except OSError:
@@ -61,12 +69,14 @@ def _fake_key() -> str:
     return "sk-ant-demo-" + secrets.token_hex(20)
 
 
-def demo_section(dsn: str, echo: Echo = print) -> None:
-    """Platform vs BYOK workspaces, the guard, and the reservation-bound release."""
+def demo_section(dsn: str, echo: Echo = print, *, data_dir: Path | None = None) -> None:
+    """Platform vs BYOK workspaces, the guard, and the reservation-bound release;
+    ``data_dir``: the embedded server's data directory, beside which the demo's KEK is
+    kept (:func:`demo_kek`)."""
     from ..pricing import load_catalogue, read_catalogue, sample_catalogue_path
 
     echo("== BYOK: bring your own key ==")
-    kek = demo_kek(echo)
+    kek = demo_kek(echo, data_dir)
     with Client(dsn, kek=kek, on_unavailable="closed") as client:
         load_catalogue(client, read_catalogue(sample_catalogue_path()))
         client.upsert_org(ORG)

@@ -762,18 +762,22 @@ async def check_health(db: Database) -> dict[str, Any]:
             "schema_up_to_date": False,
             "pending_migrations": [],
             "outdated_functions": [],
+            "unknown_migrations": [],
         }
     applied = {s.version: s.checksum for s in state if s.kind == "migration"}
     recorded = {s.name: s.checksum for s in state if s.kind == "function"}
-    pending = [mig.filename for mig in migrations.load_migrations() if mig.version not in applied]
+    shipped = migrations.load_migrations()
+    pending = [mig.filename for mig in shipped if mig.version not in applied]
+    unknown = sorted(v for v in set(applied) - {mig.version for mig in shipped} if v is not None)
     outdated = list(migrations._outdated(migrations.load_functions(), recorded))
-    up_to_date = not pending and not outdated
+    up_to_date = not pending and not outdated and not unknown
     return {
         "ok": up_to_date,
         "database": True,
         "schema_up_to_date": up_to_date,
         "pending_migrations": pending,
         "outdated_functions": outdated,
+        "unknown_migrations": unknown,
     }
 
 

@@ -107,6 +107,8 @@ class Health(BaseModel):
     schema_up_to_date: bool
     pending_migrations: list[str]
     outdated_functions: list[str]
+    #: applied versions this service does not ship: the schema is newer than its code
+    unknown_migrations: list[int]
 
 
 class HTTPError(CostwardenError):
