@@ -80,6 +80,9 @@ CATALOGUE_SEQUENCES = frozenset(
         "_circuit_events_event_id_seq",
     }
 )
+#: Sequences that no column owns, and the column that holds the numbers they hand out
+#: (a split restarts a sequence above the largest one present).
+SEQUENCE_COLUMNS = {"_byok_resolve_attempt_seq": ("_byok_resolve_log", "attempt")}
 DEFAULT_ROUTER = "costwarden_router"
 
 
@@ -240,7 +243,8 @@ ROUTES: dict[str, Route] = {
     "fn_byok_key_resolve_v2": Route(
         "resolve", why="the reservation's partition (legacy: the org's)"
     ),
-    "fn_byok_resolve_audit": _gather("at desc, attempt desc", "p_limit"),
+    # the unrecorded attempts (no time: at is null) after the recorded ones
+    "fn_byok_resolve_audit": _gather("at desc nulls last, attempt desc", "p_limit"),
     "fn_byok_resolve_refusal_record": Route("receipt", why="the org named in the receipt"),
     "fn_byok_kek_status": Route("all", _KEK_STATUS, why="KEK generations, live keys added"),
     "fn_byok_kek_rotate": Route("all", _KEK_ROTATE, serial=True, why="every partition re-wraps"),
@@ -444,6 +448,13 @@ begin
     perform {call};
     return 1;
 end"""
+        elif rpc.name == "fn_pricing_set":  # the snapshot id the proxy chose (proxy.sql)
+            body = f"""
+begin
+    perform costwarden_px._pricing_pin(p_px, p_model, p_effective_from);
+    perform costwarden_px._enter(p_px);
+    return {call};
+end"""
         else:
             body = f"""
 begin
@@ -500,15 +511,23 @@ _SEVERITY = (
 
 
 #: A partition's error reaches the caller as it would on a single node: same SQLSTATE,
-#: message, detail and hint, without PL/Proxy's "fn(n): [db] REMOTE ERROR: " prefix.
+#: message, detail and hint, without PL/Proxy's prefixes ("fn(n): [db] REMOTE ERROR: "
+#: before the message, "Remote detail: " and "Remote hint: " before the others; a
+#: refused BYOK resolve's hint starts with its receipt, which the clients look for).
 #: A partition that cannot be reached is SQLSTATE 08006 (the clients' on_unavailable
-#: policy applies) with a message naming the partition.
+#: policy applies) with a message naming the partition. (A partition's WARNING or
+#: NOTICE keeps PL/Proxy's "fn(n): [db] REMOTE WARNING: " prefix: PL/Proxy raises it
+#: itself while the call runs, and PL/pgSQL can neither catch nor reword a notice.)
 _REMOTE_ERROR_HANDLER = (
     "exception when others then",
     "    get stacked diagnostics v_state = returned_sqlstate, v_message = message_text,",
     "        v_detail = pg_exception_detail, v_hint = pg_exception_hint;",
-    "    v_message := regexp_replace(v_message,",
-    "        '^\\S+\\(\\d+\\): \\[[^]]*\\] REMOTE ERROR: ', '');",
+    "    if v_message ~ '^\\S+\\(\\d+\\): \\[[^]]*\\] REMOTE \\S+: ' then",
+    "        v_message := regexp_replace(v_message,",
+    "            '^\\S+\\(\\d+\\): \\[[^]]*\\] REMOTE \\S+: ', '');",
+    "        v_detail := regexp_replace(v_detail, '^Remote detail: ', '');",
+    "        v_hint := regexp_replace(v_hint, '^Remote hint: ', '');",
+    "    end if;",
     "    if v_message ~ '^PL/Proxy function \\S+: \\[[^]]*\\] (PQ\\w+|connect|query timeout)'",
     "    then",
     "        v_state := '08006';",
@@ -549,6 +568,14 @@ def _outer_body(rpc: Rpc, route: Route) -> str:
         )
     if route.serial:
         lines.append("    perform from costwarden_remote.catalogue_lock for update;")
+    if rpc.name == "fn_pricing_set":
+        # a write that failed half-way is completed, with equal ids (proxy.sql)
+        lines[1:1] = ["    v_pin bigint;"]
+        lines.append(
+            "    select x.effective_from, x.snapshot_id into p_effective_from, v_pin "
+            "from costwarden_remote.pricing_pin(p_model, p_prices, p_effective_from) as x;"
+        )
+        lines.append("    v_px := v_px || jsonb_build_object('pricing_snapshot_id', v_pin);")
     merge = route.merge
     if not _multi(route) or merge is None:
         if rpc.kind == "table":
@@ -566,6 +593,14 @@ def _outer_body(rpc: Rpc, route: Route) -> str:
             f"    return (select case when bool_or(r < 0) then -1 else coalesce(sum(r), 0) end "
             f"from {remote} as r)::{rpc.result_type};"
         )
+    elif merge == "bool_or" and rpc.name == "fn_tenant_login_unbind":
+        # the partitions first, then the proxy's copy of the bindings (proxy.sql)
+        lines[1:1] = ["    v_unbound boolean;"]
+        lines.append(f"    v_unbound := coalesce((select bool_or(r) from {remote} as r), false);")
+        lines.append(
+            "    delete from costwarden_remote.login_bindings as b where b.login = p_login;"
+        )
+        lines.append("    return v_unbound;")
     elif merge == "bool_or":
         lines.append(f"    return coalesce((select bool_or(r) from {remote} as r), false);")
     elif merge in ("same", "severity"):
@@ -616,6 +651,14 @@ def _outer_body(rpc: Rpc, route: Route) -> str:
             "    perform count(*) from costwarden_remote._login_unbind_elsewhere("
             "v_px, p_login, p_org_id);"
         )
+        lines.append(
+            "    insert into costwarden_remote.login_bindings as b (login, org_id, user_id) "
+            "values (p_login, p_org_id, p_user_id)"
+        )
+        lines.append(
+            "    on conflict (login) do update set org_id = excluded.org_id, "
+            "user_id = excluded.user_id, bound_at = now();"
+        )
     lines.extend(_REMOTE_ERROR_HANDLER)
     lines.append("end")
     lines[1:1] = [
@@ -642,13 +685,22 @@ def proxy_sql(config: ClusterConfig, rpcs: Sequence[Rpc]) -> str:
     cluster = config.name
     parts: list[str] = [
         f"""
-create or replace function costwarden_remote.login_org(p_login text)
-returns setof text
+create or replace function costwarden_remote.login_binding_lookup(p_login text)
+returns table(org_id text, user_id text)
 language plproxy
 as $px$
     cluster '{cluster}';
     run on all;
-    select * from costwarden_px._login_org(p_login);
+    select * from costwarden_px._login_binding(p_login);
+$px$;
+
+create or replace function costwarden_remote.login_bindings_gather()
+returns table(login text, org_id text, user_id text, bound_at timestamptz)
+language plproxy
+as $px$
+    cluster '{cluster}';
+    run on all;
+    select * from costwarden_px._login_bindings();
 $px$;
 
 create or replace function costwarden_remote._login_unbind_elsewhere(
@@ -659,6 +711,15 @@ as $px$
     cluster '{cluster}';
     run on all;
     select * from costwarden_px._login_unbind_elsewhere(p_px, p_login, p_keep_org);
+$px$;
+
+create or replace function costwarden_remote.pricing_state(p_model text)
+returns table(next_id bigint, snapshots jsonb)
+language plproxy
+as $px$
+    cluster '{cluster}';
+    run on all;
+    select * from costwarden_px._pricing_state(p_model);
 $px$;
 
 create or replace function costwarden_remote.catalogue_digest()
@@ -700,24 +761,94 @@ def _sql_file(name: str) -> str:
     return (migrations.default_sql_dir() / "proxy" / name).read_text(encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class _Sequence:
+    name: str
+    table: str  # the table and column that hold its numbers
+    column: str
+    increment: int
+    last_value: int  # the sequence's own last_value, handed out or (not called) next
+    is_called: bool
+
+    def largest(self, conn: Conn) -> int:
+        """The largest number the sequence has handed out, or that its table holds."""
+        row = conn.execute(
+            sql.SQL("select max({}) from costwarden.{}").format(
+                sql.Identifier(self.column), sql.Identifier(self.table)
+            )
+        ).fetchone()
+        present = int(row[0]) if row and row[0] is not None else 0
+        return max(present, self.last_value if self.is_called else self.last_value - 1)
+
+
+#: Every sequence of schema costwarden with the table and column that owns it.
+_SEQUENCES = """
+select s.sequencename, t.relname, a.attname, s.increment_by
+from pg_sequences as s
+left join pg_depend as d
+    on d.classid = 'pg_class'::regclass and d.refclassid = 'pg_class'::regclass
+   and d.objid = format('%I.%I', s.schemaname, s.sequencename)::regclass
+   and d.deptype in ('a', 'i')
+left join pg_class as t on t.oid = d.refobjid
+left join pg_attribute as a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
+where s.schemaname = 'costwarden'
+order by s.sequencename
+"""
+
+
+def _sequences(conn: Conn) -> list[_Sequence]:
+    out: list[_Sequence] = []
+    for name, table, column, increment in conn.execute(_SEQUENCES).fetchall():
+        if table is None:
+            if name not in SEQUENCE_COLUMNS:
+                raise ClusterError(
+                    f"sequence costwarden.{name} belongs to no column: own it by the column "
+                    "of its numbers, or name that column in costwarden.cluster.SEQUENCE_COLUMNS"
+                )
+            table, column = SEQUENCE_COLUMNS[name]
+        row = conn.execute(
+            sql.SQL("select last_value, is_called from costwarden.{}").format(sql.Identifier(name))
+        ).fetchone()
+        assert row is not None
+        out.append(
+            _Sequence(str(name), str(table), str(column), int(increment), int(row[0]), row[1])
+        )
+    return out
+
+
 def _stride_sequences(conn: Conn, index: int) -> None:
-    """Make partition ``index``'s sequences hand out ids congruent to ``index``."""
-    rows = conn.execute(
-        "select s.sequencename, s.last_value, s.increment_by from pg_sequences as s "
-        "where s.schemaname = 'costwarden'"
-    ).fetchall()
-    for name, last_value, increment in rows:
-        if name in CATALOGUE_SEQUENCES:
+    """Make partition ``index``'s sequences hand out ids congruent to ``index``, above
+    every id its tables hold (after a split: the rows copied from its source, which
+    carry the source's residue), so that ids keep growing with time on each partition
+    and listings ordered by id show the newest rows first. A sequence restarted here
+    also starts there (its start value is the first id this partition hands out:
+    fn_byok_resolve_audit counts unrecorded attempts from it). `migrate --proxy` runs it
+    on every partition, so it also repairs a partition split before it was so."""
+    for seq in _sequences(conn):
+        largest = seq.largest(conn)
+        if seq.name in CATALOGUE_SEQUENCES:
+            # not strided; only never behind its rows (a partition split before the
+            # split copied these sequences)
+            if largest > (seq.last_value if seq.is_called else seq.last_value - 1):
+                conn.execute("select setval(%s, %s)", (f"costwarden.{seq.name}", largest))
             continue
-        last = int(last_value or 0)
-        if increment == SEQUENCE_STRIDE and last % SEQUENCE_STRIDE == index:
+        if (
+            seq.increment == SEQUENCE_STRIDE
+            and seq.last_value % SEQUENCE_STRIDE == index
+            and (seq.last_value >= largest if seq.is_called else seq.last_value > largest)
+        ):
             continue
-        nxt = last + 1 + ((index - (last + 1)) % SEQUENCE_STRIDE)
+        nxt = largest + 1 + ((index - (largest + 1)) % SEQUENCE_STRIDE)
         if nxt < 1:
             nxt += SEQUENCE_STRIDE
         conn.execute(
-            sql.SQL("alter sequence costwarden.{} increment by {} restart with {}").format(
-                sql.Identifier(name), sql.Literal(SEQUENCE_STRIDE), sql.Literal(nxt)
+            sql.SQL(
+                "alter sequence costwarden.{} increment by {} start with {} restart with {}"
+            ).format(
+                sql.Identifier(seq.name),
+                sql.Literal(SEQUENCE_STRIDE),
+                sql.Literal(nxt),
+                sql.Literal(nxt),
             )
         )
 
@@ -861,6 +992,17 @@ grant usage on foreign server {{CLUSTER}} to costwarden_owner;
 """
 
 
+#: The proxy's copy of the login bindings, gathered again from every partition (a login
+#: bound on two partitions -- a bind that failed half-way -- keeps its latest binding).
+GATHER_LOGIN_BINDINGS = """
+delete from costwarden_remote.login_bindings;
+insert into costwarden_remote.login_bindings (login, org_id, user_id, bound_at)
+select distinct on (b.login) b.login, b.org_id, b.user_id, b.bound_at
+from costwarden_remote.login_bindings_gather() as b
+order by b.login, b.bound_at desc
+"""
+
+
 #: The views of a partition's schema that take input through INSTEAD OF triggers (the
 #: write-only KEK / secret channels of SPEC §5), with their trigger functions, triggers
 #: and grants: the proxy has the same, so a client stages its KEK the same way.
@@ -912,6 +1054,7 @@ def install_proxy(proxy_dsn: str, config: ClusterConfig, rpcs: Sequence[Rpc]) ->
             "revoke all on all tables in schema costwarden_remote from public"
         )
         conn.execute(PROXY_OWNERSHIP.replace("{{CLUSTER}}", config.name).encode())
+        conn.execute(GATHER_LOGIN_BINDINGS)
 
 
 def install(
@@ -1086,18 +1229,18 @@ def _copy(src: Conn, dst: Conn, table: str, where: str, params: Sequence[Any]) -
 
 
 def _copy_catalogue(src: Conn, dst: Conn) -> None:
+    """The catalogue-wide rows of ``src`` into ``dst``, and the sequences of their tables
+    as they are on ``src`` (and past every copied id): the catalogue-wide writes that
+    follow hand out the same ids on both."""
     dst.execute("set local session_replication_role = replica")
     for table in CATALOGUE_TABLES:
         dst.execute(sql.SQL("delete from costwarden.{}").format(sql.Identifier(table)))
         _copy(src, dst, table, "true", ())
-    for seq in ("_pricing_snapshots_snapshot_id_seq", "_byok_keks_kek_id_seq"):
-        row = src.execute(
-            "select last_value from pg_sequences where schemaname = 'costwarden' "
-            "and sequencename = %s",
-            (seq,),
-        ).fetchone()
-        if row and row[0] is not None:
-            dst.execute("select setval(%s, %s)", (f"costwarden.{seq}", int(row[0])))
+    for seq in _sequences(src):
+        if seq.table in CATALOGUE_TABLES:
+            largest = seq.largest(src)  # the copied rows included
+            if largest > 0:
+                dst.execute("select setval(%s, %s)", (f"costwarden.{seq.name}", largest))
     dst.execute("set local session_replication_role = origin")
 
 

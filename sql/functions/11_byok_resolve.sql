@@ -422,6 +422,10 @@ comment on function costwarden.fn_byok_resolve_refusal_record(text) is
 -- reported as outcome 'unrecorded': its transaction rolled back (a refusal
 -- nobody recorded, or a grant the caller rolled back) or is still running;
 -- the server log has a 'costwarden.byok_resolve' line for every attempt.
+-- The numbers are those the attempt sequence hands out: from its start, by
+-- its increment (1 on a single node; on a partition of a cluster, 4096 from
+-- the partition's residue, docs/scale-out.md), and every recorded attempt
+-- (after a split, those copied from the partition it split from).
 create or replace function costwarden.fn_byok_resolve_audit(
     p_org_id text default null, p_reservation_id uuid default null, p_limit integer default 100
 )
@@ -434,6 +438,8 @@ language plpgsql stable security definer set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_last bigint;
+    v_step bigint;
+    v_first bigint;
 begin
     perform costwarden._tenant_guard(p_org_id);
     perform costwarden._require_limit(p_limit);
@@ -448,12 +454,22 @@ begin
         limit p_limit;
         return;
     end if;
-    select case when s.is_called then s.last_value else 0 end into v_last
+    select case when s.is_called then s.last_value end into v_last
     from costwarden._byok_resolve_attempt_seq as s;
+    select q.seqincrement, q.seqstart into v_step, v_first
+    from pg_catalog.pg_sequence as q
+    where q.seqrelid = 'costwarden._byok_resolve_attempt_seq'::regclass;
     return query
     select n.n, l.at, coalesce(l.outcome, 'unrecorded'), l.reason, l.legacy, l.db_role, l.actor_org,
            l.actor_user, l.reservation_id, l.org_id, l.workspace_id, l.provider, l.fingerprint, l.recorded_via
-    from generate_series(v_last, greatest(v_last - p_limit + 1, 1), -1) as n (n)
+    from (
+        select g.n
+        from generate_series(v_last, greatest(v_last - (p_limit - 1) * v_step, v_first), -v_step) as g (n)
+        union
+        (select r.attempt from costwarden._byok_resolve_log as r order by r.attempt desc limit p_limit)
+        order by 1 desc
+        limit p_limit
+    ) as n (n)
     left join costwarden._byok_resolve_log as l on l.attempt = n.n
     order by n.n desc;
 end

@@ -55,15 +55,18 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+    v_org text;
     v_before costwarden._tenant_logins;
 begin
     perform costwarden._require_text(p_login, 'p_login', 63);
-    perform costwarden._tenant_guard(
-        (select b.org_id from costwarden._tenant_logins as b where b.login = p_login), p_arg => 'p_login');
-    delete from costwarden._tenant_logins as b where b.login = p_login returning * into v_before;
+    select b.org_id into v_org from costwarden._tenant_logins as b where b.login = p_login for update;
     if not found then
+        -- no binding: nothing to check, nothing done (through the proxy, the partitions
+        -- that do not hold the binding answer so; docs/scale-out.md)
         return false;
     end if;
+    perform costwarden._tenant_guard(v_org, p_arg => 'p_login');
+    delete from costwarden._tenant_logins as b where b.login = p_login returning * into v_before;
     perform costwarden._audit(
         'tenant_login_unbind', v_before.org_id, jsonb_build_object('login', p_login),
         jsonb_build_object('org_id', v_before.org_id, 'user_id', v_before.user_id),

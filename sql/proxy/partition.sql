@@ -53,8 +53,9 @@ create table if not exists costwarden_px.moved_orgs (
 );
 revoke all on costwarden_px.moved_orgs from public;
 
--- The login binding of p_login on this partition (SPEC §12), read for the
--- wrappers and for the proxy's routing of calls that name no org. Nothing when
+-- The login binding of p_login on this partition (SPEC §12), read by _enter,
+-- before an unbind, and by the proxy for a call that names no org
+-- (costwarden_remote.actor_org). Nothing when
 -- the schema has no bindings (before they existed, every session named its actor).
 create or replace function costwarden_px._login_binding(p_login text)
 returns table (org_id text, user_id text)
@@ -73,6 +74,24 @@ begin
 end
 $$;
 
+-- Every login binding on this partition, gathered by `migrate --proxy` into the
+-- proxy's costwarden_remote.login_bindings.
+create or replace function costwarden_px._login_bindings()
+returns table (login text, org_id text, user_id text, bound_at timestamptz)
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if to_regclass('costwarden._tenant_logins') is null then
+        return;
+    end if;
+    return query execute
+        'select b.login, b.org_id, b.user_id, b.bound_at from costwarden._tenant_logins as b';
+end
+$$;
+
 -- Whether this schema decides identity by login bindings (SPEC §12).
 create or replace function costwarden_px._bindings_exist()
 returns boolean
@@ -84,7 +103,14 @@ as $$
 $$;
 
 -- Enter the caller's identity for the rest of this (single-statement)
--- transaction: the settings first, the role last.
+-- transaction: the settings first, the role last. A trusted caller's claims
+-- and actor settings are taken as given. The login binding is the one the
+-- proxy knows (p_px's 'binding', from costwarden_remote.login_bindings), sent
+-- for an untrusted caller and for a trusted one whose session names no actor:
+-- a caller bound to an org on another partition is confined to that org here
+-- too. A binding this partition holds and the proxy does not know (made here,
+-- not through the proxy) confines here as well; one that contradicts the
+-- proxy's is refused until they agree again.
 create or replace function costwarden_px._enter(p_px jsonb)
 returns void
 language plpgsql
@@ -93,7 +119,9 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_role text := p_px ->> 'role';
-    v_binding record;
+    v_trusted boolean := coalesce((p_px ->> 'trusted')::boolean, false);
+    v_binding jsonb := p_px -> 'binding';
+    v_here record;
 begin
     if not pg_has_role(session_user, 'costwarden_proxy', 'MEMBER') then
         raise exception using errcode = 'CW005',
@@ -102,16 +130,30 @@ begin
     if v_role is null or v_role not in ('costwarden_admin', 'costwarden_service', 'costwarden_tenant') then
         raise exception using errcode = 'CW005', message = 'costwarden_px: the caller holds no costwarden role';
     end if;
-    if coalesce((p_px ->> 'trusted')::boolean, false) or not costwarden_px._bindings_exist() then
+    if v_trusted or not costwarden_px._bindings_exist() then
         perform set_config('request.jwt.claims', coalesce(p_px ->> 'claims', ''), true);
         perform set_config('costwarden.actor_org', coalesce(p_px ->> 'actor_org', ''), true);
         perform set_config('costwarden.actor_user', coalesce(p_px ->> 'actor_user', ''), true);
-    else
-        -- an untrusted session: its login binding on this partition, if any
-        select * into v_binding from costwarden_px._login_binding(p_px ->> 'login');
+    end if;
+    if costwarden_px._bindings_exist() and (not v_trusted or p_px ? 'binding') then
+        if pg_catalog.jsonb_typeof(v_binding) is distinct from 'object' then
+            v_binding := null;
+        end if;
+        select b.org_id, b.user_id into v_here from costwarden_px._login_binding(p_px ->> 'login') as b;
+        if v_here.org_id is not null and v_binding is not null
+           and (v_here.org_id, v_here.user_id) is distinct from (v_binding ->> 'org_id', v_binding ->> 'user_id') then
+            raise exception using errcode = 'CW005', message = format(
+                'costwarden_px: the binding of login %s here (org %s) is not the one the proxy knows (org %s): '
+                'bind it again through the proxy, or run costwarden migrate --proxy',
+                p_px ->> 'login', v_here.org_id, v_binding ->> 'org_id');
+        end if;
+        if v_binding is null and v_here.org_id is not null then
+            v_binding := pg_catalog.jsonb_build_object('org_id', v_here.org_id, 'user_id', v_here.user_id);
+        end if;
         perform set_config('request.jwt.claims',
-            case when v_binding.org_id is null then ''
-                 else pg_catalog.jsonb_build_object('org_id', v_binding.org_id, 'sub', v_binding.user_id)::text
+            case when v_binding is null then ''
+                 else pg_catalog.jsonb_build_object('org_id', v_binding ->> 'org_id',
+                                                    'sub', v_binding ->> 'user_id')::text
             end, true);
         perform set_config('costwarden.actor_org', '', true);
         perform set_config('costwarden.actor_user', '', true);
@@ -122,15 +164,8 @@ begin
 end
 $$;
 
--- The orgs whose login binding names p_login here (at most one per cluster).
-create or replace function costwarden_px._login_org(p_login text)
-returns setof text
-language sql
-stable
-set search_path = pg_catalog, pg_temp
-as $$
-    select b.org_id from costwarden_px._login_binding(p_login) as b
-$$;
+-- Before bindings were carried in the context, the proxy asked for the org only.
+drop function if exists costwarden_px._login_org(text);
 
 -- Remove p_login's binding here unless it binds it to p_keep_org (the proxy's
 -- fn_tenant_login_bind keeps one binding per login in the whole cluster).
@@ -151,6 +186,47 @@ begin
         return;
     end if;
     return query execute 'select costwarden.fn_tenant_login_unbind(p_login => $1)' using p_login;
+end
+$$;
+
+-- fn_pricing_set through the proxy (costwarden_remote.pricing_pin): this
+-- partition's pricing snapshots of p_model, and the id its next snapshot
+-- would get (past every id handed out or present).
+create or replace function costwarden_px._pricing_state(p_model text)
+returns table (next_id bigint, snapshots jsonb)
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select greatest(case when q.is_called then q.last_value else q.last_value - 1 end,
+                    coalesce((select max(p.snapshot_id) from costwarden._pricing_snapshots as p), 0)) + 1,
+           coalesce((select jsonb_agg(jsonb_build_object('id', s.snapshot_id, 'prices', s.prices,
+                                                         'effective_from', s.effective_from)
+                                      order by s.effective_from)
+                     from costwarden._pricing_snapshots as s where s.model = p_model), '[]')
+    from costwarden._pricing_snapshots_snapshot_id_seq as q
+$$;
+
+-- Before fn_pricing_set through the proxy: the snapshot it inserts here, if it
+-- is not here yet, gets the id the proxy chose for it (p_px's
+-- 'pricing_snapshot_id', the same on every partition), whatever ids an earlier
+-- failed write drew here.
+create or replace function costwarden_px._pricing_pin(p_px jsonb, p_model text, p_effective_from timestamptz)
+returns void
+language plpgsql
+volatile
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_px ->> 'pricing_snapshot_id' is null or exists (
+        select from costwarden._pricing_snapshots as s
+        where s.model = p_model and s.effective_from = p_effective_from
+    ) then
+        return;
+    end if;
+    perform setval('costwarden._pricing_snapshots_snapshot_id_seq', (p_px ->> 'pricing_snapshot_id')::bigint, false);
 end
 $$;
 
@@ -260,10 +336,12 @@ $$;
 revoke all on all functions in schema costwarden_px from public;
 grant execute on function
     costwarden_px._enter(jsonb),
-    costwarden_px._login_org(text),
     costwarden_px._login_binding(text),
+    costwarden_px._login_bindings(),
     costwarden_px._bindings_exist(),
     costwarden_px._login_unbind_elsewhere(jsonb, text, text),
+    costwarden_px._pricing_state(text),
+    costwarden_px._pricing_pin(jsonb, text, timestamptz),
     costwarden_px.catalogue_digest()
 to costwarden_proxy;
 
@@ -273,7 +351,10 @@ do $owner$
 begin
     if exists (select from pg_catalog.pg_roles where rolname = 'costwarden_owner') then
         alter function costwarden_px._login_binding(text) owner to costwarden_owner;
+        alter function costwarden_px._login_bindings() owner to costwarden_owner;
         alter function costwarden_px.catalogue_digest() owner to costwarden_owner;
+        alter function costwarden_px._pricing_state(text) owner to costwarden_owner;
+        alter function costwarden_px._pricing_pin(jsonb, text, timestamptz) owner to costwarden_owner;
     end if;
 end
 $owner$;

@@ -59,6 +59,18 @@ create table if not exists costwarden_remote.catalogue_lock (
 );
 insert into costwarden_remote.catalogue_lock values (true) on conflict do nothing;
 
+-- The login bindings of the whole cluster (SPEC §12), as the proxy knows them:
+-- written by its fn_tenant_login_bind / fn_tenant_login_unbind once the
+-- partitions have, and gathered again from every partition by `migrate --proxy`.
+-- ctx() reads the caller's here (no hop), so that a binding confines its login
+-- on every partition, not only on the one that holds it.
+create table if not exists costwarden_remote.login_bindings (
+    login text primary key,
+    org_id text not null,
+    user_id text,
+    bound_at timestamptz not null default now()
+);
+
 -- The hash of an org (SPEC §10); a missing org routes to partition 0, whose
 -- copy of the RPC then refuses it exactly as a single node would.
 create or replace function costwarden_remote.org_hash(p_org_id text)
@@ -195,9 +207,12 @@ $$;
 -- The caller, carried to the partition (docs/scale-out.md, "Identity across the
 -- hop"): the costwarden role it acts as there, its login, whether its session
 -- may name the actor (SPEC §12: a member of costwarden_authenticator, superusers
--- included), the claims and actor settings, and -- for BYOK calls only -- the
--- KEKs of its transaction. Runs inside the SECURITY DEFINER RPC: session_user
--- and the role setting are still the caller's.
+-- included), the claims and actor settings, the login binding of its session
+-- user (login_bindings; only when the session names no actor: an untrusted
+-- one, or a trusted one without claims or actor settings, which a single
+-- node's _actor() also resolves by the binding), and -- for BYOK calls only --
+-- the KEKs of its transaction. Runs inside the SECURITY DEFINER RPC:
+-- session_user and the role setting are still the caller's.
 create or replace function costwarden_remote.ctx(p_kek boolean default false)
 returns jsonb
 language plpgsql
@@ -206,8 +221,10 @@ as $$
 declare
     v_who text := case when pg_catalog.current_setting('role') = 'none' then session_user::text
                        else pg_catalog.current_setting('role') end;
+    v_trusted boolean := pg_catalog.pg_has_role(session_user, 'costwarden_authenticator', 'MEMBER');
     v_role text;
     v_ctx jsonb;
+    v_binding record;
 begin
     v_role := case
         when pg_catalog.pg_has_role(v_who, 'costwarden_admin', 'MEMBER') then 'costwarden_admin'
@@ -217,10 +234,18 @@ begin
     v_ctx := pg_catalog.jsonb_build_object(
         'role', v_role,
         'login', session_user::text,
-        'trusted', pg_catalog.pg_has_role(session_user, 'costwarden_authenticator', 'MEMBER'),
+        'trusted', v_trusted,
         'claims', pg_catalog.current_setting('request.jwt.claims', true),
         'actor_org', pg_catalog.current_setting('costwarden.actor_org', true),
         'actor_user', pg_catalog.current_setting('costwarden.actor_user', true));
+    if not v_trusted or costwarden_remote.names_no_actor(v_ctx) then
+        select b.org_id, b.user_id into v_binding
+        from costwarden_remote.login_bindings as b
+        where b.login = session_user;
+        v_ctx := v_ctx || pg_catalog.jsonb_build_object('binding',
+            case when v_binding.org_id is not null then
+                pg_catalog.jsonb_build_object('org_id', v_binding.org_id, 'user_id', v_binding.user_id) end);
+    end if;
     if p_kek then
         v_ctx := v_ctx || pg_catalog.jsonb_build_object(
             'kek', nullif(pg_catalog.current_setting('costwarden.kek', true), ''),
@@ -230,10 +255,33 @@ begin
 end
 $$;
 
+-- Whether a trusted session's claims and actor settings name no actor (neither
+-- an org nor a user), so that a node's _actor() falls back to the login binding.
+-- Claims that are not JSON name none here: the partition refuses them (CW005).
+create or replace function costwarden_remote.names_no_actor(p_ctx jsonb)
+returns boolean
+language plpgsql
+immutable
+as $$
+declare
+    v_claims jsonb;
+begin
+    begin
+        v_claims := nullif(p_ctx ->> 'claims', '')::jsonb;
+    exception when others then
+        return false;  -- invalid claims: the partition raises CW005 as a single node does
+    end;
+    return nullif(v_claims ->> 'org_id', '') is null and nullif(v_claims ->> 'sub', '') is null
+       and nullif(p_ctx ->> 'actor_org', '') is null and nullif(p_ctx ->> 'actor_user', '') is null;
+end
+$$;
+
 -- The org a call that names none acts for (fn_get_my_cost_reservations): from
 -- the claims or actor settings of a trusted session, else the login binding of
--- the session user, wherever in the cluster it lives. The RPC computes it into
--- its context before the PL/Proxy call (PL/Proxy calls cannot nest).
+-- the session user that ctx() found, else the one a partition holds (a binding
+-- made there, not through the proxy), asked of every partition. The RPC
+-- computes it into its context before the PL/Proxy call (PL/Proxy calls cannot
+-- nest).
 create or replace function costwarden_remote.actor_org(p_ctx jsonb)
 returns text
 language plpgsql
@@ -250,8 +298,12 @@ begin
         end;
         v_org := coalesce(v_org, nullif(p_ctx ->> 'actor_org', ''));
     end if;
-    if v_org is null then
-        select o into v_org from costwarden_remote.login_org(p_ctx ->> 'login') as o limit 1;
+    v_org := coalesce(v_org, p_ctx #>> '{binding,org_id}');
+    if v_org is null and p_ctx ? 'binding' then
+        select b.org_id into v_org
+        from costwarden_remote.login_binding_lookup(p_ctx ->> 'login') as b
+        order by b.org_id
+        limit 1;
     end if;
     return v_org;
 end
@@ -263,4 +315,60 @@ language sql
 immutable
 as $$
     select costwarden_remote.org_hash(p_ctx ->> 'route_org')
+$$;
+
+-- Before bindings were carried in the context, the proxy asked for the org only.
+drop function if exists costwarden_remote.login_org(text);
+
+-- fn_pricing_set through the proxy: the effective time and the snapshot id it
+-- writes on every partition. A write that failed on some partitions (PL/Proxy
+-- has no two-phase commit) left the model's newest snapshot on the others
+-- only; the same call again, effective now (the default), completes that
+-- snapshot -- its effective time, its id -- when its prices are these, instead
+-- of adding another. A snapshot that exists for that time keeps its id; a new
+-- one gets the next id of the partition furthest on, so ids stay equal on every
+-- partition whatever ids a failed write drew (costwarden_px._pricing_pin).
+create or replace function costwarden_remote.pricing_pin(
+    p_model text, p_prices jsonb, p_effective_from timestamptz,
+    out effective_from timestamptz, out snapshot_id bigint
+)
+language plpgsql
+volatile
+as $$
+declare
+    v_parts integer;
+    v_next bigint;
+    v_all jsonb;
+    v_pending timestamptz;
+    v_ids bigint[];
+begin
+    select count(*), max(r.next_id), jsonb_agg(r.snapshots) into v_parts, v_next, v_all
+    from costwarden_remote.pricing_state(p_model) as r;
+    effective_from := p_effective_from;
+    if p_effective_from = now() then
+        select s.at into v_pending
+        from (
+            select (x.value ->> 'effective_from')::timestamptz as at, x.value -> 'prices' as prices, p.n
+            from jsonb_array_elements(v_all) with ordinality as p (snaps, n),
+                 jsonb_array_elements(p.snaps) as x (value)
+        ) as s
+        group by s.at
+        having count(distinct s.n) < v_parts and bool_and(s.prices = p_prices)
+           and s.at = (select max((x.value ->> 'effective_from')::timestamptz)
+                       from jsonb_array_elements(v_all) as p (snaps), jsonb_array_elements(p.snaps) as x (value));
+        if v_pending <= now() then
+            effective_from := v_pending;
+        end if;
+    end if;
+    select array_agg(distinct (x.value ->> 'id')::bigint) into v_ids
+    from jsonb_array_elements(v_all) as p (snaps), jsonb_array_elements(p.snaps) as x (value)
+    where (x.value ->> 'effective_from')::timestamptz = effective_from;
+    if cardinality(v_ids) > 1 then
+        raise exception using errcode = 'CW003', message = format(
+            'fn_pricing_set: the partitions hold different snapshot ids (%s) for model %s effective from %s: '
+            'they must be repaired by hand (docs/scale-out.md, "Routing")',
+            array_to_string(v_ids, ', '), p_model, effective_from);
+    end if;
+    snapshot_id := coalesce(v_ids[1], v_next);
+end
 $$;

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 import costwarden
 from costwarden import cluster as cl
+from costwarden._sql import refusal_receipt
 from costwarden.cli.main import main as cli
 from proxyharness import (  # noqa: F401 -- proxy_servers is a fixture
     BYOK_MODEL,
@@ -440,3 +441,274 @@ def test_the_router_password_reaches_the_user_mapping_and_never_a_log(
         assert password not in logs
         assert base64.b64encode(password.encode()).decode() not in logs
     assert "copy pg_temp._costwarden_router_secret" in logs  # statements are logged
+
+
+def _partition_state(cwp: Cluster, org: str) -> list[Any]:
+    """What a refused call must leave as it was: on every partition, the catalogue-wide
+    state and the audit trail; on ``org``'s, its budgets and its ledger head."""
+    state: list[Any] = []
+    for dsn in cwp.config.partitions:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            state.append(conn.execute("select * from costwarden_px.catalogue_digest()").fetchall())
+            state.append(conn.execute("select max(audit_id) from costwarden._audit_log").fetchall())
+            if conn.execute("select from costwarden._orgs where org_id = %s", (org,)).fetchone():
+                state.append(
+                    conn.execute("select * from costwarden.fn_budget_list(%s)", (org,)).fetchall()
+                )
+                state.append(
+                    conn.execute("select * from costwarden.fn_ledger_digest(%s)", (org,)).fetchall()
+                )
+    return state
+
+
+def test_a_login_binding_confines_its_caller_on_every_partition(
+    cwp: Cluster,
+    proxy_servers: Servers,  # noqa: F811
+) -> None:
+    """A login bound to an org is confined to it whatever its role, on the partition of
+    its binding and on every other one: an admin login bound (through the proxy) to an
+    org of partition 0 can neither write an org of partition 1 nor change the catalogue;
+    nor can a trusted login (costwarden_authenticator) that names no actor, as on a node.
+    Its own org still works through the proxy."""
+    own, foreign = cwp.orgs[0][1], cwp.orgs[1][0]
+    logins = {
+        "cw_px_bound_admin": "costwarden_admin",
+        "cw_px_bound_gateway": "costwarden_admin, costwarden_authenticator",
+    }
+    for dsn in proxy_servers.dsns:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for login, roles in logins.items():
+                conn.execute(f"drop role if exists {login}")
+                conn.execute(f"create role {login} login in role {roles}")
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        for login in logins:
+            conn.execute("select costwarden.fn_tenant_login_bind(%s, %s, 'alice')", (login, own))
+    refused = [
+        f"select costwarden.fn_budget_set('{foreign}', 'org', null, 'day', 1)",
+        f"select * from costwarden.fn_ledger_adjust('{foreign}', 'ws', 1000000, 'gift')",
+        "select costwarden.fn_setting_set('default_ttl', '\"1 minute\"')",
+        "select * from costwarden.fn_ledger_verify()",
+    ]
+    before = _partition_state(cwp, foreign)
+    for login in logins:
+        for call in refused:
+            assert _as_login(cwp.proxy_dsn, login, call) == "CW005", (login, call)
+    assert _partition_state(cwp, foreign) == before
+    for login in logins:
+        assert _as_login(
+            cwp.proxy_dsn,
+            login,
+            f"select costwarden.fn_budget_set('{own}', 'org', null, 'week', {1000 * COST})",
+        ) == [("",)]
+        verified = _as_login(
+            cwp.proxy_dsn, login, f"select ok from costwarden.fn_ledger_verify('{own}')"
+        )
+        assert verified == [("True",)]
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        for login in logins:
+            conn.execute("select costwarden.fn_tenant_login_unbind(%s)", (login,))
+
+
+def _bindings(cwp: Cluster, *logins: str) -> list[tuple[int, str, str]]:
+    """(partition, login, org) of every binding of ``logins`` in the cluster."""
+    found: list[tuple[int, str, str]] = []
+    for index, dsn in enumerate(cwp.config.partitions):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "select login, org_id from costwarden._tenant_logins where login = any(%s) "
+                "order by login",
+                (list(logins),),
+            ).fetchall()
+        found.extend((index, str(login), str(org)) for login, org in rows)
+    return found
+
+
+def test_an_org_confined_admin_binds_and_unbinds_its_org_logins_through_the_proxy(
+    cwp: Cluster,
+    proxy_servers: Servers,  # noqa: F811
+) -> None:
+    """An admin confined to its org (a bound login) unbinds a login of its org through
+    the proxy: true, and the binding is gone; again: false, nothing done; a login of
+    another org: CW005, its binding kept -- as on a node."""
+    admin, tenant, stranger = "cw_px_org_admin", "cw_px_org_tenant", "cw_px_org_stranger"
+    for dsn in proxy_servers.dsns:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for login, role in ((admin, "admin"), (tenant, "tenant"), (stranger, "tenant")):
+                conn.execute(f"drop role if exists {login}")
+                conn.execute(f"create role {login} login in role costwarden_{role}")
+    own, foreign = cwp.orgs[2][0], cwp.orgs[3][0]
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        conn.execute("select costwarden.fn_tenant_login_bind(%s, %s)", (admin, own))
+        conn.execute("select costwarden.fn_tenant_login_bind(%s, %s)", (stranger, foreign))
+    bind = f"select costwarden.fn_tenant_login_bind('{tenant}', '{own}', 'alice')"
+    unbind = "select costwarden.fn_tenant_login_unbind('{}')"
+    assert _as_login(cwp.proxy_dsn, admin, bind) == [("",)]
+    assert _bindings(cwp, tenant) == [(2, tenant, own)]
+    assert _as_login(cwp.proxy_dsn, admin, unbind.format(tenant)) == [("True",)]
+    assert _bindings(cwp, tenant) == []
+    assert _as_login(cwp.proxy_dsn, admin, unbind.format(tenant)) == [("False",)]
+    assert _as_login(cwp.proxy_dsn, admin, unbind.format(stranger)) == "CW005"
+    assert _bindings(cwp, stranger) == [(3, stranger, foreign)]
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        for login in (admin, stranger):
+            conn.execute("select costwarden.fn_tenant_login_unbind(%s)", (login,))
+
+
+def test_a_partition_error_reaches_the_caller_without_the_proxy_prefixes(cwp: Cluster) -> None:
+    """A refused BYOK resolve through the proxy: its CW005 reads as on a node -- message
+    and hint without PL/Proxy's prefixes; the hint starts with the refusal receipt, which
+    the clients take from it and record (here the server had recorded it already)."""
+    org = cwp.orgs[1][1]
+    with cwp.client() as c:
+        r = c.reserve(org, "ws", MODEL, USAGE)
+    with psycopg.connect(cwp.proxy_dsn) as conn, pytest.raises(psycopg.Error) as caught:
+        conn.execute("select * from costwarden.fn_byok_key_resolve_v2(%s)", (r.reservation_id,))
+    diag = caught.value.diag
+    assert caught.value.sqlstate == "CW005"
+    assert (diag.message_primary or "").startswith("BYOK resolve refused (attempt ")
+    receipt = refusal_receipt(diag.message_hint)
+    assert receipt is not None, diag.message_hint
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "select costwarden.fn_byok_resolve_refusal_record(%s)", (receipt,)
+        ).fetchone()
+    assert row == (False,)
+    with cwp.client() as c:
+        (attempt,) = c.resolve_audit(org, reservation_id=r.reservation_id)
+        assert attempt.outcome == "refused"
+        c.release(r.reservation_id)
+
+
+def test_the_resolve_trail_counts_unrecorded_attempts_along_the_stride(cwp: Cluster) -> None:
+    """A partition's attempt numbers are 4096 apart: fn_byok_resolve_audit() reports as
+    unrecorded only the numbers the partition handed out without a row, on the partition
+    and through the proxy, where the unrecorded ones come after the recorded ones."""
+    org = cwp.orgs[3][0]
+    with cwp.client() as c:
+        c.upsert_workspace(org, "trail", MODEL)
+        r = c.reserve(org, "trail", MODEL, USAGE)
+        for _ in range(2):
+            with pytest.raises(costwarden.Forbidden):
+                c.resolve_key(r.reservation_id)  # refused (a platform workspace), recorded
+        with psycopg.connect(cwp.partition_dsn(3), autocommit=True) as conn:
+            # an attempt whose transaction rolled back: a number without a row
+            row = conn.execute("select nextval('costwarden._byok_resolve_attempt_seq')").fetchone()
+            assert row is not None
+            lost = int(row[0])
+            with pytest.raises(costwarden.Forbidden):
+                c.resolve_key(r.reservation_id)
+            direct = conn.execute(
+                "select attempt, outcome from costwarden.fn_byok_resolve_audit()"
+            ).fetchall()
+        c.release(r.reservation_id)
+    assert all(a % cl.SEQUENCE_STRIDE == 3 for a, _ in direct)
+    assert [o for _, o in direct[:4]] == ["refused", "unrecorded", "refused", "refused"]
+    assert [a for a, o in direct if o == "unrecorded"] == [lost]
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "select attempt, at, outcome from costwarden.fn_byok_resolve_audit()"
+        ).fetchall()
+    assert [a for a, _, o in rows if o == "unrecorded"] == [lost]
+    assert rows[-1][0] == lost and all(at is not None for _, at, _ in rows[:-1])
+    assert {a for a, _, _ in rows} >= {a for a, _ in direct}
+
+
+def test_a_binding_made_on_a_partition_confines_everywhere_after_migrate_proxy(
+    cwp: Cluster,
+    proxy_servers: Servers,  # noqa: F811
+) -> None:
+    """The proxy carries the bindings it knows (those made through it, and those it
+    gathered from every partition at `migrate --proxy`). One made directly on a
+    partition confines its login there at once, and on every partition once
+    `migrate --proxy` has run; one that contradicts the proxy's is refused."""
+    login = "cw_px_direct_admin"
+    for dsn in proxy_servers.dsns:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"drop role if exists {login}")
+            conn.execute(f"create role {login} login in role costwarden_admin")
+    own, foreign = cwp.orgs[2][1], cwp.orgs[0][1]
+    with psycopg.connect(cwp.partition_dsn(2), autocommit=True) as conn:
+        conn.execute("select costwarden.fn_tenant_login_bind(%s, %s)", (login, own))
+    ledger = "select ok from costwarden.fn_ledger_verify('{}')"
+    assert _as_login(cwp.proxy_dsn, login, ledger.format(own)) == [("True",)]
+    assert _as_login(cwp.proxy_dsn, login, "select * from costwarden.fn_ledger_verify()") == "CW005"
+    cl.install(cwp.proxy_dsn, cwp.config, schedule=False, migrate_partitions=False)
+    assert _as_login(cwp.proxy_dsn, login, ledger.format(foreign)) == "CW005"
+    assert _as_login(cwp.proxy_dsn, login, ledger.format(own)) == [("True",)]
+    # bound again on its partition, to another org there: refused until they agree
+    other = cwp.orgs[2][0]
+    with psycopg.connect(cwp.partition_dsn(2), autocommit=True) as conn:
+        conn.execute("select costwarden.fn_tenant_login_bind(%s, %s)", (login, other))
+    assert _as_login(cwp.proxy_dsn, login, ledger.format(other)) == "CW005"
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        conn.execute("select costwarden.fn_tenant_login_bind(%s, %s)", (login, other))
+    assert _as_login(cwp.proxy_dsn, login, ledger.format(other)) == [("True",)]
+    assert _as_login(cwp.proxy_dsn, login, ledger.format(own)) == "CW005"
+    with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "select costwarden.fn_tenant_login_unbind(%s)", (login,)
+        ).fetchone() == (True,)
+
+
+def _snapshots(cwp: Cluster, model: str) -> list[list[tuple[Any, ...]]]:
+    out = []
+    for dsn in cwp.config.partitions:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            out.append(
+                conn.execute(
+                    "select snapshot_id, prices, effective_from from costwarden._pricing_snapshots "
+                    "where model = %s order by snapshot_id",
+                    (model,),
+                ).fetchall()
+            )
+    return out
+
+
+def test_a_pricing_write_that_failed_on_one_partition_converges_when_run_again(
+    cwp: Cluster,
+) -> None:
+    """PL/Proxy has no two-phase commit: a price set that fails on one partition (here
+    after drawing its snapshot id) has committed on the others. The same call again
+    completes that snapshot -- same effective time, same id -- on the partition that
+    lacks it, and later writes agree everywhere."""
+    model = "acme-labs/retry-1"
+    first, second, third = ({"input_tokens": Decimal(f"0.00000{i}")} for i in (1, 2, 3))
+    with cwp.client() as c:
+        c.upsert_model(model, platform_servable=True)
+        c.set_pricing(model, first, None)
+    with psycopg.connect(cwp.partition_dsn(1), autocommit=True) as conn:
+        conn.execute(
+            "create function public.cw_test_refuse() returns trigger language plpgsql as "
+            "$$ begin perform pg_sleep(0.5); raise exception 'no space left (test)'; end $$"
+        )
+        conn.execute(
+            "create trigger cw_test_refuse before insert on costwarden._pricing_snapshots "
+            f"for each row when (new.model = '{model}') execute function public.cw_test_refuse()"
+        )
+    try:
+        with psycopg.connect(cwp.proxy_dsn, autocommit=True) as conn, pytest.raises(psycopg.Error):
+            conn.execute(
+                "select costwarden.fn_pricing_set(%s, %s::jsonb, now())",
+                (model, '{"input_tokens": 0.000002}'),
+            )
+    finally:
+        with psycopg.connect(cwp.partition_dsn(1), autocommit=True) as conn:
+            conn.execute("drop trigger cw_test_refuse on costwarden._pricing_snapshots")
+            conn.execute("drop function public.cw_test_refuse()")
+    diverged = _snapshots(cwp, model)
+    assert [len(s) for s in diverged] == [2, 1, 2, 2]
+    with cwp.client() as c:
+        snap = c.set_pricing(model, second, None)  # the same call again
+        assert snap == diverged[0][1][0]
+        later = c.set_pricing(model, third, None)
+        assert c.pricing(model)[0].pricing_snapshot_id == later
+    converged = _snapshots(cwp, model)
+    assert converged[0][:2] == diverged[0] and len(converged[0]) == 3
+    assert all(s == converged[0] for s in converged[1:])
+    digests = []
+    for dsn in cwp.config.partitions:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            digests.append(
+                conn.execute("select * from costwarden_px.catalogue_digest()").fetchall()
+            )
+    assert all(d == digests[0] for d in digests[1:])

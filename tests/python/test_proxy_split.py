@@ -51,6 +51,7 @@ def test_split_two_partitions_into_four_under_load(
     held: dict[str, Any] = {}
     with c.client() as client:
         seed_catalogue(client)
+        _open_and_reset(client)  # circuit events, copied to the new partitions with their ids
         for org in staying + moving:
             seed_org(client, org)
             client.set_budget(org, "org", None, "day", 1_000 * COST)
@@ -137,6 +138,34 @@ def test_split_two_partitions_into_four_under_load(
             assert client.reserve(org, "ws", MODEL, USAGE).status == "held"
         for v in client.ledger_verify():
             assert v.ok
+    # ids on the new partitions go on above the copied rows, with their own residue:
+    # the newest audit row of a moved org is listed first
+    with c.client() as client, psycopg.connect(c.proxy_dsn, autocommit=True) as conn:
+        for org in moving:
+            target = org_partition(conn, org, 4)
+            client.set_budget(org, "org", None, "week", 7 * COST)
+            (newest,) = conn.execute(
+                "select audit_id, action, target from costwarden.fn_audit_list(%s, p_limit => 1)",
+                (org,),
+            ).fetchall()
+            assert newest[1] == "budget_set" and newest[2]["period"] == "week", newest
+            assert newest[0] % cl.SEQUENCE_STRIDE == target
+        # the catalogue-wide writes after the split hand out the same ids everywhere
+        _open_and_reset(client)
+    events, digests = [], []
+    for dsn in grown.partitions:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            events.append(
+                conn.execute(
+                    "select event_id, provider, from_state, to_state "
+                    "from costwarden._circuit_events order by event_id"
+                ).fetchall()
+            )
+            digests.append(
+                conn.execute("select * from costwarden_px.catalogue_digest()").fetchall()
+            )
+    assert len(events[0]) == 4 and all(e == events[0] for e in events[1:])
+    assert all(d == digests[0] for d in digests[1:])
     # the old partitions recorded the move, audited
     with psycopg.connect(grown.partitions[0], autocommit=True) as conn:
         moved = conn.execute("select org_id from costwarden_px.moved_orgs order by 1").fetchall()
@@ -148,6 +177,13 @@ def test_split_two_partitions_into_four_under_load(
     with psycopg.connect(grown.partitions[0]) as conn, pytest.raises(psycopg.Error) as caught:
         conn.execute("delete from costwarden._ledger where org_id = %s", (staying[0],))
     assert caught.value.sqlstate == "CW001"
+
+
+def _open_and_reset(client: costwarden.Client) -> None:
+    """Two circuit events on every partition: the circuit opens, then is reset."""
+    states = [client.report_provider("anthropic", False, "boom") for _ in range(5)]
+    assert states[-1] == "open"
+    assert client.reset_circuit("anthropic") == "closed"
 
 
 def org_partition_2(org: str, by4: dict[int, list[str]]) -> int:
