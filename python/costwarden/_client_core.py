@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +39,17 @@ async def exact_json_connection_async(conn: psycopg.AsyncConnection[Any]) -> Non
     set_json_loads(exact_loads, conn)
 
 
+#: What PL/Proxy puts before a partition's notice it passes on (docs/scale-out.md):
+#: ``costwarden_remote.fn_x(5): [partition_1] REMOTE WARNING: ``.
+_REMOTE_NOTICE = re.compile(r"^\S+\(\d+\): \[[^\]]*\] REMOTE [A-Z]+:\s*")
+
+
+def local_message(message: str) -> str:
+    """A server notice's text as a single node says it (a partition's, reached through
+    the PL/Proxy proxy, without the proxy's prefix)."""
+    return _REMOTE_NOTICE.sub("", message, count=1)
+
+
 class ServerWarnings:
     """Collects the costwarden warnings a call's server sends (a WARNING with SQLSTATE
     01CW0: a workspace left unable to reserve) and re-issues each, once the call
@@ -48,7 +60,7 @@ class ServerWarnings:
 
     def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
         if diag.sqlstate == READINESS_WARNING_SQLSTATE and diag.message_primary:
-            self.messages.append(diag.message_primary)
+            self.messages.append(local_message(diag.message_primary))
 
     @contextmanager
     def listening(

@@ -1,5 +1,6 @@
 """Plain-text presentation shared by the command line, the demo, the bench and the
-ledger report: one table printer and one USD formatter. No click, no I/O."""
+ledger report: one table printer, one USD formatter and the DSN as it may be shown.
+No click, no I/O."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["table", "usd"]
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+__all__ = ["safe_dsn", "table", "usd"]
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -53,3 +56,17 @@ def usd(micros: int | Decimal | None, places: int = 6) -> str:
         return "-"
     dollars = Decimal(micros).scaleb(-6)
     return f"${dollars:,.{places}f}"
+
+
+#: The connection parameters ``safe_dsn`` shows: where the database is and who logs in.
+#: Every other one is left out, whether it carries a secret (password, sslpassword) or
+#: not: a parameter added to libpq later cannot leak either.
+SHOWN_DSN_KEYS = ("host", "hostaddr", "port", "user", "dbname")
+
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN as commands print it: its host, port, user and database only."""
+    info = conninfo_to_dict(dsn)
+    return make_conninfo(
+        "", **{k: v for k, v in info.items() if k in SHOWN_DSN_KEYS and v is not None}
+    )

@@ -44,6 +44,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import migrate as migrations
+from ._text import safe_dsn
 from .errors import CostwardenError
 
 __all__ = [
@@ -1106,12 +1107,6 @@ class PartitionStatus:
     catalogue: str | None  # digest of the catalogue-wide state
 
 
-def _safe(dsn: str) -> str:
-    info = conninfo_to_dict(dsn)
-    info.pop("password", None)
-    return make_conninfo("", **{k: v for k, v in info.items() if v is not None})
-
-
 def proxy_config(proxy_dsn: str) -> tuple[str, int]:
     """(cluster name, partitions) the proxy database was installed with."""
     with psycopg.connect(proxy_dsn, autocommit=True) as conn:
@@ -1139,7 +1134,7 @@ def status(config: ClusterConfig) -> list[PartitionStatus]:
             out.append(
                 PartitionStatus(
                     i,
-                    _safe(dsn),
+                    safe_dsn(dsn),
                     True,
                     None,
                     st.version,
@@ -1153,7 +1148,9 @@ def status(config: ClusterConfig) -> list[PartitionStatus]:
         except psycopg.Error as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             out.append(
-                PartitionStatus(i, _safe(dsn), False, message, None, False, (), False, None, None)
+                PartitionStatus(
+                    i, safe_dsn(dsn), False, message, None, False, (), False, None, None
+                )
             )
     return out
 

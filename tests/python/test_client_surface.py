@@ -287,3 +287,14 @@ def test_the_clients_refuse_an_integer_no_bigint_holds(
 
     asyncio.run(refused())
     assert client.budget_list("o1") == []
+
+
+def test_a_partitions_warning_reads_as_a_single_nodes() -> None:
+    """PL/Proxy passes a partition's WARNING on with its own prefix; the clients' readiness
+    warnings carry the text a single node sends."""
+    from costwarden._client_core import local_message
+
+    text = "workspace acme/w bills byok (model) but has no openai key"
+    remote = f"costwarden_remote.fn_byok_key_revoke(5): [cw_p1] REMOTE WARNING: {text}"
+    assert local_message(remote) == text
+    assert local_message(text) == text

@@ -27,7 +27,7 @@ from uuid import UUID
 import click
 import psycopg
 
-from .._text import table, usd
+from .._text import safe_dsn, table, usd
 from ..client import Client
 from ..errors import CostwardenError, translate
 
@@ -95,20 +95,6 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
-
-
-#: The connection parameters ``safe_dsn`` shows: where the database is and who logs in.
-#: Every other one is left out, whether it carries a secret (password, sslpassword) or
-#: not: a parameter added to libpq later cannot leak either.
-SHOWN_DSN_KEYS = ("host", "hostaddr", "port", "user", "dbname")
-
-
-def safe_dsn(dsn: str) -> str:
-    """The DSN as commands print it: its host, port, user and database only."""
-    info = psycopg.conninfo.conninfo_to_dict(dsn)
-    return psycopg.conninfo.make_conninfo(
-        "", **{k: v for k, v in info.items() if k in SHOWN_DSN_KEYS and v is not None}
-    )
 
 
 # -- errors and exit codes -------------------------------------------------------------------
