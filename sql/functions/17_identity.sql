@@ -32,6 +32,19 @@ begin
         perform costwarden._raise('CW002', format('p_user_id: unknown user %L in org %L', p_user_id, p_org_id));
     end if;
     select * into v_before from costwarden._tenant_logins as b where b.login = p_login for update;
+    -- a caller confined to an org (_tenant_guard) binds only its own tenants' logins:
+    -- not one bound to another org, nor one that serves every org (a service, admin or
+    -- authenticator login, whose calls a binding would confine)
+    if v_before.org_id is not null and v_before.org_id <> p_org_id then
+        perform costwarden._tenant_guard(v_before.org_id, p_arg => 'p_login');
+    end if;
+    if (costwarden._actor()).org_id is not null
+       and (pg_has_role(p_login, 'costwarden_service', 'MEMBER')
+            or pg_has_role(p_login, 'costwarden_authenticator', 'MEMBER')) then
+        perform costwarden._raise('CW005', format(
+            'p_login: %L serves every org (a service, admin or authenticator login); an actor of one org binds tenant logins only',
+            p_login));
+    end if;
     insert into costwarden._tenant_logins as b (login, org_id, user_id)
     values (p_login, p_org_id, p_user_id)
     on conflict (login) do update set org_id = excluded.org_id, user_id = excluded.user_id, bound_at = now();

@@ -21,6 +21,9 @@ from psycopg import sql
 
 import costwarden
 from cwtest import Seeded, table_snapshot
+from test_hardening import make_login
+
+__all__ = ["make_login"]
 
 Conn = psycopg.Connection[Any]
 
@@ -303,3 +306,28 @@ def test_a_providers_error_text_is_read_by_its_reporters_org_only(
     assert seen("costwarden_admin", None) == (text, text, text)
     assert seen("costwarden_service", "acme") == (None, None, None)
     assert seen("costwarden_admin", "acme") == (None, None, None)
+
+
+def test_an_admin_of_one_org_binds_only_its_own_tenants_logins(
+    admin_conn: Conn, seeded: Seeded, make_login: Any
+) -> None:
+    """A login bound to another org is not taken over, and a login that serves every org
+    (service, admin, authenticator) is not confined, by an admin of one org."""
+    other_tenant = make_login("costwarden_tenant")
+    admin_conn.execute("select costwarden.fn_tenant_login_bind(%s, 'globex', null)", [other_tenant])
+    bind = "select costwarden.fn_tenant_login_bind(%s, 'acme', null)"
+    refused_to(admin_conn, "costwarden_admin", seeded.org, bind, [other_tenant], "p_login:")
+    for roles in (("costwarden_service",), ("costwarden_admin",), ("costwarden_authenticator",)):
+        login = make_login(*roles)
+        refused_to(admin_conn, "costwarden_admin", seeded.org, bind, [login], "serves every org")
+    own = make_login("costwarden_tenant")
+    with acting(admin_conn, "costwarden_admin", seeded.org) as conn:
+        conn.execute(bind, [own])
+        conn.execute("reset role")
+        bound = conn.execute(
+            "select org_id from costwarden._tenant_logins where login = %s", [own]
+        ).fetchone()
+        assert bound == ("acme",)
+    # a caller with no actor (the platform's operator) may rebind any login
+    with acting(admin_conn, "costwarden_admin", None) as conn:
+        conn.execute(bind, [other_tenant])

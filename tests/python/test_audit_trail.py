@@ -57,12 +57,14 @@ SAMPLES: dict[str, tuple[str, str]] = {
         "costwarden.fn_reconcile('acme') as d limit 1), 'a hold leaked')",
     ),
     "fn_tenant_login_bind": (
-        "",
-        "select costwarden.fn_tenant_login_bind(session_user::text, 'acme', 'alice')",
+        # a tenant login (an actor of one org binds only those); rolled back with the rest
+        "create role cw_audit_portal login in role costwarden_tenant",
+        "select costwarden.fn_tenant_login_bind('cw_audit_portal', 'acme', 'alice')",
     ),
     "fn_tenant_login_unbind": (
-        "select costwarden.fn_tenant_login_bind(session_user::text, 'acme', 'alice')",
-        "select costwarden.fn_tenant_login_unbind(session_user::text)",
+        "create role cw_audit_portal login in role costwarden_tenant;"
+        "select costwarden.fn_tenant_login_bind('cw_audit_portal', 'acme', 'alice')",
+        "select costwarden.fn_tenant_login_unbind('cw_audit_portal')",
     ),
     "fn_spend_source_set": (
         "",
